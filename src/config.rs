@@ -1,0 +1,399 @@
+//! Configuration: a TOML file whose every key can be overridden from the environment.
+//!
+//! `WAU_INGEST_<SECTION>_<KEY>` (upper case) overrides `[section] key`, e.g.
+//! `WAU_INGEST_BATCH_MAX_ROWS=50000`. With no file and no variables, everything runs on the
+//! embedded default: a local `./inbox` folder and a `./wau.sqlite` file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::contract::{Contract, UnknownColumns};
+use crate::object::ReadLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("config {origin}: {reason}")]
+    Invalid { origin: String, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub warehouse: WarehouseConfig,
+    pub batch: BatchConfig,
+    pub merge: MergeConfig,
+    pub reconcile: ReconcileConfig,
+    pub http: HttpConfig,
+    pub contract: ContractConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A watched local folder (the embedded default).
+    Dir,
+    /// An SQS queue fed by S3 event notifications.
+    Sqs,
+}
+
+/// Where notifications of new files come from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// `dir`: the folder to watch (also the object store root).
+    pub dir: PathBuf,
+    /// `dir`: how often to scan the folder.
+    pub poll_interval_ms: u64,
+    /// `dir`: a file is picked up once unchanged for this long (writers should still rename into place).
+    pub settle_ms: u64,
+    /// `sqs`: the queue URL.
+    pub queue_url: String,
+    /// `sqs`: messages worked on at once.
+    pub concurrency: usize,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: SourceKind::Dir,
+            dir: PathBuf::from("inbox"),
+            poll_interval_ms: 500,
+            settle_ms: 200,
+            queue_url: String::new(),
+            concurrency: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WarehouseKind {
+    Sqlite,
+    Redshift,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarehouseConfig {
+    pub kind: WarehouseKind,
+    /// `sqlite`: the database file.
+    pub sqlite_path: PathBuf,
+    /// `redshift` Serverless: the workgroup (with `database`).
+    pub workgroup_name: String,
+    /// `redshift` provisioned: the cluster (with `database` and `db_user` or `secret_arn`).
+    pub cluster_identifier: String,
+    pub database: String,
+    pub db_user: String,
+    pub secret_arn: String,
+    /// `redshift`: where micro-batches are staged for COPY, e.g. `s3://bucket/staging/`.
+    pub staging_uri: String,
+    /// `redshift`: the IAM role COPY assumes to read the staging prefix.
+    pub copy_role_arn: String,
+}
+
+impl Default for WarehouseConfig {
+    fn default() -> Self {
+        WarehouseConfig {
+            kind: WarehouseKind::Sqlite,
+            sqlite_path: PathBuf::from("wau.sqlite"),
+            workgroup_name: String::new(),
+            cluster_identifier: String::new(),
+            database: "dev".into(),
+            db_user: String::new(),
+            secret_arn: String::new(),
+            staging_uri: String::new(),
+            copy_role_arn: String::new(),
+        }
+    }
+}
+
+/// When an open micro-batch is committed: whichever limit is reached first.
+/// A file's rows are never split across batches, so a batch may pass a limit by one file.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    pub max_rows: u64,
+    pub max_bytes: u64,
+    pub max_age_secs: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_rows: 100_000, max_bytes: 64 << 20, max_age_secs: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeRunner {
+    /// Run the merge SQL in the service.
+    Sql,
+    /// Start the configured Glue job, which runs the same SQL.
+    Glue,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergeConfig {
+    /// Seconds between merges in `run` (0 disables the periodic merge).
+    pub interval_secs: u64,
+    pub runner: MergeRunner,
+    pub glue_job_name: String,
+    pub glue_timeout_secs: u64,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        MergeConfig { interval_secs: 60, runner: MergeRunner::Sql, glue_job_name: String::new(), glue_timeout_secs: 1800 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Daily time (UTC, `HH:MM`) at which `run` reconciles the store with the ledger; empty disables.
+    pub schedule_utc: String,
+    /// What to list: a folder, or `s3://bucket/prefix/`; empty means the source folder.
+    pub store_uri: String,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig { schedule_utc: "00:00".into(), store_uri: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "0.0.0.0:9464".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContractConfig {
+    /// The contract file; empty means the one built into the binary.
+    pub path: PathBuf,
+    /// Overrides the contract's `unknown_columns` (`ignore` or `reject`).
+    pub unknown_columns: Option<UnknownColumns>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest decoded size of one file, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest decoded/compressed ratio of a gzip file (decompression-bomb guard).
+    pub max_gzip_ratio: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = ReadLimits::default();
+        LimitsConfig { max_file_bytes: d.max_file_bytes, max_gzip_ratio: d.max_gzip_ratio }
+    }
+}
+
+pub const ENV_PREFIX: &str = "WAU_INGEST_";
+
+impl Config {
+    /// Reads `path` (or `wau-ingest.toml` if present, or defaults), then applies the environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(path: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let default_path = Path::new("wau-ingest.toml");
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Io { path: p.display().to_string(), source })?,
+                p.display().to_string(),
+            ),
+            None if default_path.exists() => (
+                std::fs::read_to_string(default_path)
+                    .map_err(|source| ConfigError::Io { path: default_path.display().to_string(), source })?,
+                default_path.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_string()),
+        };
+        let invalid = |origin: &str, reason: String| ConfigError::Invalid { origin: origin.to_string(), reason };
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| invalid(&origin, e.to_string()))?;
+        // Start from the defaults so every key exists, then the file, then the environment.
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialise");
+        let mut merged = defaults.clone();
+        for (section, table) in value.iter_mut() {
+            match (merged.get_mut(section), table) {
+                (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
+                    for (k, v) in src.iter() {
+                        dst.insert(k.clone(), v.clone());
+                    }
+                }
+                _ => return Err(invalid(&origin, format!("unknown section [{section}]"))),
+            }
+        }
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let rest = rest.to_ascii_lowercase();
+            let found = merged.iter_mut().find_map(|(section, table)| {
+                let key = rest.strip_prefix(&format!("{section}_"))?;
+                let table = table.as_table_mut()?;
+                Some((section.clone(), key.to_string(), table))
+            });
+            let Some((section, key, table)) = found else { continue };
+            let default_value = defaults.get(&section).and_then(|t| t.get(&key));
+            let typed = match default_value {
+                Some(toml::Value::Integer(_)) => raw
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| invalid(&name, format!("{raw:?} is not an integer")))?,
+                Some(toml::Value::Boolean(_)) => raw
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| invalid(&name, format!("{raw:?} is not true or false")))?,
+                Some(_) => toml::Value::String(raw),
+                // Optional keys absent from the defaults are strings.
+                None if key == "unknown_columns" => toml::Value::String(raw),
+                None => continue,
+            };
+            table.insert(key, typed);
+        }
+        let config: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| invalid(&origin, e.to_string()))?;
+        config.check().map_err(|reason| invalid(&origin, reason))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.batch.max_rows == 0 || self.batch.max_bytes == 0 {
+            return Err("batch.max_rows and batch.max_bytes must be positive".into());
+        }
+        if self.source.kind == SourceKind::Sqs && self.source.queue_url.is_empty() {
+            return Err("source.kind = \"sqs\" needs source.queue_url".into());
+        }
+        if self.source.concurrency == 0 {
+            return Err("source.concurrency must be at least 1".into());
+        }
+        if self.warehouse.kind == WarehouseKind::Redshift {
+            let w = &self.warehouse;
+            if w.workgroup_name.is_empty() && w.cluster_identifier.is_empty() {
+                return Err("warehouse.kind = \"redshift\" needs workgroup_name or cluster_identifier".into());
+            }
+            if w.staging_uri.is_empty() {
+                return Err("warehouse.kind = \"redshift\" needs staging_uri".into());
+            }
+        }
+        if self.merge.runner == MergeRunner::Glue && self.merge.glue_job_name.is_empty() {
+            return Err("merge.runner = \"glue\" needs merge.glue_job_name".into());
+        }
+        if !self.reconcile.schedule_utc.is_empty() {
+            parse_hhmm(&self.reconcile.schedule_utc)?;
+        }
+        Ok(())
+    }
+
+    pub fn contract(&self) -> Result<Contract, crate::contract::ContractError> {
+        let mut c = if self.contract.path.as_os_str().is_empty() {
+            Contract::builtin()
+        } else {
+            Contract::load(&self.contract.path)?
+        };
+        if let Some(u) = self.contract.unknown_columns {
+            c.unknown_columns = u;
+        }
+        Ok(c)
+    }
+
+    pub fn read_limits(&self) -> ReadLimits {
+        ReadLimits { max_file_bytes: self.limits.max_file_bytes, max_gzip_ratio: self.limits.max_gzip_ratio }
+    }
+
+    pub fn max_batch_age(&self) -> Duration {
+        Duration::from_secs(self.batch.max_age_secs)
+    }
+}
+
+/// `HH:MM` → (hour, minute).
+pub fn parse_hhmm(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not a time of day HH:MM");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok((h, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.source.kind, SourceKind::Dir);
+        assert_eq!(c.warehouse.kind, WarehouseKind::Sqlite);
+        assert_eq!(c.batch, BatchConfig { max_rows: 100_000, max_bytes: 64 << 20, max_age_secs: 10 });
+        assert_eq!(c.http.listen, "0.0.0.0:9464");
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let c = Config::load_with_env(Some(Path::new("wau-ingest.example.toml")), env(&[])).unwrap();
+        assert_eq!(c.merge.interval_secs, 60);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_is_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[batch]\nmax_rows = 10\n[source]\ndir = \"x\"\n").unwrap();
+        let c = Config::load_with_env(
+            Some(&p),
+            env(&[
+                ("WAU_INGEST_BATCH_MAX_ROWS", "20"),
+                ("WAU_INGEST_SOURCE_POLL_INTERVAL_MS", "5"),
+                ("WAU_INGEST_HTTP_LISTEN", "127.0.0.1:1"),
+                ("WAU_INGEST_CONTRACT_UNKNOWN_COLUMNS", "reject"),
+                ("OTHER", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.batch.max_rows, 20);
+        assert_eq!(c.source.dir, PathBuf::from("x"));
+        assert_eq!(c.source.poll_interval_ms, 5);
+        assert_eq!(c.http.listen, "127.0.0.1:1");
+        assert_eq!(c.contract.unknown_columns, Some(UnknownColumns::Reject));
+        let err = Config::load_with_env(Some(&p), env(&[("WAU_INGEST_BATCH_MAX_ROWS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("not an integer"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_inconsistent_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[batch]\nmax_rowz = 10\n").unwrap();
+        assert!(Config::load_with_env(Some(&p), env(&[])).unwrap_err().to_string().contains("max_rowz"));
+        std::fs::write(&p, "[source]\nkind = \"sqs\"\n").unwrap();
+        assert!(Config::load_with_env(Some(&p), env(&[])).unwrap_err().to_string().contains("queue_url"));
+        std::fs::write(&p, "[reconcile]\nschedule_utc = \"25:00\"\n").unwrap();
+        assert!(Config::load_with_env(Some(&p), env(&[])).is_err());
+    }
+}

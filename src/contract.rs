@@ -1,0 +1,488 @@
+//! The versioned schema contract: what a valid audit-log row is.
+//!
+//! Owns parsing of `contracts/*.toml`, the per-value rules (type, required, max length,
+//! format) and `contract infer`. It knows nothing about files, streams or warehouses.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("cannot read contract {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("contract {path} is not valid TOML: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("contract {name} v{version} is invalid: {reason}")]
+    Invalid { name: String, version: u32, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    String,
+    Integer,
+    Float,
+    Boolean,
+    Timestamp,
+    Date,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Email,
+    Ip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownColumns {
+    #[default]
+    Ignore,
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    pub name: String,
+    pub version: u32,
+    pub table: String,
+    pub customer_column: String,
+    pub event_time_column: String,
+    /// Whose activity the weekly-active-users view counts.
+    pub user_column: String,
+    pub dedupe_key: Vec<String>,
+    #[serde(default)]
+    pub customer_from_key: Vec<String>,
+    #[serde(default)]
+    pub unknown_columns: UnknownColumns,
+    pub columns: Vec<Column>,
+}
+
+/// Why one value failed its column's rule. The rule names are the `rule` label of
+/// `wau_ingest_rejects_total` and the `rule` column of the rejects table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    Required,
+    MaxLength { max: usize, len: usize },
+    Type { expected: ColumnType },
+    Format { expected: Format },
+}
+
+impl ValueError {
+    pub fn rule(&self) -> &'static str {
+        match self {
+            ValueError::Required => "required",
+            ValueError::MaxLength { .. } => "max_length",
+            ValueError::Type { .. } => "type",
+            ValueError::Format { .. } => "format",
+        }
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            ValueError::Required => "a value is required".into(),
+            ValueError::MaxLength { max, len } => format!("{len} characters, at most {max} allowed"),
+            ValueError::Type { expected } => format!("not a valid {}", type_name(*expected)),
+            ValueError::Format { expected } => format!("not a valid {}", format_name(*expected)),
+        }
+    }
+}
+
+fn type_name(t: ColumnType) -> &'static str {
+    match t {
+        ColumnType::String => "string",
+        ColumnType::Integer => "integer",
+        ColumnType::Float => "float",
+        ColumnType::Boolean => "boolean",
+        ColumnType::Timestamp => "timestamp (ISO-8601 or YYYY-MM-DD HH:MM:SS)",
+        ColumnType::Date => "date (YYYY-MM-DD)",
+    }
+}
+
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Email => "email address",
+        Format::Ip => "IP address",
+    }
+}
+
+impl Contract {
+    pub fn load(path: &Path) -> Result<Contract, ContractError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ContractError::Io { path: path.display().to_string(), source })?;
+        Contract::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Contract, ContractError> {
+        let c: Contract =
+            toml::from_str(text).map_err(|source| ContractError::Parse { path: origin.to_string(), source })?;
+        c.check()?;
+        Ok(c)
+    }
+
+    /// The contract shipped in the binary (`contracts/wau_audit_log.toml`).
+    pub fn builtin() -> Contract {
+        Contract::parse(include_str!("../contracts/wau_audit_log.toml"), "builtin").expect("shipped contract is valid")
+    }
+
+    fn check(&self) -> Result<(), ContractError> {
+        let invalid = |reason: String| ContractError::Invalid { name: self.name.clone(), version: self.version, reason };
+        if self.columns.is_empty() {
+            return Err(invalid("no columns".into()));
+        }
+        let mut seen = HashMap::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            if !is_identifier(&c.name) {
+                return Err(invalid(format!("column name {:?} is not a lowercase SQL identifier", c.name)));
+            }
+            if seen.insert(c.name.as_str(), i).is_some() {
+                return Err(invalid(format!("column {} appears twice", c.name)));
+            }
+            if c.format.is_some() && c.ty != ColumnType::String {
+                return Err(invalid(format!("column {}: a format applies to strings only", c.name)));
+            }
+        }
+        if !is_identifier(&self.table) {
+            return Err(invalid(format!("table name {:?} is not a lowercase SQL identifier", self.table)));
+        }
+        for name in self.dedupe_key.iter().chain([&self.customer_column, &self.event_time_column, &self.user_column]) {
+            let Some(&i) = seen.get(name.as_str()) else {
+                return Err(invalid(format!("{name} is not a column")));
+            };
+            if !self.columns[i].required {
+                return Err(invalid(format!("{name} is a key column and must be required")));
+            }
+        }
+        if self.dedupe_key.is_empty() {
+            return Err(invalid("dedupe_key is empty".into()));
+        }
+        if self.columns[seen[self.event_time_column.as_str()]].ty != ColumnType::Timestamp {
+            return Err(invalid(format!("{} must be a timestamp", self.event_time_column)));
+        }
+        for p in &self.customer_from_key {
+            if p.matches("{customer}").count() != 1 {
+                return Err(invalid(format!("customer_from_key pattern {p:?} must contain {{customer}} once")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn customer_index(&self) -> usize {
+        self.column_index(&self.customer_column).expect("checked")
+    }
+
+    pub fn event_time_index(&self) -> usize {
+        self.column_index(&self.event_time_column).expect("checked")
+    }
+
+    /// Derives the customer from an object key with the first matching `customer_from_key` pattern.
+    pub fn customer_from_key(&self, key: &str) -> Option<String> {
+        self.customer_from_key.iter().find_map(|p| match_key_pattern(p, key))
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Matches `pattern` (segments: literal, `*`, `**`, `{customer}`) against `key`.
+fn match_key_pattern(pattern: &str, key: &str) -> Option<String> {
+    let pat: Vec<&str> = pattern.split('/').collect();
+    let segs: Vec<&str> = key.split('/').collect();
+    let mut customer = None;
+    let mut i = 0;
+    for (pi, p) in pat.iter().enumerate() {
+        if *p == "**" {
+            // `**` must be last and matches one or more remaining segments.
+            return (pi == pat.len() - 1 && i < segs.len()).then_some(()).and(customer);
+        }
+        let s = segs.get(i)?;
+        match *p {
+            "{customer}" if !s.is_empty() => customer = Some(s.to_string()),
+            "*" if !s.is_empty() => {}
+            lit if lit == *s => {}
+            _ => return None,
+        }
+        i += 1;
+    }
+    (i == segs.len()).then_some(()).and(customer)
+}
+
+/// Checks one value against its column and returns the value as it is stored
+/// (timestamps normalised to UTC `YYYY-MM-DD HH:MM:SS[.f]`), or `None` for an empty optional value.
+pub fn check_value(col: &Column, raw: &str) -> Result<Option<String>, ValueError> {
+    let v = raw.trim();
+    if v.is_empty() {
+        return if col.required { Err(ValueError::Required) } else { Ok(None) };
+    }
+    if let Some(max) = col.max_length {
+        let len = v.chars().count();
+        if len > max {
+            return Err(ValueError::MaxLength { max, len });
+        }
+    }
+    let bad_type = ValueError::Type { expected: col.ty };
+    let stored = match col.ty {
+        ColumnType::String => {
+            if let Some(f) = col.format {
+                let ok = match f {
+                    Format::Email => is_email(v),
+                    Format::Ip => v.parse::<std::net::IpAddr>().is_ok(),
+                };
+                if !ok {
+                    return Err(ValueError::Format { expected: f });
+                }
+            }
+            v.to_string()
+        }
+        ColumnType::Integer => v.parse::<i64>().map_err(|_| bad_type)?.to_string(),
+        ColumnType::Float => {
+            let f = v.parse::<f64>().map_err(|_| bad_type.clone())?;
+            if !f.is_finite() {
+                return Err(bad_type);
+            }
+            v.to_string()
+        }
+        ColumnType::Boolean => match v.to_ascii_lowercase().as_str() {
+            "true" | "t" | "1" | "yes" => "true".into(),
+            "false" | "f" | "0" | "no" => "false".into(),
+            _ => return Err(bad_type),
+        },
+        ColumnType::Timestamp => format_timestamp(parse_timestamp(v).ok_or(bad_type)?),
+        ColumnType::Date => NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad_type)?.to_string(),
+    };
+    Ok(Some(stored))
+}
+
+/// ISO-8601 with or without an offset (`2026-11-23T10:00:00Z`, `…+01:00`, `2026-11-23T10:00:00`)
+/// or `YYYY-MM-DD HH:MM:SS`; a timestamp without an offset is taken as UTC.
+pub fn parse_timestamp(v: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+        if let Ok(t) = DateTime::parse_from_str(v, f) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    let naive = v.strip_suffix(['Z', 'z']).unwrap_or(v);
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(naive, f) {
+            return Some(t.and_utc());
+        }
+    }
+    None
+}
+
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.f").to_string()
+}
+
+fn is_email(v: &str) -> bool {
+    let Some((local, domain)) = v.rsplit_once('@') else { return false };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !v.chars().any(|c| c.is_whitespace() || c == ',')
+}
+
+/// Drafts a contract from a sample: the narrowest type every non-empty value parses as,
+/// `required` where no value is empty, `max_length` rounded up for strings.
+pub fn infer(name: &str, headers: &[String], rows: &[Vec<String>]) -> Contract {
+    let mut columns = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        let col_name = normalise_header(h);
+        let values: Vec<&str> = rows.iter().map(|r| r.get(i).map(|s| s.trim()).unwrap_or("")).collect();
+        let non_empty: Vec<&str> = values.iter().copied().filter(|v| !v.is_empty()).collect();
+        let ty = [ColumnType::Boolean, ColumnType::Integer, ColumnType::Float, ColumnType::Date, ColumnType::Timestamp]
+            .into_iter()
+            .find(|&ty| {
+                !non_empty.is_empty()
+                    && non_empty.iter().all(|v| {
+                        let probe = Column { name: String::new(), ty, required: false, max_length: None, format: None };
+                        check_value(&probe, v).is_ok()
+                    })
+            })
+            .unwrap_or(ColumnType::String);
+        let max_len = non_empty.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+        let format = if ty == ColumnType::String && !non_empty.is_empty() {
+            if non_empty.iter().all(|v| is_email(v)) {
+                Some(Format::Email)
+            } else if non_empty.iter().all(|v| v.parse::<std::net::IpAddr>().is_ok()) {
+                Some(Format::Ip)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        columns.push(Column {
+            name: col_name,
+            ty,
+            required: !rows.is_empty() && non_empty.len() == values.len(),
+            max_length: (ty == ColumnType::String).then(|| (max_len.max(1) * 2).next_power_of_two()),
+            format,
+        });
+    }
+    let find = |pred: &dyn Fn(&Column) -> bool| columns.iter().find(|c| pred(c)).map(|c| c.name.clone());
+    let customer = find(&|c| c.name == "customer").unwrap_or_else(|| "customer".into());
+    let event_time =
+        find(&|c| c.name == "event_time").or_else(|| find(&|c| c.ty == ColumnType::Timestamp)).unwrap_or_default();
+    let event_id = find(&|c| c.name == "event_id").or_else(|| find(&|c| c.name.ends_with("_id"))).unwrap_or_default();
+    let user = find(&|c| c.name == "user_id").unwrap_or_else(|| "user_id".into());
+    Contract {
+        name: name.to_string(),
+        version: 1,
+        table: "wau_audit_logs".into(),
+        customer_column: customer.clone(),
+        event_time_column: event_time,
+        user_column: user,
+        dedupe_key: vec![customer, event_id],
+        customer_from_key: vec!["csv/{customer}/**".into()],
+        unknown_columns: UnknownColumns::Ignore,
+        columns,
+    }
+}
+
+/// Header names are matched case-insensitively, ignoring surrounding whitespace and a BOM.
+pub fn normalise_header(h: &str) -> String {
+    h.trim_start_matches('\u{feff}').trim().to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(ty: ColumnType, required: bool, max_length: Option<usize>, format: Option<Format>) -> Column {
+        Column { name: "c".into(), ty, required, max_length, format }
+    }
+
+    #[test]
+    fn shipped_contract_parses() {
+        let c = Contract::builtin();
+        assert_eq!(c.name, "wau_audit_log");
+        assert_eq!(c.dedupe_key, vec!["customer", "event_id"]);
+        assert_eq!(c.columns.len(), 8);
+        assert_eq!(c.columns[c.event_time_index()].ty, ColumnType::Timestamp);
+    }
+
+    #[test]
+    fn contract_rejects_unknown_fields_and_bad_keys() {
+        let base = include_str!("../contracts/wau_audit_log.toml");
+        let extra = format!("bogus = 1\n{base}");
+        assert!(matches!(Contract::parse(&extra, "t"), Err(ContractError::Parse { .. })));
+        let bad_key = base.replace(r#"dedupe_key = ["customer", "event_id"]"#, r#"dedupe_key = ["customer", "nope"]"#);
+        let err = Contract::parse(&bad_key, "t").unwrap_err().to_string();
+        assert!(err.contains("nope is not a column"), "{err}");
+        let optional_key = base.replace(r#"dedupe_key = ["customer", "event_id"]"#, r#"dedupe_key = ["user_email"]"#);
+        assert!(Contract::parse(&optional_key, "t").unwrap_err().to_string().contains("must be required"));
+    }
+
+    #[test]
+    fn required_rule() {
+        assert_eq!(check_value(&col(ColumnType::String, true, None, None), "  "), Err(ValueError::Required));
+        assert_eq!(check_value(&col(ColumnType::String, false, None, None), ""), Ok(None));
+    }
+
+    #[test]
+    fn max_length_counts_characters() {
+        let c = col(ColumnType::String, true, Some(3), None);
+        assert_eq!(check_value(&c, "äöü"), Ok(Some("äöü".into())));
+        assert_eq!(check_value(&c, "abcd"), Err(ValueError::MaxLength { max: 3, len: 4 }));
+    }
+
+    #[test]
+    fn type_rules() {
+        let int = col(ColumnType::Integer, true, None, None);
+        assert_eq!(check_value(&int, "42"), Ok(Some("42".into())));
+        assert_eq!(check_value(&int, "4.2").unwrap_err().rule(), "type");
+        let b = col(ColumnType::Boolean, true, None, None);
+        assert_eq!(check_value(&b, "YES"), Ok(Some("true".into())));
+        assert!(check_value(&b, "maybe").is_err());
+        let f = col(ColumnType::Float, true, None, None);
+        assert!(check_value(&f, "NaN").is_err());
+        assert_eq!(check_value(&f, "1.5"), Ok(Some("1.5".into())));
+        let d = col(ColumnType::Date, true, None, None);
+        assert_eq!(check_value(&d, "2026-02-30").unwrap_err().rule(), "type");
+    }
+
+    #[test]
+    fn timestamps_normalise_to_utc() {
+        let t = col(ColumnType::Timestamp, true, None, None);
+        let ok = |v: &str| check_value(&t, v).unwrap().unwrap();
+        assert_eq!(ok("2026-11-23T10:00:00Z"), "2026-11-23 10:00:00");
+        assert_eq!(ok("2026-11-23T11:30:00+01:30"), "2026-11-23 10:00:00");
+        assert_eq!(ok("2026-11-23T10:00:00"), "2026-11-23 10:00:00");
+        assert_eq!(ok("2026-11-23 10:00:00"), "2026-11-23 10:00:00");
+        assert_eq!(ok("2026-11-23 05:00:00-0500"), "2026-11-23 10:00:00");
+        assert_eq!(ok("2026-11-23T10:00:00.250Z"), "2026-11-23 10:00:00.250");
+        assert_eq!(check_value(&t, "23/11/2026").unwrap_err().rule(), "type");
+        assert_eq!(check_value(&t, "2026-11-23").unwrap_err().rule(), "type");
+    }
+
+    #[test]
+    fn format_rules() {
+        let e = col(ColumnType::String, false, None, Some(Format::Email));
+        assert!(check_value(&e, "a@b.io").is_ok());
+        assert_eq!(check_value(&e, "not-an-email").unwrap_err().rule(), "format");
+        let ip = col(ColumnType::String, false, None, Some(Format::Ip));
+        assert!(check_value(&ip, "10.0.0.1").is_ok());
+        assert!(check_value(&ip, "2001:db8::1").is_ok());
+        assert!(check_value(&ip, "300.1.1.1").is_err());
+    }
+
+    #[test]
+    fn customer_from_key_patterns() {
+        let c = Contract::builtin();
+        assert_eq!(c.customer_from_key("csv/acme/2026/w47.csv").as_deref(), Some("acme"));
+        assert_eq!(c.customer_from_key("globex/w47.csv").as_deref(), Some("globex"));
+        assert_eq!(c.customer_from_key("w47.csv"), None);
+        assert_eq!(match_key_pattern("csv/{customer}/*", "csv/acme/x.csv").as_deref(), Some("acme"));
+        assert_eq!(match_key_pattern("csv/{customer}/*", "csv/acme/a/x.csv"), None);
+    }
+
+    #[test]
+    fn infer_drafts_types_and_nullability() {
+        let headers: Vec<String> = ["Customer", "event_id", "event_time", "n", "email", "user_id"].map(String::from).to_vec();
+        let rows = vec![
+            vec!["acme".into(), "e1".into(), "2026-11-23T10:00:00Z".into(), "1".into(), "a@b.io".into(), "u".into()],
+            vec!["acme".into(), "e2".into(), "2026-11-23 11:00:00".into(), "2".into(), "".into(), "u".into()],
+        ];
+        let c = infer("sample", &headers, &rows);
+        assert_eq!(c.columns[0].name, "customer");
+        assert_eq!(c.columns[2].ty, ColumnType::Timestamp);
+        assert_eq!(c.columns[3].ty, ColumnType::Integer);
+        assert!(c.columns[3].required);
+        assert!(!c.columns[4].required);
+        assert_eq!(c.columns[4].format, Some(Format::Email));
+        assert_eq!(c.dedupe_key, vec!["customer", "event_id"]);
+        // The draft is itself a valid contract.
+        let text = toml::to_string(&c).unwrap();
+        Contract::parse(&text, "draft").unwrap();
+    }
+}

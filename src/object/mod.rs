@@ -1,0 +1,240 @@
+//! The object store boundary: where input files live.
+//!
+//! Owns listing, version resolution and streaming reads (with gzip and size limits).
+//! Implementations: [`local::LocalStore`] (a folder; version = content hash, order = mtime).
+
+pub mod local;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_compression::tokio::bufread::GzipDecoder;
+use chrono::{DateTime, Utc};
+use tokio::io::{AsyncRead, BufReader, ReadBuf};
+
+use crate::validate::SizeLimitExceeded;
+
+/// An object as a notification or a listing names it; `version` may be unknown yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub key: String,
+    pub version: Option<String>,
+    /// Orders versions of one key (S3 sequencer, local mtime), normalised so that
+    /// string order is version order.
+    pub sequencer: Option<String>,
+    pub size: Option<u64>,
+    /// When the object was written (S3 eventTime, local mtime): the start of the lag clock.
+    pub event_time: Option<DateTime<Utc>>,
+}
+
+/// An object whose version is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedObject {
+    pub key: String,
+    pub version: String,
+    pub sequencer: String,
+    pub size: u64,
+    pub event_time: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object (or that version) no longer exists: skip it and acknowledge.
+    #[error("object {key} not found")]
+    NotFound { key: String },
+    /// The version changed while it was read (local files rewritten in place): read again.
+    #[error("object {key} changed while it was read")]
+    Changed { key: String },
+    #[error("reading object {key}: {source}")]
+    Io { key: String, source: std::io::Error },
+}
+
+/// A byte stream of one object plus what the store knows about its encoding.
+pub struct ObjectStream {
+    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    pub content_encoding: Option<String>,
+    /// Set once the reader reaches its end, by stores whose reads are not pinned to a version
+    /// (local files): the version of the bytes actually read, to compare with the one resolved.
+    pub read_version: Option<Arc<std::sync::OnceLock<String>>>,
+}
+
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// The store's identity in the ledger's `bucket` column.
+    fn bucket(&self) -> &str;
+    /// Every object under `prefix`, in key order, with sequencer, size and time filled in.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectRef>, StoreError>;
+    /// Fills in version, sequencer and size.
+    async fn resolve(&self, obj: &ObjectRef) -> Result<ResolvedObject, StoreError>;
+    /// Is the store reachable (for `/readyz`)?
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Streams the bytes of exactly `obj.version`.
+    async fn open(&self, obj: &ResolvedObject) -> Result<ObjectStream, StoreError>;
+}
+
+/// Limits applied to every decoded stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Largest decoded (uncompressed) size of one file.
+    pub max_file_bytes: u64,
+    /// Largest decoded/compressed ratio of a gzip file (the bomb guard).
+    pub max_gzip_ratio: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits { max_file_bytes: 8 << 30, max_gzip_ratio: 1000 }
+    }
+}
+
+pub fn is_gzip(key: &str, content_encoding: Option<&str>) -> bool {
+    key.ends_with(".gz") || content_encoding.is_some_and(|e| e.eq_ignore_ascii_case("gzip"))
+}
+
+/// Decodes (gzip by extension or Content-Encoding) and enforces the limits; counts raw bytes
+/// into `raw_bytes` for metrics.
+pub fn decoded(
+    stream: ObjectStream,
+    obj: &ResolvedObject,
+    limits: ReadLimits,
+    raw_bytes: Arc<AtomicU64>,
+) -> Box<dyn AsyncRead + Send + Unpin> {
+    let counted = Counting { inner: stream.reader, count: raw_bytes };
+    if is_gzip(&obj.key, stream.content_encoding.as_deref()) {
+        let cap = limits.max_file_bytes.min(obj.size.max(1).saturating_mul(limits.max_gzip_ratio));
+        let mut decoder = GzipDecoder::new(BufReader::with_capacity(64 * 1024, counted));
+        decoder.multiple_members(true);
+        Box::new(Limited {
+            inner: decoder,
+            left: cap,
+            rule: "gzip_bomb",
+            reason: format!(
+                "gzip {} expands past {} bytes ({}× its compressed size or the file limit)",
+                obj.key, cap, limits.max_gzip_ratio
+            ),
+        })
+    } else {
+        Box::new(Limited {
+            inner: counted,
+            left: limits.max_file_bytes,
+            rule: "too_large",
+            reason: format!("{} is larger than {} bytes", obj.key, limits.max_file_bytes),
+        })
+    }
+}
+
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        res
+    }
+}
+
+struct Limited<R> {
+    inner: R,
+    left: u64,
+    rule: &'static str,
+    reason: String,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Limited<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &res {
+            let n = (buf.filled().len() - before) as u64;
+            if n > self.left {
+                // An erroring read must not hand out bytes.
+                buf.set_filled(before);
+                let err = SizeLimitExceeded { rule: self.rule, reason: self.reason.clone() };
+                return Poll::Ready(Err(std::io::Error::other(err)));
+            }
+            self.left -= n;
+        }
+        if let Poll::Ready(Err(e)) = &res {
+            // A corrupt gzip stream is a property of the file, not a transient failure.
+            if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::InvalidInput {
+                let err = SizeLimitExceeded { rule: "unreadable", reason: format!("corrupt compressed data: {e}") };
+                return Poll::Ready(Err(std::io::Error::other(err)));
+            }
+        }
+        res
+    }
+}
+
+/// Left-pads a sequencer so string order is version order (S3's rule for its hex sequencers).
+pub fn normalise_sequencer(s: &str) -> String {
+    format!("{:0>32}", s.to_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn obj(key: &str, size: u64) -> ResolvedObject {
+        ResolvedObject { key: key.into(), version: "v".into(), sequencer: "1".into(), size, event_time: Utc::now() }
+    }
+
+    async fn read_all(r: &mut (dyn AsyncRead + Send + Unpin)) -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).await.map(|_| v)
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn gzip_by_extension_or_encoding() {
+        let plain = b"a,b\n1,2\n".repeat(10);
+        let z = gz(&plain);
+        for (key, enc) in [("f.csv.gz", None), ("f.csv", Some("gzip".to_string()))] {
+            let count = Arc::new(AtomicU64::new(0));
+            let s = ObjectStream { reader: Box::new(std::io::Cursor::new(z.clone())), content_encoding: enc, read_version: None };
+            let mut r = decoded(s, &obj(key, z.len() as u64), ReadLimits::default(), count.clone());
+            assert_eq!(read_all(&mut r).await.unwrap(), plain);
+            assert_eq!(count.load(Ordering::Relaxed), z.len() as u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn gzip_bomb_is_a_size_limit() {
+        let plain = vec![b'a'; 1 << 20];
+        let z = gz(&plain);
+        let s = ObjectStream { reader: Box::new(std::io::Cursor::new(z.clone())), content_encoding: None, read_version: None };
+        let limits = ReadLimits { max_file_bytes: 1 << 30, max_gzip_ratio: 10 };
+        let mut r = decoded(s, &obj("bomb.gz", z.len() as u64), limits, Arc::default());
+        let err = read_all(&mut r).await.unwrap_err();
+        let inner = err.get_ref().unwrap().downcast_ref::<SizeLimitExceeded>().unwrap();
+        assert_eq!(inner.rule, "gzip_bomb");
+    }
+
+    #[tokio::test]
+    async fn plain_file_size_limit() {
+        let s = ObjectStream { reader: Box::new(std::io::Cursor::new(vec![b'x'; 100])), content_encoding: None, read_version: None };
+        let limits = ReadLimits { max_file_bytes: 99, max_gzip_ratio: 10 };
+        let err = read_all(&mut decoded(s, &obj("f.csv", 100), limits, Arc::default())).await.unwrap_err();
+        assert_eq!(err.get_ref().unwrap().downcast_ref::<SizeLimitExceeded>().unwrap().rule, "too_large");
+    }
+
+    #[test]
+    fn sequencers_order_as_strings_after_padding() {
+        assert!(normalise_sequencer("0055AED6DCD90281E5") > normalise_sequencer("55AED6DCD90281E4"));
+        assert!(normalise_sequencer("A") > normalise_sequencer("9"));
+        assert!(normalise_sequencer("10") > normalise_sequencer("F"));
+    }
+}

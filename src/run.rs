@@ -1,0 +1,247 @@
+//! `wau-ingest run`: the long-running service.
+//!
+//! One ingest loop (source → pipeline → commit → acknowledge), a periodic merge, a daily
+//! reconcile and the HTTP endpoints. Shutdown is a future: when it resolves the loop stops
+//! receiving, abandons the file it is reading (nothing of it is kept), commits the open
+//! batch, acknowledges what that commit covered, releases the rest, lets a running merge
+//! finish and exits.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use chrono::{DateTime, Duration as ChronoDuration, NaiveTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{parse_hhmm, Config};
+use crate::contract::Contract;
+use crate::http;
+use crate::metrics::Metrics;
+use crate::object::{ObjectRef, ObjectStore};
+use crate::pipeline::{IngestError, Pipeline};
+use crate::replay;
+use crate::source::{Delivery, NoAck, Source};
+use crate::warehouse::Warehouse;
+
+/// Everything `run` needs, built from the config by [`crate::setup`].
+pub struct Parts {
+    pub config: Config,
+    pub contract: Arc<Contract>,
+    pub store: Arc<dyn ObjectStore>,
+    pub source: Box<dyn Source>,
+    pub warehouse: Arc<dyn Warehouse>,
+    pub metrics: Arc<Metrics>,
+    /// Prefix the reconcile lists.
+    pub reconcile_prefix: String,
+}
+
+/// The next `hh:mm` UTC strictly after `now`.
+pub fn next_daily(now: DateTime<Utc>, hh: u32, mm: u32) -> DateTime<Utc> {
+    let at = NaiveTime::from_hms_opt(hh, mm, 0).expect("valid time");
+    let today = now.date_naive().and_time(at).and_utc();
+    if today > now {
+        today
+    } else {
+        today + ChronoDuration::days(1)
+    }
+}
+
+pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let Parts { config, contract, store, mut source, warehouse, metrics, reconcile_prefix } = parts;
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            info!("shutdown requested: draining");
+            cancel.cancel();
+        });
+    }
+
+    let w = warehouse.clone();
+    tokio::task::spawn_blocking(move || w.migrate()).await??;
+
+    // /readyz: the store answers and the warehouse takes a query.
+    let ready: http::ReadyCheck = {
+        let (store, warehouse) = (store.clone(), warehouse.clone());
+        Arc::new(move || {
+            let (store, w) = (store.clone(), warehouse.clone());
+            Box::pin(async move {
+                store.ping().await.map_err(|e| format!("store: {e}"))?;
+                tokio::task::spawn_blocking(move || w.ping()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+            })
+        })
+    };
+    let http_stop = CancellationToken::new();
+    let http_task = {
+        let stop = http_stop.clone();
+        http::serve(&config.http.listen, metrics.clone(), ready, async move { stop.cancelled().await }).await?
+    };
+
+    let merge_task = spawn_merge_loop(&config, warehouse.clone(), metrics.clone(), cancel.clone());
+    let (reconcile_tx, mut reconcile_rx) = mpsc::channel::<ObjectRef>(1024);
+    let reconcile_task =
+        spawn_reconcile_loop(&config, store.clone(), warehouse.clone(), metrics.clone(), reconcile_prefix, reconcile_tx, cancel.clone());
+
+    let mut pipeline = Pipeline::new(
+        store.clone(),
+        warehouse.clone(),
+        contract.clone(),
+        config.read_limits(),
+        config.batch,
+        metrics.clone(),
+        cancel.clone(),
+    )?;
+    info!(source = ?config.source.kind, warehouse = ?config.warehouse.kind, bucket = store.bucket(), "wau-ingest running");
+
+    let backoff_builder = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    loop {
+        let deadline = pipeline.flush_deadline();
+        let step: Result<(), IngestError> = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
+                pipeline.flush().await.map(|_| ())
+            }
+            Some(obj) = reconcile_rx.recv() => pipeline.handle(Delivery { objects: vec![obj], ack: Box::new(NoAck) }, false).await,
+            next = source.next() => match next {
+                Ok(d) => pipeline.handle(d, false).await,
+                Err(e) => {
+                    metrics.error("source_receive");
+                    warn!(error = %e, "source failed");
+                    Err(IngestError::Retry { key: String::new(), reason: e.to_string() })
+                }
+            },
+        };
+        match step {
+            Ok(()) => backoff = backoff_builder.build(),
+            Err(IngestError::Shutdown) => break,
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                error!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest step failed; backing off");
+                metrics.retry("warehouse_commit");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+
+    // Drain: commit what is complete, acknowledge it, release the rest.
+    match pipeline.flush().await {
+        Ok(Some(r)) => info!(batch_id = r.batch_id, files = r.files, "final batch committed"),
+        Ok(None) => {}
+        Err(e) => error!(error = %e, "final commit failed; its files will be delivered again"),
+    }
+    drop(pipeline);
+    reconcile_task.abort();
+    let _ = merge_task.await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Runs the merge every `interval_secs`; a merge in progress finishes before shutdown.
+fn spawn_merge_loop(
+    config: &Config,
+    warehouse: Arc<dyn Warehouse>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let interval = config.merge.interval_secs;
+    tokio::spawn(async move {
+        if interval == 0 {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+            }
+            merge_once(warehouse.clone(), &metrics).await;
+        }
+    })
+}
+
+/// One merge with its metrics and log line.
+pub async fn merge_once(warehouse: Arc<dyn Warehouse>, metrics: &Metrics) -> Option<crate::warehouse::MergeReport> {
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || warehouse.merge()).await.expect("merge does not panic") {
+        Ok(r) => {
+            metrics.statement("merge", started.elapsed().as_secs_f64());
+            metrics.merged(r.rows_deleted, r.rows_inserted, &r.event_times);
+            if r.files > 0 || r.rows_deleted > 0 {
+                info!(files = r.files, rows_deleted = r.rows_deleted, rows_inserted = r.rows_inserted, "merged");
+            }
+            Some(r)
+        }
+        Err(e) => {
+            metrics.merge_outcome("failure");
+            metrics.error("merge");
+            error!(error = %e, "merge failed; the next run retries it");
+            None
+        }
+    }
+}
+
+/// Daily at `schedule_utc`: list the store, hand what the ledger lacks to the ingest loop.
+fn spawn_reconcile_loop(
+    config: &Config,
+    store: Arc<dyn ObjectStore>,
+    warehouse: Arc<dyn Warehouse>,
+    metrics: Arc<Metrics>,
+    prefix: String,
+    tx: mpsc::Sender<ObjectRef>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let schedule = (!config.reconcile.schedule_utc.is_empty()).then(|| parse_hhmm(&config.reconcile.schedule_utc).expect("checked"));
+    tokio::spawn(async move {
+        let Some((hh, mm)) = schedule else { return };
+        loop {
+            let at = next_daily(Utc::now(), hh, mm);
+            let wait = (at - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match replay::missing(store.as_ref(), warehouse.clone(), &prefix).await {
+                Ok(missing) => {
+                    info!(missing = missing.len(), "reconcile listed the store");
+                    metrics.reconciled(missing.len() as u64);
+                    for o in missing {
+                        if tx.send(o).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    metrics.error("reconcile");
+                    error!(error = %e, "reconcile failed; it runs again tomorrow");
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_daily_is_strictly_in_the_future() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert_eq!(next_daily(t("2026-11-27T05:00:00Z"), 0, 0), t("2026-11-28T00:00:00Z"));
+        assert_eq!(next_daily(t("2026-11-27T00:00:00Z"), 0, 0), t("2026-11-28T00:00:00Z"));
+        assert_eq!(next_daily(t("2026-11-27T05:00:00Z"), 6, 30), t("2026-11-27T06:30:00Z"));
+    }
+}

@@ -1,0 +1,630 @@
+//! Streaming validation of one CSV file against the contract.
+//!
+//! Owns the header check, the per-row rules and the accounting of one file
+//! (`rows_read = rows_loaded + rows_rejected`). Good rows leave in [`RowChunk`]s of bounded
+//! size through a callback, so memory does not depend on the file's size. It never touches
+//! a warehouse: the caller decides where chunks go.
+
+use std::collections::HashMap;
+
+use csv_async::{AsyncReaderBuilder, ByteRecord, Terminator, Trim};
+use tokio::io::AsyncRead;
+
+use crate::contract::{check_value, normalise_header, Contract, UnknownColumns};
+
+/// How much of a value and of a raw line a reject row keeps.
+pub const MAX_REJECT_VALUE_CHARS: usize = 256;
+pub const MAX_REJECT_RAW_CHARS: usize = 1024;
+/// Rows per chunk handed to the warehouse writer.
+pub const CHUNK_ROWS: usize = 4096;
+
+/// Every reject rule, row-level and file-level; the fixed label set of `wau_ingest_rejects_total`.
+pub const RULES: &[&str] = &[
+    "missing_column",
+    "unknown_column",
+    "duplicate_column",
+    "field_count",
+    "type",
+    "required",
+    "max_length",
+    "format",
+    "invalid_utf8",
+    "gzip_bomb",
+    "too_large",
+    "unreadable",
+    "no_customer",
+];
+
+/// Good rows, stored flat: `values[i * ncols + c]` is column `c` of row `i`
+/// (`None` for an empty optional value), in contract column order.
+#[derive(Debug, Default, Clone)]
+pub struct RowChunk {
+    pub ncols: usize,
+    pub values: Vec<Option<String>>,
+    pub lines: Vec<u64>,
+    pub bytes: usize,
+}
+
+impl RowChunk {
+    pub fn new(ncols: usize) -> Self {
+        RowChunk { ncols, values: Vec::with_capacity(ncols * CHUNK_ROWS), lines: Vec::with_capacity(CHUNK_ROWS), bytes: 0 }
+    }
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+    pub fn row(&self, i: usize) -> &[Option<String>] {
+        &self.values[i * self.ncols..(i + 1) * self.ncols]
+    }
+}
+
+/// One rejected row (or, with `line == 0`, a whole file), as the rejects table records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub line: u64,
+    pub column: Option<String>,
+    pub rule: &'static str,
+    pub reason: String,
+    pub value: Option<String>,
+    pub raw: Option<String>,
+}
+
+/// Why a file cannot be read as the contract at all: it is rejected whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileReject {
+    pub rule: &'static str,
+    pub reason: String,
+    pub line: u64,
+}
+
+/// What validation of one file found. `file_reject` set means nothing of the file loads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileAccount {
+    pub rows_read: u64,
+    pub rows_loaded: u64,
+    pub rows_rejected: u64,
+    pub file_reject: Option<FileReject>,
+}
+
+impl FileAccount {
+    /// The accounting invariant every file must satisfy.
+    pub fn balanced(&self) -> bool {
+        self.rows_read == self.rows_loaded + self.rows_rejected
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    /// The stream broke for a reason that says nothing about the file (network, disk):
+    /// the file must be tried again, not rejected.
+    #[error("reading failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The consumer of chunks gave up (warehouse failure or shutdown).
+    #[error("{0}")]
+    Sink(String),
+}
+
+/// Error kinds a limiting reader raises to say "this file is too big", which is a property of
+/// the file (reject), not a transient failure (retry).
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct SizeLimitExceeded {
+    pub rule: &'static str,
+    pub reason: String,
+}
+
+pub struct Options<'a> {
+    pub contract: &'a Contract,
+    /// The object key, for deriving the customer of legacy files.
+    pub key: &'a str,
+}
+
+/// Where a file's output goes. Returning an error stops validation.
+pub trait ChunkSink {
+    fn rows(&mut self, chunk: RowChunk) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    fn rejects(&mut self, rejects: Vec<Reject>) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+struct ColumnMap {
+    /// For each contract column, its index in the file, or `None` if absent (optional or derived).
+    source: Vec<Option<usize>>,
+    /// The customer value for every row when the file lacks the column.
+    derived_customer: Option<String>,
+    width: usize,
+}
+
+fn map_header(header: &ByteRecord, opts: &Options<'_>) -> Result<ColumnMap, FileReject> {
+    let c = opts.contract;
+    let reject = |rule, reason: String| FileReject { rule, reason, line: 1 };
+    let mut names = HashMap::new();
+    for (i, field) in header.iter().enumerate() {
+        let name = std::str::from_utf8(field)
+            .map_err(|_| reject("invalid_utf8", format!("header field {} is not valid UTF-8", i + 1)))?;
+        let name = normalise_header(name);
+        if names.insert(name.clone(), i).is_some() {
+            return Err(reject("duplicate_column", format!("column {name} appears twice in the header")));
+        }
+    }
+    if c.unknown_columns == UnknownColumns::Reject {
+        let mut unknown: Vec<&String> = names.keys().filter(|n| c.column_index(n).is_none()).collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            let list: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
+            return Err(reject("unknown_column", format!("unknown column(s) {}", list.join(", "))));
+        }
+    }
+    let mut source = Vec::with_capacity(c.columns.len());
+    let mut derived_customer = None;
+    let mut missing = Vec::new();
+    for col in &c.columns {
+        let idx = names.get(&col.name).copied();
+        if idx.is_none() && col.name == c.customer_column {
+            match c.customer_from_key(opts.key) {
+                Some(cust) => derived_customer = Some(cust),
+                None => {
+                    return Err(reject(
+                        "no_customer",
+                        format!("no {} column and the key {} matches no customer_from_key pattern", col.name, opts.key),
+                    ))
+                }
+            }
+        } else if idx.is_none() && col.required {
+            missing.push(col.name.as_str());
+        }
+        source.push(idx);
+    }
+    if !missing.is_empty() {
+        return Err(reject("missing_column", format!("missing required column(s) {}", missing.join(", "))));
+    }
+    Ok(ColumnMap { source, derived_customer, width: header.len() })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+fn raw_line(record: &ByteRecord) -> String {
+    let mut out = Vec::new();
+    for (i, f) in record.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let needs_quotes = f.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'));
+        if needs_quotes {
+            out.push(b'"');
+            for &b in f {
+                if b == b'"' {
+                    out.push(b'"');
+                }
+                out.push(b);
+            }
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(f);
+        }
+    }
+    truncate(&String::from_utf8_lossy(&out), MAX_REJECT_RAW_CHARS)
+}
+
+/// Validates one row; on success appends it to `chunk`.
+fn check_row(map: &ColumnMap, opts: &Options<'_>, record: &ByteRecord, line: u64, chunk: &mut RowChunk) -> Result<(), Reject> {
+    let reject = |column: Option<&str>, rule, reason: String, value: Option<&str>| Reject {
+        line,
+        column: column.map(str::to_string),
+        rule,
+        reason,
+        value: value.map(|v| truncate(v, MAX_REJECT_VALUE_CHARS)),
+        raw: Some(raw_line(record)),
+    };
+    if record.len() != map.width {
+        return Err(reject(None, "field_count", format!("{} fields, the header has {}", record.len(), map.width), None));
+    }
+    let start = chunk.values.len();
+    for (col, src) in opts.contract.columns.iter().zip(&map.source) {
+        let checked = match src {
+            None if col.name == opts.contract.customer_column => Ok(map.derived_customer.clone()),
+            None => Ok(None),
+            Some(i) => {
+                let bytes = &record[*i];
+                let Ok(text) = std::str::from_utf8(bytes) else {
+                    chunk.values.truncate(start);
+                    let lossy = String::from_utf8_lossy(bytes);
+                    return Err(reject(Some(&col.name), "invalid_utf8", "not valid UTF-8".into(), Some(&lossy)));
+                };
+                check_value(col, text).map_err(|e| (e, text))
+            }
+        };
+        match checked {
+            Ok(v) => {
+                chunk.bytes += v.as_ref().map_or(0, |s| s.len()) + 1;
+                chunk.values.push(v);
+            }
+            Err((e, text)) => {
+                chunk.values.truncate(start);
+                return Err(reject(Some(&col.name), e.rule(), format!("{}: {}", col.name, e.describe()), Some(text)));
+            }
+        }
+    }
+    chunk.lines.push(line);
+    Ok(())
+}
+
+/// Validates the CSV in `input`, sending good rows and rejects to `sink` as it goes.
+/// Returns the file's accounting; a whole-file reject is reported in it, not as an error.
+pub async fn validate_stream<R, S>(input: R, opts: &Options<'_>, sink: &mut S) -> Result<FileAccount, ValidateError>
+where
+    R: AsyncRead + Unpin + Send,
+    S: ChunkSink + Send,
+{
+    let mut reader = AsyncReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(Trim::None)
+        .terminator(Terminator::CRLF)
+        .buffer_capacity(256 * 1024)
+        .create_reader(CrlfToLf::new(input));
+    let mut record = ByteRecord::new();
+    let mut account = FileAccount::default();
+
+    let read = |res: Result<bool, csv_async::Error>, account: &FileAccount| -> Result<bool, ValidateError> {
+        res.map_err(|e| csv_error(e, account))
+    };
+    let header_res = reader.read_byte_record(&mut record).await;
+    let has_header = match read(header_res, &account) {
+        Ok(b) => b,
+        Err(ValidateError::Io(e)) => return file_level(e, account),
+        Err(e) => return Err(e),
+    };
+    if !has_header {
+        account.file_reject = Some(FileReject { rule: "unreadable", reason: "the file is empty (no header)".into(), line: 0 });
+        return Ok(account);
+    }
+    let map = match map_header(&record, opts) {
+        Ok(m) => m,
+        Err(r) => {
+            // Count the data lines anyway, so the accounting says how many rows the reject covers.
+            account.file_reject = Some(r);
+            while let Ok(true) = reader.read_byte_record(&mut record).await {
+                account.rows_read += 1;
+            }
+            account.rows_rejected = account.rows_read;
+            return Ok(account);
+        }
+    };
+
+    let ncols = opts.contract.columns.len();
+    let mut chunk = RowChunk::new(ncols);
+    let mut rejects = Vec::new();
+    loop {
+        let res = reader.read_byte_record(&mut record).await;
+        match read(res, &account) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(ValidateError::Io(e)) => return file_level(e, account),
+            Err(e) => return Err(e),
+        }
+        account.rows_read += 1;
+        let line = record.position().map_or(0, |p| p.line());
+        match check_row(&map, opts, &record, line, &mut chunk) {
+            Ok(()) => {
+                account.rows_loaded += 1;
+                if chunk.len() >= CHUNK_ROWS {
+                    let full = std::mem::replace(&mut chunk, RowChunk::new(ncols));
+                    sink.rows(full).await.map_err(ValidateError::Sink)?;
+                }
+            }
+            Err(r) => {
+                account.rows_rejected += 1;
+                rejects.push(r);
+                if rejects.len() >= CHUNK_ROWS {
+                    sink.rejects(std::mem::take(&mut rejects)).await.map_err(ValidateError::Sink)?;
+                }
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        sink.rows(chunk).await.map_err(ValidateError::Sink)?;
+    }
+    if !rejects.is_empty() {
+        sink.rejects(rejects).await.map_err(ValidateError::Sink)?;
+    }
+    debug_assert!(account.balanced());
+    Ok(account)
+}
+
+/// Turns CRLF line ends into LF before the CSV reader sees them, so record line numbers are
+/// right for Windows files (the reader counts a CRLF record's line from its `\n`) and raw lines
+/// carry no stray `\r`. A lone `\r` is kept.
+struct CrlfToLf<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    /// Converted bytes not yet handed out.
+    carry: Vec<u8>,
+    carry_pos: usize,
+    pending_cr: bool,
+}
+
+impl<R> CrlfToLf<R> {
+    fn new(inner: R) -> Self {
+        CrlfToLf { inner, buf: vec![0; 64 * 1024].into_boxed_slice(), carry: Vec::with_capacity(64 * 1024), carry_pos: 0, pending_cr: false }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CrlfToLf<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.carry_pos < this.carry.len() {
+                let n = (this.carry.len() - this.carry_pos).min(out.remaining());
+                out.put_slice(&this.carry[this.carry_pos..this.carry_pos + n]);
+                this.carry_pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            this.carry.clear();
+            this.carry_pos = 0;
+            let mut rb = tokio::io::ReadBuf::new(&mut this.buf);
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let data = rb.filled();
+            if data.is_empty() {
+                if std::mem::take(&mut this.pending_cr) {
+                    this.carry.push(b'\r');
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if std::mem::take(&mut this.pending_cr) && data[0] != b'\n' {
+                this.carry.push(b'\r');
+            }
+            let mut start = 0;
+            for i in memchr_cr(data) {
+                if i + 1 == data.len() {
+                    this.carry.extend_from_slice(&data[start..i]);
+                    this.pending_cr = true;
+                    start = data.len();
+                    break;
+                }
+                if data[i + 1] == b'\n' {
+                    this.carry.extend_from_slice(&data[start..i]);
+                    start = i + 1;
+                }
+            }
+            this.carry.extend_from_slice(&data[start..]);
+        }
+    }
+}
+
+fn memchr_cr(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    data.iter().enumerate().filter(|(_, b)| **b == b'\r').map(|(i, _)| i)
+}
+
+fn csv_error(e: csv_async::Error, _account: &FileAccount) -> ValidateError {
+    match e.into_kind() {
+        csv_async::ErrorKind::Io(io) => ValidateError::Io(io),
+        other => ValidateError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{other:?}"))),
+    }
+}
+
+/// An I/O error that is really a verdict on the file (size limit, corrupt gzip) rejects the file;
+/// anything else is transient and propagates for a retry.
+/// A file rejected whole loads nothing: every row read is counted as rejected by the file's reason.
+fn file_level(e: std::io::Error, mut account: FileAccount) -> Result<FileAccount, ValidateError> {
+    let reject = if let Some(limit) = e.get_ref().and_then(|inner| inner.downcast_ref::<SizeLimitExceeded>()) {
+        FileReject { rule: limit.rule, reason: limit.reason.clone(), line: account.rows_read + 2 }
+    } else if e.kind() == std::io::ErrorKind::InvalidData {
+        FileReject { rule: "unreadable", reason: format!("not a readable CSV: {e}"), line: account.rows_read + 2 }
+    } else {
+        return Err(ValidateError::Io(e));
+    };
+    account.file_reject = Some(reject);
+    account.rows_loaded = 0;
+    account.rows_rejected = account.rows_read;
+    Ok(account)
+}
+
+/// Collects everything in memory: for `validate`, `contract infer` and tests.
+#[derive(Default)]
+pub struct CollectSink {
+    pub rows: Vec<RowChunk>,
+    pub rejects: Vec<Reject>,
+    /// Keep only counts of good rows (the `validate` command does not need them).
+    pub discard_rows: bool,
+}
+
+impl ChunkSink for CollectSink {
+    async fn rows(&mut self, chunk: RowChunk) -> Result<(), String> {
+        if !self.discard_rows {
+            self.rows.push(chunk);
+        }
+        Ok(())
+    }
+    async fn rejects(&mut self, rejects: Vec<Reject>) -> Result<(), String> {
+        self.rejects.extend(rejects);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "customer,event_id,event_time,user_id,user_email,event_type,source_ip,user_agent";
+
+    async fn run_on(key: &str, data: &[u8]) -> (FileAccount, CollectSink) {
+        let c = Contract::builtin();
+        let mut sink = CollectSink::default();
+        let acc = validate_stream(data, &Options { contract: &c, key }, &mut sink).await.unwrap();
+        assert!(acc.balanced() || acc.file_reject.is_some());
+        (acc, sink)
+    }
+
+    fn row(chunks: &[RowChunk], i: usize) -> Vec<Option<String>> {
+        chunks.iter().flat_map(|c| (0..c.len()).map(move |r| c.row(r).to_vec())).nth(i).unwrap()
+    }
+
+    #[tokio::test]
+    async fn good_rows_load_and_are_normalised() {
+        let data = format!(
+            "{HEADER}\r\nacme,e1,2026-11-23T11:00:00+01:00,u1,a@b.io,login,10.0.0.1,\"Mozilla, \"\"5\"\"\"\r\nacme,e2,2026-11-23 10:00:00,u2,,logout,,\r\n"
+        );
+        let (acc, sink) = run_on("csv/acme/x.csv", data.as_bytes()).await;
+        assert_eq!(acc, FileAccount { rows_read: 2, rows_loaded: 2, rows_rejected: 0, file_reject: None });
+        let r0 = row(&sink.rows, 0);
+        assert_eq!(r0[2].as_deref(), Some("2026-11-23 10:00:00"));
+        assert_eq!(r0[7].as_deref(), Some("Mozilla, \"5\""));
+        assert_eq!(row(&sink.rows, 1)[4], None);
+        assert_eq!(sink.rows[0].lines, vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn header_is_order_case_whitespace_and_bom_tolerant() {
+        let data = "\u{feff} Event_Type ,USER_ID,event_time,event_id,customer\nlogin,u1,2026-11-23T10:00:00Z,e1,acme\n";
+        let (acc, sink) = run_on("k.csv", data.as_bytes()).await;
+        assert_eq!(acc.rows_loaded, 1, "{:?}", sink.rejects);
+        let r = row(&sink.rows, 0);
+        assert_eq!(r[0].as_deref(), Some("acme"));
+        assert_eq!(r[5].as_deref(), Some("login"));
+    }
+
+    #[tokio::test]
+    async fn missing_required_column_rejects_the_file() {
+        let (acc, sink) = run_on("csv/acme/x.csv", b"customer,event_id,event_time\nacme,e1,2026-11-23T10:00:00Z\nacme,e2,x\n").await;
+        assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (2, 0, 2));
+        let r = acc.file_reject.unwrap();
+        assert_eq!(r.rule, "missing_column");
+        assert!(r.reason.contains("user_id") && r.reason.contains("event_type"), "{}", r.reason);
+        assert!(sink.rows.is_empty());
+    }
+
+    #[tokio::test]
+    async fn customer_is_derived_from_the_key_for_legacy_files() {
+        let data = "event_id,event_time,user_id,event_type\ne1,2026-11-23T10:00:00Z,u1,login\n";
+        let (acc, sink) = run_on("csv/globex/w47.csv", data.as_bytes()).await;
+        assert_eq!(acc.rows_loaded, 1);
+        assert_eq!(row(&sink.rows, 0)[0].as_deref(), Some("globex"));
+        let (acc, _) = run_on("w47.csv", data.as_bytes()).await;
+        assert_eq!(acc.file_reject.unwrap().rule, "no_customer");
+    }
+
+    #[tokio::test]
+    async fn unknown_columns_ignored_or_rejected_by_contract() {
+        let data = format!("{HEADER},extra\nacme,e1,2026-11-23T10:00:00Z,u1,,login,,,x\n");
+        let (acc, _) = run_on("k", data.as_bytes()).await;
+        assert_eq!(acc.rows_loaded, 1);
+        let mut strict = Contract::builtin();
+        strict.unknown_columns = UnknownColumns::Reject;
+        let mut sink = CollectSink::default();
+        let acc = validate_stream(data.as_bytes(), &Options { contract: &strict, key: "k" }, &mut sink).await.unwrap();
+        assert_eq!(acc.file_reject.unwrap().rule, "unknown_column");
+    }
+
+    #[tokio::test]
+    async fn each_row_rule_is_reported_with_line_column_and_raw() {
+        let data = format!(
+            "{HEADER}\n\
+             acme,e1,2026-11-23T10:00:00Z,u1,,login,,\n\
+             acme,e2,yesterday,u1,,login,,\n\
+             acme,,2026-11-23T10:00:00Z,u1,,login,,\n\
+             acme,e4,2026-11-23T10:00:00Z,u1,not-an-email,login,,\n\
+             acme,e5,2026-11-23T10:00:00Z,u1\n\
+             acme,{long},2026-11-23T10:00:00Z,u1,,login,,\n\
+             acme,\"e7\nwith newline\",2026-11-23T10:00:00Z,u1,,login,,\n",
+            long = "x".repeat(65)
+        );
+        let (acc, sink) = run_on("k", data.as_bytes()).await;
+        assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (7, 2, 5));
+        let got: Vec<(u64, Option<&str>, &str)> =
+            sink.rejects.iter().map(|r| (r.line, r.column.as_deref(), r.rule)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, Some("event_time"), "type"),
+                (4, Some("event_id"), "required"),
+                (5, Some("user_email"), "format"),
+                (6, None, "field_count"),
+                (7, Some("event_id"), "max_length"),
+            ]
+        );
+        assert_eq!(sink.rejects[0].value.as_deref(), Some("yesterday"));
+        assert_eq!(sink.rejects[0].raw.as_deref(), Some("acme,e2,yesterday,u1,,login,,"));
+        // The quoted newline keeps its row together: loaded with the line it starts on.
+        assert_eq!(row(&sink.rows, 1)[1].as_deref(), Some("e7\nwith newline"));
+        assert_eq!(sink.rows[0].lines, vec![2, 8]);
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_rejects_the_row_or_the_file() {
+        let mut data = format!("{HEADER}\nacme,e1,2026-11-23T10:00:00Z,u").into_bytes();
+        data.extend_from_slice(&[0xff, 0xfe]);
+        data.extend_from_slice(b",,login,,\nacme,e2,2026-11-23T10:00:00Z,u2,,login,,\n");
+        let (acc, sink) = run_on("k", &data).await;
+        assert_eq!((acc.rows_loaded, acc.rows_rejected), (1, 1));
+        assert_eq!(sink.rejects[0].rule, "invalid_utf8");
+        assert_eq!(sink.rejects[0].column.as_deref(), Some("user_id"));
+
+        let (acc, _) = run_on("k", b"cust\xffomer,event_id\n").await;
+        assert_eq!(acc.file_reject.unwrap().rule, "invalid_utf8");
+    }
+
+    #[tokio::test]
+    async fn crlf_is_normalised_across_read_boundaries() {
+        use tokio::io::AsyncReadExt;
+        let input = b"a\r\nb\rc\r\n\r".to_vec();
+        for chunk in 1..=input.len() {
+            // A reader that hands out `chunk` bytes at a time.
+            let (client, mut server) = tokio::io::duplex(chunk);
+            let data = input.clone();
+            let writer = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                for c in data.chunks(chunk) {
+                    server.write_all(c).await.unwrap();
+                }
+            });
+            let mut out = Vec::new();
+            CrlfToLf::new(client).read_to_end(&mut out).await.unwrap();
+            writer.await.unwrap();
+            assert_eq!(out, b"a\nb\rc\n\r", "chunk size {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_file_and_header_only() {
+        let (acc, _) = run_on("k", b"").await;
+        assert_eq!(acc.file_reject.unwrap().rule, "unreadable");
+        let (acc, _) = run_on("k", format!("{HEADER}\n").as_bytes()).await;
+        assert_eq!(acc, FileAccount::default());
+    }
+
+    #[tokio::test]
+    async fn long_values_are_truncated_in_rejects() {
+        let data = format!("{HEADER}\nacme,e1,{},u1,,login,,\n", "9".repeat(5000));
+        let (_, sink) = run_on("k", data.as_bytes()).await;
+        let r = &sink.rejects[0];
+        assert_eq!(r.value.as_ref().unwrap().chars().count(), MAX_REJECT_VALUE_CHARS + 1);
+        assert_eq!(r.raw.as_ref().unwrap().chars().count(), MAX_REJECT_RAW_CHARS + 1);
+    }
+
+    #[tokio::test]
+    async fn chunks_are_bounded() {
+        let mut data = format!("{HEADER}\n");
+        for i in 0..(CHUNK_ROWS * 2 + 10) {
+            data.push_str(&format!("acme,e{i},2026-11-23T10:00:00Z,u{i},,login,,\n"));
+        }
+        let (acc, sink) = run_on("k", data.as_bytes()).await;
+        assert_eq!(acc.rows_loaded as usize, CHUNK_ROWS * 2 + 10);
+        assert_eq!(sink.rows.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![CHUNK_ROWS, CHUNK_ROWS, 10]);
+    }
+}

@@ -1,0 +1,161 @@
+//! The warehouse boundary: staging, ledger, rejects, merge and the target table.
+//!
+//! A [`BatchSink`] is one writer's open micro-batch. Files enter it one at a time
+//! (`admit` → rows/rejects → `finish_file`), and `commit` makes the staging rows, ledger rows,
+//! reject rows and supersede marks of every file in it durable at once. Nothing is visible, and
+//! nothing may be acknowledged, before `commit` returns. Implementations: [`sqlite`].
+
+pub mod sql;
+pub mod sqlite;
+
+use chrono::{DateTime, Utc};
+
+use crate::validate::{Reject, RowChunk};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("warehouse: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("warehouse: {0}")]
+    Other(String),
+}
+
+/// A file version, fully identified, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub bucket: String,
+    pub key: String,
+    pub version: String,
+    pub sequencer: String,
+    pub size: u64,
+    pub event_time: DateTime<Utc>,
+    pub contract_version: u32,
+}
+
+/// What the ledger says about a version before any work is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Unknown version (or `force`): load it.
+    Load,
+    /// Already recorded with this status: count as a duplicate, do nothing.
+    Duplicate(FileStatus),
+    /// A newer version of the key is already recorded: this one is recorded as superseded, not loaded.
+    Superseded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    Loaded,
+    Rejected,
+    Superseded,
+}
+
+impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Loaded => sql::LOADED,
+            FileStatus::Rejected => sql::REJECTED,
+            FileStatus::Superseded => sql::SUPERSEDED,
+        }
+    }
+    pub fn parse(s: &str) -> Option<FileStatus> {
+        match s {
+            sql::LOADED => Some(FileStatus::Loaded),
+            sql::REJECTED => Some(FileStatus::Rejected),
+            sql::SUPERSEDED => Some(FileStatus::Superseded),
+            _ => None,
+        }
+    }
+}
+
+/// How a file ends in the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSummary {
+    pub status: FileStatus,
+    pub rows_read: u64,
+    pub rows_loaded: u64,
+    pub rows_rejected: u64,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub batch_id: i64,
+    pub files: u64,
+    pub rows_loaded: u64,
+    pub rows_rejected: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    pub files: u64,
+    pub rows_deleted: u64,
+    pub rows_inserted: u64,
+    /// Event times of the loaded files this merge published.
+    pub event_times: Vec<DateTime<Utc>>,
+}
+
+/// One writer's open micro-batch. Exactly one file is open at a time.
+pub trait BatchSink: Send {
+    /// Checks the ledger for this version inside the batch; on `Load` opens the file.
+    /// With `force`, an earlier load of the same version is marked replaced and it loads again.
+    fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError>;
+    fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError>;
+    fn write_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError>;
+    /// The open file is rejected whole: forget its rows and rejects so far (the file stays open).
+    fn discard_file_rows(&mut self) -> Result<(), WarehouseError>;
+    /// Records the open file's ledger row and supersedes older versions of its key.
+    /// Returns false when another writer recorded the same version first: then nothing of
+    /// this file is kept and it counts as a duplicate.
+    fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError>;
+    /// Nothing of the open file is kept: it will be tried again.
+    fn abandon_file(&mut self) -> Result<(), WarehouseError>;
+    /// Rows and bytes written since the batch opened (for the flush policy).
+    fn pending(&self) -> (u64, u64);
+    /// Makes the batch durable. `None` when the batch was empty.
+    fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError>;
+    /// Drops the whole open batch.
+    fn rollback(&mut self);
+}
+
+/// One row of `wau_weekly_active_users`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WauRow {
+    pub customer: String,
+    pub iso_week: String,
+    pub week_start: String,
+    pub active_users: i64,
+}
+
+/// Ledger totals: what `demo` and tests print and check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerTotals {
+    pub files_loaded: u64,
+    pub files_rejected: u64,
+    pub files_superseded: u64,
+    pub rows_read: u64,
+    pub rows_loaded: u64,
+    pub rows_rejected: u64,
+    /// Files whose ledger row breaks `rows_read = rows_loaded + rows_rejected` (must be 0).
+    pub unbalanced_files: u64,
+    pub target_rows: u64,
+    pub staging_rows: u64,
+    pub reject_rows: u64,
+}
+
+pub trait Warehouse: Send + Sync {
+    /// Creates every table and the view if missing.
+    fn migrate(&self) -> Result<(), WarehouseError>;
+    /// A new writer with its own connection.
+    fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError>;
+    /// Read-only ledger lookup used to skip work before reading a file.
+    fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError>;
+    /// (key, sequencer) of every version recorded for `bucket`: reconcile compares listings with it.
+    fn recorded_sequencers(&self, bucket: &str) -> Result<std::collections::HashSet<(String, String)>, WarehouseError>;
+    /// Runs the merge as one transaction.
+    fn merge(&self) -> Result<MergeReport, WarehouseError>;
+    /// Cheap reachability check for `/readyz`.
+    fn ping(&self) -> Result<(), WarehouseError>;
+    fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError>;
+    fn totals(&self) -> Result<LedgerTotals, WarehouseError>;
+}

@@ -1,0 +1,395 @@
+//! Every SQL statement the product runs, in one place.
+//!
+//! Loads and merges are written once, in the subset Redshift, PostgreSQL and SQLite share
+//! (`DELETE … WHERE EXISTS`, `INSERT … SELECT`, `ROW_NUMBER()` in a subquery, `:name`
+//! parameters). Only true engine differences — DDL types, table options, view date functions,
+//! the bulk-load route — live behind [`Dialect`].
+
+use crate::contract::{Column, ColumnType, Contract};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+    Redshift,
+}
+
+/// Table names (configurable; defaults from DESIGN.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    pub target: String,
+    pub staging: String,
+    pub files: String,
+    pub rejects: String,
+    pub merges: String,
+    pub wau_view: String,
+}
+
+impl Tables {
+    pub fn for_contract(contract: &Contract) -> Tables {
+        Tables {
+            target: contract.table.clone(),
+            staging: format!("{}_staging", contract.table),
+            files: "wau_ingest_files".into(),
+            rejects: "wau_ingest_rejects".into(),
+            merges: "wau_ingest_merges".into(),
+            wau_view: "wau_weekly_active_users".into(),
+        }
+    }
+}
+
+/// Ledger statuses. `replaced` marks a load that a `replay --force` of the same version replaced.
+pub const LOADED: &str = "loaded";
+pub const REJECTED: &str = "rejected";
+pub const SUPERSEDED: &str = "superseded";
+pub const REPLACED: &str = "replaced";
+
+/// Provenance columns staging rows carry after the contract columns.
+pub const STAGING_PROVENANCE: [&str; 4] = ["_file_key", "_file_version", "_line", "_batch_id"];
+
+pub struct Sql<'a> {
+    pub dialect: Dialect,
+    pub contract: &'a Contract,
+    pub t: &'a Tables,
+}
+
+impl<'a> Sql<'a> {
+    pub fn new(dialect: Dialect, contract: &'a Contract, t: &'a Tables) -> Self {
+        Sql { dialect, contract, t }
+    }
+
+    fn column_type(&self, c: &Column) -> String {
+        match (self.dialect, c.ty) {
+            (Dialect::Sqlite, ColumnType::Integer) => "INTEGER".into(),
+            (Dialect::Sqlite, ColumnType::Float) => "REAL".into(),
+            (Dialect::Sqlite, _) => "TEXT".into(),
+            (_, ColumnType::String) => match (self.dialect, c.max_length) {
+                // Redshift VARCHAR lengths are bytes; a UTF-8 character takes up to 4.
+                (Dialect::Redshift, Some(n)) => format!("VARCHAR({})", (n * 4).min(65535)),
+                (Dialect::Redshift, None) => "VARCHAR(65535)".into(),
+                (_, Some(n)) => format!("VARCHAR({n})"),
+                (_, None) => "TEXT".into(),
+            },
+            (_, ColumnType::Integer) => "BIGINT".into(),
+            (_, ColumnType::Float) => "DOUBLE PRECISION".into(),
+            (_, ColumnType::Boolean) => "BOOLEAN".into(),
+            (_, ColumnType::Timestamp) => "TIMESTAMP".into(),
+            (_, ColumnType::Date) => "DATE".into(),
+        }
+    }
+
+    fn text(&self, len: usize) -> String {
+        match self.dialect {
+            Dialect::Sqlite => "TEXT".into(),
+            Dialect::Postgres => "TEXT".into(),
+            Dialect::Redshift => format!("VARCHAR({len})"),
+        }
+    }
+
+    fn ts(&self) -> &'static str {
+        if self.dialect == Dialect::Sqlite {
+            "TEXT"
+        } else {
+            "TIMESTAMP"
+        }
+    }
+
+    fn int(&self) -> &'static str {
+        if self.dialect == Dialect::Sqlite {
+            "INTEGER"
+        } else {
+            "BIGINT"
+        }
+    }
+
+    fn contract_columns_ddl(&self) -> Vec<String> {
+        self.contract
+            .columns
+            .iter()
+            .map(|c| format!("{} {}{}", c.name, self.column_type(c), if c.required { " NOT NULL" } else { "" }))
+            .collect()
+    }
+
+    fn table_options(&self) -> String {
+        if self.dialect == Dialect::Redshift {
+            format!(" DISTSTYLE AUTO SORTKEY ({})", self.contract.event_time_column)
+        } else {
+            String::new()
+        }
+    }
+
+    /// Idempotent DDL: tables, indexes (where the engine has them) and the WAU view.
+    pub fn migrate(&self) -> Vec<String> {
+        let t = self.t;
+        let (int, ts) = (self.int(), self.ts());
+        let mut out = Vec::new();
+        let mut target_cols = self.contract_columns_ddl();
+        target_cols.extend([
+            format!("_file_key {} NOT NULL", self.text(1024)),
+            format!("_file_version {} NOT NULL", self.text(256)),
+            format!("_line {int} NOT NULL"),
+            format!("_loaded_at {ts} NOT NULL"),
+        ]);
+        out.push(format!("CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}", t.target, target_cols.join(",\n  "), self.table_options()));
+        let mut staging_cols = self.contract_columns_ddl();
+        staging_cols.extend([
+            format!("_file_key {} NOT NULL", self.text(1024)),
+            format!("_file_version {} NOT NULL", self.text(256)),
+            format!("_line {int} NOT NULL"),
+            format!("_batch_id {int} NOT NULL"),
+        ]);
+        out.push(format!("CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}", t.staging, staging_cols.join(",\n  "), self.table_options()));
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  bucket {} NOT NULL,\n  key {} NOT NULL,\n  version {} NOT NULL,\n  sequencer {} NOT NULL,\n  size_bytes {int},\n  rows_read {int} NOT NULL,\n  rows_loaded {int} NOT NULL,\n  rows_rejected {int} NOT NULL,\n  status {} NOT NULL,\n  reason {},\n  batch_id {int} NOT NULL,\n  event_at {ts},\n  loaded_at {ts} NOT NULL,\n  merged_at {ts},\n  contract_version {int} NOT NULL\n)",
+            t.files, self.text(1024), self.text(1024), self.text(256), self.text(64), self.text(16), self.text(1024)
+        ));
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  bucket {} NOT NULL,\n  key {} NOT NULL,\n  version {} NOT NULL,\n  batch_id {int} NOT NULL,\n  line {int} NOT NULL,\n  column_name {},\n  rule {} NOT NULL,\n  reason {} NOT NULL,\n  value {},\n  raw_line {},\n  contract_version {int} NOT NULL,\n  rejected_at {ts} NOT NULL\n)",
+            t.rejects, self.text(1024), self.text(1024), self.text(256), self.text(128), self.text(32), self.text(1024), self.text(1024), self.text(4096)
+        ));
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  merged_at {ts} NOT NULL,\n  batch_watermark {int} NOT NULL,\n  files {int} NOT NULL,\n  rows_deleted {int} NOT NULL,\n  rows_inserted {int} NOT NULL\n)",
+            t.merges
+        ));
+        if self.dialect != Dialect::Redshift {
+            let key = self.contract.dedupe_key.join(", ");
+            out.push(format!("CREATE INDEX IF NOT EXISTS {0}_key ON {0} ({key})", t.target));
+            out.push(format!("CREATE INDEX IF NOT EXISTS {0}_key ON {0} ({key})", t.staging));
+            out.push(format!("CREATE INDEX IF NOT EXISTS {0}_file ON {0} (_file_key, _file_version, _batch_id)", t.staging));
+            out.push(format!("CREATE INDEX IF NOT EXISTS {0}_version ON {0} (bucket, key, version)", t.files));
+            out.push(format!("CREATE INDEX IF NOT EXISTS {0}_batch ON {0} (key, version, batch_id)", t.files));
+            out.push(format!("CREATE INDEX IF NOT EXISTS {0}_unmerged ON {0} (merged_at)", t.files));
+            out.push(format!("CREATE INDEX IF NOT EXISTS {0}_file ON {0} (bucket, key, version)", t.rejects));
+        }
+        out.push(self.wau_view());
+        out
+    }
+
+    fn wau_view(&self) -> String {
+        let (cust, time, user) = (&self.contract.customer_column, &self.contract.event_time_column, &self.contract.user_column);
+        let (create, iso_week, week_start) = match self.dialect {
+            // 'weekday 0' moves to the coming Sunday: -6 days is that ISO week's Monday, -3 its Thursday,
+            // whose year and day-of-year give the ISO year and week (works on any SQLite 3).
+            Dialect::Sqlite => (
+                "CREATE VIEW IF NOT EXISTS",
+                format!(
+                    "strftime('%Y', {time}, 'weekday 0', '-3 days') || '-W' || printf('%02d', (CAST(strftime('%j', {time}, 'weekday 0', '-3 days') AS INTEGER) - 1) / 7 + 1)"
+                ),
+                format!("date({time}, 'weekday 0', '-6 days')"),
+            ),
+            Dialect::Postgres | Dialect::Redshift => (
+                "CREATE OR REPLACE VIEW",
+                format!("TO_CHAR({time}, 'IYYY-\"W\"IW')"),
+                format!("CAST(DATE_TRUNC('week', {time}) AS DATE)"),
+            ),
+        };
+        format!(
+            "{create} {} AS\nSELECT {cust} AS customer, {iso_week} AS iso_week, {week_start} AS week_start, COUNT(DISTINCT {user}) AS active_users\nFROM {}\nGROUP BY {cust}, {iso_week}, {week_start}",
+            self.t.wau_view, self.t.target
+        )
+    }
+
+    /// Staging insert of one row (the SQLite and PostgreSQL-in-tests bulk route; Redshift COPYs).
+    pub fn insert_staging(&self) -> String {
+        let mut cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
+        cols.extend(STAGING_PROVENANCE);
+        let params: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+        format!("INSERT INTO {} ({}) VALUES ({})", self.t.staging, cols.join(", "), params.join(", "))
+    }
+
+    /// The newest version of a (bucket, key, version) in the ledger, if any load of it counts.
+    pub fn lookup_version(&self) -> String {
+        format!(
+            "SELECT status, batch_id FROM {} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}' ORDER BY batch_id DESC LIMIT 1",
+            self.t.files
+        )
+    }
+
+    /// Is a newer version of this key already recorded?
+    pub fn newer_version_exists(&self) -> String {
+        format!(
+            "SELECT COUNT(*) FROM {} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN ('{LOADED}', '{REJECTED}') AND sequencer > :sequencer",
+            self.t.files
+        )
+    }
+
+    /// The ledger row of a file, guarded so a redelivered file can never be recorded twice.
+    pub fn insert_ledger(&self) -> String {
+        format!(
+            "INSERT INTO {0} (bucket, key, version, sequencer, size_bytes, rows_read, rows_loaded, rows_rejected, status, reason, batch_id, event_at, loaded_at, merged_at, contract_version)\n\
+             SELECT :bucket, :key, :version, :sequencer, :size_bytes, :rows_read, :rows_loaded, :rows_rejected, :status, :reason, :batch_id, :event_at, :loaded_at, :merged_at, :contract_version\n\
+             WHERE NOT EXISTS (SELECT 1 FROM {0} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}')",
+            self.t.files
+        )
+    }
+
+    /// Marks older loaded versions of the key superseded; the next merge recomputes their keys.
+    pub fn supersede_older(&self) -> String {
+        format!(
+            "UPDATE {} SET status = '{SUPERSEDED}', merged_at = NULL WHERE bucket = :bucket AND key = :key AND version <> :version AND status = '{LOADED}' AND sequencer <= :sequencer",
+            self.t.files
+        )
+    }
+
+    /// `replay --force`: the earlier load of the same version is replaced; the merge recomputes its keys.
+    pub fn replace_version(&self) -> String {
+        format!(
+            "UPDATE {} SET status = '{REPLACED}', merged_at = NULL WHERE bucket = :bucket AND key = :key AND version = :version AND status IN ('{LOADED}', '{REJECTED}', '{SUPERSEDED}')",
+            self.t.files
+        )
+    }
+
+    pub fn insert_reject(&self) -> String {
+        format!(
+            "INSERT INTO {} (bucket, key, version, batch_id, line, column_name, rule, reason, value, raw_line, contract_version, rejected_at)\n\
+             VALUES (:bucket, :key, :version, :batch_id, :line, :column_name, :rule, :reason, :value, :raw_line, :contract_version, :rejected_at)",
+            self.t.rejects
+        )
+    }
+
+    pub fn next_batch_id(&self) -> String {
+        format!("SELECT COALESCE(MAX(batch_id), 0) + 1 FROM {}", self.t.files)
+    }
+
+    fn staging_joins_ledger(&self, s: &str, f: &str) -> String {
+        format!("{f}.key = {s}._file_key AND {f}.version = {s}._file_version AND {f}.batch_id = {s}._batch_id")
+    }
+
+    fn key_match(&self, a: &str, b: &str) -> String {
+        self.contract.dedupe_key.iter().map(|k| format!("{a}.{k} = {b}.{k}")).collect::<Vec<_>>().join(" AND ")
+    }
+
+    /// Event times of the files the next merge publishes (for the event→merge lag).
+    pub fn unmerged_event_times(&self) -> String {
+        format!("SELECT event_at FROM {} WHERE merged_at IS NULL AND status = '{LOADED}' AND event_at IS NOT NULL", self.t.files)
+    }
+
+    /// The merge, in order, as one transaction. Touched keys are the dedupe keys of staging rows
+    /// whose ledger row is not merged yet (new loads and newly superseded or replaced loads).
+    /// Each is deleted from the target, then its winner among current-version rows is inserted:
+    /// newest sequencer, then latest batch, then last line. Superseded rows then leave staging
+    /// and the ledger rows are stamped merged. Running it twice changes nothing the second time.
+    pub fn merge(&self) -> Vec<String> {
+        let t = self.t;
+        let cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
+        let touched = |alias: &str| {
+            format!(
+                "EXISTS (SELECT 1 FROM {st} tk JOIN {files} tf ON {join} WHERE tf.merged_at IS NULL AND {km})",
+                st = t.staging,
+                files = t.files,
+                join = self.staging_joins_ledger("tk", "tf"),
+                km = self.key_match("tk", alias)
+            )
+        };
+        let s_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
+        vec![
+            format!("DELETE FROM {target} WHERE {cond}", target = t.target, cond = touched(&t.target)),
+            format!(
+                "INSERT INTO {target} ({cols}, _file_key, _file_version, _line, _loaded_at)\n\
+                 SELECT {cols}, _file_key, _file_version, _line, :merged_at FROM (\n\
+                 \x20 SELECT {s_cols}, s._file_key, s._file_version, s._line,\n\
+                 \x20   ROW_NUMBER() OVER (PARTITION BY {pkey} ORDER BY f.sequencer DESC, f.batch_id DESC, s._line DESC) AS rn\n\
+                 \x20 FROM {st} s JOIN {files} f ON {join}\n\
+                 \x20 WHERE f.status = '{LOADED}' AND {cond}\n\
+                 ) w WHERE w.rn = 1",
+                target = t.target,
+                cols = cols.join(", "),
+                s_cols = s_cols.join(", "),
+                pkey = self.contract.dedupe_key.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "),
+                st = t.staging,
+                files = t.files,
+                join = self.staging_joins_ledger("s", "f"),
+                cond = touched("s"),
+            ),
+            format!(
+                "DELETE FROM {st} WHERE EXISTS (SELECT 1 FROM {files} f WHERE {join} AND f.status IN ('{SUPERSEDED}', '{REPLACED}'))",
+                st = t.staging,
+                files = t.files,
+                join = self.staging_joins_ledger(&t.staging, "f"),
+            ),
+            format!(
+                "INSERT INTO {merges} (merged_at, batch_watermark, files, rows_deleted, rows_inserted)\n\
+                 SELECT :merged_at, COALESCE(MAX(batch_id), 0), COUNT(*), :rows_deleted, :rows_inserted FROM {files} WHERE merged_at IS NULL",
+                merges = t.merges,
+                files = t.files
+            ),
+            format!("UPDATE {} SET merged_at = :merged_at WHERE merged_at IS NULL", t.files),
+        ]
+    }
+
+    pub fn report(&self) -> String {
+        format!(
+            "SELECT customer, iso_week, week_start, active_users FROM {} WHERE week_start >= :since AND (:customer = '' OR customer = :customer) ORDER BY week_start, customer",
+            self.t.wau_view
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql_for(d: Dialect) -> (Contract, Tables, Dialect) {
+        let c = Contract::builtin();
+        let t = Tables::for_contract(&c);
+        (c, t, d)
+    }
+
+    #[test]
+    fn ddl_types_follow_the_dialect() {
+        let (c, t, _) = sql_for(Dialect::Sqlite);
+        let lite = Sql::new(Dialect::Sqlite, &c, &t).migrate().join("\n");
+        assert!(lite.contains("event_time TEXT NOT NULL"));
+        assert!(lite.contains("CREATE INDEX IF NOT EXISTS wau_audit_logs_staging_key ON wau_audit_logs_staging (customer, event_id)"));
+        assert!(!lite.contains("SORTKEY"));
+        let rs = Sql::new(Dialect::Redshift, &c, &t).migrate().join("\n");
+        assert!(rs.contains("customer VARCHAR(256) NOT NULL"), "{rs}");
+        assert!(rs.contains("event_time TIMESTAMP NOT NULL"));
+        assert!(rs.contains(") DISTSTYLE AUTO SORTKEY (event_time)"));
+        assert!(!rs.contains("CREATE INDEX"));
+        assert!(rs.contains("CREATE OR REPLACE VIEW wau_weekly_active_users"));
+        let pg = Sql::new(Dialect::Postgres, &c, &t).migrate().join("\n");
+        assert!(pg.contains("customer VARCHAR(64) NOT NULL"));
+        assert!(pg.contains("user_agent VARCHAR(512),"));
+    }
+
+    #[test]
+    fn load_and_merge_text_is_the_same_for_every_engine() {
+        let (c, t, _) = sql_for(Dialect::Sqlite);
+        let a = Sql::new(Dialect::Sqlite, &c, &t);
+        let b = Sql::new(Dialect::Redshift, &c, &t);
+        let p = Sql::new(Dialect::Postgres, &c, &t);
+        assert_eq!(a.merge(), b.merge());
+        assert_eq!(a.merge(), p.merge());
+        assert_eq!(a.insert_ledger(), b.insert_ledger());
+        assert_eq!(a.supersede_older(), b.supersede_older());
+    }
+
+    #[test]
+    fn merge_deletes_touched_keys_then_inserts_winners() {
+        let (c, t, d) = sql_for(Dialect::Sqlite);
+        let m = Sql::new(d, &c, &t).merge();
+        assert_eq!(m.len(), 5);
+        assert!(m[0].starts_with("DELETE FROM wau_audit_logs WHERE EXISTS (SELECT 1 FROM wau_audit_logs_staging tk JOIN wau_ingest_files tf"));
+        assert!(m[0].contains("tk.customer = wau_audit_logs.customer AND tk.event_id = wau_audit_logs.event_id"));
+        assert!(m[1].contains("ROW_NUMBER() OVER (PARTITION BY s.customer, s.event_id ORDER BY f.sequencer DESC, f.batch_id DESC, s._line DESC)"));
+        assert!(m[1].contains("WHERE f.status = 'loaded'"));
+        assert!(m[2].contains("f.status IN ('superseded', 'replaced')"));
+        assert!(m[4].starts_with("UPDATE wau_ingest_files SET merged_at = :merged_at WHERE merged_at IS NULL"));
+    }
+
+    #[test]
+    fn ledger_insert_is_guarded() {
+        let (c, t, d) = sql_for(Dialect::Sqlite);
+        let s = Sql::new(d, &c, &t).insert_ledger();
+        assert!(s.contains("WHERE NOT EXISTS (SELECT 1 FROM wau_ingest_files WHERE bucket = :bucket AND key = :key AND version = :version AND status <> 'replaced')"));
+    }
+
+    #[test]
+    fn staging_insert_binds_every_column_and_provenance() {
+        let (c, t, d) = sql_for(Dialect::Sqlite);
+        let s = Sql::new(d, &c, &t).insert_staging();
+        assert!(s.ends_with("VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"), "{s}");
+        assert!(s.contains("user_agent, _file_key, _file_version, _line, _batch_id)"));
+    }
+}

@@ -1,0 +1,633 @@
+//! The embedded warehouse: one SQLite file in WAL mode.
+//!
+//! A micro-batch is one `BEGIN IMMEDIATE … COMMIT` transaction; each file in it is a
+//! savepoint, so a file rejected (or abandoned) mid-stream leaves nothing behind while the
+//! batch goes on. Rows stream straight into staging, so memory does not grow with file size.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::Utc;
+use rusqlite::{params_from_iter, Connection, Statement, ToSql};
+
+use super::sql::{Dialect, Sql, Tables, LOADED, REJECTED, SUPERSEDED};
+use super::{
+    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse,
+    WarehouseError, WauRow,
+};
+use crate::contract::{format_timestamp, parse_timestamp, Contract};
+use crate::validate::{Reject, RowChunk};
+
+pub struct SqliteWarehouse {
+    path: PathBuf,
+    contract: Contract,
+    tables: Tables,
+    reader: Mutex<Option<Connection>>,
+}
+
+pub fn now_text() -> String {
+    format_timestamp(Utc::now())
+}
+
+fn open(path: &Path) -> Result<Connection, WarehouseError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(60))?;
+    // FULL: a commit is on disk before we acknowledge anything it covers.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384; PRAGMA temp_store = FILE;",
+    )?;
+    Ok(conn)
+}
+
+/// Binds only the named parameters the statement uses (the shared SQL text names more than
+/// some statements need).
+fn bind_named(stmt: &mut Statement<'_>, params: &[(&str, &dyn ToSql)]) -> Result<(), WarehouseError> {
+    for (name, value) in params {
+        if let Some(i) = stmt.parameter_index(name)? {
+            stmt.raw_bind_parameter(i, *value)?;
+        }
+    }
+    Ok(())
+}
+
+fn exec_named(conn: &Connection, sql: &str, params: &[(&str, &dyn ToSql)]) -> Result<usize, WarehouseError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind_named(&mut stmt, params)?;
+    Ok(stmt.raw_execute()?)
+}
+
+impl SqliteWarehouse {
+    pub fn open(path: &Path, contract: &Contract) -> Result<SqliteWarehouse, WarehouseError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| WarehouseError::Other(format!("creating {}: {e}", dir.display())))?;
+        }
+        Ok(SqliteWarehouse {
+            path: path.to_path_buf(),
+            contract: contract.clone(),
+            tables: Tables::for_contract(contract),
+            reader: Mutex::new(None),
+        })
+    }
+
+    fn sql(&self) -> Sql<'_> {
+        Sql::new(Dialect::Sqlite, &self.contract, &self.tables)
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, WarehouseError>) -> Result<T, WarehouseError> {
+        let mut guard = self.reader.lock().expect("reader lock");
+        if guard.is_none() {
+            *guard = Some(open(&self.path)?);
+        }
+        f(guard.as_ref().expect("opened"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Warehouse for SqliteWarehouse {
+    fn migrate(&self) -> Result<(), WarehouseError> {
+        let conn = open(&self.path)?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        for stmt in self.sql().migrate() {
+            conn.execute_batch(&stmt)?;
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError> {
+        Ok(Box::new(SqliteSink::new(open(&self.path)?, self.contract.clone(), self.tables.clone())))
+    }
+
+    fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
+        let sql = self.sql().lookup_version();
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            bind_named(&mut stmt, &[(":bucket", &bucket), (":key", &key), (":version", &version)])?;
+            let mut rows = stmt.raw_query();
+            Ok(match rows.next()? {
+                Some(r) => FileStatus::parse(&r.get::<_, String>(0)?),
+                None => None,
+            })
+        })
+    }
+
+    fn recorded_sequencers(&self, bucket: &str) -> Result<HashSet<(String, String)>, WarehouseError> {
+        let sql = format!("SELECT key, sequencer FROM {} WHERE bucket = ?1", self.tables.files);
+        self.with_reader(|c| {
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn merge(&self) -> Result<MergeReport, WarehouseError> {
+        let conn = open(&self.path)?;
+        let sql = self.sql();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let pending: i64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL", self.tables.files),
+                [],
+                |r| r.get(0),
+            )?;
+            if pending == 0 {
+                return Ok(MergeReport::default());
+            }
+            let mut event_times = Vec::new();
+            {
+                let mut stmt = conn.prepare(&sql.unmerged_event_times())?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    if let Some(t) = parse_timestamp(&r.get::<_, String>(0)?) {
+                        event_times.push(t);
+                    }
+                }
+            }
+            let files: i64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL AND status = '{LOADED}'", self.tables.files),
+                [],
+                |r| r.get(0),
+            )?;
+            let now = now_text();
+            let m = sql.merge();
+            let deleted = exec_named(&conn, &m[0], &[])? as i64;
+            let inserted = exec_named(&conn, &m[1], &[(":merged_at", &now)])? as i64;
+            exec_named(&conn, &m[2], &[])?;
+            exec_named(&conn, &m[3], &[(":merged_at", &now), (":rows_deleted", &deleted), (":rows_inserted", &inserted)])?;
+            exec_named(&conn, &m[4], &[(":merged_at", &now)])?;
+            Ok(MergeReport { files: files as u64, rows_deleted: deleted as u64, rows_inserted: inserted as u64, event_times })
+        })();
+        match result {
+            Ok(report) => {
+                conn.execute_batch("COMMIT")?;
+                Ok(report)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    fn ping(&self) -> Result<(), WarehouseError> {
+        self.with_reader(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+
+    fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError> {
+        let sql = self.sql().report();
+        let customer = customer.unwrap_or("");
+        self.with_reader(|c| {
+            let mut stmt = c.prepare(&sql)?;
+            bind_named(&mut stmt, &[(":since", &since), (":customer", &customer)])?;
+            let mut rows = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(WauRow { customer: r.get(0)?, iso_week: r.get(1)?, week_start: r.get(2)?, active_users: r.get(3)? });
+            }
+            Ok(out)
+        })
+    }
+
+    fn totals(&self) -> Result<LedgerTotals, WarehouseError> {
+        let t = &self.tables;
+        let sql = format!(
+            "SELECT
+               COALESCE(SUM(status = '{LOADED}'), 0), COALESCE(SUM(status = '{REJECTED}'), 0), COALESCE(SUM(status = '{SUPERSEDED}'), 0),
+               COALESCE(SUM(rows_read), 0), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0),
+               COALESCE(SUM(rows_read <> rows_loaded + rows_rejected), 0),
+               (SELECT COUNT(*) FROM {target}), (SELECT COUNT(*) FROM {staging}), (SELECT COUNT(*) FROM {rejects})
+             FROM {files} WHERE status <> 'replaced'",
+            target = t.target,
+            staging = t.staging,
+            rejects = t.rejects,
+            files = t.files
+        );
+        self.with_reader(|c| {
+            Ok(c.query_row(&sql, [], |r| {
+                let g = |i| r.get::<_, i64>(i).map(|v| v as u64);
+                Ok(LedgerTotals {
+                    files_loaded: g(0)?,
+                    files_rejected: g(1)?,
+                    files_superseded: g(2)?,
+                    rows_read: g(3)?,
+                    rows_loaded: g(4)?,
+                    rows_rejected: g(5)?,
+                    unbalanced_files: g(6)?,
+                    target_rows: g(7)?,
+                    staging_rows: g(8)?,
+                    reject_rows: g(9)?,
+                })
+            })?)
+        })
+    }
+}
+
+struct OpenBatch {
+    batch_id: i64,
+    now: String,
+    files: u64,
+    rows: u64,
+    bytes: u64,
+    rows_rejected: u64,
+}
+
+pub struct SqliteSink {
+    conn: Connection,
+    contract: Contract,
+    tables: Tables,
+    insert_staging: String,
+    batch: Option<OpenBatch>,
+    file: Option<FileMeta>,
+}
+
+impl SqliteSink {
+    fn new(conn: Connection, contract: Contract, tables: Tables) -> SqliteSink {
+        let insert_staging = Sql::new(Dialect::Sqlite, &contract, &tables).insert_staging();
+        SqliteSink { conn, contract, tables, insert_staging, batch: None, file: None }
+    }
+
+    fn sql(&self) -> Sql<'_> {
+        Sql::new(Dialect::Sqlite, &self.contract, &self.tables)
+    }
+
+    fn open_file(&self) -> Result<&FileMeta, WarehouseError> {
+        self.file.as_ref().ok_or_else(|| WarehouseError::Other("no file is open in the batch".into()))
+    }
+
+    fn batch(&self) -> &OpenBatch {
+        self.batch.as_ref().expect("a batch is open while a file is")
+    }
+
+    fn record(&self, file: &FileMeta, summary: &FileSummary, merged_at: Option<&str>) -> Result<bool, WarehouseError> {
+        let b = self.batch();
+        let event_at = format_timestamp(file.event_time);
+        let (size, read, loaded, rejected) =
+            (file.size as i64, summary.rows_read as i64, summary.rows_loaded as i64, summary.rows_rejected as i64);
+        let n = exec_named(
+            &self.conn,
+            &self.sql().insert_ledger(),
+            &[
+                (":bucket", &file.bucket),
+                (":key", &file.key),
+                (":version", &file.version),
+                (":sequencer", &file.sequencer),
+                (":size_bytes", &size),
+                (":rows_read", &read),
+                (":rows_loaded", &loaded),
+                (":rows_rejected", &rejected),
+                (":status", &summary.status.as_str()),
+                (":reason", &summary.reason),
+                (":batch_id", &b.batch_id),
+                (":event_at", &event_at),
+                (":loaded_at", &b.now),
+                (":merged_at", &merged_at),
+                (":contract_version", &file.contract_version),
+            ],
+        )?;
+        Ok(n == 1)
+    }
+}
+
+impl BatchSink for SqliteSink {
+    fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+        if self.file.is_some() {
+            return Err(WarehouseError::Other(format!("admit {} while another file is open", file.key)));
+        }
+        if self.batch.is_none() {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            let batch_id: i64 = self.conn.query_row(&self.sql().next_batch_id(), [], |r| r.get(0))?;
+            self.batch = Some(OpenBatch { batch_id, now: now_text(), files: 0, rows: 0, bytes: 0, rows_rejected: 0 });
+        }
+        let id: [(&str, &dyn ToSql); 4] =
+            [(":bucket", &file.bucket), (":key", &file.key), (":version", &file.version), (":sequencer", &file.sequencer)];
+        let existing: Option<String> = {
+            let mut stmt = self.conn.prepare_cached(&self.sql().lookup_version())?;
+            bind_named(&mut stmt, &id)?;
+            let mut rows = stmt.raw_query();
+            rows.next()?.map(|r| r.get(0)).transpose()?
+        };
+        let existing = existing.as_deref().and_then(FileStatus::parse);
+        if let (Some(status), false) = (existing, force) {
+            return Ok(Admission::Duplicate(status));
+        }
+        let newer: i64 = {
+            let mut stmt = self.conn.prepare_cached(&self.sql().newer_version_exists())?;
+            bind_named(&mut stmt, &id)?;
+            let mut rows = stmt.raw_query();
+            rows.next()?.map(|r| r.get(0)).transpose()?.unwrap_or(0)
+        };
+        if newer > 0 {
+            if let Some(status) = existing {
+                return Ok(Admission::Duplicate(status));
+            }
+            let summary =
+                FileSummary { status: FileStatus::Superseded, rows_read: 0, rows_loaded: 0, rows_rejected: 0, reason: None };
+            let now = self.batch().now.clone();
+            self.record(file, &summary, Some(&now))?;
+            self.batch.as_mut().expect("open").files += 1;
+            return Ok(Admission::Superseded);
+        }
+        if existing.is_some() {
+            exec_named(&self.conn, &self.sql().replace_version(), &id)?;
+        }
+        self.conn.execute_batch("SAVEPOINT file")?;
+        self.file = Some(file.clone());
+        Ok(Admission::Load)
+    }
+
+    fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError> {
+        let file = self.open_file()?;
+        let batch_id = self.batch().batch_id;
+        let mut stmt = self.conn.prepare_cached(&self.insert_staging)?;
+        for i in 0..chunk.len() {
+            let row = chunk.row(i);
+            let line = chunk.lines[i] as i64;
+            let provenance: [&dyn ToSql; 4] = [&file.key, &file.version, &line, &batch_id];
+            let values = row.iter().map(|v| v as &dyn ToSql).chain(provenance);
+            stmt.execute(params_from_iter(values))?;
+        }
+        let b = self.batch.as_mut().expect("open");
+        b.rows += chunk.len() as u64;
+        b.bytes += chunk.bytes as u64;
+        Ok(())
+    }
+
+    fn write_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
+        let file = self.open_file()?;
+        let (batch_id, now) = (self.batch().batch_id, self.batch().now.clone());
+        let sql = self.sql().insert_reject();
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        for r in rejects {
+            let line = r.line as i64;
+            bind_named(
+                &mut stmt,
+                &[
+                    (":bucket", &file.bucket),
+                    (":key", &file.key),
+                    (":version", &file.version),
+                    (":batch_id", &batch_id),
+                    (":line", &line),
+                    (":column_name", &r.column),
+                    (":rule", &r.rule),
+                    (":reason", &r.reason),
+                    (":value", &r.value),
+                    (":raw_line", &r.raw),
+                    (":contract_version", &file.contract_version),
+                    (":rejected_at", &now),
+                ],
+            )?;
+            stmt.raw_execute()?;
+        }
+        Ok(())
+    }
+
+    fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+        self.open_file()?;
+        self.conn.execute_batch("ROLLBACK TO file")?;
+        Ok(())
+    }
+
+    fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
+        let file = self.open_file()?.clone();
+        let merged_at = (summary.status != FileStatus::Loaded).then(|| self.batch().now.clone());
+        if !self.record(&file, summary, merged_at.as_deref())? {
+            self.abandon_file()?;
+            return Ok(false);
+        }
+        exec_named(
+            &self.conn,
+            &self.sql().supersede_older(),
+            &[(":bucket", &file.bucket), (":key", &file.key), (":version", &file.version), (":sequencer", &file.sequencer)],
+        )?;
+        self.conn.execute_batch("RELEASE file")?;
+        self.file = None;
+        let b = self.batch.as_mut().expect("open");
+        b.files += 1;
+        b.rows_rejected += summary.rows_rejected;
+        Ok(true)
+    }
+
+    fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+        if self.file.take().is_some() {
+            self.conn.execute_batch("ROLLBACK TO file; RELEASE file")?;
+        }
+        Ok(())
+    }
+
+    fn pending(&self) -> (u64, u64) {
+        self.batch.as_ref().map_or((0, 0), |b| (b.rows, b.bytes))
+    }
+
+    fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+        if self.file.is_some() {
+            return Err(WarehouseError::Other("commit while a file is open".into()));
+        }
+        let Some(b) = self.batch.take() else { return Ok(None) };
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        // A batch that only looked (every file a duplicate) committed nothing worth reporting.
+        Ok((b.files > 0).then_some(BatchReport {
+            batch_id: b.batch_id,
+            files: b.files,
+            rows_loaded: b.rows,
+            rows_rejected: b.rows_rejected,
+        }))
+    }
+
+    fn rollback(&mut self) {
+        self.file = None;
+        if self.batch.take().is_some() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl Drop for SqliteSink {
+    fn drop(&mut self) {
+        self.rollback();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn meta(key: &str, version: &str, seq: &str) -> FileMeta {
+        FileMeta {
+            bucket: "b".into(),
+            key: key.into(),
+            version: version.into(),
+            sequencer: seq.into(),
+            size: 1,
+            event_time: Utc::now(),
+            contract_version: 1,
+        }
+    }
+
+    fn chunk(rows: &[(&str, &str, &str)]) -> RowChunk {
+        let mut c = RowChunk::new(8);
+        for (i, (cust, id, user)) in rows.iter().enumerate() {
+            let vals = [Some(*cust), Some(*id), Some("2026-11-23 10:00:00"), Some(*user), None, Some("login"), None, None];
+            c.values.extend(vals.iter().map(|v| v.map(str::to_string)));
+            c.lines.push(i as u64 + 2);
+        }
+        c
+    }
+
+    fn load(sink: &mut dyn BatchSink, m: &FileMeta, rows: &[(&str, &str, &str)]) -> Admission {
+        let a = sink.admit(m, false).unwrap();
+        if a == Admission::Load {
+            sink.write_rows(&chunk(rows)).unwrap();
+            let n = rows.len() as u64;
+            let s = FileSummary { status: FileStatus::Loaded, rows_read: n, rows_loaded: n, rows_rejected: 0, reason: None };
+            assert!(sink.finish_file(&s).unwrap());
+        }
+        a
+    }
+
+    fn target(w: &SqliteWarehouse) -> Vec<(String, String, String)> {
+        w.with_reader(|c| {
+            let mut s = c.prepare("SELECT event_id, user_id, _file_key FROM wau_audit_logs ORDER BY event_id")?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .unwrap()
+    }
+
+    fn setup() -> (tempfile::TempDir, SqliteWarehouse) {
+        let dir = tempfile::tempdir().unwrap();
+        let w = SqliteWarehouse::open(&dir.path().join("w.sqlite"), &Contract::builtin()).unwrap();
+        w.migrate().unwrap();
+        w.migrate().unwrap(); // idempotent
+        (dir, w)
+    }
+
+    #[test]
+    fn nothing_is_visible_before_commit_and_duplicates_are_refused() {
+        let (_d, w) = setup();
+        let mut sink = w.sink().unwrap();
+        assert_eq!(load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]), Admission::Load);
+        assert_eq!(w.lookup("b", "a.csv", "v1").unwrap(), None, "uncommitted work is invisible");
+        // Same version again inside the batch: the ledger row written by this batch refuses it.
+        assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
+        let report = sink.commit().unwrap().unwrap();
+        assert_eq!((report.files, report.rows_loaded), (1, 1));
+        assert_eq!(w.lookup("b", "a.csv", "v1").unwrap(), Some(FileStatus::Loaded));
+        assert_eq!(load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]), Admission::Duplicate(FileStatus::Loaded));
+        sink.commit().unwrap();
+        assert_eq!(w.totals().unwrap().staging_rows, 1);
+    }
+
+    #[test]
+    fn dropped_sink_rolls_back_everything() {
+        let (_d, w) = setup();
+        {
+            let mut sink = w.sink().unwrap();
+            load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]);
+        }
+        assert_eq!(w.totals().unwrap(), LedgerTotals::default());
+    }
+
+    #[test]
+    fn abandoned_and_discarded_files_leave_nothing() {
+        let (_d, w) = setup();
+        let mut sink = w.sink().unwrap();
+        sink.admit(&meta("a.csv", "v1", "1"), false).unwrap();
+        sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
+        sink.abandon_file().unwrap();
+        sink.admit(&meta("b.csv", "v1", "1"), false).unwrap();
+        sink.write_rows(&chunk(&[("acme", "e2", "u1")])).unwrap();
+        sink.discard_file_rows().unwrap();
+        let s = FileSummary { status: FileStatus::Rejected, rows_read: 1, rows_loaded: 0, rows_rejected: 1, reason: Some("bomb".into()) };
+        sink.finish_file(&s).unwrap();
+        sink.commit().unwrap();
+        let t = w.totals().unwrap();
+        assert_eq!((t.files_loaded, t.files_rejected, t.staging_rows, t.unbalanced_files), (0, 1, 0, 0));
+        assert_eq!(w.lookup("b", "a.csv", "v1").unwrap(), None);
+    }
+
+    #[test]
+    fn merge_takes_the_newest_version_and_is_idempotent() {
+        let (_d, w) = setup();
+        let mut sink = w.sink().unwrap();
+        load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "old"), ("acme", "e2", "old")]);
+        sink.commit().unwrap();
+        let r = w.merge().unwrap();
+        assert_eq!((r.files, r.rows_inserted), (1, 2));
+        // Overwrite: v2 supersedes v1, and no longer has e2.
+        load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "new")]);
+        sink.commit().unwrap();
+        let r = w.merge().unwrap();
+        assert_eq!((r.rows_deleted, r.rows_inserted), (2, 1));
+        assert_eq!(target(&w), vec![("e1".into(), "new".into(), "a.csv".into())]);
+        assert_eq!(w.merge().unwrap(), MergeReport::default());
+        assert_eq!(target(&w).len(), 1);
+        // The late v1 redelivered: a duplicate. An unknown older version: superseded on arrival.
+        assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Superseded));
+        assert_eq!(sink.admit(&meta("a.csv", "v0", "0"), false).unwrap(), Admission::Superseded);
+        sink.commit().unwrap();
+        w.merge().unwrap();
+        assert_eq!(target(&w), vec![("e1".into(), "new".into(), "a.csv".into())]);
+        assert_eq!(w.totals().unwrap().staging_rows, 1, "superseded rows left staging");
+    }
+
+    /// The case an upsert-and-delete merge gets wrong: two files hold the same key, one is
+    /// superseded by a version without it; the other file's row must remain.
+    #[test]
+    fn superseding_one_file_keeps_the_key_another_file_holds() {
+        let (_d, w) = setup();
+        let mut sink = w.sink().unwrap();
+        load(sink.as_mut(), &meta("a.csv", "a1", "1"), &[("acme", "e1", "from-a")]);
+        load(sink.as_mut(), &meta("b.csv", "b1", "2"), &[("acme", "e1", "from-b")]);
+        sink.commit().unwrap();
+        w.merge().unwrap();
+        assert_eq!(target(&w), vec![("e1".into(), "from-b".into(), "b.csv".into())], "newest sequencer wins");
+        load(sink.as_mut(), &meta("b.csv", "b2", "3"), &[("acme", "e9", "other")]);
+        sink.commit().unwrap();
+        w.merge().unwrap();
+        assert_eq!(
+            target(&w),
+            vec![("e1".into(), "from-a".into(), "a.csv".into()), ("e9".into(), "other".into(), "b.csv".into())]
+        );
+    }
+
+    #[test]
+    fn force_replaces_a_versions_rows() {
+        let (_d, w) = setup();
+        let mut sink = w.sink().unwrap();
+        load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1"), ("acme", "e2", "u2")]);
+        sink.commit().unwrap();
+        w.merge().unwrap();
+        assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), true).unwrap(), Admission::Load);
+        sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
+        let s = FileSummary { status: FileStatus::Loaded, rows_read: 2, rows_loaded: 1, rows_rejected: 1, reason: None };
+        assert!(sink.finish_file(&s).unwrap());
+        sink.commit().unwrap();
+        w.merge().unwrap();
+        assert_eq!(target(&w), vec![("e1".into(), "u1".into(), "a.csv".into())]);
+        let t = w.totals().unwrap();
+        assert_eq!((t.files_loaded, t.rows_loaded, t.staging_rows), (1, 1, 1));
+    }
+
+    #[test]
+    fn wau_view_counts_distinct_users_per_iso_week() {
+        let (_d, w) = setup();
+        let mut sink = w.sink().unwrap();
+        load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1"), ("acme", "e2", "u1"), ("acme", "e3", "u2")]);
+        sink.commit().unwrap();
+        w.merge().unwrap();
+        let rows = w.weekly_active_users("2000-01-01", None).unwrap();
+        // 2026-11-23 is the Monday of ISO week 48.
+        assert_eq!(
+            rows,
+            vec![WauRow { customer: "acme".into(), iso_week: "2026-W48".into(), week_start: "2026-11-23".into(), active_users: 2 }]
+        );
+    }
+}

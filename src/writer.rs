@@ -1,0 +1,129 @@
+//! The single writer: a dedicated thread that owns the warehouse [`BatchSink`].
+//!
+//! Async code talks to it through [`WriterHandle`]; row chunks flow through a bounded channel,
+//! so a slow warehouse slows the reader instead of growing memory. Blocking database work
+//! never runs on the async runtime.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::validate::{Reject, RowChunk};
+use crate::warehouse::{Admission, BatchReport, BatchSink, FileMeta, FileSummary, WarehouseError};
+
+/// Chunks in flight between the reader and the writer (each at most `CHUNK_ROWS` rows).
+const CHANNEL_CHUNKS: usize = 4;
+
+enum Cmd {
+    Admit { file: FileMeta, force: bool, reply: oneshot::Sender<Result<Admission, WarehouseError>> },
+    Rows(RowChunk),
+    Rejects(Vec<Reject>),
+    Discard,
+    Finish { summary: FileSummary, reply: oneshot::Sender<Result<bool, WarehouseError>> },
+    Abandon { reply: oneshot::Sender<Result<(), WarehouseError>> },
+    Pending { reply: oneshot::Sender<(u64, u64)> },
+    Commit { reply: oneshot::Sender<Result<Option<BatchReport>, WarehouseError>> },
+    Rollback { reply: oneshot::Sender<()> },
+}
+
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Cmd>,
+}
+
+fn gone() -> WarehouseError {
+    WarehouseError::Other("the writer thread stopped".into())
+}
+
+impl WriterHandle {
+    /// Starts the writer thread; it stops when every handle is dropped.
+    pub fn spawn(mut sink: Box<dyn BatchSink>) -> WriterHandle {
+        let (tx, mut rx) = mpsc::channel::<Cmd>(CHANNEL_CHUNKS);
+        std::thread::Builder::new()
+            .name("wau-writer".into())
+            .spawn(move || {
+                // The first failed row write poisons the open file; `Finish` reports it.
+                let mut failed: Option<WarehouseError> = None;
+                while let Some(cmd) = rx.blocking_recv() {
+                    match cmd {
+                        Cmd::Admit { file, force, reply } => {
+                            failed = None;
+                            let _ = reply.send(sink.admit(&file, force));
+                        }
+                        Cmd::Rows(chunk) => {
+                            if failed.is_none() {
+                                failed = sink.write_rows(&chunk).err();
+                            }
+                        }
+                        Cmd::Rejects(r) => {
+                            if failed.is_none() {
+                                failed = sink.write_rejects(&r).err();
+                            }
+                        }
+                        Cmd::Discard => {
+                            if failed.is_none() {
+                                failed = sink.discard_file_rows().err();
+                            }
+                        }
+                        Cmd::Finish { summary, reply } => {
+                            let res = match failed.take() {
+                                Some(e) => Err(e),
+                                None => sink.finish_file(&summary),
+                            };
+                            let _ = reply.send(res);
+                        }
+                        Cmd::Abandon { reply } => {
+                            failed = None;
+                            let _ = reply.send(sink.abandon_file());
+                        }
+                        Cmd::Pending { reply } => {
+                            let _ = reply.send(sink.pending());
+                        }
+                        Cmd::Commit { reply } => {
+                            let _ = reply.send(sink.commit());
+                        }
+                        Cmd::Rollback { reply } => {
+                            failed = None;
+                            sink.rollback();
+                            let _ = reply.send(());
+                        }
+                    }
+                }
+                sink.rollback();
+            })
+            .expect("spawning the writer thread");
+        WriterHandle { tx }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, WarehouseError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    pub async fn admit(&self, file: FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+        self.ask(|reply| Cmd::Admit { file, force, reply }).await?
+    }
+    pub async fn rows(&self, chunk: RowChunk) -> Result<(), WarehouseError> {
+        self.tx.send(Cmd::Rows(chunk)).await.map_err(|_| gone())
+    }
+    pub async fn rejects(&self, rejects: Vec<Reject>) -> Result<(), WarehouseError> {
+        self.tx.send(Cmd::Rejects(rejects)).await.map_err(|_| gone())
+    }
+    pub async fn discard(&self) -> Result<(), WarehouseError> {
+        self.tx.send(Cmd::Discard).await.map_err(|_| gone())
+    }
+    pub async fn finish(&self, summary: FileSummary) -> Result<bool, WarehouseError> {
+        self.ask(|reply| Cmd::Finish { summary, reply }).await?
+    }
+    pub async fn abandon(&self) -> Result<(), WarehouseError> {
+        self.ask(|reply| Cmd::Abandon { reply }).await?
+    }
+    pub async fn pending(&self) -> Result<(u64, u64), WarehouseError> {
+        self.ask(|reply| Cmd::Pending { reply }).await
+    }
+    pub async fn commit(&self) -> Result<Option<BatchReport>, WarehouseError> {
+        self.ask(|reply| Cmd::Commit { reply }).await?
+    }
+    pub async fn rollback(&self) -> Result<(), WarehouseError> {
+        self.ask(|reply| Cmd::Rollback { reply }).await
+    }
+}
