@@ -130,13 +130,22 @@ struct Counting<R> {
     count: Arc<AtomicU64>,
 }
 
+/// Marks an error of the underlying store stream, so a decoder error (a verdict on the file)
+/// can be told apart from a broken connection (a reason to try again).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StoreStreamError(std::io::Error);
+
 impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         self.count.fetch_add(n as u64, Ordering::Relaxed);
-        res
+        match res {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(std::io::Error::new(e.kind(), StoreStreamError(e)))),
+            other => other,
+        }
     }
 }
 
@@ -161,12 +170,14 @@ impl<R: AsyncRead + Unpin> AsyncRead for Limited<R> {
             }
             self.left -= n;
         }
-        if let Poll::Ready(Err(e)) = &res {
-            // A corrupt gzip stream is a property of the file, not a transient failure.
-            if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::InvalidInput {
-                let err = SizeLimitExceeded { rule: "unreadable", reason: format!("corrupt compressed data: {e}") };
-                return Poll::Ready(Err(std::io::Error::other(err)));
+        if let Poll::Ready(Err(e)) = res {
+            // The store's own errors are transient: hand them on as they were.
+            if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<StoreStreamError>()) {
+                return Poll::Ready(Err(std::io::Error::new(inner.0.kind(), inner.0.to_string())));
             }
+            // Anything else comes from the decoder: the compressed data is corrupt.
+            let err = SizeLimitExceeded { rule: "unreadable", reason: format!("corrupt compressed data: {e}") };
+            return Poll::Ready(Err(std::io::Error::other(err)));
         }
         res
     }
@@ -221,6 +232,27 @@ mod tests {
         let err = read_all(&mut r).await.unwrap_err();
         let inner = err.get_ref().unwrap().downcast_ref::<SizeLimitExceeded>().unwrap();
         assert_eq!(inner.rule, "gzip_bomb");
+    }
+
+    #[tokio::test]
+    async fn corrupt_gzip_is_a_verdict_but_a_broken_store_stream_is_not() {
+        let bad = b"\x1f\x8b\x08\x00this is not deflate data".to_vec();
+        let s = ObjectStream { reader: Box::new(std::io::Cursor::new(bad)), content_encoding: None, read_version: None };
+        let err = read_all(&mut decoded(s, &obj("f.csv.gz", 30), ReadLimits::default(), Arc::default())).await.unwrap_err();
+        assert_eq!(err.get_ref().unwrap().downcast_ref::<SizeLimitExceeded>().unwrap().rule, "unreadable");
+
+        struct Broken;
+        impl AsyncRead for Broken {
+            fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer")))
+            }
+        }
+        for key in ["f.csv.gz", "f.csv"] {
+            let s = ObjectStream { reader: Box::new(Broken), content_encoding: None, read_version: None };
+            let err = read_all(&mut decoded(s, &obj(key, 30), ReadLimits::default(), Arc::default())).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{key}");
+            assert!(err.get_ref().and_then(|i| i.downcast_ref::<SizeLimitExceeded>()).is_none());
+        }
     }
 
     #[tokio::test]

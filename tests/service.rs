@@ -1,0 +1,118 @@
+//! `wau-ingest run` as a child process: crash safety under SIGKILL, and a clean drain on SIGTERM.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use support::{committed_in_log, expected_target, signal, wait_exit, wait_until, write_version, Env, Version};
+
+const CUSTOMER: &str = "acme";
+
+/// `n` files of `rows` rows; consecutive files share `overlap` event ids (the newer wins).
+fn write_files(env: &Env, n: u32, rows: u32, overlap: u32) -> Vec<Version> {
+    (0..n)
+        .map(|i| {
+            let start = i * (rows - overlap);
+            let v = Version {
+                key: format!("csv/{CUSTOMER}/part-{i:04}.csv"),
+                rows: (start..start + rows).map(|e| (format!("e{e:07}"), format!("u{i}-{e}"))).collect(),
+            };
+            write_version(&env.inbox, &v, CUSTOMER);
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000 + i as u64);
+            std::fs::File::options().write(true).open(env.inbox.join(&v.key)).unwrap().set_modified(t).unwrap();
+            v
+        })
+        .collect()
+}
+
+fn ledger_count(env: &Env) -> i64 {
+    env.count("SELECT COUNT(*) FROM wau_ingest_files")
+}
+
+fn assert_exact(env: &Env, written: &[Version], rows_per_file: i64) {
+    let ledger = env.ledger();
+    let keys: BTreeSet<&str> = ledger.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(ledger.len(), written.len(), "each file is in the ledger exactly once");
+    assert_eq!(keys.len(), written.len());
+    for r in &ledger {
+        assert_eq!(r.status, "loaded", "{}", r.key);
+        assert_eq!((r.rows_read, r.rows_loaded, r.rows_rejected), (rows_per_file, rows_per_file, 0), "{}", r.key);
+        assert!(r.merged, "{} merged", r.key);
+    }
+    assert_eq!(env.count("SELECT COUNT(*) FROM wau_audit_logs_staging"), written.len() as i64 * rows_per_file, "staging holds every row once");
+    assert_eq!(env.count("SELECT COUNT(*) FROM wau_ingest_rejects"), 0);
+    assert_eq!(env.target(), expected_target(CUSTOMER, written));
+}
+
+fn all_merged(env: &Env, files: i64) -> bool {
+    env.count("SELECT COUNT(*) FROM wau_ingest_files WHERE status = 'loaded' AND merged_at IS NOT NULL") == files
+}
+
+#[test]
+fn sigkill_at_many_moments_then_restart_leaves_the_target_exact() {
+    let env = Env::new();
+    let (files, rows) = (200u32, 100u32);
+    let written = write_files(&env, files, rows, 20);
+    let log = env.dir.path().join("run.log");
+    let run_env = [("WAU_INGEST_BATCH_MAX_ROWS", "700"), ("WAU_INGEST_MERGE_INTERVAL_SECS", "1")];
+
+    // Kill right after start, then whenever the ledger passes each threshold: mid-batch,
+    // right after commits and during merges, at whatever point the process has reached.
+    let thresholds = [0i64, 1, 35, 80, 120, 150];
+    let mut kills = 0;
+    for threshold in thresholds {
+        let mut child = env.spawn_run(&log, &run_env);
+        let reached = wait_until(Duration::from_secs(120), || ledger_count(&env) >= threshold || child.try_wait().unwrap().is_some());
+        assert!(reached, "ledger never reached {threshold}");
+        assert!(child.try_wait().unwrap().is_none(), "the service died by itself");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(kills >= 5);
+    let before_last_run = ledger_count(&env);
+    assert!(before_last_run >= 150 && before_last_run < files as i64, "the last run must still have work: {before_last_run}");
+
+    let mut child = env.spawn_run(&log, &run_env);
+    let done = wait_until(Duration::from_secs(180), || all_merged(&env, files as i64));
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(15)).expect("exits after SIGTERM");
+    assert!(done, "not every file was loaded and merged after the restarts");
+    assert!(status.success(), "exit status {status:?}");
+    assert_exact(&env, &written, rows as i64);
+}
+
+#[test]
+fn sigterm_drains_within_the_deadline_and_a_restart_loads_the_rest_once() {
+    let env = Env::new();
+    let (files, rows) = (40u32, 3000u32);
+    let written = write_files(&env, files, rows, 100);
+    let log = env.dir.path().join("run.log");
+    let run_env = [("WAU_INGEST_BATCH_MAX_ROWS", "9000"), ("WAU_INGEST_MERGE_INTERVAL_SECS", "1")];
+
+    let mut child = env.spawn_run(&log, &run_env);
+    assert!(wait_until(Duration::from_secs(60), || !committed_in_log(&log).is_empty()), "nothing was committed");
+    signal(&child, "TERM");
+    let started = std::time::Instant::now();
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Every file the service said it committed is in the warehouse, and nothing else is.
+    let logged = committed_in_log(&log);
+    let in_ledger: BTreeSet<String> = env.ledger().into_iter().map(|r| r.key).collect();
+    assert_eq!(logged, in_ledger);
+    assert!(logged.len() < files as usize, "the test must stop the service with files still to do");
+    let staged_before = env.count("SELECT COUNT(*) FROM wau_audit_logs_staging");
+    assert_eq!(staged_before, logged.len() as i64 * rows as i64, "no rows of an unfinished file were kept");
+
+    // A restart loads the rest exactly once.
+    let mut child = env.spawn_run(&log, &run_env);
+    let done = wait_until(Duration::from_secs(120), || all_merged(&env, files as i64));
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits within 10 s of SIGTERM");
+    assert!(done, "the restart did not load everything");
+    assert!(status.success());
+    assert_exact(&env, &written, rows as i64);
+}
