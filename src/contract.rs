@@ -235,18 +235,28 @@ fn match_key_pattern(pattern: &str, key: &str) -> Option<String> {
 /// Checks one value against its column and returns the value as it is stored
 /// (timestamps normalised to UTC `YYYY-MM-DD HH:MM:SS[.f]`), or `None` for an empty optional value.
 pub fn check_value(col: &Column, raw: &str) -> Result<Option<String>, ValueError> {
+    let mut out = String::new();
+    Ok(check_value_into(col, raw, &mut out)?.then_some(out))
+}
+
+/// [`check_value`] without allocating: appends the stored form to `out` and returns whether
+/// there is a value (false: an empty optional value, nothing appended). On error nothing is appended.
+pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<bool, ValueError> {
     let v = raw.trim();
     if v.is_empty() {
-        return if col.required { Err(ValueError::Required) } else { Ok(None) };
+        return if col.required { Err(ValueError::Required) } else { Ok(false) };
     }
     if let Some(max) = col.max_length {
-        let len = v.chars().count();
-        if len > max {
-            return Err(ValueError::MaxLength { max, len });
+        // A string of at most `max` bytes has at most `max` characters: count only when needed.
+        if v.len() > max {
+            let len = v.chars().count();
+            if len > max {
+                return Err(ValueError::MaxLength { max, len });
+            }
         }
     }
     let bad_type = ValueError::Type { expected: col.ty };
-    let stored = match col.ty {
+    match col.ty {
         ColumnType::String => {
             if let Some(f) = col.format {
                 let ok = match f {
@@ -257,25 +267,76 @@ pub fn check_value(col: &Column, raw: &str) -> Result<Option<String>, ValueError
                     return Err(ValueError::Format { expected: f });
                 }
             }
-            v.to_string()
+            out.push_str(v);
         }
-        ColumnType::Integer => v.parse::<i64>().map_err(|_| bad_type)?.to_string(),
+        ColumnType::Integer => {
+            let n = v.parse::<i64>().map_err(|_| bad_type)?;
+            out.push_str(&n.to_string());
+        }
         ColumnType::Float => {
             let f = v.parse::<f64>().map_err(|_| bad_type.clone())?;
             if !f.is_finite() {
                 return Err(bad_type);
             }
-            v.to_string()
+            out.push_str(v);
         }
-        ColumnType::Boolean => match v.to_ascii_lowercase().as_str() {
-            "true" | "t" | "1" | "yes" => "true".into(),
-            "false" | "f" | "0" | "no" => "false".into(),
+        ColumnType::Boolean => out.push_str(match v.to_ascii_lowercase().as_str() {
+            "true" | "t" | "1" | "yes" => "true",
+            "false" | "f" | "0" | "no" => "false",
             _ => return Err(bad_type),
-        },
-        ColumnType::Timestamp => format_timestamp(parse_timestamp(v).ok_or(bad_type)?),
-        ColumnType::Date => NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad_type)?.to_string(),
+        }),
+        ColumnType::Timestamp => {
+            if !fast_utc_timestamp(v, out) {
+                out.push_str(&format_timestamp(parse_timestamp(v).ok_or(bad_type)?));
+            }
+        }
+        ColumnType::Date => out.push_str(&NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad_type)?.to_string()),
+    }
+    Ok(true)
+}
+
+/// The common case without chrono: `YYYY-MM-DD[T ]HH:MM:SS[.f]` with `Z` or no offset, written
+/// exactly as [`format_timestamp`] would. Returns false (appending nothing) for anything else,
+/// which then takes the general path.
+fn fast_utc_timestamp(v: &str, out: &mut String) -> bool {
+    let b = v.as_bytes();
+    let body = match b.last() {
+        Some(b'Z' | b'z') => &b[..b.len() - 1],
+        _ => b,
     };
-    Ok(Some(stored))
+    if body.len() < 19 || body[4] != b'-' || body[7] != b'-' || !matches!(body[10], b'T' | b't' | b' ') || body[13] != b':' || body[16] != b':' {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        body[r].iter().try_fold(0u32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + (c - b'0') as u32))
+    };
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(s)) = (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19))
+    else {
+        return false;
+    };
+    let mut nanos = 0u32;
+    if body.len() > 19 {
+        let frac = &body[20..];
+        if body[19] != b'.' || frac.is_empty() || frac.len() > 9 || !frac.iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+        nanos = frac.iter().fold(0u32, |acc, c| acc * 10 + (c - b'0') as u32) * 10u32.pow(9 - frac.len() as u32);
+    }
+    if NaiveDate::from_ymd_opt(y as i32, mo, d).is_none() || h > 23 || mi > 59 || s > 59 {
+        return false;
+    }
+    use std::fmt::Write;
+    let _ = write!(out, "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}");
+    if nanos != 0 {
+        if nanos % 1_000_000 == 0 {
+            let _ = write!(out, ".{:03}", nanos / 1_000_000);
+        } else if nanos % 1_000 == 0 {
+            let _ = write!(out, ".{:06}", nanos / 1_000);
+        } else {
+            let _ = write!(out, ".{nanos:09}");
+        }
+    }
+    true
 }
 
 /// ISO-8601 with or without an offset (`2026-11-23T10:00:00Z`, `…+01:00`, `2026-11-23T10:00:00`)
@@ -443,6 +504,28 @@ mod tests {
         assert_eq!(ok("2026-11-23T10:00:00.250Z"), "2026-11-23 10:00:00.250");
         assert_eq!(check_value(&t, "23/11/2026").unwrap_err().rule(), "type");
         assert_eq!(check_value(&t, "2026-11-23").unwrap_err().rule(), "type");
+    }
+
+    #[test]
+    fn fast_timestamp_path_agrees_with_chrono() {
+        for v in [
+            "2026-11-23T10:00:00Z",
+            "2026-11-23 10:00:00",
+            "2026-11-23t10:00:00z",
+            "2026-11-23T10:00:00.5Z",
+            "2026-11-23T10:00:00.123456",
+            "2026-11-23T10:00:00.123456789Z",
+            "2026-11-23T10:00:00.000Z",
+            "2024-02-29T23:59:59Z",
+        ] {
+            let mut fast = String::new();
+            assert!(fast_utc_timestamp(v, &mut fast), "{v}");
+            assert_eq!(fast, format_timestamp(parse_timestamp(v).unwrap()), "{v}");
+        }
+        for v in ["2026-02-29T10:00:00Z", "2026-11-23T24:00:00Z", "2026-11-23T10:00:00+01:00", "2026-11-23T10:00", "2026-11-23T10:00:00."] {
+            let mut fast = String::new();
+            assert!(!fast_utc_timestamp(v, &mut fast) && fast.is_empty(), "{v}");
+        }
     }
 
     #[test]

@@ -159,18 +159,22 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(c)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
     init_logging(cli.log_format, level);
-    match dispatch(cli).await {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the runtime");
+    let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // Everything that must be durable is committed by now; do not wait for blocking threads
+    // (an interrupted merge rolls back by itself).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 async fn shutdown_signal() {

@@ -3,8 +3,8 @@
 //! One ingest loop (source → pipeline → commit → acknowledge), a periodic merge, a daily
 //! reconcile and the HTTP endpoints. Shutdown is a future: when it resolves the loop stops
 //! receiving, abandons the file it is reading (nothing of it is kept), commits the open
-//! batch, acknowledges what that commit covered, releases the rest, lets a running merge
-//! finish and exits.
+//! batch, acknowledges what that commit covered, releases the rest, interrupts a running
+//! merge (its transaction rolls back; the next merge redoes it) and exits.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -151,7 +151,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     Ok(())
 }
 
-/// Runs the merge every `interval_secs`; a merge in progress finishes before shutdown.
+/// Runs the merge every `interval_secs`; shutdown interrupts a merge in progress (it rolls back).
 fn spawn_merge_loop(
     config: &Config,
     warehouse: Arc<dyn Warehouse>,
@@ -168,7 +168,17 @@ fn spawn_merge_loop(
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
             }
+            // A merge is one transaction: stopped halfway by shutdown it rolls back, and the
+            // next run redoes it. Shutdown does not wait for a long merge.
+            let interrupter = {
+                let (w, cancel) = (warehouse.clone(), cancel.clone());
+                tokio::spawn(async move {
+                    cancel.cancelled().await;
+                    w.interrupt_merge();
+                })
+            };
             merge_once(warehouse.clone(), &metrics).await;
+            interrupter.abort();
         }
     })
 }

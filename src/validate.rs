@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use csv_async::{AsyncReaderBuilder, ByteRecord, Terminator, Trim};
 use tokio::io::AsyncRead;
 
-use crate::contract::{check_value, normalise_header, Contract, UnknownColumns};
+use crate::contract::{check_value_into, normalise_header, Contract, UnknownColumns};
 
 /// How much of a value and of a raw line a reject row keeps.
 pub const MAX_REJECT_VALUE_CHARS: usize = 256;
@@ -35,19 +35,29 @@ pub const RULES: &[&str] = &[
     "no_customer",
 ];
 
-/// Good rows, stored flat: `values[i * ncols + c]` is column `c` of row `i`
-/// (`None` for an empty optional value), in contract column order.
+/// Good rows, stored flat in one string: `value(i, c)` is column `c` of row `i` (`None` for an
+/// empty optional value), in contract column order. One allocation per chunk, not per value.
 #[derive(Debug, Default, Clone)]
 pub struct RowChunk {
     pub ncols: usize,
-    pub values: Vec<Option<String>>,
+    text: String,
+    /// (start, end) in `text` per value; `NULL_SPAN` for no value.
+    spans: Vec<(u32, u32)>,
     pub lines: Vec<u64>,
     pub bytes: usize,
 }
 
+const NULL_SPAN: (u32, u32) = (u32::MAX, u32::MAX);
+
 impl RowChunk {
     pub fn new(ncols: usize) -> Self {
-        RowChunk { ncols, values: Vec::with_capacity(ncols * CHUNK_ROWS), lines: Vec::with_capacity(CHUNK_ROWS), bytes: 0 }
+        RowChunk {
+            ncols,
+            text: String::with_capacity(CHUNK_ROWS * 128),
+            spans: Vec::with_capacity(ncols * CHUNK_ROWS),
+            lines: Vec::with_capacity(CHUNK_ROWS),
+            bytes: 0,
+        }
     }
     pub fn len(&self) -> usize {
         self.lines.len()
@@ -55,8 +65,33 @@ impl RowChunk {
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
     }
-    pub fn row(&self, i: usize) -> &[Option<String>] {
-        &self.values[i * self.ncols..(i + 1) * self.ncols]
+    pub fn value(&self, row: usize, col: usize) -> Option<&str> {
+        let (a, b) = self.spans[row * self.ncols + col];
+        (a != u32::MAX).then(|| &self.text[a as usize..b as usize])
+    }
+    pub fn row(&self, row: usize) -> impl Iterator<Item = Option<&str>> + '_ {
+        (0..self.ncols).map(move |c| self.value(row, c))
+    }
+    /// Appends a row of already checked values (tests and generators).
+    pub fn push_row(&mut self, values: &[Option<&str>], line: u64) {
+        assert_eq!(values.len(), self.ncols);
+        for v in values {
+            match v {
+                Some(v) => {
+                    let start = self.text.len() as u32;
+                    self.text.push_str(v);
+                    self.spans.push((start, self.text.len() as u32));
+                }
+                None => self.spans.push(NULL_SPAN),
+            }
+        }
+        self.bytes += values.iter().map(|v| v.map_or(0, str::len) + 1).sum::<usize>();
+        self.lines.push(line);
+    }
+    /// Drops the values of a row being built after `mark` (a rejected row).
+    fn rewind(&mut self, mark: (usize, usize)) {
+        self.text.truncate(mark.0);
+        self.spans.truncate(mark.1);
     }
 }
 
@@ -224,32 +259,35 @@ fn check_row(map: &ColumnMap, opts: &Options<'_>, record: &ByteRecord, line: u64
     if record.len() != map.width {
         return Err(reject(None, "field_count", format!("{} fields, the header has {}", record.len(), map.width), None));
     }
-    let start = chunk.values.len();
+    let mark = (chunk.text.len(), chunk.spans.len());
     for (col, src) in opts.contract.columns.iter().zip(&map.source) {
+        let start = chunk.text.len();
         let checked = match src {
-            None if col.name == opts.contract.customer_column => Ok(map.derived_customer.clone()),
-            None => Ok(None),
+            None if col.name == opts.contract.customer_column => {
+                chunk.text.push_str(map.derived_customer.as_deref().expect("set when the column is absent"));
+                Ok(true)
+            }
+            None => Ok(false),
             Some(i) => {
                 let bytes = &record[*i];
                 let Ok(text) = std::str::from_utf8(bytes) else {
-                    chunk.values.truncate(start);
+                    chunk.rewind(mark);
                     let lossy = String::from_utf8_lossy(bytes);
                     return Err(reject(Some(&col.name), "invalid_utf8", "not valid UTF-8".into(), Some(&lossy)));
                 };
-                check_value(col, text).map_err(|e| (e, text))
+                check_value_into(col, text, &mut chunk.text).map_err(|e| (e, text))
             }
         };
         match checked {
-            Ok(v) => {
-                chunk.bytes += v.as_ref().map_or(0, |s| s.len()) + 1;
-                chunk.values.push(v);
-            }
+            Ok(true) => chunk.spans.push((start as u32, chunk.text.len() as u32)),
+            Ok(false) => chunk.spans.push(NULL_SPAN),
             Err((e, text)) => {
-                chunk.values.truncate(start);
+                chunk.rewind(mark);
                 return Err(reject(Some(&col.name), e.rule(), format!("{}: {}", col.name, e.describe()), Some(text)));
             }
         }
     }
+    chunk.bytes += chunk.text.len() - mark.0 + map.source.len();
     chunk.lines.push(line);
     Ok(())
 }
@@ -408,7 +446,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for CrlfToLf<R> {
 }
 
 fn memchr_cr(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    data.iter().enumerate().filter(|(_, b)| **b == b'\r').map(|(i, _)| i)
+    memchr::memchr_iter(b'\r', data)
 }
 
 fn csv_error(e: csv_async::Error, _account: &FileAccount) -> ValidateError {
@@ -472,7 +510,11 @@ mod tests {
     }
 
     fn row(chunks: &[RowChunk], i: usize) -> Vec<Option<String>> {
-        chunks.iter().flat_map(|c| (0..c.len()).map(move |r| c.row(r).to_vec())).nth(i).unwrap()
+        chunks
+            .iter()
+            .flat_map(|c| (0..c.len()).map(move |r| c.row(r).map(|v| v.map(str::to_string)).collect::<Vec<_>>()))
+            .nth(i)
+            .unwrap()
     }
 
     #[tokio::test]

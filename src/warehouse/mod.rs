@@ -154,6 +154,8 @@ pub trait Warehouse: Send + Sync {
     fn recorded_sequencers(&self, bucket: &str) -> Result<std::collections::HashSet<(String, String)>, WarehouseError>;
     /// Runs the merge as one transaction.
     fn merge(&self) -> Result<MergeReport, WarehouseError>;
+    /// Stops a running merge at once; its transaction rolls back and the next merge redoes it.
+    fn interrupt_merge(&self);
     /// Cheap reachability check for `/readyz`.
     fn ping(&self) -> Result<(), WarehouseError>;
     fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError>;

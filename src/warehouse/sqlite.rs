@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::Utc;
-use rusqlite::{params_from_iter, Connection, Statement, ToSql};
+use rusqlite::{Connection, Statement, ToSql};
 
 use super::sql::{Dialect, Sql, Tables, LOADED, REJECTED, SUPERSEDED};
 use super::{
@@ -25,6 +25,8 @@ pub struct SqliteWarehouse {
     contract: Contract,
     tables: Tables,
     reader: Mutex<Option<Connection>>,
+    /// The running merge's connection, so shutdown can interrupt it.
+    merging: Mutex<Option<rusqlite::InterruptHandle>>,
 }
 
 pub fn now_text() -> String {
@@ -68,6 +70,7 @@ impl SqliteWarehouse {
             contract: contract.clone(),
             tables: Tables::for_contract(contract),
             reader: Mutex::new(None),
+            merging: Mutex::new(None),
         })
     }
 
@@ -85,6 +88,64 @@ impl SqliteWarehouse {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn merge_on(&self, conn: &Connection) -> Result<MergeReport, WarehouseError> {
+        let sql = self.sql();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let pending: i64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL", self.tables.files),
+                [],
+                |r| r.get(0),
+            )?;
+            if pending == 0 {
+                return Ok(MergeReport::default());
+            }
+            let mut event_times = Vec::new();
+            {
+                let mut stmt = conn.prepare(&sql.unmerged_event_times())?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    if let Some(t) = parse_timestamp(&r.get::<_, String>(0)?) {
+                        event_times.push(t);
+                    }
+                }
+            }
+            let files: i64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL AND status = '{LOADED}'", self.tables.files),
+                [],
+                |r| r.get(0),
+            )?;
+            let now = now_text();
+            // Statements in order; the target's delete and insert counts feed the history row.
+            let (mut deleted, mut inserted) = (0i64, 0i64);
+            for stmt in sql.merge() {
+                let started = std::time::Instant::now();
+                let n = exec_named(
+                    conn,
+                    &stmt,
+                    &[(":merged_at", &now), (":rows_deleted", &deleted), (":rows_inserted", &inserted)],
+                )? as i64;
+                if stmt.starts_with(&format!("DELETE FROM {} ", self.tables.target)) {
+                    deleted = n;
+                } else if stmt.starts_with(&format!("INSERT INTO {} ", self.tables.target)) {
+                    inserted = n;
+                }
+                tracing::debug!(rows = n, ms = started.elapsed().as_millis() as u64, sql = %stmt.lines().next().unwrap_or(""), "merge statement");
+            }
+            Ok(MergeReport { files: files as u64, rows_deleted: deleted as u64, rows_inserted: inserted as u64, event_times })
+        })();
+        match result {
+            Ok(report) => {
+                conn.execute_batch("COMMIT")?;
+                Ok(report)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 }
 
@@ -127,50 +188,15 @@ impl Warehouse for SqliteWarehouse {
 
     fn merge(&self) -> Result<MergeReport, WarehouseError> {
         let conn = open(&self.path)?;
-        let sql = self.sql();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let result = (|| {
-            let pending: i64 = conn.query_row(
-                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL", self.tables.files),
-                [],
-                |r| r.get(0),
-            )?;
-            if pending == 0 {
-                return Ok(MergeReport::default());
-            }
-            let mut event_times = Vec::new();
-            {
-                let mut stmt = conn.prepare(&sql.unmerged_event_times())?;
-                let mut rows = stmt.query([])?;
-                while let Some(r) = rows.next()? {
-                    if let Some(t) = parse_timestamp(&r.get::<_, String>(0)?) {
-                        event_times.push(t);
-                    }
-                }
-            }
-            let files: i64 = conn.query_row(
-                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL AND status = '{LOADED}'", self.tables.files),
-                [],
-                |r| r.get(0),
-            )?;
-            let now = now_text();
-            let m = sql.merge();
-            let deleted = exec_named(&conn, &m[0], &[])? as i64;
-            let inserted = exec_named(&conn, &m[1], &[(":merged_at", &now)])? as i64;
-            exec_named(&conn, &m[2], &[])?;
-            exec_named(&conn, &m[3], &[(":merged_at", &now), (":rows_deleted", &deleted), (":rows_inserted", &inserted)])?;
-            exec_named(&conn, &m[4], &[(":merged_at", &now)])?;
-            Ok(MergeReport { files: files as u64, rows_deleted: deleted as u64, rows_inserted: inserted as u64, event_times })
-        })();
-        match result {
-            Ok(report) => {
-                conn.execute_batch("COMMIT")?;
-                Ok(report)
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
+        *self.merging.lock().expect("merging lock") = Some(conn.get_interrupt_handle());
+        let result = self.merge_on(&conn);
+        *self.merging.lock().expect("merging lock") = None;
+        result
+    }
+
+    fn interrupt_merge(&self) {
+        if let Some(h) = self.merging.lock().expect("merging lock").as_ref() {
+            h.interrupt();
         }
     }
 
@@ -344,12 +370,16 @@ impl BatchSink for SqliteSink {
         let file = self.open_file()?;
         let batch_id = self.batch().batch_id;
         let mut stmt = self.conn.prepare_cached(&self.insert_staging)?;
+        let ncols = chunk.ncols;
         for i in 0..chunk.len() {
-            let row = chunk.row(i);
-            let line = chunk.lines[i] as i64;
-            let provenance: [&dyn ToSql; 4] = [&file.key, &file.version, &line, &batch_id];
-            let values = row.iter().map(|v| v as &dyn ToSql).chain(provenance);
-            stmt.execute(params_from_iter(values))?;
+            for (c, v) in chunk.row(i).enumerate() {
+                stmt.raw_bind_parameter(c + 1, v)?;
+            }
+            stmt.raw_bind_parameter(ncols + 1, &file.key)?;
+            stmt.raw_bind_parameter(ncols + 2, &file.version)?;
+            stmt.raw_bind_parameter(ncols + 3, chunk.lines[i] as i64)?;
+            stmt.raw_bind_parameter(ncols + 4, batch_id)?;
+            stmt.raw_execute()?;
         }
         let b = self.batch.as_mut().expect("open");
         b.rows += chunk.len() as u64;
@@ -474,9 +504,7 @@ mod tests {
     fn chunk(rows: &[(&str, &str, &str)]) -> RowChunk {
         let mut c = RowChunk::new(8);
         for (i, (cust, id, user)) in rows.iter().enumerate() {
-            let vals = [Some(*cust), Some(*id), Some("2026-11-23 10:00:00"), Some(*user), None, Some("login"), None, None];
-            c.values.extend(vals.iter().map(|v| v.map(str::to_string)));
-            c.lines.push(i as u64 + 2);
+            c.push_row(&[Some(cust), Some(id), Some("2026-11-23 10:00:00"), Some(user), None, Some("login"), None, None], i as u64 + 2);
         }
         c
     }

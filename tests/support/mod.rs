@@ -12,7 +12,6 @@ use rusqlite::Connection;
 use wau_ingest::config::Config;
 use wau_ingest::metrics::Metrics;
 use wau_ingest::pipeline::{Pipeline, Tally};
-use wau_ingest::warehouse::Warehouse;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wau-ingest");
 
