@@ -1,0 +1,221 @@
+//! Embedded-path benchmark (not a test): `cargo bench --bench embedded` or `bash bench/embedded.sh`.
+//!
+//! On a generated 1,000,000-row audit log (~150 MB), in one run:
+//!   raw CSV parse MB/s (csv-async byte records, nothing else),
+//!   validate MB/s (the contract's rules, rows counted and dropped),
+//!   end-to-end embedded ingest rows/s (file → staging → ledger → merged target),
+//!   the reference: the sqlite3 CLI's `.import --csv` of the same file into a table with the
+//!   same columns, and the ratios. Then peak RSS of the release binary ingesting a ~1 GiB file.
+//! Goals: end-to-end ≥ 0.5× `.import`; validate ≥ 0.5× raw parse; peak RSS ≤ 100 MiB.
+//!
+//! Environment: BENCH_ROWS (default 1000000), BENCH_RSS_BYTES (default 1 GiB; 0 skips),
+//! BENCH_DIR (default a temporary folder).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use csv_async::{AsyncReaderBuilder, ByteRecord};
+use wau_ingest::config::Config;
+use wau_ingest::contract::Contract;
+use wau_ingest::demo::{write_csv, FileSpec};
+use wau_ingest::metrics::Metrics;
+use wau_ingest::object::ObjectStore;
+use wau_ingest::pipeline::Pipeline;
+use wau_ingest::validate::{validate_stream, ChunkSink, Options, Reject, RowChunk};
+use wau_ingest::warehouse::Warehouse;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn generate(path: &Path, rows: u64, seed: u64) -> u64 {
+    let f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let spec = FileSpec {
+        customer: "acme",
+        week_start: NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(),
+        rows,
+        users: 50_000,
+        bad_every: 1000,
+        with_customer: true,
+        seed,
+        id_prefix: "bench",
+    };
+    write_csv(f, &spec).unwrap();
+    std::fs::metadata(path).unwrap().len()
+}
+
+struct Counting(u64);
+
+impl ChunkSink for Counting {
+    async fn rows(&mut self, chunk: RowChunk) -> Result<(), String> {
+        self.0 += chunk.len() as u64;
+        Ok(())
+    }
+    async fn rejects(&mut self, _: Vec<Reject>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+async fn raw_parse(path: &Path) -> u64 {
+    let f = tokio::fs::File::open(path).await.unwrap();
+    let mut r = AsyncReaderBuilder::new().has_headers(false).flexible(true).buffer_capacity(256 * 1024).create_reader(f);
+    let mut rec = ByteRecord::new();
+    let mut n = 0;
+    while r.read_byte_record(&mut rec).await.unwrap() {
+        n += 1;
+    }
+    n
+}
+
+async fn validate_only(path: &Path, contract: &Contract) -> u64 {
+    let f = tokio::fs::File::open(path).await.unwrap();
+    let mut sink = Counting(0);
+    validate_stream(f, &Options { contract, key: "csv/acme/bench.csv" }, &mut sink).await.unwrap();
+    sink.0
+}
+
+async fn end_to_end(inbox: &Path, db: &Path) -> (u64, Duration, Duration) {
+    let mut config = Config::default();
+    config.source.dir = inbox.to_path_buf();
+    config.warehouse.sqlite_path = db.to_path_buf();
+    let contract = Arc::new(config.contract().unwrap());
+    let store = wau_ingest::embedded_store(&config).unwrap();
+    let warehouse = wau_ingest::open_warehouse(&config, &contract).unwrap();
+    warehouse.migrate().unwrap();
+    let started = Instant::now();
+    let objects = store.list("").await.unwrap();
+    let mut p = Pipeline::new(store, warehouse.clone(), contract, config.read_limits(), config.batch, Arc::new(Metrics::new()), Default::default())
+        .unwrap();
+    let tally = wau_ingest::replay::ingest_all(&mut p, objects, false).await.unwrap();
+    let loaded = started.elapsed();
+    let w = warehouse.clone();
+    let merged = tokio::task::spawn_blocking(move || w.merge()).await.unwrap().unwrap();
+    assert_eq!(merged.rows_inserted, tally.rows_loaded, "every row is a distinct key");
+    (tally.rows_loaded, loaded, started.elapsed())
+}
+
+fn sqlite_import(path: &Path, db: &Path) -> Duration {
+    let _ = std::fs::remove_file(db);
+    let script = format!(
+        "CREATE TABLE t (customer TEXT NOT NULL, event_id TEXT NOT NULL, event_time TEXT NOT NULL, user_id TEXT NOT NULL, user_email TEXT, event_type TEXT NOT NULL, source_ip TEXT, user_agent TEXT);\n.import --csv --skip 1 {} t\n",
+        path.display()
+    );
+    let started = Instant::now();
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 CLI is needed for the reference");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "sqlite3 .import failed: {}", String::from_utf8_lossy(&out.stderr));
+    took
+}
+
+/// Runs the release binary on `file` and samples its peak RSS (VmHWM) until it exits.
+fn peak_rss(bin: &Path, dir: &Path, file: &Path) -> (u64, Duration) {
+    let db = dir.join("rss.sqlite");
+    let _ = std::fs::remove_file(&db);
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["--db", db.to_str().unwrap(), "replay", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path) {
+            if let Some(v) = s.lines().find(|l| l.starts_with("VmHWM:")) {
+                peak_kib = peak_kib.max(v.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0));
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "replay failed");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let merge = Command::new(bin).args(["--db", db.to_str().unwrap(), "merge"]).output().unwrap();
+    assert!(merge.status.success());
+    (peak_kib * 1024, started.elapsed())
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn main() {
+    // `cargo bench` passes --bench; this harness takes no arguments.
+    let rows = env_u64("BENCH_ROWS", 1_000_000);
+    let rss_bytes = env_u64("BENCH_RSS_BYTES", 1 << 30);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: PathBuf = std::env::var("BENCH_DIR").map(PathBuf::from).unwrap_or_else(|_| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    let inbox = dir.join("inbox");
+    let _ = std::fs::remove_dir_all(&inbox);
+    std::fs::create_dir_all(inbox.join("csv/acme")).unwrap();
+    let file = inbox.join("csv/acme/bench.csv");
+    let size = generate(&file, rows, 1);
+    println!("input: {rows} rows, {:.1} MB ({})", mb(size), file.display());
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let contract = Contract::builtin();
+
+    // Warm the page cache so every contender reads from memory.
+    let _ = std::fs::read(&file).unwrap();
+
+    let t = Instant::now();
+    let parsed = rt.block_on(raw_parse(&file));
+    let raw = t.elapsed();
+    assert_eq!(parsed, rows + 1);
+    let t = Instant::now();
+    let valid = rt.block_on(validate_only(&file, &contract));
+    let val = t.elapsed();
+    let expected_valid = rows - rows / 1000;
+    assert_eq!(valid, expected_valid);
+
+    let import = sqlite_import(&file, &dir.join("import.sqlite"));
+    let db = dir.join("e2e.sqlite");
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    let (loaded, load_time, e2e) = rt.block_on(end_to_end(&inbox, &db));
+    assert_eq!(loaded, expected_valid);
+
+    let raw_mbs = mb(size) / raw.as_secs_f64();
+    let val_mbs = mb(size) / val.as_secs_f64();
+    let import_rps = rows as f64 / import.as_secs_f64();
+    let e2e_rps = rows as f64 / e2e.as_secs_f64();
+    println!();
+    println!("{:<44} {:>10} {:>14}", "measure", "seconds", "rate");
+    println!("{:<44} {:>10.2} {:>9.1} MB/s", "raw CSV parse (csv-async byte records)", raw.as_secs_f64(), raw_mbs);
+    println!("{:<44} {:>10.2} {:>9.1} MB/s", "validate against the contract", val.as_secs_f64(), val_mbs);
+    println!("{:<44} {:>10.2} {:>9.0} rows/s", "reference: sqlite3 .import --csv", import.as_secs_f64(), import_rps);
+    println!("{:<44} {:>10.2} {:>9.0} rows/s", "end-to-end: load (hash, validate, stage, ledger)", load_time.as_secs_f64(), rows as f64 / load_time.as_secs_f64());
+    println!("{:<44} {:>10.2} {:>9.0} rows/s", "end-to-end: load + merge into the target", e2e.as_secs_f64(), e2e_rps);
+    println!();
+    println!("validate / raw parse      = {:.2}  (goal ≥ 0.5)", val_mbs / raw_mbs);
+    println!("end-to-end / .import      = {:.2}  (goal ≥ 0.5)", e2e_rps / import_rps);
+
+    if rss_bytes > 0 {
+        let big = inbox.join("csv/acme/big.csv");
+        let big_rows = rss_bytes / (size / rows).max(1);
+        let big_size = generate(&big, big_rows, 2);
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_wau-ingest"));
+        let (peak, took) = peak_rss(&bin, &dir, &big);
+        println!(
+            "peak RSS ingesting {:.0} MiB ({big_rows} rows) = {:.1} MiB  (goal ≤ 100 MiB; {:.1} s with merge)",
+            big_size as f64 / 1048576.0,
+            peak as f64 / 1048576.0,
+            took.as_secs_f64()
+        );
+        let _ = std::fs::remove_file(&big);
+    }
+}
