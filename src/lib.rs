@@ -9,6 +9,7 @@
 pub mod config;
 pub mod contract;
 pub mod demo;
+pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod object;
