@@ -25,7 +25,6 @@ use wau_ingest::metrics::Metrics;
 use wau_ingest::object::ObjectStore;
 use wau_ingest::pipeline::Pipeline;
 use wau_ingest::validate::{validate_stream, ChunkSink, Options, Reject, RowChunk};
-use wau_ingest::warehouse::Warehouse;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -260,6 +260,7 @@ fn check_row(map: &ColumnMap, opts: &Options<'_>, record: &ByteRecord, line: u64
         return Err(reject(None, "field_count", format!("{} fields, the header has {}", record.len(), map.width), None));
     }
     let mark = (chunk.text.len(), chunk.spans.len());
+    let whole = std::str::from_utf8(record.as_slice()).ok();
     for (col, src) in opts.contract.columns.iter().zip(&map.source) {
         let start = chunk.text.len();
         let checked = match src {
@@ -269,11 +270,18 @@ fn check_row(map: &ColumnMap, opts: &Options<'_>, record: &ByteRecord, line: u64
             }
             None => Ok(false),
             Some(i) => {
-                let bytes = &record[*i];
-                let Ok(text) = std::str::from_utf8(bytes) else {
-                    chunk.rewind(mark);
-                    let lossy = String::from_utf8_lossy(bytes);
-                    return Err(reject(Some(&col.name), "invalid_utf8", "not valid UTF-8".into(), Some(&lossy)));
+                // One UTF-8 check per record; fields are then sliced out of the checked text
+                // (fields split at ASCII delimiters, so every field is valid too).
+                let text = match whole {
+                    Some(w) => &w[record.range(*i).expect("field index within the record")],
+                    None => match std::str::from_utf8(&record[*i]) {
+                        Ok(t) => t,
+                        Err(_) => {
+                            chunk.rewind(mark);
+                            let lossy = String::from_utf8_lossy(&record[*i]);
+                            return Err(reject(Some(&col.name), "invalid_utf8", "not valid UTF-8".into(), Some(&lossy)));
+                        }
+                    },
                 };
                 check_value_into(col, text, &mut chunk.text).map_err(|e| (e, text))
             }
