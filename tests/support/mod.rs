@@ -129,7 +129,7 @@ impl Env {
     }
 
     /// Starts `wau-ingest run` on this environment with JSON logs into `log`.
-    pub fn spawn_run(&self, log: &Path, extra_env: &[(&str, &str)]) -> Child {
+    pub fn spawn_run(&self, log: &Path, extra_env: &[(&str, &str)]) -> Service {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["--log-format", "json", "run", "--http-listen", &format!("127.0.0.1:{}", free_port())])
@@ -144,7 +144,32 @@ impl Env {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        cmd.spawn().unwrap()
+        Service(cmd.spawn().unwrap())
+    }
+}
+
+/// A running `wau-ingest run`; killed when dropped, so a failing test leaves no process behind.
+pub struct Service(pub Child);
+
+impl std::ops::Deref for Service {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Service {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
