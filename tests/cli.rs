@@ -1,0 +1,177 @@
+//! The commands as a person runs them: exit codes, what they print, what they change.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::{free_port, wait_exit, wait_until, write_version, Env, Version, BIN};
+
+fn run(env: &Env, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["--inbox", env.inbox.to_str().unwrap(), "--db", env.db.to_str().unwrap()])
+        .args(args)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn version(key: &str, ids: std::ops::Range<u32>) -> Version {
+    Version { key: key.into(), rows: ids.map(|i| (format!("e{i}"), format!("u{i}"))).collect() }
+}
+
+#[test]
+fn validate_reports_per_file_and_exits_by_verdict() {
+    let env = Env::new();
+    write_version(&env.inbox, &version("csv/acme/good.csv", 0..3), "acme");
+    std::fs::write(env.inbox.join("csv/acme/bad.csv"), format!("{}\nacme,e1,yesterday,u1,,login,,\n", wau_ingest::demo::HEADER)).unwrap();
+
+    let ok = run(&env, &["validate", env.inbox.join("csv/acme/good.csv").to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("ok"));
+
+    let bad = run(&env, &["validate", env.inbox.join("csv/acme/good.csv").to_str().unwrap(), env.inbox.join("csv/acme/bad.csv").to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    let text = stdout(&bad);
+    assert!(text.contains("bad.csv:2: event_time [type]"), "{text}");
+
+    let missing = run(&env, &["validate", "/nonexistent/file.csv"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let usage = run(&env, &["validate"]);
+    assert_eq!(usage.status.code(), Some(2));
+    // Nothing was loaded by validating.
+    assert!(!env.db.exists() || env.count("SELECT COUNT(*) FROM wau_ingest_files") == 0);
+}
+
+#[test]
+fn replay_dry_run_glob_and_idempotence() {
+    let env = Env::new();
+    write_version(&env.inbox, &version("csv/acme/a.csv", 0..5), "acme");
+    write_version(&env.inbox, &version("csv/globex/b.csv", 0..7), "globex");
+
+    let dry = run(&env, &["replay", env.inbox.to_str().unwrap(), "--dry-run"]);
+    assert!(dry.status.success());
+    assert!(stdout(&dry).contains("2 file(s) listed, 2 new, 0 already in the ledger"), "{}", stdout(&dry));
+    assert_eq!(env.count("SELECT COUNT(*) FROM wau_ingest_files"), 0, "a dry run loads nothing");
+
+    let only_acme = run(&env, &["replay", env.inbox.to_str().unwrap(), "--glob", "csv/acme/**"]);
+    assert!(only_acme.status.success());
+    assert!(stdout(&only_acme).contains("files new 1 / duplicate 0"), "{}", stdout(&only_acme));
+
+    let all = run(&env, &["replay", env.inbox.join("csv").to_str().unwrap()]);
+    assert!(stdout(&all).contains("files new 1 / duplicate 1"), "{}", stdout(&all));
+    let again = run(&env, &["replay", env.inbox.to_str().unwrap()]);
+    assert!(stdout(&again).contains("files new 0 / duplicate 2"), "{}", stdout(&again));
+    // Keys are relative to the configured inbox whichever folder was named.
+    let keys: Vec<String> = env.ledger().into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, vec!["csv/acme/a.csv", "csv/globex/b.csv"]);
+
+    let future = run(&env, &["replay", env.inbox.to_str().unwrap(), "--since", "2999-01-01", "--dry-run"]);
+    assert!(stdout(&future).contains("0 file(s) listed"), "{}", stdout(&future));
+}
+
+#[test]
+fn reconcile_loads_what_the_ledger_lacks_and_merges() {
+    let env = Env::new();
+    write_version(&env.inbox, &version("csv/acme/a.csv", 0..5), "acme");
+    assert!(run(&env, &["replay", env.inbox.to_str().unwrap()]).status.success());
+    write_version(&env.inbox, &version("csv/acme/missed.csv", 5..9), "acme");
+
+    let r = run(&env, &["reconcile"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = stdout(&r);
+    assert!(text.contains("1 object(s) in the store that the ledger lacks"), "{text}");
+    assert!(text.contains("files new 1"), "{text}");
+    assert_eq!(env.count("SELECT COUNT(*) FROM wau_audit_logs"), 9, "reconcile merged");
+
+    let again = run(&env, &["reconcile"]);
+    assert!(stdout(&again).contains("0 object(s)"), "{}", stdout(&again));
+}
+
+#[test]
+fn report_prints_weekly_active_users() {
+    let env = Env::new();
+    let today = chrono::Utc::now().format("%Y-%m-%dT10:00:00Z").to_string();
+    let mut text = format!("{}\n", wau_ingest::demo::HEADER);
+    for (i, user) in ["u1", "u1", "u2"].iter().enumerate() {
+        text.push_str(&format!("acme,e{i},{today},{user},,login,,\n"));
+    }
+    wau_ingest::demo::write_atomically(&env.inbox.join("csv/acme/w.csv"), text.as_bytes()).unwrap();
+    run(&env, &["replay", env.inbox.to_str().unwrap()]);
+    run(&env, &["merge"]);
+    let out = stdout(&run(&env, &["report", "--weeks", "1", "--customer", "acme"]));
+    let line = out.lines().find(|l| l.starts_with("acme")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.trim_end().ends_with(" 2"), "two distinct users: {line}");
+    let none = stdout(&run(&env, &["report", "--customer", "nobody"]));
+    assert!(none.contains("no activity"), "{none}");
+}
+
+#[test]
+fn contract_infer_drafts_a_valid_contract() {
+    let env = Env::new();
+    let sample = env.dir.path().join("sample.csv");
+    std::fs::write(&sample, "customer,event_id,event_time,user_id,n\nacme,e1,2026-11-23T10:00:00Z,u1,3\nacme,e2,2026-11-23 11:00:00,u2,\n").unwrap();
+    let out = run(&env, &["contract", "infer", sample.to_str().unwrap()]);
+    assert!(out.status.success());
+    let draft = stdout(&out);
+    let c = wau_ingest::contract::Contract::parse(&draft, "draft").unwrap();
+    assert_eq!(c.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["customer", "event_id", "event_time", "user_id", "n"]);
+    assert_eq!(c.columns[2].ty, wau_ingest::contract::ColumnType::Timestamp);
+    assert!(!c.columns[4].required);
+}
+
+#[test]
+fn demo_balances_its_books() {
+    let env = Env::new();
+    let dir = env.dir.path().join("demo");
+    let out = Command::new(BIN).args(["demo", dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(text.contains("(0 file(s) out of balance)"), "{text}");
+    assert!(text.contains("files new 1 / duplicate"), "the second pass loads only the overwrite: {text}");
+    assert!(text.contains("legacyco"), "the legacy file's customer came from its key: {text}");
+    // Running it again in the same folder starts over.
+    assert!(Command::new(BIN).args(["demo", dir.to_str().unwrap()]).output().unwrap().status.success());
+    // It refuses a folder it did not make.
+    let foreign = env.dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("keep.txt"), "mine").unwrap();
+    assert_eq!(Command::new(BIN).args(["demo", foreign.to_str().unwrap()]).output().unwrap().status.code(), Some(2));
+    assert!(foreign.join("keep.txt").exists());
+}
+
+#[test]
+fn endpoints_and_healthcheck_of_a_running_service() {
+    let env = Env::new();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = support::Service(
+        Command::new(BIN)
+            .args(["--inbox", env.inbox.to_str().unwrap(), "--db", env.db.to_str().unwrap(), "run", "--http-listen", &addr])
+            .current_dir(env.dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let probe = |extra: &[&str]| Command::new(BIN).args(["healthcheck", "--addr", &addr]).args(extra).status().unwrap().success();
+    assert!(wait_until(Duration::from_secs(30), || probe(&[])), "healthz never answered");
+    assert!(probe(&["--ready"]));
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    for name in ["wau_ingest_files_total{outcome=\"loaded\"}", "wau_ingest_batch_commit_seconds_bucket", "wau_ingest_inflight_files"] {
+        assert!(metrics.contains(name), "missing {name}");
+    }
+    support::signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).unwrap().success());
+    assert!(!probe(&[]), "nothing answers after shutdown");
+}
