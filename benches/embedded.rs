@@ -21,9 +21,7 @@ use csv_async::{AsyncReaderBuilder, ByteRecord};
 use wau_ingest::config::Config;
 use wau_ingest::contract::Contract;
 use wau_ingest::demo::{write_csv, FileSpec};
-use wau_ingest::metrics::Metrics;
 use wau_ingest::object::ObjectStore;
-use wau_ingest::pipeline::Pipeline;
 use wau_ingest::validate::{validate_stream, ChunkSink, Options, Reject, RowChunk};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -86,9 +84,7 @@ async fn end_to_end(inbox: &Path, db: &Path) -> (u64, Duration, Duration) {
     warehouse.migrate().unwrap();
     let started = Instant::now();
     let objects = store.list("").await.unwrap();
-    let mut p = Pipeline::new(store, warehouse.clone(), contract, config.read_limits(), config.batch, Arc::new(Metrics::new()), Default::default())
-        .unwrap();
-    let tally = wau_ingest::replay::ingest_all(&mut p, objects, false).await.unwrap();
+    let tally = wau_ingest::replay::ingest_objects(&config, store, warehouse.clone(), contract, objects, false).await.unwrap();
     let loaded = started.elapsed();
     let w = warehouse.clone();
     let merged = tokio::task::spawn_blocking(move || w.merge()).await.unwrap().unwrap();

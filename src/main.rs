@@ -8,13 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Datelike, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio_util::sync::CancellationToken;
 
 use wau_ingest::config::Config;
 use wau_ingest::contract::{self, Contract};
 use wau_ingest::metrics::Metrics;
 use wau_ingest::object::{decoded, ObjectRef, ObjectStore};
-use wau_ingest::pipeline::{Pipeline, Tally};
+use wau_ingest::pipeline::Tally;
 use wau_ingest::replay::{self, Filter};
 use wau_ingest::validate::{validate_stream, CollectSink, Options};
 use wau_ingest::warehouse::sql::{Dialect, Sql, Tables};
@@ -314,16 +313,7 @@ async fn ingest(
     objects: Vec<ObjectRef>,
     force: bool,
 ) -> anyhow::Result<Tally> {
-    let mut pipeline = Pipeline::new(
-        store,
-        warehouse,
-        contract,
-        config.read_limits(),
-        config.batch,
-        Arc::new(Metrics::new()),
-        CancellationToken::new(),
-    )?;
-    Ok(replay::ingest_all(&mut pipeline, objects, force).await?)
+    Ok(replay::ingest_objects(config, store, warehouse, contract, objects, force).await?)
 }
 
 fn print_tally(what: &str, t: &Tally) {

@@ -75,6 +75,21 @@ pub async fn ingest_all(pipeline: &mut Pipeline, objects: Vec<ObjectRef>, force:
     Ok(pipeline.tally.clone())
 }
 
+/// One-shot ingest of `objects` with the config's limits and batch policy (replay, reconcile,
+/// demo): its own pipeline, writer and metrics.
+pub async fn ingest_objects(
+    config: &crate::config::Config,
+    store: Arc<dyn ObjectStore>,
+    warehouse: Arc<dyn Warehouse>,
+    contract: Arc<crate::contract::Contract>,
+    objects: Vec<ObjectRef>,
+    force: bool,
+) -> Result<Tally, IngestError> {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut pipeline = Pipeline::new(store, warehouse, contract, config.read_limits(), config.batch, metrics, Default::default())?;
+    ingest_all(&mut pipeline, objects, force).await
+}
+
 /// What a replay would do, without loading anything: (new, already in the ledger).
 pub async fn dry_run(
     store: &dyn ObjectStore,

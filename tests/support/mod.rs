@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use wau_ingest::config::Config;
-use wau_ingest::metrics::Metrics;
-use wau_ingest::pipeline::{Pipeline, Tally};
+use wau_ingest::pipeline::Tally;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wau-ingest");
 
@@ -70,17 +69,7 @@ impl Env {
             let warehouse = wau_ingest::open_warehouse(config, &contract).unwrap();
             warehouse.migrate().unwrap();
             let objects = wau_ingest::object::ObjectStore::list(store.as_ref(), "").await.unwrap();
-            let mut p = Pipeline::new(
-                store,
-                warehouse,
-                contract,
-                config.read_limits(),
-                config.batch,
-                Arc::new(Metrics::new()),
-                Default::default(),
-            )
-            .unwrap();
-            wau_ingest::replay::ingest_all(&mut p, objects, force).await.unwrap()
+            wau_ingest::replay::ingest_objects(config, store, warehouse, contract, objects, force).await.unwrap()
         })
     }
 
