@@ -293,18 +293,23 @@ impl<'a> Sql<'a> {
                 Dialect::Redshift => String::new(),
                 _ => format!("CREATE INDEX {k}_key ON {k} ({})", self.contract.dedupe_key.join(", ")),
             },
+            // The `IN` on the key's first column lets an engine with indexes visit only the
+            // touched customers' rows instead of the whole target; EXISTS decides.
             format!(
-                "DELETE FROM {target} WHERE EXISTS (SELECT 1 FROM {k} k WHERE {km})",
+                "DELETE FROM {target} WHERE {first} IN (SELECT {first} FROM {k}) AND EXISTS (SELECT 1 FROM {k} k WHERE {km})",
                 target = t.target,
+                first = self.contract.dedupe_key[0],
                 km = self.key_match("k", &t.target)
             ),
+            // Written as CROSS JOIN + WHERE (plain inner-join semantics everywhere) because
+            // SQLite then walks from the touched keys instead of through all of staging.
             format!(
                 "INSERT INTO {target} ({cols}, _file_key, _file_version, _line, _loaded_at)\n\
                  SELECT {cols}, _file_key, _file_version, _line, :merged_at FROM (\n\
                  \x20 SELECT {s_cols}, s._file_key, s._file_version, s._line,\n\
                  \x20   ROW_NUMBER() OVER (PARTITION BY {key_cols} ORDER BY f.sequencer DESC, f.batch_id DESC, s._line DESC) AS rn\n\
-                 \x20 FROM {k} k JOIN {st} s ON {km} JOIN {files} f ON {join}\n\
-                 \x20 WHERE f.status = '{LOADED}'\n\
+                 \x20 FROM {k} k CROSS JOIN {st} s CROSS JOIN {files} f\n\
+                 \x20 WHERE {km} AND {join} AND f.status = '{LOADED}'\n\
                  ) w WHERE w.rn = 1",
                 target = t.target,
                 cols = cols.join(", "),
@@ -314,8 +319,10 @@ impl<'a> Sql<'a> {
                 km = self.key_match("k", "s"),
                 join = self.staging_joins_ledger("s", "f"),
             ),
+            // Only the batches that hold superseded or replaced loads are visited.
             format!(
-                "DELETE FROM {st} WHERE EXISTS (SELECT 1 FROM {files} f WHERE {join} AND f.merged_at IS NULL AND f.status IN ('{SUPERSEDED}', '{REPLACED}'))",
+                "DELETE FROM {st} WHERE _batch_id IN (SELECT batch_id FROM {files} WHERE merged_at IS NULL AND status IN ('{SUPERSEDED}', '{REPLACED}'))\n\
+                 \x20 AND EXISTS (SELECT 1 FROM {files} f WHERE {join} AND f.merged_at IS NULL AND f.status IN ('{SUPERSEDED}', '{REPLACED}'))",
                 st = t.staging,
                 files = t.files,
                 join = self.staging_joins_ledger(&t.staging, "f"),
@@ -397,11 +404,12 @@ mod tests {
         let m: Vec<String> = m.into_iter().filter(|s| !s.starts_with("CREATE INDEX")).collect();
         assert_eq!(
             m[1],
-            "DELETE FROM wau_audit_logs WHERE EXISTS (SELECT 1 FROM wau_merge_keys k WHERE k.customer = wau_audit_logs.customer AND k.event_id = wau_audit_logs.event_id)"
+            "DELETE FROM wau_audit_logs WHERE customer IN (SELECT customer FROM wau_merge_keys) AND EXISTS (SELECT 1 FROM wau_merge_keys k WHERE k.customer = wau_audit_logs.customer AND k.event_id = wau_audit_logs.event_id)"
         );
         assert!(m[2].contains("ROW_NUMBER() OVER (PARTITION BY s.customer, s.event_id ORDER BY f.sequencer DESC, f.batch_id DESC, s._line DESC)"));
-        assert!(m[2].contains("FROM wau_merge_keys k JOIN wau_audit_logs_staging s ON k.customer = s.customer AND k.event_id = s.event_id"));
-        assert!(m[2].contains("WHERE f.status = 'loaded'"));
+        assert!(m[2].contains("FROM wau_merge_keys k CROSS JOIN wau_audit_logs_staging s CROSS JOIN wau_ingest_files f\n  WHERE k.customer = s.customer AND k.event_id = s.event_id AND"));
+        assert!(m[2].contains("AND f.status = 'loaded'"));
+        assert!(m[3].starts_with("DELETE FROM wau_audit_logs_staging WHERE _batch_id IN (SELECT batch_id FROM wau_ingest_files WHERE merged_at IS NULL AND status IN ('superseded', 'replaced'))"));
         assert!(m[3].contains("f.merged_at IS NULL AND f.status IN ('superseded', 'replaced')"));
         assert!(m[5].starts_with("UPDATE wau_ingest_files SET merged_at = :merged_at WHERE merged_at IS NULL"));
         assert_eq!(m[6], "DROP TABLE wau_merge_keys");
