@@ -173,6 +173,11 @@ impl Pipeline {
         })
     }
 
+    /// False when the writer thread died (a bug): the service must stop rather than retry.
+    pub fn writer_alive(&self) -> bool {
+        self.writer.is_alive()
+    }
+
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
@@ -291,6 +296,14 @@ impl Pipeline {
     /// One file into the open batch. The returned outcome counts only once the batch commits.
     pub async fn ingest(&self, obj: &ObjectRef, force: bool) -> Result<FileDone, IngestError> {
         let retry = |reason: String| IngestError::Retry { key: obj.key.clone(), reason };
+        if let (false, true, Some(seq), Some(size)) = (force, self.store.version_costs_a_read(), &obj.sequencer, obj.size) {
+            // A file already recorded with this exact stamp is not read again just to hash it.
+            let (w, b, k, q) = (self.warehouse.clone(), self.store.bucket().to_string(), obj.key.clone(), seq.clone());
+            let known = tokio::task::spawn_blocking(move || w.lookup_stamp(&b, &k, &q, size)).await.expect("lookup does not panic")?;
+            if known.is_some() {
+                return Ok(FileDone { key: obj.key.clone(), version: String::new(), event_time: obj.event_time, outcome: Outcome::Duplicate });
+            }
+        }
         let resolved = match self.store.resolve(obj).await {
             Ok(r) => r,
             Err(StoreError::NotFound { .. }) => {
@@ -404,6 +417,36 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::object::local::LocalStore;
+    use crate::warehouse::sqlite::SqliteWarehouse;
+
+    #[tokio::test]
+    async fn a_file_recorded_with_the_same_stamp_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        let text = format!("{}\nacme,e1,2026-11-23T10:00:00Z,u1,,login,,\n", crate::demo::HEADER);
+        crate::demo::write_atomically(&inbox.join("csv/acme/a.csv"), text.as_bytes()).unwrap();
+        let contract = Arc::new(Contract::builtin());
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&inbox).unwrap());
+        let warehouse: Arc<dyn Warehouse> = Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap());
+        warehouse.migrate().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut p = Pipeline::new(store.clone(), warehouse, contract, ReadLimits::default(), BatchConfig::default(), metrics.clone(), Default::default())
+            .unwrap();
+        let bytes_read = || metrics.render().lines().find(|l| l.starts_with("wau_ingest_bytes_read_total ")).unwrap().to_string();
+        let listed = store.list("").await.unwrap();
+        crate::replay::ingest_all(&mut p, listed.clone(), false).await.unwrap();
+        assert_eq!(p.tally.loaded, 1);
+        let after_load = bytes_read();
+        assert_ne!(after_load, "wau_ingest_bytes_read_total 0");
+        crate::replay::ingest_all(&mut p, listed.clone(), false).await.unwrap();
+        assert_eq!(p.tally.duplicate, 1);
+        assert_eq!(bytes_read(), after_load, "the duplicate was decided without reading");
+        // With --force the stamp is not trusted: the file is read and loaded again.
+        crate::replay::ingest_all(&mut p, listed, true).await.unwrap();
+        assert_eq!(p.tally.loaded, 2);
+        assert_ne!(bytes_read(), after_load);
+    }
 
     #[test]
     fn flush_on_rows_bytes_or_age() {

@@ -123,6 +123,10 @@ impl ObjectStore for LocalStore {
         &self.bucket
     }
 
+    fn version_costs_a_read(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         match tokio::fs::metadata(&self.root).await {
             Ok(m) if m.is_dir() => Ok(()),

@@ -68,6 +68,11 @@ pub trait ObjectStore: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectRef>, StoreError>;
     /// Fills in version, sequencer and size.
     async fn resolve(&self, obj: &ObjectRef) -> Result<ResolvedObject, StoreError>;
+    /// True when resolving a version means reading the whole object (local files: a content
+    /// hash); the pipeline then first tries the ledger by (key, sequencer, size).
+    fn version_costs_a_read(&self) -> bool {
+        false
+    }
     /// Is the store reachable (for `/readyz`)?
     async fn ping(&self) -> Result<(), StoreError>;
     /// Streams the bytes of exactly `obj.version`.

@@ -206,6 +206,14 @@ impl<'a> Sql<'a> {
         )
     }
 
+    /// A version recorded with exactly this key, sequencer and size (see `Warehouse::lookup_stamp`).
+    pub fn lookup_stamp(&self) -> String {
+        format!(
+            "SELECT status, batch_id FROM {} WHERE bucket = :bucket AND key = :key AND sequencer = :sequencer AND size_bytes = :size_bytes AND status <> '{REPLACED}' ORDER BY batch_id DESC LIMIT 1",
+            self.t.files
+        )
+    }
+
     /// Is a newer version of this key already recorded?
     pub fn newer_version_exists(&self) -> String {
         format!(

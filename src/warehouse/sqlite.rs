@@ -177,6 +177,20 @@ impl Warehouse for SqliteWarehouse {
         })
     }
 
+    fn lookup_stamp(&self, bucket: &str, key: &str, sequencer: &str, size: u64) -> Result<Option<FileStatus>, WarehouseError> {
+        let sql = self.sql().lookup_stamp();
+        let size = size as i64;
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            bind_named(&mut stmt, &[(":bucket", &bucket), (":key", &key), (":sequencer", &sequencer), (":size_bytes", &size)])?;
+            let mut rows = stmt.raw_query();
+            Ok(match rows.next()? {
+                Some(r) => FileStatus::parse(&r.get::<_, String>(0)?),
+                None => None,
+            })
+        })
+    }
+
     fn recorded_sequencers(&self, bucket: &str) -> Result<HashSet<(String, String)>, WarehouseError> {
         let sql = format!("SELECT key, sequencer FROM {} WHERE bucket = ?1", self.tables.files);
         self.with_reader(|c| {
