@@ -124,6 +124,14 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         match step {
             Ok(()) => backoff = backoff_builder.build(),
             Err(IngestError::Shutdown) => break,
+            Err(e) if !pipeline.writer_alive() => {
+                // A panic in the writer is a bug, not weather: stop (exit non-zero) so the
+                // orchestrator restarts a clean process; nothing uncommitted was acknowledged.
+                reconcile_task.abort();
+                merge_task.abort();
+                http_stop.cancel();
+                anyhow::bail!("the warehouse writer stopped: {e}");
+            }
             Err(e) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest step failed; backing off");

@@ -93,6 +93,12 @@ impl WriterHandle {
         WriterHandle { tx }
     }
 
+    /// False once the writer thread has stopped (it only stops on a panic or when every
+    /// handle is gone).
+    pub fn is_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, WarehouseError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| gone())?;
@@ -125,5 +131,64 @@ impl WriterHandle {
     }
     pub async fn rollback(&self) -> Result<(), WarehouseError> {
         self.ask(|reply| Cmd::Rollback { reply }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::warehouse::FileStatus;
+
+    /// A sink that fails loudly on rows: the writer's reaction to a bug in a sink.
+    struct PanicsOnRows;
+
+    impl BatchSink for PanicsOnRows {
+        fn admit(&mut self, _: &FileMeta, _: bool) -> Result<Admission, WarehouseError> {
+            Ok(Admission::Load)
+        }
+        fn write_rows(&mut self, _: &RowChunk) -> Result<(), WarehouseError> {
+            panic!("sink bug")
+        }
+        fn write_rejects(&mut self, _: &[Reject]) -> Result<(), WarehouseError> {
+            Ok(())
+        }
+        fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+            Ok(())
+        }
+        fn finish_file(&mut self, _: &FileSummary) -> Result<bool, WarehouseError> {
+            Ok(true)
+        }
+        fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+            Ok(())
+        }
+        fn pending(&self) -> (u64, u64) {
+            (0, 0)
+        }
+        fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+            Ok(None)
+        }
+        fn rollback(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn a_panicking_sink_stops_the_writer_and_every_call_says_so() {
+        let w = WriterHandle::spawn(Box::new(PanicsOnRows));
+        let meta = FileMeta {
+            bucket: "b".into(),
+            key: "k".into(),
+            version: "v".into(),
+            sequencer: "1".into(),
+            size: 1,
+            event_time: chrono::Utc::now(),
+            contract_version: 1,
+        };
+        assert_eq!(w.admit(meta, false).await.unwrap(), Admission::Load);
+        assert!(w.is_alive());
+        let _ = w.rows(RowChunk::new(8)).await;
+        let summary = FileSummary { status: FileStatus::Loaded, rows_read: 0, rows_loaded: 0, rows_rejected: 0, reason: None };
+        let err = w.finish(summary).await.unwrap_err();
+        assert!(err.to_string().contains("writer thread stopped"), "{err}");
+        assert!(!w.is_alive());
+        assert!(w.commit().await.is_err(), "nothing can be committed through a dead writer");
     }
 }
