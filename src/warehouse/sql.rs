@@ -315,7 +315,7 @@ impl<'a> Sql<'a> {
                 "INSERT INTO {target} ({cols}, _file_key, _file_version, _line, _loaded_at)\n\
                  SELECT {cols}, _file_key, _file_version, _line, :merged_at FROM (\n\
                  \x20 SELECT {s_cols}, s._file_key, s._file_version, s._line,\n\
-                 \x20   ROW_NUMBER() OVER (PARTITION BY {key_cols} ORDER BY f.sequencer DESC, f.batch_id DESC, s._line DESC) AS rn\n\
+                 \x20   ROW_NUMBER() OVER (PARTITION BY {key_cols} ORDER BY f.sequencer DESC, f.batch_id DESC, s._line DESC, s._file_key DESC) AS rn\n\
                  \x20 FROM {k} k CROSS JOIN {st} s CROSS JOIN {files} f\n\
                  \x20 WHERE {km} AND {join} AND f.status = '{LOADED}'\n\
                  ) w WHERE w.rn = 1",
@@ -414,7 +414,7 @@ mod tests {
             m[1],
             "DELETE FROM wau_audit_logs WHERE customer IN (SELECT customer FROM wau_merge_keys) AND EXISTS (SELECT 1 FROM wau_merge_keys k WHERE k.customer = wau_audit_logs.customer AND k.event_id = wau_audit_logs.event_id)"
         );
-        assert!(m[2].contains("ROW_NUMBER() OVER (PARTITION BY s.customer, s.event_id ORDER BY f.sequencer DESC, f.batch_id DESC, s._line DESC)"));
+        assert!(m[2].contains("ROW_NUMBER() OVER (PARTITION BY s.customer, s.event_id ORDER BY f.sequencer DESC, f.batch_id DESC, s._line DESC, s._file_key DESC)"));
         assert!(m[2].contains("FROM wau_merge_keys k CROSS JOIN wau_audit_logs_staging s CROSS JOIN wau_ingest_files f\n  WHERE k.customer = s.customer AND k.event_id = s.event_id AND"));
         assert!(m[2].contains("AND f.status = 'loaded'"));
         assert!(m[3].starts_with("DELETE FROM wau_audit_logs_staging WHERE _batch_id IN (SELECT batch_id FROM wau_ingest_files WHERE merged_at IS NULL AND status IN ('superseded', 'replaced'))"));
