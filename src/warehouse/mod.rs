@@ -7,6 +7,7 @@
 
 pub mod sql;
 pub mod sqlite;
+pub mod stage;
 
 use chrono::{DateTime, Utc};
 

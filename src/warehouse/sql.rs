@@ -248,6 +248,20 @@ impl<'a> Sql<'a> {
         )
     }
 
+    /// Bulk load of one micro-batch's staging parts (Redshift; the emulator reads the same
+    /// text): every part named by the manifest, gzip CSV as [`super::stage`] writes it.
+    pub fn copy_staging(&self, manifest_url: &str, iam_role: &str) -> String {
+        let mut cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
+        cols.extend(STAGING_PROVENANCE);
+        format!(
+            "COPY {} ({}) FROM '{}' IAM_ROLE '{}' FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS' DATEFORMAT 'YYYY-MM-DD' EMPTYASNULL MAXERROR 0 COMPUPDATE OFF STATUPDATE OFF",
+            self.t.staging,
+            cols.join(", "),
+            sql_literal_body(manifest_url),
+            sql_literal_body(iam_role)
+        )
+    }
+
     pub fn insert_reject(&self) -> String {
         format!(
             "INSERT INTO {} (bucket, key, version, batch_id, line, column_name, rule, reason, value, raw_line, contract_version, rejected_at)\n\
@@ -357,6 +371,11 @@ impl<'a> Sql<'a> {
     }
 }
 
+/// The inside of a single-quoted SQL literal: quotes doubled.
+pub fn sql_literal_body(s: &str) -> String {
+    s.replace('\'', "''")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,6 +440,16 @@ mod tests {
         assert!(m[3].contains("f.merged_at IS NULL AND f.status IN ('superseded', 'replaced')"));
         assert!(m[5].starts_with("UPDATE wau_ingest_files SET merged_at = :merged_at WHERE merged_at IS NULL"));
         assert_eq!(m[6], "DROP TABLE wau_merge_keys");
+    }
+
+    #[test]
+    fn copy_reads_the_manifest_in_the_staging_column_order() {
+        let (c, t, d) = sql_for(Dialect::Redshift);
+        let s = Sql::new(d, &c, &t).copy_staging("s3://b/staging/7/manifest.json", "arn:aws:iam::1:role/it's");
+        assert!(s.starts_with("COPY wau_audit_logs_staging (customer, event_id, event_time, user_id, user_email, event_type, source_ip, user_agent, _file_key, _file_version, _line, _batch_id) FROM 's3://b/staging/7/manifest.json'"), "{s}");
+        assert!(s.contains("IAM_ROLE 'arn:aws:iam::1:role/it''s'"));
+        assert!(s.contains("FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS'"));
+        assert!(s.contains("EMPTYASNULL MAXERROR 0"));
     }
 
     #[test]
