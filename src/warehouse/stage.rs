@@ -73,7 +73,7 @@ impl PartWriter {
                 self.line.push(b',');
                 csv_field(&mut self.line, Some(v));
             }
-            write!(self.line, ",{},{}\n", chunk.lines[i], batch_id)?;
+            writeln!(self.line, ",{},{}", chunk.lines[i], batch_id)?;
             let enc = self.enc.get_or_insert_with(|| GzEncoder::new(Vec::new(), Compression::fast()));
             enc.write_all(&self.line)?;
             self.raw += self.line.len();
