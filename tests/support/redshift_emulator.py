@@ -1,0 +1,759 @@
+#!/usr/bin/env python3
+"""Redshift Data API emulator that runs every statement on a real PostgreSQL.
+
+What it emulates
+  The Data API's JSON protocol as the AWS SDKs speak it (HTTP POST, ``Content-Type:
+  application/x-amz-json-1.1``, ``X-Amz-Target: RedshiftData.<Operation>``; SigV4 headers are
+  accepted and ignored): ExecuteStatement, BatchExecuteStatement, DescribeStatement,
+  GetStatementResult, CancelStatement and a minimal ListStatements. Statements run
+  asynchronously on worker threads (SUBMITTED -> PICKED -> STARTED -> FINISHED | FAILED |
+  ABORTED) and their state is kept in memory. A batch is one PostgreSQL session and one
+  transaction: if any statement fails, everything is rolled back, the batch is FAILED with the
+  PostgreSQL error in ``Error``, and its sub-statements ``<id>:<n>`` show which one failed.
+  ``:name`` parameters are bound as strings that PostgreSQL casts implicitly. Results come back
+  as typed fields (booleanValue, longValue, doubleValue, stringValue, isNull) with NextToken
+  paging. Errors use the AWS JSON shape (``{"__type": ..., "message": ...}``, HTTP 400).
+
+What it translates (only what PostgreSQL lacks)
+  * Redshift-only table options in CREATE TABLE: DISTSTYLE, DISTKEY, [COMPOUND|INTERLEAVED]
+    SORTKEY, ENCODE, BACKUP are dropped.
+  * ``COPY t [(cols)] FROM 's3://bucket/prefix-or-manifest' ...``: the objects (every key under
+    the prefix, or the parts a MANIFEST lists) are read from S3 with boto3 (path-style, so moto
+    works), gunzipped with GZIP, header lines dropped per file with IGNOREHEADER n, and fed to
+    ``COPY t (cols) FROM STDIN`` in CSV (with CSV / FORMAT AS CSV) or text format (default
+    delimiter '|'). All parts load atomically; a missing mandatory manifest part fails it.
+  Everything else goes to PostgreSQL unchanged.
+
+What it deliberately does not do
+  Authentication and IAM (WorkgroupName / ClusterIdentifier / DbUser / SecretArn are echoed,
+  not checked), sessions (SessionId / SessionKeepAliveSeconds are rejected), result expiry,
+  rate limits, COPY formats other than CSV and delimited text, TIMEFORMAT 'epochsecs' and
+  other conversions PostgreSQL cannot do on its own (BLANKSASNULL, ACCEPTINVCHARS, MAXERROR,
+  TRUNCATECOLUMNS... are accepted and ignored), STL/SYS system tables, and Redshift SQL that
+  PostgreSQL does not know (QUALIFY, MERGE ... REMOVE DUPLICATES).
+
+Run standalone:
+  python3 tests/support/redshift_emulator.py --port 9465 \
+      --pg "host=127.0.0.1 port=5432 user=postgres dbname=test" \
+      [--s3-endpoint http://127.0.0.1:5000]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gzip
+import json
+import math
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+TERMINAL = frozenset({"FINISHED", "FAILED", "ABORTED"})
+MAX_SQL_BYTES = 100 * 1024
+_PARAM_NAME = re.compile(r"^[0-9a-zA-Z_]+$")
+
+
+class ApiError(Exception):
+    """An error answered in the AWS JSON shape."""
+
+    def __init__(self, kind: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.kind, self.message, self.status = kind, message, status
+
+
+class StatementError(Exception):
+    """A statement failed; the message becomes the statement's ``Error``."""
+
+
+# ------------------------------------------------------------------------------------------
+# SQL scanning and translation (pure functions, unit-tested)
+
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def split_sql(sql: str) -> list[tuple[str, str]]:
+    """Split SQL into (kind, text) segments; kind is code, string, ident or comment.
+
+    Strings are '...' (with '' doubling; E'...' also with backslash escapes) and $tag$...$tag$.
+    """
+    segments: list[tuple[str, str]] = []
+    i = start = 0
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if c == "'":
+            backslash = i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
+            j = i + 1
+            while j < n:
+                if backslash and sql[j] == "\\":
+                    j += 2
+                elif sql[j] == "'" and j + 1 < n and sql[j + 1] == "'":
+                    j += 2
+                elif sql[j] == "'":
+                    break
+                else:
+                    j += 1
+            end, kind = min(j + 1, n), "string"
+        elif c == '"':
+            j = i + 1
+            while j < n and not (sql[j] == '"' and not sql.startswith('""', j)):
+                j += 2 if sql.startswith('""', j) else 1
+            end, kind = min(j + 1, n), "ident"
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            end, kind = (n if j < 0 else j), "comment"
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            end, kind = (n if j < 0 else j + 2), "comment"
+        elif c == "$" and (m := _DOLLAR_TAG.match(sql, i)) and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")):
+            j = sql.find(m.group(0), m.end())
+            end, kind = (n if j < 0 else j + len(m.group(0))), "string"
+        else:
+            i += 1
+            continue
+        if i > start:
+            segments.append(("code", sql[start:i]))
+        segments.append((kind, sql[i:end]))
+        i = start = end
+    if start < n:
+        segments.append(("code", sql[start:]))
+    return segments
+
+
+_PLACEHOLDER = re.compile(r"(?<!:):([A-Za-z0-9_]+)")
+
+
+def translate_parameters(sql: str, names) -> str:
+    """Turn ``:name`` placeholders (for the given names only) into psycopg ``%(name)s``.
+
+    Text inside quotes, quoted identifiers and comments is left alone, so are ``::casts``;
+    every literal ``%`` is doubled because psycopg reads the whole text for placeholders.
+    """
+    out = []
+    for kind, text in split_sql(sql):
+        text = text.replace("%", "%%")
+        if kind == "code":
+            text = _PLACEHOLDER.sub(lambda m: f"%({m.group(1)})s" if m.group(1) in names else m.group(0), text)
+        out.append(text)
+    return "".join(out)
+
+
+def _mask(sql: str) -> tuple[str, list[str]]:
+    """Replace strings and comments by ``\\x00N\\x00`` so that regexes only see code."""
+    pieces: list[str] = []
+    out = []
+    for kind, text in split_sql(sql):
+        if kind in ("string", "comment"):
+            out.append(f"\x00{len(pieces)}\x00")
+            pieces.append(text)
+        else:
+            out.append(text)
+    return "".join(out), pieces
+
+
+def _unmask(text: str, pieces: list[str]) -> str:
+    return re.sub(r"\x00(\d+)\x00", lambda m: pieces[int(m.group(1))], text)
+
+
+def _unquote(piece: str) -> str:
+    if piece[:1] in "eE" and piece[1:2] == "'":
+        piece = piece[1:]
+    if piece.startswith("'"):
+        return piece[1:-1].replace("''", "'")
+    m = _DOLLAR_TAG.match(piece)
+    return piece[m.end():len(piece) - len(m.group(0))] if m else piece
+
+
+_LEAD = r"^(?:\s|\x00\d+\x00)*"
+_CREATE_TABLE = re.compile(_LEAD + r"CREATE\s+(?:(?:LOCAL|GLOBAL)\s+)?(?:(?:TEMP|TEMPORARY)\s+)?TABLE\b", re.I)
+_TABLE_OPTIONS = [re.compile(p, re.I) for p in (
+    r"\bDISTSTYLE\s+(?:AUTO|EVEN|ALL|KEY)\b",
+    r"\bDISTKEY\b(?:\s*\([^)]*\))?",
+    r"\b(?:COMPOUND\s+|INTERLEAVED\s+)?SORTKEY\b(?:\s*\([^)]*\)|\s+AUTO\b)?",
+    r"\bENCODE\s+[A-Za-z0-9_]+",
+    r"\bBACKUP\s+(?:YES|NO)\b",
+)]
+
+
+def strip_table_options(sql: str) -> str:
+    """Drop Redshift-only table and column options from a CREATE TABLE; other SQL unchanged."""
+    masked, pieces = _mask(sql)
+    if not _CREATE_TABLE.match(masked):
+        return sql
+    for rx in _TABLE_OPTIONS:
+        masked = rx.sub("", masked)
+    return _unmask(masked, pieces)
+
+
+@dataclasses.dataclass
+class CopySpec:
+    table: str
+    columns: str  # "(a, b)" or ""
+    source: str  # s3://bucket/key
+    csv: bool = False
+    delimiter: str | None = None
+    quote: str | None = None
+    null: str | None = None
+    gzip: bool = False
+    manifest: bool = False
+    ignore_header: int = 0
+
+    def postgres_copy(self) -> str:
+        """The ``COPY ... FROM STDIN`` that loads one file of this spec."""
+        lit = lambda s: "'" + s.replace("'", "''") + "'"  # noqa: E731
+        opts = ["FORMAT csv" if self.csv else "FORMAT text",
+                "DELIMITER " + lit(self.delimiter or ("," if self.csv else "|"))]
+        if self.csv and self.quote:
+            opts.append("QUOTE " + lit(self.quote))
+        if self.null is not None:
+            opts.append("NULL " + lit(self.null))
+        cols = f" {self.columns}" if self.columns else ""
+        return f"COPY {self.table}{cols} FROM STDIN WITH ({', '.join(opts)})"
+
+
+_COPY = re.compile(_LEAD + r"COPY\s+(?P<table>[^\s(]+)\s*(?P<cols>\([^)]*\))?\s*FROM\s+\x00(?P<src>\d+)\x00(?P<opts>.*?)[\s;]*$", re.I | re.S)
+_COPY_IGNORED_WITH_VALUE = {"IAM_ROLE", "CREDENTIALS", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "SESSION_TOKEN",
+                            "REGION", "DATEFORMAT", "MAXERROR", "ENCODING", "ESCAPE_CHARACTER"}
+_COPY_IGNORED_FLAGS = {"BLANKSASNULL", "TRIMBLANKS", "TRUNCATECOLUMNS", "FILLRECORD", "ACCEPTANYDATE",
+                       "IGNOREBLANKLINES", "ROUNDEC", "EXPLICIT_IDS", "ESCAPE", "NOLOAD", "IGNOREALLERRORS"}
+_COPY_OPTIONAL_VALUE = {"COMPUPDATE", "STATUPDATE", "ACCEPTINVCHARS"}
+
+
+def parse_copy(sql: str) -> CopySpec | None:
+    """Parse a Redshift ``COPY ... FROM 's3://...'``; None for any other statement."""
+    masked, pieces = _mask(sql)
+    m = _COPY.match(masked)
+    if not m or not _unquote(pieces[int(m.group("src"))]).startswith("s3://"):
+        return None
+    spec = CopySpec(_unmask(m.group("table"), pieces), _unmask(m.group("cols") or "", pieces),
+                    _unquote(pieces[int(m.group("src"))]))
+    toks = re.findall(r"\x00\d+\x00|[A-Za-z_][A-Za-z0-9_]*|\d+|\S", m.group("opts"))
+    i = 0
+
+    def value(keyword: str) -> str:
+        nonlocal i
+        if i < len(toks) and toks[i].upper() == "AS":
+            i += 1
+        if i >= len(toks):
+            raise StatementError(f"COPY {spec.table}: option {keyword} needs a value")
+        i += 1
+        tok = toks[i - 1]
+        return _unquote(pieces[int(tok.strip("\x00"))]) if tok.startswith("\x00") else tok
+
+    while i < len(toks):
+        kw = toks[i].upper()
+        i += 1
+        if kw == "CSV":
+            spec.csv = True
+        elif kw == "FORMAT":
+            fmt = value(kw).upper()
+            if fmt != "CSV":
+                raise StatementError(f"COPY {spec.table}: FORMAT {fmt} is not emulated (only CSV and delimited text)")
+            spec.csv = True
+        elif kw == "DELIMITER":
+            spec.delimiter = value(kw)
+        elif kw == "QUOTE":
+            spec.quote = value(kw)
+        elif kw == "NULL":
+            spec.null = value(kw)
+        elif kw == "EMPTYASNULL":
+            spec.null = ""
+        elif kw == "GZIP":
+            spec.gzip = True
+        elif kw == "MANIFEST":
+            spec.manifest = True
+        elif kw == "IGNOREHEADER":
+            spec.ignore_header = int(value(kw))
+        elif kw == "TIMEFORMAT":
+            if value(kw).lower() in ("epochsecs", "epochmillisecs"):
+                raise StatementError(f"COPY {spec.table}: TIMEFORMAT epochsecs/epochmillisecs is not emulated")
+        elif kw in _COPY_IGNORED_WITH_VALUE:
+            value(kw)
+        elif kw in _COPY_OPTIONAL_VALUE:
+            if i < len(toks) and (toks[i].upper() in ("AS", "ON", "OFF", "TRUE", "FALSE", "PRESET") or toks[i].startswith("\x00")):
+                value(kw)
+        elif kw not in _COPY_IGNORED_FLAGS:
+            raise StatementError(f"COPY {spec.table}: option {toks[i - 1]} is not emulated")
+    return spec
+
+
+def _split_s3(url: str) -> tuple[str, str]:
+    bucket, _, key = url[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def read_copy_sources(s3, spec: CopySpec) -> list[tuple[str, bytes]]:
+    """Fetch every file a COPY loads, before loading any, so that a missing part loads nothing."""
+    from botocore.exceptions import ClientError
+
+    def get(url: str) -> bytes | None:
+        bucket, key = _split_s3(url)
+        try:
+            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+                return None
+            raise StatementError(f"COPY {spec.table}: cannot read {url}: {e}") from e
+
+    files: list[tuple[str, bytes]] = []
+    if spec.manifest:
+        raw = get(spec.source)
+        if raw is None:
+            raise StatementError(f"COPY {spec.table}: manifest {spec.source} not found")
+        try:
+            entries = json.loads(raw)["entries"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise StatementError(f"COPY {spec.table}: manifest {spec.source} is not a valid manifest: {e}") from e
+        for entry in entries:
+            data = get(entry["url"])
+            if data is None and entry.get("mandatory", False):
+                raise StatementError(f"COPY {spec.table}: mandatory manifest entry {entry['url']} not found "
+                                     f"(manifest {spec.source})")
+            if data is not None:
+                files.append((entry["url"], data))
+    else:
+        bucket, prefix = _split_s3(spec.source)
+        try:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    files.append((f"s3://{bucket}/{obj['Key']}", get(f"s3://{bucket}/{obj['Key']}") or b""))
+        except ClientError as e:
+            raise StatementError(f"COPY {spec.table}: cannot list {spec.source}: {e}") from e
+    if not files:
+        raise StatementError(f"COPY {spec.table}: no S3 object found for {spec.source}")
+    return files
+
+
+def run_copy(conn: psycopg.Connection, s3, spec: CopySpec) -> int:
+    """Load every file of the COPY in one transaction (a savepoint inside a batch); rows loaded."""
+    files = read_copy_sources(s3, spec)
+    rows = 0
+    with conn.transaction(), conn.cursor() as cur:
+        for url, data in files:
+            if spec.gzip:
+                try:
+                    data = gzip.decompress(data)
+                except (OSError, EOFError) as e:
+                    raise StatementError(f"COPY {spec.table}: {url} is not gzip data: {e}") from e
+            if spec.ignore_header:
+                parts = data.split(b"\n", spec.ignore_header)
+                data = parts[spec.ignore_header] if len(parts) > spec.ignore_header else b""
+            with cur.copy(spec.postgres_copy()) as copy:
+                copy.write(data)
+            rows += max(cur.rowcount, 0)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Statements
+
+def _field(oid: int, raw: bytes | None) -> dict:
+    """One Data API typed field from a PostgreSQL text-format value."""
+    if raw is None:
+        return {"isNull": True}
+    text = raw.decode()
+    if oid == 16:  # bool
+        return {"booleanValue": text == "t"}
+    if oid in (20, 21, 23):  # int8, int2, int4
+        return {"longValue": int(text)}
+    if oid in (700, 701) and math.isfinite(float(text)):  # float4, float8
+        return {"doubleValue": float(text)}
+    return {"stringValue": text}  # numeric, text, timestamps, ... as Redshift sends them
+
+
+@dataclasses.dataclass
+class Statement:
+    id: str
+    sql: str
+    database: str
+    created_at: float = dataclasses.field(default_factory=time.time)
+    status: str = "SUBMITTED"
+    error: str | None = None
+    updated_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    result_rows: int = -1
+    result_size: int = 0
+    columns: list[tuple[str, int, str]] | None = None  # (name, oid, typname); None: no result set
+    rows: list[list[bytes | None]] = dataclasses.field(default_factory=list)
+    query_id: int = 0
+    subs: list["Statement"] = dataclasses.field(default_factory=list)
+    request: dict = dataclasses.field(default_factory=dict)
+    pid: int | None = None
+    conn: psycopg.Connection | None = None
+
+    def __post_init__(self):
+        self.updated_at = self.created_at
+
+    def describe(self) -> dict:
+        out = {"Id": self.id, "Status": self.status, "CreatedAt": self.created_at, "UpdatedAt": self.updated_at,
+               "QueryString": self.sql, "HasResultSet": self.columns is not None, "ResultRows": self.result_rows,
+               "ResultSize": self.result_size, "RedshiftQueryId": self.query_id,
+               "Duration": int((self.ended_at - self.started_at) * 1e9) if self.ended_at and self.started_at else -1}
+        if self.error:
+            out["Error"] = self.error
+        return out
+
+
+class Emulator:
+    """Statement state, the worker threads and the Data API operations."""
+
+    def __init__(self, dsn: str, s3_endpoint: str | None, page_rows: int = 1000, max_concurrency: int = 16):
+        self.dsn, self.page_rows = dsn, page_rows
+        self.default_db = conninfo_to_dict(dsn).get("dbname", "postgres")
+        self.statements: dict[str, Statement] = {}
+        self.client_tokens: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(max_concurrency)
+        self.known_dbs: set[str] = {self.default_db}
+        self.query_ids = iter(range(1, 1 << 62))
+        self.s3_endpoint = s3_endpoint
+        self._s3 = None
+        self.s3_lock = threading.Lock()
+
+    def s3(self):
+        """The S3 client for COPY, made once (boto3 client creation is not thread-safe)."""
+        with self.s3_lock:
+            if self._s3 is None:
+                import boto3
+                from botocore.config import Config
+                kwargs = {"region_name": "us-east-1", "config": Config(s3={"addressing_style": "path"})}
+                if self.s3_endpoint:
+                    kwargs.update(endpoint_url=self.s3_endpoint, aws_access_key_id="emulator",
+                                  aws_secret_access_key="emulator")
+                self._s3 = boto3.client("s3", **kwargs)
+            return self._s3
+
+    def dsn_for(self, database: str) -> str:
+        """The named PostgreSQL database if it exists, else the default DSN's database."""
+        if database and database not in self.known_dbs:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+                    self.known_dbs.add(database)
+        return make_conninfo(self.dsn, dbname=database) if database in self.known_dbs else self.dsn
+
+    def _set(self, st: Statement, status: str, error: str | None = None) -> None:
+        with self.lock:
+            if st.status in TERMINAL:  # a cancelled statement stays ABORTED
+                return
+            now = time.time()
+            st.status, st.updated_at = status, now
+            if status == "STARTED":
+                st.started_at, st.query_id = now, next(self.query_ids)
+            if status in TERMINAL:
+                st.ended_at = now
+                st.started_at = st.started_at or now
+            if error:
+                st.error = error
+
+    # --- requests ---------------------------------------------------------------------
+
+    def _validate_common(self, req: dict) -> dict[str, str]:
+        if req.get("SessionId") or req.get("SessionKeepAliveSeconds"):
+            raise ApiError("ValidationException", "sessions (SessionId, SessionKeepAliveSeconds) are not emulated")
+        if not req.get("Database"):
+            raise ApiError("ValidationException", "Database is required")
+        if not (req.get("WorkgroupName") or req.get("ClusterIdentifier") or req.get("SecretArn")):
+            raise ApiError("ValidationException", "one of WorkgroupName, ClusterIdentifier or SecretArn is required")
+        params = {}
+        for p in req.get("Parameters") or []:
+            name, value = p.get("name", ""), p.get("value")
+            if not _PARAM_NAME.match(name):
+                raise ApiError("ValidationException", f"parameter name {name!r} must match [0-9a-zA-Z_]+")
+            if not isinstance(value, str) or not value:
+                raise ApiError("ValidationException", f"parameter {name!r} needs a non-empty string value")
+            params[name] = value
+        return params
+
+    def _submit(self, req: dict, sqls: list[str] | None) -> dict:
+        params = self._validate_common(req)
+        token = req.get("ClientToken")
+        with self.lock:
+            if token and token in self.client_tokens:
+                st = self.statements[self.client_tokens[token]]
+                return self._submitted(st)
+        sid = str(uuid.uuid4())
+        sql = req.get("Sql") if sqls is None else ";\n".join(sqls)
+        st = Statement(sid, sql, req["Database"], request=req)
+        if sqls is not None:
+            st.subs = [Statement(f"{sid}:{n}", s, req["Database"], created_at=st.created_at) for n, s in enumerate(sqls, 1)]
+        with self.lock:
+            self.statements[sid] = st
+            if token:
+                self.client_tokens[token] = sid
+        threading.Thread(target=self._run, args=(st, params), name=f"statement-{sid}", daemon=True).start()
+        return self._submitted(st)
+
+    def _submitted(self, st: Statement) -> dict:
+        out = {"Id": st.id, "CreatedAt": st.created_at, "Database": st.database}
+        for key in ("DbUser", "ClusterIdentifier", "WorkgroupName", "SecretArn", "DbGroups"):
+            if st.request.get(key):
+                out[key] = st.request[key]
+        return out
+
+    def execute_statement(self, req: dict) -> dict:
+        sql = req.get("Sql")
+        if not isinstance(sql, str) or not sql.strip():
+            raise ApiError("ValidationException", "Sql is required")
+        if len(sql.encode()) > MAX_SQL_BYTES:
+            raise ApiError("ValidationException", f"Sql is longer than {MAX_SQL_BYTES} bytes")
+        return self._submit(req, None)
+
+    def batch_execute_statement(self, req: dict) -> dict:
+        sqls = req.get("Sqls")
+        if not isinstance(sqls, list) or not 1 <= len(sqls) <= 40 or not all(isinstance(s, str) and s.strip() for s in sqls):
+            raise ApiError("ValidationException", "Sqls must hold 1 to 40 non-empty statements")
+        return self._submit(req, sqls)
+
+    def _lookup(self, sid: str) -> Statement:
+        parent_id, _, n = (sid or "").partition(":")
+        with self.lock:
+            st = self.statements.get(parent_id)
+        if st is not None and n:
+            st = st.subs[int(n) - 1] if n.isdigit() and 1 <= int(n) <= len(st.subs) else None
+        if st is None:
+            raise ApiError("ResourceNotFoundException", f"Query does not exist: statement {sid!r} is unknown")
+        return st
+
+    def describe_statement(self, req: dict) -> dict:
+        st = self._lookup(req.get("Id", ""))
+        with self.lock:
+            out = st.describe()
+            out.update(self._submitted(st))
+            if st.pid:
+                out["RedshiftPid"] = st.pid
+            if st.request.get("Parameters"):
+                out["QueryParameters"] = st.request["Parameters"]
+            if st.subs:
+                out["SubStatements"] = [s.describe() for s in st.subs]
+                out["HasResultSet"] = any(s.columns is not None for s in st.subs)
+                out["ResultRows"] = sum(max(s.result_rows, 0) for s in st.subs)
+                out["ResultSize"] = sum(s.result_size for s in st.subs)
+        return out
+
+    def get_statement_result(self, req: dict) -> dict:
+        sid = req.get("Id", "")
+        st = self._lookup(sid)
+        if st.subs:
+            raise ApiError("ValidationException", f"statement {sid} is a batch: ask for a sub-statement id such as {sid}:1")
+        if st.status != "FINISHED":
+            raise ApiError("ValidationException", f"Query does not have result: statement {sid} is {st.status}")
+        if st.columns is None:
+            raise ApiError("ValidationException", f"Query does not have result: statement {sid} returned no result set")
+        token = req.get("NextToken") or "0"
+        if not token.isdigit() or int(token) > len(st.rows):
+            raise ApiError("ValidationException", f"invalid NextToken {token!r} for statement {sid}")
+        start = int(token)
+        page = st.rows[start:start + self.page_rows]
+        out = {"Records": [[_field(col[1], raw) for col, raw in zip(st.columns, row)] for row in page],
+               "ColumnMetadata": [{"name": name, "label": name, "typeName": typ} for name, _, typ in st.columns],
+               "TotalNumRows": len(st.rows)}
+        if start + len(page) < len(st.rows):
+            out["NextToken"] = str(start + len(page))
+        return out
+
+    def cancel_statement(self, req: dict) -> dict:
+        st = self._lookup(req.get("Id", ""))
+        with self.lock:
+            if st.status in TERMINAL:
+                raise ApiError("ValidationException", f"Could not cancel statement {st.id}: it is already {st.status}")
+            conn = st.conn
+        self._set(st, "ABORTED", "statement cancelled by CancelStatement")
+        for sub in st.subs:
+            self._set(sub, "ABORTED")
+        if conn is not None:
+            try:
+                conn.cancel_safe()
+            except psycopg.Error:  # the statement ended meanwhile
+                pass
+        return {"Status": True}
+
+    def list_statements(self, req: dict) -> dict:
+        wanted, name = req.get("Status", "ALL"), req.get("StatementName")
+        with self.lock:
+            found = sorted(self.statements.values(), key=lambda s: s.created_at, reverse=True)
+        out = []
+        for st in found:
+            if wanted not in ("ALL", st.status) or (name and not st.request.get("StatementName", "").startswith(name)):
+                continue
+            item = {"Id": st.id, "Status": st.status, "CreatedAt": st.created_at, "UpdatedAt": st.updated_at,
+                    "IsBatchStatement": bool(st.subs)}
+            if st.subs:
+                item["QueryStrings"] = [s.sql for s in st.subs]
+            else:
+                item["QueryString"] = st.sql
+            for key in ("StatementName", "SecretArn"):
+                if st.request.get(key):
+                    item[key] = st.request[key]
+            out.append(item)
+        return {"Statements": out[: int(req.get("MaxResults") or 100)]}
+
+    # --- execution ----------------------------------------------------------------------
+
+    def _run(self, st: Statement, params: dict[str, str]) -> None:
+        with self.slots:
+            if st.status in TERMINAL:
+                return
+            self._set(st, "PICKED")
+            failed: Statement | None = None
+            try:
+                with psycopg.connect(self.dsn_for(st.database), autocommit=True) as conn:
+                    with self.lock:
+                        st.pid, st.conn = conn.info.backend_pid, conn
+                    self._set(st, "STARTED")
+                    # A batch is one transaction; a lone statement runs in autocommit like Redshift.
+                    with conn.transaction() if st.subs else contextlib.nullcontext():
+                        for sub in st.subs or [st]:
+                            failed = sub
+                            if sub is not st:
+                                self._set(sub, "STARTED")
+                            self._execute(conn, sub, params)
+                            if sub is not st:
+                                self._set(sub, "FINISHED")
+                    failed = None
+                self._set(st, "FINISHED")
+            except Exception as e:  # noqa: BLE001 -- every failure is reported on the statement
+                message = _error_text(e)
+                if failed is not None and failed is not st:
+                    self._set(failed, "FAILED", message)
+                    for later in st.subs[st.subs.index(failed) + 1:]:
+                        self._set(later, "ABORTED")
+                    message = f"{message} [sub-statement {failed.id}]"
+                self._set(st, "FAILED", message)
+                print(f"redshift-emulator: statement {st.id} {st.status}: {st.error}", file=sys.stderr, flush=True)
+            finally:
+                with self.lock:
+                    st.conn = None
+
+    def _execute(self, conn: psycopg.Connection, st: Statement, params: dict[str, str]) -> None:
+        copy = parse_copy(st.sql)
+        if copy is not None:
+            st.result_rows = run_copy(conn, self.s3(), copy)
+            return
+        sql = strip_table_options(st.sql)
+        with conn.cursor() as cur:
+            if params:
+                cur.execute(translate_parameters(sql, params), params)
+            else:
+                cur.execute(sql)
+            while cur.nextset():  # several statements in one Sql: the last one's result counts
+                pass
+            res = cur.pgresult
+            if cur.description is None or res is None:
+                st.result_rows = max(cur.rowcount, 0)
+                return
+            rows = [[res.get_value(r, c) for c in range(res.nfields)] for r in range(res.ntuples)]
+            oids = [res.ftype(c) for c in range(res.nfields)]
+            names = [res.fname(c).decode() for c in range(res.nfields)]
+        typnames = dict(conn.execute("SELECT oid::int, typname::text FROM pg_type WHERE oid = ANY(%s)", [oids]).fetchall())
+        st.columns = [(name, oid, typnames.get(oid, "unknown")) for name, oid in zip(names, oids)]
+        st.rows, st.result_rows = rows, len(rows)
+        st.result_size = sum(len(v) for row in rows for v in row if v is not None)
+
+
+def _error_text(e: Exception) -> str:
+    if isinstance(e, psycopg.Error) and getattr(e, "diag", None) and e.diag.message_primary:
+        detail = f" DETAIL: {e.diag.message_detail}" if e.diag.message_detail else ""
+        return f"ERROR: {e.diag.message_primary}{detail}"
+    return f"ERROR: {e}"
+
+
+# ------------------------------------------------------------------------------------------
+# HTTP
+
+OPERATIONS = {
+    "ExecuteStatement": Emulator.execute_statement,
+    "BatchExecuteStatement": Emulator.batch_execute_statement,
+    "DescribeStatement": Emulator.describe_statement,
+    "GetStatementResult": Emulator.get_statement_result,
+    "CancelStatement": Emulator.cancel_statement,
+    "ListStatements": Emulator.list_statements,
+}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "redshift-data-emulator"
+
+    def log_message(self, fmt, *args):  # quiet unless --verbose
+        if getattr(self.server, "verbose", False):
+            super().log_message(fmt, *args)
+
+    def _send(self, status: int, payload: dict, error_type: str | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        if error_type:
+            self.send_header("x-amzn-ErrorType", error_type)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # liveness probe for harnesses
+        self._send(200, {"status": "ok"})
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        target = self.headers.get("X-Amz-Target", "")
+        service, _, operation = target.partition(".")
+        try:
+            if service != "RedshiftData" or operation not in OPERATIONS:
+                raise ApiError("UnknownOperationException", f"unknown operation {target!r}")
+            try:
+                request = json.loads(body or b"{}")
+            except ValueError as e:
+                raise ApiError("SerializationException", f"{operation}: body is not JSON: {e}") from e
+            if not isinstance(request, dict):
+                raise ApiError("SerializationException", f"{operation}: body must be a JSON object")
+            self._send(200, OPERATIONS[operation](self.server.emulator, request))
+        except ApiError as e:
+            self._send(e.status, {"__type": e.kind, "message": e.message}, e.kind)
+        except Exception as e:  # noqa: BLE001
+            self._send(500, {"__type": "InternalServerException", "message": f"{operation}: {e!r}"}, "InternalServerException")
+
+
+def serve(host: str, port: int, emulator: Emulator, verbose: bool = False) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    server.emulator, server.verbose = emulator, verbose
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Redshift Data API emulator over PostgreSQL")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=9465, help="0 picks a free port (printed on start)")
+    ap.add_argument("--pg", default="host=127.0.0.1 port=5432 user=postgres dbname=test", help="libpq DSN")
+    ap.add_argument("--s3-endpoint", help="S3 endpoint for COPY (e.g. moto); default: AWS")
+    ap.add_argument("--page-rows", type=int, default=1000, help="rows per GetStatementResult page")
+    ap.add_argument("--max-concurrency", type=int, default=16, help="statements running at once")
+    ap.add_argument("--verbose", action="store_true", help="log every HTTP request")
+    args = ap.parse_args(argv)
+    try:
+        psycopg.connect(args.pg, connect_timeout=10).close()
+    except psycopg.Error as e:
+        print(f"redshift-emulator: cannot connect to PostgreSQL ({args.pg}): {e}", file=sys.stderr)
+        return 2
+    server = serve(args.host, args.port, Emulator(args.pg, args.s3_endpoint, args.page_rows, args.max_concurrency), args.verbose)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    host, port = server.server_address[:2]
+    print(f"redshift-emulator listening on http://{host}:{port} (PostgreSQL: {args.pg})", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

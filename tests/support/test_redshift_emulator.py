@@ -1,0 +1,485 @@
+"""Tests of the Redshift Data API emulator (redshift_emulator.py).
+
+The emulator runs as a subprocess against the local PostgreSQL (127.0.0.1:5432, user postgres,
+database test) and a moto server for S3; both are driven with boto3's real `redshift-data` and
+`s3` clients over HTTP. Every test works in its own PostgreSQL schema, dropped at the end.
+Run with `.ci/emulator-checks`, which installs what these tests need into a private virtualenv.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import boto3
+import psycopg
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import redshift_emulator as emu  # noqa: E402
+
+PG_DSN = os.environ.get("WAU_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+PAGE_ROWS = 3  # small, so that paging is exercised
+TARGET = {"Database": "test", "WorkgroupName": "wau-test"}
+CREDS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+# ------------------------------------------------------------------------------------------
+# harness
+
+def wait_until(deadline_s: float, probe, what: str):
+    """Calls probe() until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 -- retried until the deadline
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not reached within {deadline_s} s (last error: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Child:
+    """A subprocess whose output goes to a file that is shown when it fails to come up."""
+
+    def __init__(self, name: str, argv: list[str]):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def output(self) -> str:
+        with open(self.log.name, errors="replace") as f:
+            return f.read()[-4000:]
+
+    def wait_ready(self, probe, deadline_s: float = 30):
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            return probe()
+        try:
+            return wait_until(deadline_s, ready, f"{self.name} ready")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.name} output:\n{self.output()}") from None
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.unlink(self.log.name)
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    try:
+        psycopg.connect(PG_DSN, connect_timeout=5).close()
+    except psycopg.Error as e:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_DSN!r}: {e}")
+    port = free_port()
+    child = Child("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    s3 = boto3.client("s3", endpoint_url=url, **CREDS)
+    child.wait_ready(lambda: s3.list_buckets() is not None)
+    yield url
+    child.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator_url(moto_url):
+    port = free_port()
+    child = Child("redshift-emulator", [sys.executable, os.path.join(HERE, "redshift_emulator.py"),
+                                        "--port", str(port), "--pg", PG_DSN, "--s3-endpoint", moto_url,
+                                        "--page-rows", str(PAGE_ROWS)])
+    url = f"http://127.0.0.1:{port}"
+    child.wait_ready(lambda: urllib.request.urlopen(url + "/health", timeout=2).status == 200)
+    yield url
+    child.stop()
+
+
+@pytest.fixture()
+def rd(emulator_url):
+    return boto3.client("redshift-data", endpoint_url=emulator_url, **CREDS)
+
+
+@pytest.fixture()
+def s3(moto_url):
+    return boto3.client("s3", endpoint_url=moto_url, config=Config(s3={"addressing_style": "path"}), **CREDS)
+
+
+@pytest.fixture()
+def schema():
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    yield name
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@pytest.fixture()
+def bucket(s3):
+    name = f"stage-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def wait_done(rd, sid: str, deadline_s: float = 30) -> dict:
+    """DescribeStatement until the statement reaches a terminal status."""
+    return wait_until(deadline_s, lambda: (d := rd.describe_statement(Id=sid))["Status"] in emu.TERMINAL and d,
+                      f"statement {sid} terminal")
+
+
+def run(rd, sql: str, **kwargs) -> dict:
+    return wait_done(rd, rd.execute_statement(Sql=sql, **TARGET, **kwargs)["Id"])
+
+
+def run_ok(rd, sql: str, **kwargs) -> dict:
+    d = run(rd, sql, **kwargs)
+    assert d["Status"] == "FINISHED", f"{sql!r}: {d.get('Error')}"
+    return d
+
+
+def records(rd, sid: str) -> list[list[dict]]:
+    out = []
+    for page in rd.get_paginator("get_statement_result").paginate(Id=sid):
+        out.extend(page["Records"])
+    return out
+
+
+def pg_rows(sql: str) -> list[tuple]:
+    with psycopg.connect(PG_DSN) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def error_code(excinfo) -> str:
+    return excinfo.value.response["Error"]["Code"]
+
+
+# ------------------------------------------------------------------------------------------
+# protocol over HTTP
+
+def test_execute_describe_and_typed_results(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.ev (name text, n bigint, x double precision, ok boolean,"
+               f" at timestamp, note varchar(20), amount numeric(10,2))")
+    run_ok(rd, f"INSERT INTO {schema}.ev VALUES ('a', 9007199254740993, 1.5, true, '2026-11-27 02:59:13', NULL, 12.30),"
+               f" ('b', -1, -0.25, false, '2026-01-01 00:00:00.5', 'x', 0)")
+    submitted = rd.execute_statement(Sql=f"SELECT * FROM {schema}.ev ORDER BY name", StatementName="typed", **TARGET)
+    assert set(submitted) >= {"Id", "CreatedAt", "Database", "WorkgroupName"}
+    assert rd.describe_statement(Id=submitted["Id"])["Status"] in {"SUBMITTED", "PICKED", "STARTED", "FINISHED"}
+    d = wait_done(rd, submitted["Id"])
+    assert d["Status"] == "FINISHED" and "Error" not in d
+    assert d["HasResultSet"] is True and d["ResultRows"] == 2 and d["ResultSize"] > 0
+    assert d["QueryString"].startswith("SELECT * FROM") and d["Duration"] >= 0
+    assert d["CreatedAt"] <= d["UpdatedAt"]  # botocore parsed the epoch-seconds floats
+
+    page = rd.get_statement_result(Id=submitted["Id"])
+    assert page["TotalNumRows"] == 2
+    assert [(c["name"], c["typeName"]) for c in page["ColumnMetadata"]] == [
+        ("name", "text"), ("n", "int8"), ("x", "float8"), ("ok", "bool"), ("at", "timestamp"),
+        ("note", "varchar"), ("amount", "numeric")]
+    assert page["Records"] == [
+        [{"stringValue": "a"}, {"longValue": 9007199254740993}, {"doubleValue": 1.5}, {"booleanValue": True},
+         {"stringValue": "2026-11-27 02:59:13"}, {"isNull": True}, {"stringValue": "12.30"}],
+        [{"stringValue": "b"}, {"longValue": -1}, {"doubleValue": -0.25}, {"booleanValue": False},
+         {"stringValue": "2026-01-01 00:00:00.5"}, {"stringValue": "x"}, {"stringValue": "0.00"}],
+    ]
+    listed = rd.list_statements(StatementName="typed")["Statements"]
+    assert submitted["Id"] in [s["Id"] for s in listed]
+
+
+def test_dml_rows_and_paging(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.n (i int)")
+    assert run_ok(rd, f"INSERT INTO {schema}.n SELECT generate_series(1, 7)")["ResultRows"] == 7
+    sid = run_ok(rd, f"SELECT i FROM {schema}.n ORDER BY i")["Id"]
+    first = rd.get_statement_result(Id=sid)
+    assert len(first["Records"]) == PAGE_ROWS and first["TotalNumRows"] == 7 and "NextToken" in first
+    assert [r[0]["longValue"] for r in records(rd, sid)] == [1, 2, 3, 4, 5, 6, 7]
+    assert run_ok(rd, f"DELETE FROM {schema}.n WHERE i > 5")["ResultRows"] == 2
+    with pytest.raises(ClientError) as e:  # DML has no result set
+        rd.get_statement_result(Id=run_ok(rd, f"UPDATE {schema}.n SET i = i")["Id"])
+    assert error_code(e) == "ValidationException"
+
+
+def test_parameters_bind_as_strings_that_postgres_casts(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.p (k bigint, v text)")
+    params = [{"name": "k", "value": "42"}, {"name": "v", "value": "it's 100% :k"}]
+    assert run_ok(rd, f"INSERT INTO {schema}.p VALUES (:k, :v)", Parameters=params)["ResultRows"] == 1
+    sid = run_ok(rd, f"SELECT k + 1 AS next, v, ':k' AS literal, :k::int * 2 AS doubled, '50%' AS pct"
+                     f" FROM {schema}.p WHERE k = :k", Parameters=[{"name": "k", "value": "42"}])["Id"]
+    assert rd.describe_statement(Id=sid)["QueryParameters"] == [{"name": "k", "value": "42"}]
+    assert records(rd, sid) == [[{"longValue": 43}, {"stringValue": "it's 100% :k"}, {"stringValue": ":k"},
+                                 {"longValue": 84}, {"stringValue": "50%"}]]
+
+
+def test_database_maps_to_an_existing_postgres_database_else_the_default(rd):
+    def current_database(database: str) -> str:
+        sid = rd.execute_statement(Sql="SELECT current_database()", Database=database, ClusterIdentifier="c",
+                                   DbUser="awsuser")["Id"]
+        assert wait_done(rd, sid)["Status"] == "FINISHED"
+        return records(rd, sid)[0][0]["stringValue"]
+    assert current_database("postgres") == "postgres"
+    assert current_database(f"no_such_db_{uuid.uuid4().hex[:8]}") == "test"
+
+
+def test_failed_statement_reports_postgres_error(rd, schema):
+    d = run(rd, f"SELECT * FROM {schema}.missing")
+    assert d["Status"] == "FAILED"
+    assert f'relation "{schema}.missing" does not exist' in d["Error"]
+    with pytest.raises(ClientError) as e:
+        rd.get_statement_result(Id=d["Id"])
+    assert error_code(e) == "ValidationException"
+
+
+def test_batch_is_one_transaction_rolled_back_on_failure(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.t (id int PRIMARY KEY)")
+    sid = rd.batch_execute_statement(Sqls=[f"INSERT INTO {schema}.t VALUES (1)",
+                                           f"INSERT INTO {schema}.t VALUES (1)",
+                                           f"INSERT INTO {schema}.t VALUES (2)"], **TARGET)["Id"]
+    d = wait_done(rd, sid)
+    assert d["Status"] == "FAILED"
+    assert 'duplicate key value violates unique constraint "t_pkey"' in d["Error"]
+    assert f"{sid}:2" in d["Error"]
+    subs = d["SubStatements"]
+    assert [s["Id"] for s in subs] == [f"{sid}:1", f"{sid}:2", f"{sid}:3"]
+    assert [s["Status"] for s in subs] == ["FINISHED", "FAILED", "ABORTED"]
+    assert "duplicate key" in subs[1]["Error"]
+    assert pg_rows(f"SELECT count(*) FROM {schema}.t") == [(0,)]  # the first insert was rolled back
+    assert records(rd, run_ok(rd, f"SELECT count(*) FROM {schema}.t")["Id"]) == [[{"longValue": 0}]]
+
+
+def test_batch_sub_statement_results(rd, schema):
+    sid = rd.batch_execute_statement(Sqls=[
+        f"CREATE TABLE {schema}.target (id int, v text)",
+        "CREATE TEMP TABLE stage (id int, v text)",  # one session: the temp table lives on
+        "INSERT INTO stage VALUES (1, 'one'), (2, 'two'), (3, 'three')",
+        f"INSERT INTO {schema}.target SELECT * FROM stage WHERE id >= 2",
+        f"SELECT id, v FROM {schema}.target ORDER BY id",
+    ], StatementName="batch", **TARGET)["Id"]
+    d = wait_done(rd, sid)
+    assert d["Status"] == "FINISHED", d.get("Error")
+    subs = d["SubStatements"]
+    assert [s["Id"] for s in subs] == [f"{sid}:{n}" for n in range(1, 6)]
+    assert [s["Status"] for s in subs] == ["FINISHED"] * 5
+    assert [s["HasResultSet"] for s in subs] == [False, False, False, False, True]
+    assert [s["ResultRows"] for s in subs] == [0, 0, 3, 2, 2]
+    assert d["HasResultSet"] is True
+    assert records(rd, f"{sid}:5") == [[{"longValue": 2}, {"stringValue": "two"}],
+                                       [{"longValue": 3}, {"stringValue": "three"}]]
+    assert rd.describe_statement(Id=f"{sid}:4")["ResultRows"] == 2
+    with pytest.raises(ClientError) as e:
+        rd.get_statement_result(Id=f"{sid}:4")  # an INSERT: no result set
+    assert error_code(e) == "ValidationException"
+    assert pg_rows(f"SELECT id FROM {schema}.target ORDER BY id") == [(2,), (3,)]
+
+
+def test_redshift_table_options_are_accepted(rd, schema):
+    run_ok(rd, f"""CREATE TABLE {schema}.events (
+        event_id varchar(64) NOT NULL ENCODE zstd,
+        user_id bigint ENCODE az64 DISTKEY,
+        event_time timestamp NOT NULL ENCODE az64,
+        note varchar(64) DEFAULT 'SORTKEY(x) ENCODE raw' ENCODE lzo,
+        PRIMARY KEY (event_id)
+    ) DISTSTYLE AUTO SORTKEY(event_time)""")
+    run_ok(rd, f"CREATE TABLE {schema}.other (a int, b int) DISTSTYLE KEY DISTKEY(a) COMPOUND SORTKEY(a, b)")
+    run_ok(rd, f"CREATE TABLE {schema}.third (a int) DISTSTYLE EVEN INTERLEAVED SORTKEY (a) BACKUP NO")
+    run_ok(rd, f"INSERT INTO {schema}.events (event_id, user_id, event_time) VALUES ('e1', 7, '2026-11-27 03:00:00')")
+    assert pg_rows(f"SELECT event_id, user_id, note FROM {schema}.events") == [("e1", 7, "SORTKEY(x) ENCODE raw")]
+    assert pg_rows(f"SELECT count(*) FROM information_schema.tables WHERE table_schema = '{schema}'") == [(3,)]
+
+
+def put_gzip_csv(s3, bucket: str, key: str, text: str):
+    s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(text.encode()))
+
+
+def test_copy_gzip_csv_manifest_of_two_parts(rd, s3, schema, bucket):
+    run_ok(rd, f"CREATE TABLE {schema}.ev (event_id varchar(64), user_id bigint, event_time timestamp, note text)"
+               f" DISTSTYLE AUTO SORTKEY(event_time)")
+    put_gzip_csv(s3, bucket, "batch/part-0.csv.gz",
+                 'event_id,user_id,event_time,note\ne1,1,2026-11-27 01:00:00,"hello, world"\ne2,2,2026-11-27 02:00:00,\n')
+    put_gzip_csv(s3, bucket, "batch/part-1.csv.gz",
+                 'event_id,user_id,event_time,note\ne3,3,2026-11-27T03:00:00,"say ""hi"""\n')
+    manifest = {"entries": [{"url": f"s3://{bucket}/batch/part-0.csv.gz", "mandatory": True},
+                            {"url": f"s3://{bucket}/batch/part-1.csv.gz", "mandatory": True}]}
+    s3.put_object(Bucket=bucket, Key="batch/manifest.json", Body=json.dumps(manifest).encode())
+    d = run_ok(rd, f"COPY {schema}.ev (event_id, user_id, event_time, note) FROM 's3://{bucket}/batch/manifest.json'"
+                   f" IAM_ROLE 'arn:aws:iam::123456789012:role/load' FORMAT AS CSV QUOTE AS '\"' DELIMITER ','"
+                   f" GZIP MANIFEST IGNOREHEADER 1 TIMEFORMAT 'auto' DATEFORMAT 'auto' EMPTYASNULL BLANKSASNULL"
+                   f" ACCEPTINVCHARS AS '?' MAXERROR 0 COMPUPDATE OFF STATUPDATE OFF;")
+    assert d["ResultRows"] == 3 and d["HasResultSet"] is False
+    assert pg_rows(f"SELECT event_id, user_id, event_time::text, note FROM {schema}.ev ORDER BY event_id") == [
+        ("e1", 1, "2026-11-27 01:00:00", "hello, world"),
+        ("e2", 2, "2026-11-27 02:00:00", None),
+        ("e3", 3, "2026-11-27 03:00:00", 'say "hi"'),
+    ]
+
+
+def test_copy_with_missing_mandatory_part_fails_and_loads_nothing(rd, s3, schema, bucket):
+    run_ok(rd, f"CREATE TABLE {schema}.ev (event_id text, user_id bigint)")
+    put_gzip_csv(s3, bucket, "b/part-0.csv.gz", "e1,1\n")
+    manifest = {"entries": [{"url": f"s3://{bucket}/b/part-0.csv.gz", "mandatory": True},
+                            {"url": f"s3://{bucket}/b/part-1.csv.gz", "mandatory": True}]}
+    s3.put_object(Bucket=bucket, Key="b/manifest", Body=json.dumps(manifest).encode())
+    d = run(rd, f"COPY {schema}.ev FROM 's3://{bucket}/b/manifest' IAM_ROLE 'arn:aws:iam::1:role/r' CSV GZIP MANIFEST")
+    assert d["Status"] == "FAILED"
+    assert f"mandatory manifest entry s3://{bucket}/b/part-1.csv.gz not found" in d["Error"]
+    assert pg_rows(f"SELECT count(*) FROM {schema}.ev") == [(0,)]
+    # an optional missing part is skipped
+    manifest["entries"][1]["mandatory"] = False
+    s3.put_object(Bucket=bucket, Key="b/manifest", Body=json.dumps(manifest).encode())
+    d = run_ok(rd, f"COPY {schema}.ev FROM 's3://{bucket}/b/manifest' IAM_ROLE 'arn:aws:iam::1:role/r' CSV GZIP MANIFEST")
+    assert d["ResultRows"] == 1
+
+
+def test_copy_prefix_into_temp_stage_inside_a_batch(rd, s3, schema, bucket):
+    s3.put_object(Bucket=bucket, Key="in/a.txt", Body=b"1|one\n2|\\N\n")
+    s3.put_object(Bucket=bucket, Key="in/b.txt", Body=b"3|three\n")
+    s3.put_object(Bucket=bucket, Key="other/c.txt", Body=b"9|not loaded\n")
+    run_ok(rd, f"CREATE TABLE {schema}.t (id int, v text)")
+    sid = rd.batch_execute_statement(Sqls=[
+        f"CREATE TEMP TABLE stage (LIKE {schema}.t)",
+        f"COPY stage FROM 's3://{bucket}/in/' IAM_ROLE default",
+        f"INSERT INTO {schema}.t SELECT * FROM stage",
+        "DROP TABLE stage",
+    ], **TARGET)["Id"]
+    d = wait_done(rd, sid)
+    assert d["Status"] == "FINISHED", d.get("Error")
+    assert d["SubStatements"][1]["ResultRows"] == 3
+    assert pg_rows(f"SELECT id, v FROM {schema}.t ORDER BY id") == [(1, "one"), (2, None), (3, "three")]
+    # a failing COPY inside a batch rolls the whole batch back
+    d = wait_done(rd, rd.batch_execute_statement(Sqls=[
+        f"INSERT INTO {schema}.t VALUES (4, 'four')",
+        f"COPY {schema}.t FROM 's3://{bucket}/nothing-here/' IAM_ROLE default",
+    ], **TARGET)["Id"])
+    assert d["Status"] == "FAILED" and f"no S3 object found for s3://{bucket}/nothing-here/" in d["Error"]
+    assert pg_rows(f"SELECT count(*) FROM {schema}.t") == [(3,)]
+
+
+def test_unknown_statement_ids_are_resource_not_found(rd):
+    for call in (rd.describe_statement, rd.get_statement_result, rd.cancel_statement):
+        with pytest.raises(ClientError) as e:
+            call(Id=str(uuid.uuid4()))
+        assert error_code(e) == "ResourceNotFoundException"
+    sid = run_ok(rd, "SELECT 1")["Id"]
+    with pytest.raises(ClientError) as e:
+        rd.describe_statement(Id=f"{sid}:2")  # not a batch
+    assert error_code(e) == "ResourceNotFoundException"
+
+
+def test_cancel_aborts_a_running_statement(rd):
+    sid = rd.execute_statement(Sql="SELECT pg_sleep(60)", **TARGET)["Id"]
+    wait_until(10, lambda: rd.describe_statement(Id=sid)["Status"] == "STARTED", "statement started")
+    assert rd.cancel_statement(Id=sid)["Status"] is True
+    assert wait_done(rd, sid, deadline_s=10)["Status"] == "ABORTED"
+    with pytest.raises(ClientError) as e:
+        rd.cancel_statement(Id=sid)
+    assert error_code(e) == "ValidationException"
+
+
+def post(url: str, target: str, body: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target,
+        "Authorization": "AWS4-HMAC-SHA256 Credential=x/20261127/us-east-1/redshift-data/aws4_request, "
+                         "SignedHeaders=host, Signature=00"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_raw_protocol_errors(emulator_url):
+    status, body = post(emulator_url, "RedshiftData.ExecuteStatement", json.dumps({"Database": "test"}).encode())
+    assert (status, body["__type"]) == (400, "ValidationException") and "Sql" in body["message"]
+    status, body = post(emulator_url, "RedshiftData.ExecuteStatement", json.dumps(
+        {"Sql": "SELECT :a", "Database": "test", "WorkgroupName": "w", "Parameters": [{"name": "a", "value": ""}]}).encode())
+    assert (status, body["__type"]) == (400, "ValidationException") and "'a'" in body["message"]
+    status, body = post(emulator_url, "RedshiftData.BatchExecuteStatement", json.dumps(
+        {"Sqls": ["SELECT 1"] * 41, "Database": "test", "WorkgroupName": "w"}).encode())
+    assert (status, body["__type"]) == (400, "ValidationException")
+    status, body = post(emulator_url, "RedshiftData.NoSuchThing", b"{}")
+    assert (status, body["__type"]) == (400, "UnknownOperationException")
+    status, body = post(emulator_url, "RedshiftData.DescribeStatement", b"{not json")
+    assert (status, body["__type"]) == (400, "SerializationException")
+    status, body = post(emulator_url, "RedshiftData.ExecuteStatement", json.dumps(
+        {"Sql": "SELECT 1", "Database": "test", "ClusterIdentifier": "c", "DbUser": "u", "ClientToken": "tok-1"}).encode())
+    assert status == 200 and body["DbUser"] == "u" and isinstance(body["CreatedAt"], float)
+    again = post(emulator_url, "RedshiftData.ExecuteStatement", json.dumps(
+        {"Sql": "SELECT 1", "Database": "test", "ClusterIdentifier": "c", "DbUser": "u", "ClientToken": "tok-1"}).encode())
+    assert again == (200, body)  # same ClientToken, same statement
+
+
+# ------------------------------------------------------------------------------------------
+# translation helpers
+
+def test_translate_parameters_ignores_quotes_casts_and_comments():
+    sql = ("SELECT :a, ':a', \":a\", :a::text, x::int, $$ :a $$, $t$:a$t$, E'\\':a', :b -- :a\n"
+           "/* :a */ FROM t WHERE v LIKE '10%' AND w = :unknown AND arr[1:2] > 0")
+    assert emu.translate_parameters(sql, {"a", "b"}) == (
+        "SELECT %(a)s, ':a', \":a\", %(a)s::text, x::int, $$ :a $$, $t$:a$t$, E'\\':a', %(b)s -- :a\n"
+        "/* :a */ FROM t WHERE v LIKE '10%%' AND w = :unknown AND arr[1:2] > 0")
+    assert emu.translate_parameters("SELECT 'it''s :a', :a", {"a"}) == "SELECT 'it''s :a', %(a)s"
+
+
+def test_split_sql_segments():
+    assert emu.split_sql("a 'b''c' \"d\" -- e\nf $x$g$x$") == [
+        ("code", "a "), ("string", "'b''c'"), ("code", " "), ("ident", '"d"'), ("code", " "),
+        ("comment", "-- e"), ("code", "\nf "), ("string", "$x$g$x$")]
+    assert emu.split_sql("SELECT $1, a$b") == [("code", "SELECT $1, a$b")]
+
+
+def test_strip_table_options():
+    sql = ("CREATE TABLE s.t (id bigint ENCODE az64 DISTKEY, ts timestamp SORTKEY, c text DEFAULT 'ENCODE x'"
+           " ENCODE zstd) DISTSTYLE KEY DISTKEY(id) INTERLEAVED SORTKEY (ts, id)")
+    out = emu.strip_table_options(sql)
+    assert " ".join(out.split()) == "CREATE TABLE s.t (id bigint , ts timestamp , c text DEFAULT 'ENCODE x' )"
+    assert " ".join(emu.strip_table_options("create temp table t (a int) diststyle all sortkey auto").split()) == \
+        "create temp table t (a int)"
+    assert emu.strip_table_options("-- c\nCREATE TABLE t (a int) COMPOUND SORTKEY(a)").rstrip() == "-- c\nCREATE TABLE t (a int)"
+    untouched = "SELECT encode(x, 'hex') AS sortkey FROM t DISTSTYLE"
+    assert emu.strip_table_options(untouched) == untouched
+
+
+def test_parse_copy():
+    spec = emu.parse_copy("COPY s.t (a, b) FROM 's3://bkt/dir/manifest' IAM_ROLE 'arn:x' FORMAT AS CSV QUOTE AS '\"'"
+                          " DELIMITER ',' GZIP MANIFEST IGNOREHEADER 2 EMPTYASNULL ACCEPTINVCHARS COMPUPDATE OFF;")
+    assert (spec.table, spec.columns, spec.source) == ("s.t", "(a, b)", "s3://bkt/dir/manifest")
+    assert (spec.csv, spec.gzip, spec.manifest, spec.ignore_header, spec.null) == (True, True, True, 2, "")
+    assert spec.postgres_copy() == "COPY s.t (a, b) FROM STDIN WITH (FORMAT csv, DELIMITER ',', QUOTE '\"', NULL '')"
+    plain = emu.parse_copy("copy t from 's3://b/k' iam_role default")
+    assert plain.postgres_copy() == "COPY t FROM STDIN WITH (FORMAT text, DELIMITER '|')"
+    assert emu.parse_copy("COPY t FROM STDIN") is None
+    assert emu.parse_copy("COPY t FROM '/tmp/file.csv'") is None
+    with pytest.raises(emu.StatementError, match="FORMAT PARQUET is not emulated"):
+        emu.parse_copy("COPY t FROM 's3://b/k' IAM_ROLE default FORMAT AS PARQUET")
+    with pytest.raises(emu.StatementError, match="option FROBNICATE is not emulated"):
+        emu.parse_copy("COPY t FROM 's3://b/k' IAM_ROLE default FROBNICATE")
+
+
+def test_typed_fields():
+    assert emu._field(16, b"t") == {"booleanValue": True}
+    assert emu._field(20, b"-5") == {"longValue": -5}
+    assert emu._field(701, b"NaN") == {"stringValue": "NaN"}
+    assert emu._field(1700, b"1.10") == {"stringValue": "1.10"}
+    assert emu._field(25, None) == {"isNull": True}
