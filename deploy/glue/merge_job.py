@@ -24,6 +24,8 @@ Exit status: 0 when the batch FINISHED; 1 when it FAILED, was ABORTED or timed o
 then marks the run FAILED and retries it once, MaxRetries 1); 2 on a bad argument or SQL file.
 """
 
+import datetime
+import re
 import sys
 import time
 
@@ -71,6 +73,31 @@ def split_statements(text):
                 f"statement {index} is {size} bytes; the limit is {MAX_STATEMENT_BYTES}"
             )
     return statements
+
+
+# `:name` but not a `::cast`; the merge SQL holds no string literal with a colon in it.
+PARAMETER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+def render_parameters(statements, now):
+    """Fill in the merge SQL's parameters. A batch cannot carry a value from one statement to
+    the next, so `:merged_at` becomes one UTC timestamp literal in every statement (target rows,
+    ledger stamps and the merge history agree), and the history's `:rows_deleted` /
+    `:rows_inserted` become NULL (the in-service runner records them; here they are unknown).
+    Any other parameter is an error: the file is not what this job knows how to run."""
+    values = {
+        "merged_at": "'" + now.strftime("%Y-%m-%d %H:%M:%S.%f") + "'",
+        "rows_deleted": "NULL",
+        "rows_inserted": "NULL",
+    }
+
+    def value(match):
+        name = match.group(1)
+        if name not in values:
+            raise MergeSqlError(f"unknown parameter :{name}")
+        return values[name]
+
+    return [PARAMETER.sub(value, statement) for statement in statements]
 
 
 def parse_s3_uri(uri):
@@ -160,6 +187,7 @@ def run(argv, s3=None, data_api=None, sleep=time.sleep, clock=time.monotonic, ou
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     try:
         statements = split_statements(body.decode("utf-8"))
+        statements = render_parameters(statements, datetime.datetime.now(datetime.timezone.utc))
     except (MergeSqlError, UnicodeDecodeError) as error:
         print(f"merge job: s3://{bucket}/{key}: {error}", file=sys.stderr)
         return 2

@@ -148,7 +148,7 @@ impl<'a> Sql<'a> {
             t.rejects, self.text(1024), self.text(1024), self.text(256), self.text(128), self.text(32), self.text(1024), self.text(1024), self.text(4096)
         ));
         out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  merged_at {ts} NOT NULL,\n  batch_watermark {int} NOT NULL,\n  files {int} NOT NULL,\n  rows_deleted {int} NOT NULL,\n  rows_inserted {int} NOT NULL\n)",
+            "CREATE TABLE IF NOT EXISTS {} (\n  merged_at {ts} NOT NULL,\n  batch_watermark {int} NOT NULL,\n  files {int} NOT NULL,\n  rows_deleted {int},\n  rows_inserted {int}\n)",
             t.merges
         ));
         if self.dialect != Dialect::Redshift {
