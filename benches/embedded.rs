@@ -9,7 +9,7 @@
 //! Goals: end-to-end ≥ 0.5× `.import`; validate ≥ 0.5× raw parse; peak RSS ≤ 100 MiB.
 //!
 //! Environment: BENCH_ROWS (default 1000000), BENCH_RSS_BYTES (default 1 GiB; 0 skips),
-//! BENCH_DIR (default a temporary folder).
+//! BENCH_DIR (default a temporary folder), BENCH_PARSE_ONLY (stop after parse and validate).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -178,6 +178,11 @@ fn main() {
     let expected_valid = rows - rows / 1000;
     assert_eq!(valid, expected_valid);
 
+    if std::env::var("BENCH_PARSE_ONLY").is_ok() {
+        let (raw_mbs, val_mbs) = (mb(size) / raw.as_secs_f64(), mb(size) / val.as_secs_f64());
+        println!("raw {raw_mbs:.1} MB/s, validate {val_mbs:.1} MB/s, ratio {:.2}", val_mbs / raw_mbs);
+        return;
+    }
     let import = sqlite_import(&file, &dir.join("import.sqlite"));
     let db = dir.join("e2e.sqlite");
     for ext in ["", "-wal", "-shm"] {

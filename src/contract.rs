@@ -242,7 +242,7 @@ pub fn check_value(col: &Column, raw: &str) -> Result<Option<String>, ValueError
 /// [`check_value`] without allocating: appends the stored form to `out` and returns whether
 /// there is a value (false: an empty optional value, nothing appended). On error nothing is appended.
 pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<bool, ValueError> {
-    let v = raw.trim();
+    let v = trim(raw);
     if v.is_empty() {
         return if col.required { Err(ValueError::Required) } else { Ok(false) };
     }
@@ -293,6 +293,15 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
         ColumnType::Date => out.push_str(&NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad_type)?.to_string()),
     }
     Ok(true)
+}
+
+/// `str::trim`, skipped when both ends are plainly not whitespace (the usual case).
+fn trim(raw: &str) -> &str {
+    let b = raw.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) if f.is_ascii_graphic() && l.is_ascii_graphic() => raw,
+        _ => raw.trim(),
+    }
 }
 
 /// The common case without chrono: `YYYY-MM-DD[T ]HH:MM:SS[.f]` with `Z` or no offset, written

@@ -418,6 +418,26 @@ impl<R: AsyncRead + Unpin> AsyncRead for CrlfToLf<R> {
             }
             this.carry.clear();
             this.carry_pos = 0;
+            if !this.pending_cr {
+                // The common case: read straight into the caller's buffer and, only if a CR
+                // came with it, compact in place.
+                let before = out.filled().len();
+                match std::pin::Pin::new(&mut this.inner).poll_read(cx, out) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let end = out.filled().len();
+                if end == before || memchr::memchr(b'\r', &out.filled()[before..end]).is_none() {
+                    return Poll::Ready(Ok(()));
+                }
+                let kept = compact_crlf(&mut out.filled_mut()[before..end], &mut this.pending_cr);
+                out.set_filled(before + kept);
+                if kept == 0 {
+                    continue; // only a held-back CR: an empty read would mean end of stream
+                }
+                return Poll::Ready(Ok(()));
+            }
             let mut rb = tokio::io::ReadBuf::new(&mut this.buf);
             match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Pending => return Poll::Pending,
@@ -451,6 +471,28 @@ impl<R: AsyncRead + Unpin> AsyncRead for CrlfToLf<R> {
             this.carry.extend_from_slice(&data[start..]);
         }
     }
+}
+
+/// Removes, in place, every CR that precedes an LF; a CR at the very end is dropped and
+/// reported through `pending` (the next byte decides). Returns the kept length.
+fn compact_crlf(data: &mut [u8], pending: &mut bool) -> usize {
+    let n = data.len();
+    let (mut w, mut r) = (0, 0);
+    while let Some(off) = memchr::memchr(b'\r', &data[r..]) {
+        let i = r + off;
+        if i + 1 == n {
+            data.copy_within(r..i, w);
+            *pending = true;
+            return w + (i - r);
+        }
+        let keep_cr = data[i + 1] != b'\n';
+        let upto = if keep_cr { i + 1 } else { i };
+        data.copy_within(r..upto, w);
+        w += upto - r;
+        r = i + 1;
+    }
+    data.copy_within(r..n, w);
+    w + (n - r)
 }
 
 fn memchr_cr(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
