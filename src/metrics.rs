@@ -212,10 +212,6 @@ impl Metrics {
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
 
-    /// Current value of `files_total{outcome}` (tests and summaries).
-    pub fn files_count(&self, outcome: &str) -> u64 {
-        self.files.with_label_values(&[outcome]).get()
-    }
 }
 
 fn seconds_since(t: DateTime<Utc>) -> f64 {

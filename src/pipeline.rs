@@ -178,10 +178,6 @@ impl Pipeline {
         self.writer.is_alive()
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
     /// Ingests every object of a delivery into the open batch, then flushes if the policy says so.
     /// On a warehouse failure the whole open batch is rolled back and its deliveries released.
     pub async fn handle(&mut self, delivery: Delivery, force: bool) -> Result<(), IngestError> {
