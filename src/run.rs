@@ -135,7 +135,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
             Err(e) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest step failed; backing off");
-                metrics.retry("warehouse_commit");
+                metrics.retry(if matches!(e, IngestError::Retry { .. }) { "source_receive" } else { "warehouse_commit" });
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
