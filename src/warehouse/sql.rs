@@ -130,7 +130,16 @@ impl<'a> Sql<'a> {
             format!("_line {int} NOT NULL"),
             format!("_loaded_at {ts} NOT NULL"),
         ]);
-        out.push(format!("CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}", t.target, target_cols.join(",\n  "), self.table_options()));
+        // The target holds each dedupe key once. SQLite enforces it and stores the table in key
+        // order (the key is the table: no second index to write); elsewhere an index serves.
+        let target_options = match self.dialect {
+            Dialect::Sqlite => {
+                target_cols.push(format!("PRIMARY KEY ({})", self.contract.dedupe_key.join(", ")));
+                " WITHOUT ROWID".to_string()
+            }
+            _ => self.table_options(),
+        };
+        out.push(format!("CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}", t.target, target_cols.join(",\n  "), target_options));
         let mut staging_cols = self.contract_columns_ddl();
         staging_cols.extend([
             format!("_file_key {} NOT NULL", self.text(1024)),
@@ -153,7 +162,9 @@ impl<'a> Sql<'a> {
         ));
         if self.dialect != Dialect::Redshift {
             let key = self.contract.dedupe_key.join(", ");
-            out.push(format!("CREATE INDEX IF NOT EXISTS {0}_key ON {0} ({key})", t.target));
+            if self.dialect != Dialect::Sqlite {
+                out.push(format!("CREATE INDEX IF NOT EXISTS {0}_key ON {0} ({key})", t.target));
+            }
             out.push(format!("CREATE INDEX IF NOT EXISTS {0}_key ON {0} ({key})", t.staging));
             // Rows of one load are found by batch (an integer: a small index that grows at its end).
             out.push(format!("CREATE INDEX IF NOT EXISTS {0}_batch ON {0} (_batch_id)", t.staging));
@@ -393,6 +404,8 @@ mod tests {
         assert!(lite.contains("event_time TEXT NOT NULL"));
         assert!(lite.contains("CREATE INDEX IF NOT EXISTS wau_audit_logs_staging_key ON wau_audit_logs_staging (customer, event_id)"));
         assert!(!lite.contains("SORTKEY"));
+        assert!(lite.contains("PRIMARY KEY (customer, event_id)\n) WITHOUT ROWID"), "the SQLite target is keyed: {lite}");
+        assert!(!lite.contains("wau_audit_logs_key ON"), "no second index on a keyed table");
         let rs = Sql::new(Dialect::Redshift, &c, &t).migrate().join("\n");
         assert!(rs.contains("customer VARCHAR(256) NOT NULL"), "{rs}");
         assert!(rs.contains("event_time TIMESTAMP NOT NULL"));
