@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod object;
 pub mod pipeline;
+pub mod publish;
 pub mod replay;
 pub mod run;
 pub mod source;

@@ -12,10 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use wau_ingest::config::Config;
 use wau_ingest::contract::{self, Contract};
 use wau_ingest::metrics::Metrics;
-use wau_ingest::object::{decoded, ObjectRef, ObjectStore};
+use wau_ingest::object::{ObjectRef, ObjectStore};
 use wau_ingest::pipeline::Tally;
 use wau_ingest::replay::{self, Filter};
-use wau_ingest::validate::{validate_stream, CollectSink, Options};
+use wau_ingest::publish::{check_file, PublishError, Published};
+use wau_ingest::validate::{FileAccount, Reject};
 use wau_ingest::warehouse::sql::{Dialect, Sql, Tables};
 use wau_ingest::warehouse::{LedgerTotals, Warehouse};
 use wau_ingest::{demo, http, run};
@@ -106,6 +107,19 @@ enum Command {
     Contract {
         #[command(subcommand)]
         command: ContractCommand,
+    },
+    /// Producer side: validate FILE, add the customer column if it lacks one, and put it where
+    /// the ingester reads (a local folder today; S3 with the AWS adapters). Exit 1 if rejected.
+    Publish {
+        file: PathBuf,
+        #[arg(long)]
+        customer: String,
+        /// Destination folder (or file path), e.g. inbox/csv/acme/
+        #[arg(long)]
+        to: String,
+        /// Compress with gzip (adds .gz when the destination is a folder).
+        #[arg(long)]
+        gzip: bool,
     },
     /// Probe /healthz (and /readyz with --ready) of a running service; exit 0 when healthy.
     Healthcheck {
@@ -283,6 +297,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", toml::to_string(&draft)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Publish { file, customer, to, gzip } => {
+            if to.starts_with("s3://") {
+                eprintln!("error: publishing to S3 arrives with the AWS adapters; this build writes to a local folder");
+                return Ok(ExitCode::from(2));
+            }
+            let contract = config.contract()?;
+            match wau_ingest::publish::publish_local(&contract, config.read_limits(), &file, Path::new(&to), &customer, gzip).await {
+                Ok(Published::Done { dest, rows, added_customer }) => {
+                    let added = if added_customer { ", customer column added" } else { "" };
+                    println!("published {} → {} ({rows} rows{added})", file.display(), dest.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(Published::Rejected { account, rejects }) => {
+                    print_report_of_file(&file, &account, &rejects);
+                    println!("not published: fix the rows above (nothing was written)");
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(if matches!(e, PublishError::Io { .. }) { 2 } else { 1 }))
+                }
+            }
+        }
         Command::Healthcheck { ready, addr } => {
             let addr = addr.unwrap_or_else(|| http::probe_address(&config.http.listen));
             let path = if ready { "/readyz" } else { "/healthz" };
@@ -353,53 +390,60 @@ async fn validate_files(config: &Config, files: &[PathBuf]) -> anyhow::Result<Ex
     println!("{:<48} {:>10} {:>10} {:>10}  verdict", "file", "rows", "valid", "rejected");
     let mut details = Vec::new();
     for f in files {
-        let (store, key) = match wau_ingest::store_for_path(config, f) {
-            Ok(x) => x,
+        // The key as the ingester would see it decides a legacy file's customer.
+        let key = match wau_ingest::store_for_path(config, f) {
+            Ok((_, key)) => key,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 return Ok(ExitCode::from(2));
             }
         };
-        let obj = ObjectRef { key: key.clone(), version: None, sequencer: None, size: None, event_time: None };
-        let resolved = store.resolve(&obj).await?;
-        let stream = store.open(&resolved).await?;
-        let reader = decoded(stream, &resolved, config.read_limits(), Default::default());
-        let mut sink = CollectSink { discard_rows: true, ..Default::default() };
-        let acc = match validate_stream(reader, &Options { contract: &contract, key: &key }, &mut sink).await {
-            Ok(a) => a,
+        let (acc, rejects) = match check_file(&contract, config.read_limits(), f, &key).await {
+            Ok(x) => x,
             Err(e) => {
-                eprintln!("error: {}: {e}", f.display());
+                eprintln!("error: {e}");
                 return Ok(ExitCode::from(2));
             }
         };
-        let verdict = match &acc.file_reject {
-            Some(r) => format!("REJECTED ({}: {})", r.rule, r.reason),
-            None if acc.rows_rejected > 0 => "some rows rejected".into(),
-            None => "ok".into(),
-        };
         any_rejected |= acc.file_reject.is_some() || acc.rows_rejected > 0;
-        println!("{:<48} {:>10} {:>10} {:>10}  {verdict}", f.display().to_string(), acc.rows_read, acc.rows_loaded, acc.rows_rejected);
-        for r in sink.rejects {
-            details.push(format!(
-                "{}:{}: {} [{}] {}",
-                f.display(),
-                r.line,
-                r.column.as_deref().unwrap_or("-"),
-                r.rule,
-                r.reason
-            ));
-        }
+        print_row_of_file(f, &acc);
+        details.extend(rejects.iter().map(|r| reason_line(f, r)));
     }
-    if !details.is_empty() {
-        println!("\nreasons:");
-        for d in details.iter().take(1000) {
-            println!("  {d}");
-        }
-        if details.len() > 1000 {
-            println!("  … and {} more", details.len() - 1000);
-        }
-    }
+    print_reasons(&details);
     Ok(if any_rejected { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn print_row_of_file(f: &Path, acc: &FileAccount) {
+    let verdict = match &acc.file_reject {
+        Some(r) => format!("REJECTED ({}: {})", r.rule, r.reason),
+        None if acc.rows_rejected > 0 => "some rows rejected".into(),
+        None => "ok".into(),
+    };
+    println!("{:<48} {:>10} {:>10} {:>10}  {verdict}", f.display().to_string(), acc.rows_read, acc.rows_loaded, acc.rows_rejected);
+}
+
+fn reason_line(f: &Path, r: &Reject) -> String {
+    format!("{}:{}: {} [{}] {}", f.display(), r.line, r.column.as_deref().unwrap_or("-"), r.rule, r.reason)
+}
+
+fn print_reasons(details: &[String]) {
+    if details.is_empty() {
+        return;
+    }
+    println!("\nreasons:");
+    for d in details.iter().take(1000) {
+        println!("  {d}");
+    }
+    if details.len() > 1000 {
+        println!("  … and {} more", details.len() - 1000);
+    }
+}
+
+/// The `validate` report for one file (what `publish` prints when it refuses).
+fn print_report_of_file(f: &Path, acc: &FileAccount, rejects: &[Reject]) {
+    println!("{:<48} {:>10} {:>10} {:>10}  verdict", "file", "rows", "valid", "rejected");
+    print_row_of_file(f, acc);
+    print_reasons(&rejects.iter().map(|r| reason_line(f, r)).collect::<Vec<_>>());
 }
 
 fn read_sample(file: &Path, max_rows: usize) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {

@@ -175,3 +175,26 @@ fn endpoints_and_healthcheck_of_a_running_service() {
     assert!(wait_exit(&mut child, Duration::from_secs(10)).unwrap().success());
     assert!(!probe(&[]), "nothing answers after shutdown");
 }
+
+#[test]
+fn publish_checks_then_lands_a_file_the_service_loads() {
+    let env = Env::new();
+    let src = env.dir.path().join("export.csv");
+    std::fs::write(&src, "event_id,event_time,user_id,event_type\ne1,2026-11-23T10:00:00Z,u1,login\n").unwrap();
+    let to = env.inbox.join("csv/acme");
+    let out = run(&env, &["publish", src.to_str().unwrap(), "--customer", "acme", "--to", &format!("{}/", to.display()), "--gzip"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("customer column added"), "{}", stdout(&out));
+    assert!(to.join("export.csv.gz").exists());
+    let loaded = run(&env, &["replay", env.inbox.to_str().unwrap()]);
+    assert!(stdout(&loaded).contains("files new 1"), "{}", stdout(&loaded));
+
+    std::fs::write(&src, "event_id,event_time,user_id,event_type\ne2,not-a-time,u1,login\n").unwrap();
+    let refused = run(&env, &["publish", src.to_str().unwrap(), "--customer", "acme", "--to", to.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stdout(&refused).contains("event_time [type]"), "{}", stdout(&refused));
+    assert!(!to.join("export.csv").exists(), "a refused file is not written");
+
+    let s3 = run(&env, &["publish", src.to_str().unwrap(), "--customer", "acme", "--to", "s3://bucket/csv/acme/"]);
+    assert_eq!(s3.status.code(), Some(2), "S3 is not in this build yet and says so");
+}
