@@ -251,6 +251,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 until: until.as_deref().map(parse_time).transpose()?,
                 glob: glob.as_deref().map(|g| globset::Glob::new(g).map(|g| g.compile_matcher())).transpose()?,
             };
+            if path.to_string_lossy().starts_with("s3://") {
+                eprintln!("error: replaying S3 prefixes arrives with the AWS adapters; this build replays local folders");
+                return Ok(ExitCode::from(2));
+            }
             let (store, prefix) = wau_ingest::store_for_path(&config, &path)?;
             let objects = replay::list(store.as_ref(), &prefix, &filter).await?;
             let contract = Arc::new(config.contract()?);
