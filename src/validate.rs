@@ -141,11 +141,11 @@ pub enum ValidateError {
     Sink(String),
 }
 
-/// Error kinds a limiting reader raises to say "this file is too big", which is a property of
-/// the file (reject), not a transient failure (retry).
+/// An error a decoding reader raises to say something about the file itself — too big, a
+/// gzip bomb, corrupt compressed data — so it is rejected, not retried as a transient failure.
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
-pub struct SizeLimitExceeded {
+pub struct FileVerdict {
     pub rule: &'static str,
     pub reason: String,
 }
@@ -317,14 +317,9 @@ where
     let mut record = ByteRecord::new();
     let mut account = FileAccount::default();
 
-    let read = |res: Result<bool, csv_async::Error>, account: &FileAccount| -> Result<bool, ValidateError> {
-        res.map_err(|e| csv_error(e, account))
-    };
-    let header_res = reader.read_byte_record(&mut record).await;
-    let has_header = match read(header_res, &account) {
+    let has_header = match reader.read_byte_record(&mut record).await.map_err(csv_io_error) {
         Ok(b) => b,
-        Err(ValidateError::Io(e)) => return file_level(e, account),
-        Err(e) => return Err(e),
+        Err(e) => return file_level(e, account),
     };
     if !has_header {
         account.file_reject = Some(FileReject { rule: "unreadable", reason: "the file is empty (no header)".into(), line: 0 });
@@ -347,12 +342,10 @@ where
     let mut chunk = RowChunk::new(ncols);
     let mut rejects = Vec::new();
     loop {
-        let res = reader.read_byte_record(&mut record).await;
-        match read(res, &account) {
+        match reader.read_byte_record(&mut record).await.map_err(csv_io_error) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(ValidateError::Io(e)) => return file_level(e, account),
-            Err(e) => return Err(e),
+            Err(e) => return file_level(e, account),
         }
         account.rows_read += 1;
         let line = record.position().map_or(0, |p| p.line());
@@ -499,10 +492,11 @@ fn memchr_cr(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
     memchr::memchr_iter(b'\r', data)
 }
 
-fn csv_error(e: csv_async::Error, _account: &FileAccount) -> ValidateError {
+/// The reader's own I/O error as it was; anything else the CSV reader reports is a malformed file.
+fn csv_io_error(e: csv_async::Error) -> std::io::Error {
     match e.into_kind() {
-        csv_async::ErrorKind::Io(io) => ValidateError::Io(io),
-        other => ValidateError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{other:?}"))),
+        csv_async::ErrorKind::Io(io) => io,
+        other => std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{other:?}")),
     }
 }
 
@@ -510,7 +504,7 @@ fn csv_error(e: csv_async::Error, _account: &FileAccount) -> ValidateError {
 /// anything else is transient and propagates for a retry.
 /// A file rejected whole loads nothing: every row read is counted as rejected by the file's reason.
 fn file_level(e: std::io::Error, mut account: FileAccount) -> Result<FileAccount, ValidateError> {
-    let reject = if let Some(limit) = e.get_ref().and_then(|inner| inner.downcast_ref::<SizeLimitExceeded>()) {
+    let reject = if let Some(limit) = e.get_ref().and_then(|inner| inner.downcast_ref::<FileVerdict>()) {
         FileReject { rule: limit.rule, reason: limit.reason.clone(), line: account.rows_read + 2 }
     } else if e.kind() == std::io::ErrorKind::InvalidData {
         FileReject { rule: "unreadable", reason: format!("not a readable CSV: {e}"), line: account.rows_read + 2 }

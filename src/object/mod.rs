@@ -14,7 +14,7 @@ use async_compression::tokio::bufread::GzipDecoder;
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
-use crate::validate::SizeLimitExceeded;
+use crate::validate::FileVerdict;
 
 /// An object as a notification or a listing names it; `version` may be unknown yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +170,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Limited<R> {
             if n > self.left {
                 // An erroring read must not hand out bytes.
                 buf.set_filled(before);
-                let err = SizeLimitExceeded { rule: self.rule, reason: self.reason.clone() };
+                let err = FileVerdict { rule: self.rule, reason: self.reason.clone() };
                 return Poll::Ready(Err(std::io::Error::other(err)));
             }
             self.left -= n;
@@ -181,7 +181,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Limited<R> {
                 return Poll::Ready(Err(std::io::Error::new(inner.0.kind(), inner.0.to_string())));
             }
             // Anything else comes from the decoder: the compressed data is corrupt.
-            let err = SizeLimitExceeded { rule: "unreadable", reason: format!("corrupt compressed data: {e}") };
+            let err = FileVerdict { rule: "unreadable", reason: format!("corrupt compressed data: {e}") };
             return Poll::Ready(Err(std::io::Error::other(err)));
         }
         res
@@ -235,7 +235,7 @@ mod tests {
         let limits = ReadLimits { max_file_bytes: 1 << 30, max_gzip_ratio: 10 };
         let mut r = decoded(s, &obj("bomb.gz", z.len() as u64), limits, Arc::default());
         let err = read_all(&mut r).await.unwrap_err();
-        let inner = err.get_ref().unwrap().downcast_ref::<SizeLimitExceeded>().unwrap();
+        let inner = err.get_ref().unwrap().downcast_ref::<FileVerdict>().unwrap();
         assert_eq!(inner.rule, "gzip_bomb");
     }
 
@@ -244,7 +244,7 @@ mod tests {
         let bad = b"\x1f\x8b\x08\x00this is not deflate data".to_vec();
         let s = ObjectStream { reader: Box::new(std::io::Cursor::new(bad)), content_encoding: None, read_version: None };
         let err = read_all(&mut decoded(s, &obj("f.csv.gz", 30), ReadLimits::default(), Arc::default())).await.unwrap_err();
-        assert_eq!(err.get_ref().unwrap().downcast_ref::<SizeLimitExceeded>().unwrap().rule, "unreadable");
+        assert_eq!(err.get_ref().unwrap().downcast_ref::<FileVerdict>().unwrap().rule, "unreadable");
 
         struct Broken;
         impl AsyncRead for Broken {
@@ -256,7 +256,7 @@ mod tests {
             let s = ObjectStream { reader: Box::new(Broken), content_encoding: None, read_version: None };
             let err = read_all(&mut decoded(s, &obj(key, 30), ReadLimits::default(), Arc::default())).await.unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{key}");
-            assert!(err.get_ref().and_then(|i| i.downcast_ref::<SizeLimitExceeded>()).is_none());
+            assert!(err.get_ref().and_then(|i| i.downcast_ref::<FileVerdict>()).is_none());
         }
     }
 
@@ -265,7 +265,7 @@ mod tests {
         let s = ObjectStream { reader: Box::new(std::io::Cursor::new(vec![b'x'; 100])), content_encoding: None, read_version: None };
         let limits = ReadLimits { max_file_bytes: 99, max_gzip_ratio: 10 };
         let err = read_all(&mut decoded(s, &obj("f.csv", 100), limits, Arc::default())).await.unwrap_err();
-        assert_eq!(err.get_ref().unwrap().downcast_ref::<SizeLimitExceeded>().unwrap().rule, "too_large");
+        assert_eq!(err.get_ref().unwrap().downcast_ref::<FileVerdict>().unwrap().rule, "too_large");
     }
 
     #[test]
