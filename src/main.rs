@@ -10,9 +10,9 @@ use chrono::{DateTime, Datelike, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use wau_ingest::config::Config;
-use wau_ingest::contract::{self, Contract};
+use wau_ingest::contract;
 use wau_ingest::metrics::Metrics;
-use wau_ingest::object::{ObjectRef, ObjectStore};
+use wau_ingest::object::ObjectStore;
 use wau_ingest::pipeline::Tally;
 use wau_ingest::replay::{self, Filter};
 use wau_ingest::publish::{check_file, PublishError, Published};
@@ -269,7 +269,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     if force { " (--force would load those again)" } else { "" });
                 return Ok(ExitCode::SUCCESS);
             }
-            let tally = ingest(&config, store, warehouse.clone(), contract, objects, force).await?;
+            let tally = replay::ingest_objects(&config, store, warehouse.clone(), contract, objects, force).await?;
             print_tally("replay", &tally);
             Ok(if tally.retried > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
@@ -280,7 +280,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             warehouse.migrate()?;
             let missing = replay::missing(store.as_ref(), warehouse.clone(), "").await.map_err(|e| anyhow::anyhow!(e))?;
             println!("reconcile: {} object(s) in the store that the ledger lacks", missing.len());
-            let tally = ingest(&config, store, warehouse.clone(), contract, missing, false).await?;
+            let tally = replay::ingest_objects(&config, store, warehouse.clone(), contract, missing, false).await?;
             print_tally("reconcile", &tally);
             let r = run::merge_once(warehouse, &Metrics::new()).await.context("merge failed")?;
             println!("merged {} file(s): {} row(s) deleted, {} inserted", r.files, r.rows_deleted, r.rows_inserted);
@@ -344,17 +344,6 @@ fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
     }
     let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").with_context(|| format!("{s:?} is not a time"))?;
     Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
-}
-
-async fn ingest(
-    config: &Config,
-    store: Arc<dyn ObjectStore>,
-    warehouse: Arc<dyn Warehouse>,
-    contract: Arc<Contract>,
-    objects: Vec<ObjectRef>,
-    force: bool,
-) -> anyhow::Result<Tally> {
-    Ok(replay::ingest_objects(config, store, warehouse, contract, objects, force).await?)
 }
 
 fn print_tally(what: &str, t: &Tally) {
@@ -533,7 +522,7 @@ async fn run_demo(dir: &Path) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::new();
 
     let all = store.list("").await?;
-    let t = ingest(&config, store.clone(), warehouse.clone(), contract.clone(), all, false).await?;
+    let t = replay::ingest_objects(&config, store.clone(), warehouse.clone(), contract.clone(), all, false).await?;
     print_tally("\n1. first pass", &t);
     let m = run::merge_once(warehouse.clone(), &metrics).await.context("merge failed")?;
     println!("   merge: {} row(s) inserted", m.rows_inserted);
@@ -543,7 +532,7 @@ async fn run_demo(dir: &Path) -> anyhow::Result<ExitCode> {
     let rows = demo::overwrite(&inbox, &sample.overwrite_key, today)?;
     println!("\n2. {} overwritten with a corrected export ({rows} rows)", sample.overwrite_key);
     let all = store.list("").await?;
-    let t = ingest(&config, store.clone(), warehouse.clone(), contract.clone(), all, false).await?;
+    let t = replay::ingest_objects(&config, store.clone(), warehouse.clone(), contract.clone(), all, false).await?;
     print_tally("   second pass over the whole folder (a replay)", &t);
     let m = run::merge_once(warehouse.clone(), &metrics).await.context("merge failed")?;
     println!("   merge: {} row(s) deleted, {} inserted", m.rows_deleted, m.rows_inserted);

@@ -98,6 +98,14 @@ pub async fn dry_run(
 ) -> Result<(Vec<String>, Vec<String>), Box<dyn std::error::Error + Send + Sync>> {
     let (mut new, mut known) = (Vec::new(), Vec::new());
     for o in objects {
+        // As the pipeline does: a local file recorded with the same stamp is not hashed again.
+        if let (true, Some(seq), Some(size)) = (store.version_costs_a_read(), &o.sequencer, o.size) {
+            let (w, b, k, q) = (warehouse.clone(), store.bucket().to_string(), o.key.clone(), seq.clone());
+            if tokio::task::spawn_blocking(move || w.lookup_stamp(&b, &k, &q, size)).await??.is_some() {
+                known.push(o.key.clone());
+                continue;
+            }
+        }
         let r = match store.resolve(o).await {
             Ok(r) => r,
             Err(StoreError::NotFound { .. }) => continue,
