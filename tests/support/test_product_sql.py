@@ -19,7 +19,7 @@ import sys
 import psycopg
 import pytest
 
-from test_redshift_emulator import PG_DSN, TARGET, emulator_url, moto_url, rd, schema, wait_done  # noqa: F401
+from test_redshift_emulator import PG_DSN, TARGET, wait_done
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy", "glue"))
 import merge_job  # noqa: E402
@@ -65,7 +65,7 @@ def target(schema: str) -> list[tuple]:
         return conn.execute(f"SELECT event_id, user_id, _file_key FROM {schema}.wau_audit_logs ORDER BY event_id").fetchall()
 
 
-def test_redshift_ddl_and_merge_run_on_postgres_through_the_data_api(rd, schema):  # noqa: F811
+def test_redshift_ddl_and_merge_run_on_postgres_through_the_data_api(rd, schema):
     ddl = [s for s in merge_job.split_statements(product_sql("migrate", "--print", "redshift"))]
     batch(rd, schema, ddl)
     batch(rd, schema, ddl)  # migrate is idempotent
