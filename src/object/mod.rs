@@ -1,9 +1,11 @@
 //! The object store boundary: where input files live.
 //!
 //! Owns listing, version resolution and streaming reads (with gzip and size limits).
-//! Implementations: [`local::LocalStore`] (a folder; version = content hash, order = mtime).
+//! Implementations: [`local::LocalStore`] (a folder; version = content hash, order = mtime),
+//! [`s3::S3Store`] (version = VersionId or ETag, order = LastModified).
 
 pub mod local;
+pub mod s3;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

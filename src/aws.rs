@@ -1,0 +1,74 @@
+//! AWS clients and `s3://` URIs for the production path.
+//!
+//! Credentials, region and endpoints come from the SDK's standard chain (`AWS_REGION`,
+//! `AWS_PROFILE`, the ECS task role, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`), so the
+//! same binary talks to AWS in production and to moto and the Data API emulator on one machine
+//! (`scripts/local-aws.sh`). The only setting of our own is path-style S3 addressing.
+
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::config::AwsConfig;
+
+/// The SDK configuration from the environment (one per process; clients share it).
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+fn endpoint_overridden(service_var: &str) -> bool {
+    std::env::var_os(service_var).is_some_and(|v| !v.is_empty()) || std::env::var_os("AWS_ENDPOINT_URL").is_some_and(|v| !v.is_empty())
+}
+
+/// An S3 client; path-style when configured or when the endpoint is overridden (moto, MinIO:
+/// virtual-hosted names like `bucket.127.0.0.1` do not resolve).
+pub fn s3_client(sdk: &SdkConfig, cfg: &AwsConfig) -> aws_sdk_s3::Client {
+    let path_style = cfg.s3_force_path_style || endpoint_overridden("AWS_ENDPOINT_URL_S3");
+    aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(path_style).build())
+}
+
+/// `s3://BUCKET/PREFIX` → (bucket, prefix). The bucket may be a name, an access point alias
+/// (a name too) or an access point ARN (`arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME`), whose
+/// own `/` does not end the bucket part.
+pub fn parse_s3_uri(uri: &str) -> Option<(String, String)> {
+    let rest = uri.strip_prefix("s3://")?;
+    let (bucket, prefix) = if rest.starts_with("arn:") {
+        // arn:partition:s3:region:account:accesspoint/NAME[/prefix]
+        let slash = rest.find("accesspoint/")? + "accesspoint/".len();
+        match rest[slash..].find('/') {
+            Some(i) => (&rest[..slash + i], &rest[slash + i + 1..]),
+            None => (rest, ""),
+        }
+    } else {
+        rest.split_once('/').unwrap_or((rest, ""))
+    };
+    (!bucket.is_empty() && !bucket.ends_with('/')).then(|| (bucket.to_string(), prefix.to_string()))
+}
+
+/// The HTTP status of a failed SDK call, when the service answered at all. Every SDK crate
+/// shares the smithy error and response types, so this serves S3, SQS, the Data API and Glue.
+pub fn status_of<E>(err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_uris_with_names_aliases_and_access_point_arns() {
+        let p = |s: &str| parse_s3_uri(s).map(|(b, k)| (b, k));
+        assert_eq!(p("s3://wau-audit/csv/acme/"), Some(("wau-audit".into(), "csv/acme/".into())));
+        assert_eq!(p("s3://wau-audit"), Some(("wau-audit".into(), "".into())));
+        assert_eq!(p("s3://wau-ap-abc123-s3alias/csv/"), Some(("wau-ap-abc123-s3alias".into(), "csv/".into())));
+        assert_eq!(
+            p("s3://arn:aws:s3:eu-west-1:123456789012:accesspoint/acme-writer/csv/acme/x.csv"),
+            Some(("arn:aws:s3:eu-west-1:123456789012:accesspoint/acme-writer".into(), "csv/acme/x.csv".into()))
+        );
+        assert_eq!(
+            p("s3://arn:aws:s3:eu-west-1:123456789012:accesspoint/acme-writer"),
+            Some(("arn:aws:s3:eu-west-1:123456789012:accesspoint/acme-writer".into(), "".into()))
+        );
+        assert_eq!(p("s3:///csv/"), None);
+        assert_eq!(p("/tmp/inbox"), None);
+        assert_eq!(p("s3://arn:aws:s3:eu-west-1:1:bucket/x"), None);
+    }
+}
