@@ -36,6 +36,8 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// Prefix the reconcile lists.
     pub reconcile_prefix: String,
+    /// `merge.runner = "glue"`: the periodic merge starts this job instead of running the SQL.
+    pub glue: Option<Arc<crate::glue::GlueRunner>>,
 }
 
 /// The next `hh:mm` UTC strictly after `now`.
@@ -50,7 +52,7 @@ pub fn next_daily(now: DateTime<Utc>, hh: u32, mm: u32) -> DateTime<Utc> {
 }
 
 pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let Parts { config, contract, store, mut source, warehouse, metrics, reconcile_prefix } = parts;
+    let Parts { config, contract, store, mut source, warehouse, metrics, reconcile_prefix, glue } = parts;
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -81,7 +83,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         http::serve(&config.http.listen, metrics.clone(), ready, async move { stop.cancelled().await }).await?
     };
 
-    let merge_task = spawn_merge_loop(&config, warehouse.clone(), metrics.clone(), cancel.clone());
+    let merge_task = spawn_merge_loop(&config, warehouse.clone(), glue, metrics.clone(), cancel.clone());
     let (reconcile_tx, mut reconcile_rx) = mpsc::channel::<ObjectRef>(1024);
     let reconcile_task =
         spawn_reconcile_loop(&config, store.clone(), warehouse.clone(), metrics.clone(), reconcile_prefix, reconcile_tx, cancel.clone());
@@ -151,6 +153,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         Err(e) => error!(error = %e, "final commit failed; its files will be delivered again"),
     }
     drop(pipeline);
+    source.close().await;
     reconcile_task.abort();
     let _ = merge_task.await;
     http_stop.cancel();
@@ -163,6 +166,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
 fn spawn_merge_loop(
     config: &Config,
     warehouse: Arc<dyn Warehouse>,
+    glue: Option<Arc<crate::glue::GlueRunner>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -175,6 +179,14 @@ fn spawn_merge_loop(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+            }
+            if let Some(glue) = &glue {
+                // The job runs on Glue: shutdown does not stop it, it ends on its own.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = glue_merge_once(glue, &metrics) => {}
+                }
+                continue;
             }
             // A merge is one transaction: stopped halfway by shutdown it rolls back, and the
             // next run redoes it. Shutdown does not wait for a long merge.
@@ -208,6 +220,36 @@ pub async fn merge_once(warehouse: Arc<dyn Warehouse>, metrics: &Metrics) -> Opt
             metrics.error("merge");
             error!(error = %e, "merge failed; the next run retries it");
             None
+        }
+    }
+}
+
+/// One merge as a Glue job run, with its metrics and log line; true when it succeeded.
+pub async fn glue_merge_once(glue: &crate::glue::GlueRunner, metrics: &Metrics) -> bool {
+    use crate::glue::GlueOutcome;
+    let started = std::time::Instant::now();
+    match glue.run().await {
+        Ok(GlueOutcome::Succeeded { run_id }) => {
+            metrics.statement("merge", started.elapsed().as_secs_f64());
+            metrics.merged(0, 0, &[]);
+            info!(run_id = %run_id, seconds = started.elapsed().as_secs(), "merge job succeeded");
+            true
+        }
+        Ok(GlueOutcome::AlreadyRunning) => {
+            metrics.merge_outcome("already_running");
+            false
+        }
+        Ok(other) => {
+            metrics.merge_outcome("failure");
+            metrics.error("merge");
+            error!(outcome = ?other, "merge job did not succeed; the next run retries it");
+            false
+        }
+        Err(e) => {
+            metrics.merge_outcome("failure");
+            metrics.error("merge");
+            error!(error = %e, "starting or watching the merge job failed");
+            false
         }
     }
 }

@@ -3,9 +3,10 @@
 //! A [`Delivery`] names one or more objects and carries an [`Ack`]. The pipeline calls
 //! `ack` only after every object it names is committed (or recorded as rejected, duplicate,
 //! superseded or skipped), and `release` when it gives the delivery back for another try.
-//! Implementations: [`dir::DirSource`] (a watched folder).
+//! Implementations: [`dir::DirSource`] (a watched folder), [`sqs::SqsSource`] (S3 notifications on SQS).
 
 pub mod dir;
+pub mod sqs;
 
 use crate::object::ObjectRef;
 
@@ -38,6 +39,9 @@ pub trait Source: Send {
     async fn next(&mut self) -> Result<Delivery, SourceError>;
     /// Is the source reachable (for `/readyz`)?
     async fn ready(&self) -> bool;
+    /// Shutdown, after the last commit's acknowledgements: give back what was received but
+    /// not handed out, and finish pending acknowledgements.
+    async fn close(&mut self) {}
 }
 
 #[derive(Debug, thiserror::Error)]
