@@ -31,6 +31,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub contract: ContractConfig,
     pub limits: LimitsConfig,
+    pub aws: AwsConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -55,8 +56,16 @@ pub struct SourceConfig {
     pub settle_ms: u64,
     /// `sqs`: the queue URL.
     pub queue_url: String,
-    /// `sqs`: messages worked on at once.
+    /// `sqs`: receive calls (each up to 10 messages, 20 s long poll) kept in flight at once.
     pub concurrency: usize,
+    /// `sqs`: the bucket the notifications are about — a name, an access point ARN or alias.
+    pub bucket: String,
+    /// `sqs`: the key prefix the service owns; replay and reconcile list it.
+    pub prefix: String,
+    /// `sqs`: visibility timeout set on receive; a heartbeat extends it while a message is worked on.
+    pub visibility_timeout_secs: u64,
+    /// `sqs`: long-poll wait of one receive call (0–20).
+    pub wait_time_secs: u64,
 }
 
 impl Default for SourceConfig {
@@ -67,7 +76,11 @@ impl Default for SourceConfig {
             poll_interval_ms: 500,
             settle_ms: 200,
             queue_url: String::new(),
-            concurrency: 4,
+            concurrency: 2,
+            bucket: String::new(),
+            prefix: "csv/".into(),
+            visibility_timeout_secs: 120,
+            wait_time_secs: 20,
         }
     }
 }
@@ -208,6 +221,15 @@ impl Default for LimitsConfig {
     }
 }
 
+/// AWS client settings beyond the SDK's own (`AWS_REGION`, `AWS_PROFILE`, `AWS_ENDPOINT_URL_*`, …).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    /// Path-style S3 addressing (`endpoint/bucket/key`), for S3-compatible endpoints such as
+    /// moto or MinIO. Also on whenever `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` is set.
+    pub s3_force_path_style: bool,
+}
+
 pub const ENV_PREFIX: &str = "WAU_INGEST_";
 
 impl Config {
@@ -280,8 +302,13 @@ impl Config {
         if self.batch.max_rows == 0 || self.batch.max_bytes == 0 {
             return Err("batch.max_rows and batch.max_bytes must be positive".into());
         }
-        if self.source.kind == SourceKind::Sqs && self.source.queue_url.is_empty() {
-            return Err("source.kind = \"sqs\" needs source.queue_url".into());
+        if self.source.kind == SourceKind::Sqs {
+            if self.source.queue_url.is_empty() || self.source.bucket.is_empty() {
+                return Err("source.kind = \"sqs\" needs source.queue_url and source.bucket".into());
+            }
+            if self.source.wait_time_secs > 20 || self.source.visibility_timeout_secs < 2 {
+                return Err("source.wait_time_secs must be at most 20 and source.visibility_timeout_secs at least 2".into());
+            }
         }
         if self.source.concurrency == 0 {
             return Err("source.concurrency must be at least 1".into());

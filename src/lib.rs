@@ -6,10 +6,12 @@
 //! transaction) → merge into the target ([`warehouse::sql`]), with [`replay`] for listings,
 //! [`run`] for the service, [`metrics`] and [`http`] for operators.
 
+pub mod aws;
 pub mod config;
 pub mod contract;
 pub mod demo;
 pub mod event;
+pub mod glue;
 pub mod http;
 pub mod metrics;
 pub mod object;
@@ -28,23 +30,126 @@ use std::time::Duration;
 
 use config::{Config, SourceKind, WarehouseKind};
 use contract::Contract;
+use metrics::Metrics;
 use object::local::LocalStore;
+use object::s3::S3Store;
 use object::ObjectStore;
 use warehouse::sqlite::SqliteWarehouse;
 use warehouse::Warehouse;
 
-/// Builds the store and warehouse the config names.
-pub fn embedded_store(config: &Config) -> anyhow::Result<Arc<LocalStore>> {
-    if config.source.kind != SourceKind::Dir {
-        anyhow::bail!("source.kind = \"sqs\" needs the AWS build of wau-ingest, which this binary is not");
+/// The configured boundaries, built on demand. AWS clients are made only when something
+/// needs them (loading the SDK's configuration may probe the instance metadata service).
+pub struct Setup {
+    pub config: Config,
+    pub contract: Arc<Contract>,
+    pub metrics: Arc<Metrics>,
+    aws: tokio::sync::OnceCell<aws_config::SdkConfig>,
+}
+
+impl Setup {
+    pub fn new(config: Config) -> anyhow::Result<Setup> {
+        let contract = Arc::new(config.contract()?);
+        Ok(Setup { config, contract, metrics: Arc::new(Metrics::new()), aws: Default::default() })
     }
+
+    pub async fn sdk(&self) -> &aws_config::SdkConfig {
+        self.aws.get_or_init(aws::sdk_config).await
+    }
+
+    pub async fn s3_store(&self, bucket: &str) -> S3Store {
+        S3Store::new(aws::s3_client(self.sdk().await, &self.config.aws), bucket)
+    }
+
+    /// The store the source's notifications are about, and the prefix replay and reconcile list.
+    pub async fn store(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
+        Ok(match self.config.source.kind {
+            SourceKind::Dir => (embedded_store(&self.config)?, String::new()),
+            SourceKind::Sqs => (Arc::new(self.s3_store(&self.config.source.bucket).await), self.config.source.prefix.clone()),
+        })
+    }
+
+    /// A store and prefix for a replay target: `s3://bucket/prefix` or a local path.
+    pub async fn store_for(&self, target: &str) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
+        match aws::parse_s3_uri(target) {
+            Some((bucket, prefix)) => Ok((Arc::new(self.s3_store(&bucket).await), prefix)),
+            None if target.starts_with("s3://") => anyhow::bail!("{target:?} is not an s3://bucket/prefix URI"),
+            None => store_for_path(&self.config, Path::new(target)),
+        }
+    }
+
+    pub async fn warehouse(&self) -> anyhow::Result<Arc<dyn Warehouse>> {
+        match self.config.warehouse.kind {
+            WarehouseKind::Sqlite => open_warehouse(&self.config, &self.contract),
+            WarehouseKind::Redshift => anyhow::bail!("warehouse.kind = \"redshift\": the Data API warehouse is not in this commit yet"),
+        }
+    }
+
+    pub async fn source(&self) -> anyhow::Result<Box<dyn source::Source>> {
+        let c = &self.config.source;
+        Ok(match c.kind {
+            SourceKind::Dir => Box::new(source::dir::DirSource::new(
+                LocalStore::new(&c.dir)?,
+                Duration::from_millis(c.poll_interval_ms),
+                Duration::from_millis(c.settle_ms),
+            )),
+            SourceKind::Sqs => {
+                let client = aws_sdk_sqs::Client::new(self.sdk().await);
+                // Events name the bucket itself, never an access point: check names only.
+                let bucket = (!c.bucket.starts_with("arn:") && !c.bucket.ends_with("-s3alias")).then(|| c.bucket.clone());
+                Box::new(source::sqs::SqsSource::start(
+                    client,
+                    source::sqs::SqsSettings {
+                        queue_url: c.queue_url.clone(),
+                        bucket,
+                        concurrency: c.concurrency,
+                        visibility: Duration::from_secs(c.visibility_timeout_secs),
+                        wait_time_secs: c.wait_time_secs as i32,
+                    },
+                    self.metrics.clone(),
+                ))
+            }
+        })
+    }
+
+    /// The Glue merge runner when `merge.runner = "glue"`.
+    pub async fn glue_runner(&self) -> Option<Arc<glue::GlueRunner>> {
+        let m = &self.config.merge;
+        if m.runner != config::MergeRunner::Glue {
+            return None;
+        }
+        let client = aws_sdk_glue::Client::new(self.sdk().await);
+        Some(Arc::new(glue::GlueRunner::new(client, &m.glue_job_name, Duration::from_secs(m.glue_timeout_secs))))
+    }
+
+    /// Everything `run` needs.
+    pub async fn parts(self) -> anyhow::Result<run::Parts> {
+        let (store, reconcile_prefix) = self.store().await?;
+        let source = self.source().await?;
+        let warehouse = self.warehouse().await?;
+        let glue = self.glue_runner().await;
+        Ok(run::Parts {
+            contract: self.contract.clone(),
+            metrics: self.metrics.clone(),
+            config: self.config,
+            store,
+            source,
+            warehouse,
+            reconcile_prefix,
+            glue,
+        })
+    }
+}
+
+/// The watched folder as a store (the embedded default).
+pub fn embedded_store(config: &Config) -> anyhow::Result<Arc<LocalStore>> {
     Ok(Arc::new(LocalStore::new(&config.source.dir)?))
 }
 
+/// The SQLite warehouse the config names (the embedded default; [`Setup::warehouse`] opens any kind).
 pub fn open_warehouse(config: &Config, contract: &Contract) -> anyhow::Result<Arc<dyn Warehouse>> {
     match config.warehouse.kind {
         WarehouseKind::Sqlite => Ok(Arc::new(SqliteWarehouse::open(&config.warehouse.sqlite_path, contract)?)),
-        WarehouseKind::Redshift => anyhow::bail!("warehouse.kind = \"redshift\" needs the AWS build of wau-ingest, which this binary is not"),
+        WarehouseKind::Redshift => anyhow::bail!("open the Redshift warehouse through Setup::warehouse"),
     }
 }
 
@@ -66,25 +171,4 @@ pub fn store_for_path(config: &Config, path: &Path) -> anyhow::Result<(Arc<dyn O
         return Ok((Arc::new(LocalStore::new(&parent)?), name));
     }
     Ok((Arc::new(LocalStore::new(&target)?), String::new()))
-}
-
-/// Everything `run` needs, on the embedded default.
-pub fn setup(config: Config) -> anyhow::Result<run::Parts> {
-    let contract = Arc::new(config.contract()?);
-    let store = embedded_store(&config)?;
-    let source = Box::new(source::dir::DirSource::new(
-        (*store).clone(),
-        Duration::from_millis(config.source.poll_interval_ms),
-        Duration::from_millis(config.source.settle_ms),
-    ));
-    let warehouse = open_warehouse(&config, &contract)?;
-    Ok(run::Parts {
-        config,
-        contract,
-        store,
-        source,
-        warehouse,
-        metrics: Arc::new(metrics::Metrics::new()),
-        reconcile_prefix: String::new(),
-    })
 }

@@ -19,7 +19,7 @@ use wau_ingest::publish::{check_file, PublishError, Published};
 use wau_ingest::validate::{FileAccount, Reject};
 use wau_ingest::warehouse::sql::{Dialect, Sql, Tables};
 use wau_ingest::warehouse::{LedgerTotals, Warehouse};
-use wau_ingest::{demo, http, run};
+use wau_ingest::{demo, http, run, Setup};
 
 #[derive(Parser)]
 #[command(name = "wau-ingest", version, about = "Exactly-once ingestion of WAU audit-log CSVs into the warehouse")]
@@ -114,12 +114,17 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         customer: String,
-        /// Destination folder (or file path), e.g. inbox/csv/acme/
+        /// Destination: a folder or file path (inbox/csv/acme/), or s3://BUCKET-OR-ACCESS-POINT/csv/acme/
         #[arg(long)]
         to: String,
         /// Compress with gzip (adds .gz when the destination is a folder).
         #[arg(long)]
         gzip: bool,
+    },
+    /// The Glue Data Catalog table over the raw CSV prefix.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
     },
     /// Probe /healthz (and /readyz with --ready) of a running service; exit 0 when healthy.
     Healthcheck {
@@ -141,6 +146,20 @@ enum ContractCommand {
         /// Rows to sample.
         #[arg(long, default_value_t = 10_000)]
         rows: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Create or update the Glue table for the raw CSVs (CSV SerDe, header skipped) from the contract.
+    Sync {
+        #[arg(long, default_value = "wau")]
+        database: String,
+        #[arg(long, default_value = "wau_audit_logs_csv")]
+        table: String,
+        /// Where the CSVs are; default s3://<source.bucket>/<source.prefix>.
+        #[arg(long)]
+        location: Option<String>,
     },
 }
 
@@ -199,6 +218,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// Creates the warehouse tables if missing (off the async threads: the warehouse API blocks).
+async fn migrate(w: &Arc<dyn Warehouse>) -> anyhow::Result<()> {
+    let w = w.clone();
+    Ok(tokio::task::spawn_blocking(move || w.migrate()).await??)
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(&cli)?;
     match cli.command {
@@ -207,7 +232,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(l) = http_listen {
                 config.http.listen = l;
             }
-            run::run(wau_ingest::setup(config)?, shutdown_signal()).await?;
+            run::run(Setup::new(config)?.parts().await?, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => validate_files(&config, &files).await,
@@ -224,8 +249,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{s};\n");
                 }
             } else {
-                wau_ingest::open_warehouse(&config, &contract)?.migrate()?;
-                println!("migrated {}", config.warehouse.sqlite_path.display());
+                let cx = Setup::new(config)?;
+                let w = cx.warehouse().await?;
+                tokio::task::spawn_blocking(move || w.migrate()).await??;
+                println!("migrated the {:?} warehouse", cx.config.warehouse.kind);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -239,9 +266,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let w = wau_ingest::open_warehouse(&config, &contract)?;
-            w.migrate()?;
-            let r = run::merge_once(w, &Metrics::new()).await.context("merge failed")?;
+            let cx = Setup::new(config)?;
+            if let Some(glue) = cx.glue_runner().await {
+                return Ok(match glue.run().await.map_err(|e| anyhow::anyhow!(e))? {
+                    wau_ingest::glue::GlueOutcome::Succeeded { run_id } => {
+                        println!("merge job {} run {run_id} succeeded", cx.config.merge.glue_job_name);
+                        ExitCode::SUCCESS
+                    }
+                    other => {
+                        println!("merge job {}: {other:?}", cx.config.merge.glue_job_name);
+                        ExitCode::from(1)
+                    }
+                });
+            }
+            let w = cx.warehouse().await?;
+            migrate(&w).await?;
+            let r = run::merge_once(w, &cx.metrics).await.context("merge failed")?;
             println!("merged {} file(s): {} row(s) deleted, {} inserted", r.files, r.rows_deleted, r.rows_inserted);
             Ok(ExitCode::SUCCESS)
         }
@@ -251,15 +291,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 until: until.as_deref().map(parse_time).transpose()?,
                 glob: glob.as_deref().map(|g| globset::Glob::new(g).map(|g| g.compile_matcher())).transpose()?,
             };
-            if path.to_string_lossy().starts_with("s3://") {
-                eprintln!("error: replaying S3 prefixes arrives with the AWS adapters; this build replays local folders");
-                return Ok(ExitCode::from(2));
-            }
-            let (store, prefix) = wau_ingest::store_for_path(&config, &path)?;
+            let cx = Setup::new(config)?;
+            let (store, prefix) = cx.store_for(&path.to_string_lossy()).await?;
             let objects = replay::list(store.as_ref(), &prefix, &filter).await?;
-            let contract = Arc::new(config.contract()?);
-            let warehouse = wau_ingest::open_warehouse(&config, &contract)?;
-            warehouse.migrate()?;
+            let warehouse = cx.warehouse().await?;
+            migrate(&warehouse).await?;
+            let (config, contract) = (&cx.config, cx.contract.clone());
             if dry_run {
                 let (new, known) = replay::dry_run(store.as_ref(), warehouse, &objects).await.map_err(|e| anyhow::anyhow!(e))?;
                 for k in &new {
@@ -269,28 +306,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     if force { " (--force would load those again)" } else { "" });
                 return Ok(ExitCode::SUCCESS);
             }
-            let tally = replay::ingest_objects(&config, store, warehouse.clone(), contract, objects, force).await?;
+            let tally = replay::ingest_objects(config, store, warehouse.clone(), contract, objects, force).await?;
             print_tally("replay", &tally);
             Ok(if tally.retried > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Reconcile => {
-            let contract = Arc::new(config.contract()?);
-            let store: Arc<dyn ObjectStore> = wau_ingest::embedded_store(&config)?;
-            let warehouse = wau_ingest::open_warehouse(&config, &contract)?;
-            warehouse.migrate()?;
-            let missing = replay::missing(store.as_ref(), warehouse.clone(), "").await.map_err(|e| anyhow::anyhow!(e))?;
-            println!("reconcile: {} object(s) in the store that the ledger lacks", missing.len());
-            let tally = replay::ingest_objects(&config, store, warehouse.clone(), contract, missing, false).await?;
+            let cx = Setup::new(config)?;
+            let (store, prefix) = cx.store().await?;
+            let warehouse = cx.warehouse().await?;
+            migrate(&warehouse).await?;
+            let missing = replay::missing(store.as_ref(), warehouse.clone(), &prefix).await.map_err(|e| anyhow::anyhow!(e))?;
+            println!("reconcile: {} object(s) in {}{prefix} that the ledger lacks", missing.len(), store.bucket());
+            let tally = replay::ingest_objects(&cx.config, store, warehouse.clone(), cx.contract.clone(), missing, false).await?;
             print_tally("reconcile", &tally);
-            let r = run::merge_once(warehouse, &Metrics::new()).await.context("merge failed")?;
+            let r = run::merge_once(warehouse, &cx.metrics).await.context("merge failed")?;
             println!("merged {} file(s): {} row(s) deleted, {} inserted", r.files, r.rows_deleted, r.rows_inserted);
             Ok(if tally.retried > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Report { weeks, customer } => {
-            let contract = config.contract()?;
-            let w = wau_ingest::open_warehouse(&config, &contract)?;
-            w.migrate()?;
-            print_report(w.as_ref(), weeks, customer.as_deref())?;
+            let w = Setup::new(config)?.warehouse().await?;
+            migrate(&w).await?;
+            let w2 = w.clone();
+            tokio::task::spawn_blocking(move || print_report(w2.as_ref(), weeks, customer.as_deref())).await??;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { dir } => run_demo(&dir).await,
@@ -302,12 +339,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish { file, customer, to, gzip } => {
-            if to.starts_with("s3://") {
-                eprintln!("error: publishing to S3 arrives with the AWS adapters; this build writes to a local folder");
-                return Ok(ExitCode::from(2));
-            }
             let contract = config.contract()?;
-            match wau_ingest::publish::publish_local(&contract, config.read_limits(), &file, Path::new(&to), &customer, gzip).await {
+            let published = match wau_ingest::aws::parse_s3_uri(&to) {
+                Some((bucket, prefix)) => {
+                    let store = Setup::new(config.clone())?.s3_store(&bucket).await;
+                    wau_ingest::publish::publish_s3(&contract, config.read_limits(), &file, &store, &prefix, &customer, gzip).await
+                }
+                None if to.starts_with("s3://") => anyhow::bail!("{to:?} is not an s3://bucket/prefix URI"),
+                None => wau_ingest::publish::publish_local(&contract, config.read_limits(), &file, Path::new(&to), &customer, gzip).await,
+            };
+            match published {
                 Ok(Published::Done { dest, rows, added_customer }) => {
                     let added = if added_customer { ", customer column added" } else { "" };
                     println!("published {} → {} ({rows} rows{added})", file.display(), dest.display());
@@ -323,6 +364,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(if matches!(e, PublishError::Io { .. }) { 2 } else { 1 }))
                 }
             }
+        }
+        Command::Catalog { command: CatalogCommand::Sync { database, table, location } } => {
+            let location = match location {
+                Some(l) => l,
+                None if !config.source.bucket.is_empty() => format!("s3://{}/{}", config.source.bucket, config.source.prefix),
+                None => anyhow::bail!("--location s3://bucket/csv/ is needed when source.bucket is not configured"),
+            };
+            let cx = Setup::new(config)?;
+            let client = aws_sdk_glue::Client::new(cx.sdk().await);
+            let what = wau_ingest::glue::catalog_sync(&client, &cx.contract, &database, &table, &location).await.map_err(|e| anyhow::anyhow!(e))?;
+            println!("catalog table {database}.{table} {what} for {location} (contract {} v{})", cx.contract.name, cx.contract.version);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck { ready, addr } => {
             let addr = addr.unwrap_or_else(|| http::probe_address(&config.http.listen));

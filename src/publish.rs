@@ -1,7 +1,7 @@
 //! The producer side: check a CSV against the contract where it is made, add the `customer`
 //! column when the file lacks it, and put it where the ingester reads — whole or not at all
-//! (written as `.part`, then renamed). Destinations today: a local folder (the embedded
-//! inbox); S3 arrives with the AWS adapters.
+//! (written as `.part`, then renamed; on S3 one PutObject). Destinations: a local folder (the
+//! embedded inbox) or S3 — a bucket, an access point alias or an access point ARN.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,16 +71,10 @@ pub fn destination(src: &Path, to: &Path, gzip: bool) -> PathBuf {
 /// gzip-compressed when asked. Nothing is written unless every row is valid; rows naming
 /// another customer refuse the publish.
 pub async fn publish_local(contract: &Contract, limits: ReadLimits, src: &Path, to: &Path, customer: &str, gzip: bool) -> Result<Published, PublishError> {
-    if customer.is_empty() || customer.contains('/') {
-        return Err(PublishError::Invalid { path: src.display().to_string(), reason: format!("{customer:?} is not a customer name") });
-    }
-    let name = src.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let key = format!("csv/{customer}/{name}");
-    let (account, rejects) = check_file(contract, limits, src, &key).await?;
-    if account.file_reject.is_some() || account.rows_rejected > 0 {
-        return Ok(Published::Rejected { account, rejects });
-    }
-
+    let (key, account) = match checked(contract, limits, src, customer).await? {
+        Ok(checked) => checked,
+        Err(rejected) => return Ok(rejected),
+    };
     let dest = destination(src, to, gzip);
     if let Some(dir) = dest.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
@@ -95,6 +89,64 @@ pub async fn publish_local(contract: &Contract, limits: ReadLimits, src: &Path, 
         }
     };
     tokio::fs::rename(&part, &dest).await.map_err(io(&dest))?;
+    Ok(Published::Done { dest, rows: account.rows_read, added_customer })
+}
+
+/// Validates `src` as customer `customer`'s file: `Ok((key, account))` when every row is
+/// valid, else the rejection to report (nothing may be published then).
+async fn checked(contract: &Contract, limits: ReadLimits, src: &Path, customer: &str) -> Result<Result<(String, FileAccount), Published>, PublishError> {
+    if customer.is_empty() || customer.contains('/') {
+        return Err(PublishError::Invalid { path: src.display().to_string(), reason: format!("{customer:?} is not a customer name") });
+    }
+    let name = src.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let key = format!("csv/{customer}/{name}");
+    let (account, rejects) = check_file(contract, limits, src, &key).await?;
+    if account.file_reject.is_some() || account.rows_rejected > 0 {
+        return Ok(Err(Published::Rejected { account, rejects }));
+    }
+    Ok(Ok((key, account)))
+}
+
+/// The key a file lands under: `prefix` + its name (`.gz` added when compressing) when
+/// `prefix` is empty or ends with `/`, else `prefix` itself.
+pub fn destination_key(src: &Path, prefix: &str, gzip: bool) -> String {
+    if prefix.is_empty() || prefix.ends_with('/') {
+        destination(src, Path::new("/"), gzip).file_name().map(|n| format!("{prefix}{}", n.to_string_lossy())).unwrap_or_default()
+    } else {
+        prefix.to_string()
+    }
+}
+
+/// As [`publish_local`], uploading to S3 (a bucket, access point alias or access point ARN):
+/// the checked, rewritten file is staged in a temporary file and uploaded in one PutObject,
+/// so a reader never sees part of it.
+pub async fn publish_s3(
+    contract: &Contract,
+    limits: ReadLimits,
+    src: &Path,
+    store: &crate::object::s3::S3Store,
+    prefix: &str,
+    customer: &str,
+    gzip: bool,
+) -> Result<Published, PublishError> {
+    let (key, account) = match checked(contract, limits, src, customer).await? {
+        Ok(checked) => checked,
+        Err(rejected) => return Ok(rejected),
+    };
+    let dest_key = destination_key(src, prefix, gzip);
+    let tmp = std::env::temp_dir().join(format!(".wau-publish-{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)));
+    let result = async {
+        let added = rewrite(contract, limits, src, &key, &tmp, customer, gzip).await?;
+        store
+            .put_file(&dest_key, &tmp, None)
+            .await
+            .map_err(|e| PublishError::Io { path: format!("{}/{dest_key}", crate::object::ObjectStore::bucket(store)), source: std::io::Error::other(e.to_string()) })?;
+        Ok(added)
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let added_customer = result?;
+    let dest = PathBuf::from(format!("{}/{dest_key}", crate::object::ObjectStore::bucket(store)));
     Ok(Published::Done { dest, rows: account.rows_read, added_customer })
 }
 

@@ -1,0 +1,272 @@
+//! End to end on the AWS path: `wau-ingest` against a moto server (S3, SQS, real bucket
+//! notifications and redrive) and the Redshift Data API emulator over PostgreSQL. Uploads are
+//! made with the AWS SDK; every test has its own bucket, queue, DLQ and database.
+//!
+//! The stack must be running (`eval "$(scripts/local-aws.sh up)"`; `.ci/run` starts it).
+//! Without it these tests print SKIPPED, except under CI, where that is a failure.
+
+mod support;
+#[path = "support/aws_stack.rs"]
+mod aws_stack;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_stack::{csv, eventually, Case, PrivateEmulator};
+use support::{expected_target, free_port, signal, wait_exit, Version};
+
+const CUSTOMER: &str = "acme";
+
+fn rows(from: u32, n: u32, tag: &str) -> Vec<(String, String)> {
+    (from..from + n).map(|e| (format!("e{e:06}"), format!("u-{tag}-{e}"))).collect()
+}
+
+async fn put_version(case: &Case, v: &Version) {
+    case.put(&v.key, csv(CUSTOMER, &v.rows)).await;
+}
+
+/// Every listed key is in the ledger, merged, and both queues are empty.
+async fn settled(case: &Case, files: i64) -> bool {
+    case.count_or_zero("SELECT COUNT(*) FROM wau_ingest_files WHERE status <> 'replaced' AND (status <> 'loaded' OR merged_at IS NOT NULL)").await
+        == files
+        && case.queue_depth(&case.queue_url).await == 0
+}
+
+/// An S3 notification body as S3 sends it (keys form-URL-encoded).
+fn s3_event(bucket: &str, key: &str, name: &str) -> serde_json::Value {
+    let encoded: String = key
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
+            b' ' => "+".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": chrono::Utc::now().to_rfc3339(), "eventName": name,
+        "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": format!("arn:aws:s3:::{bucket}")},
+               "object": {"key": encoded, "size": 10, "sequencer": "0055AED6DCD90281E5"}}
+    }]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notified_files_load_exactly_once_with_odd_keys_duplicates_overwrites_and_a_bad_file() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let case = Case::new(&sdk, true, 5).await;
+    let mut svc = case.spawn_run("run.log", &[]);
+
+    let a = Version { key: "csv/acme/a.csv".into(), rows: rows(0, 5, "a") };
+    let odd = Version { key: "csv/acme/week 48+extra é.csv".into(), rows: rows(100, 3, "odd") };
+    let b1 = Version { key: "csv/acme/b.csv".into(), rows: rows(200, 4, "b1") };
+    for v in [&a, &odd, &b1] {
+        put_version(&case, v).await;
+    }
+    case.put("csv/acme/bad.csv", "customer,event_id\nacme,x\n").await;
+    assert!(eventually(Duration::from_secs(60), || settled(&case, 4)).await, "first four files settle\n{}", case.log("run.log"));
+
+    // The same notification again (SQS delivers at least once): a duplicate, acknowledged.
+    case.send_raw(&s3_event(&case.bucket, &odd.key, "ObjectCreated:Put").to_string()).await;
+    // An overwrite, at least a second later (S3 orders versions of a key by LastModified).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let b2 = Version { key: "csv/acme/b.csv".into(), rows: rows(202, 4, "b2") };
+    put_version(&case, &b2).await;
+    assert!(eventually(Duration::from_secs(60), || settled(&case, 5)).await, "overwrite settles\n{}", case.log("run.log"));
+
+    let ledger = case.ledger().await;
+    let status: BTreeMap<_, Vec<_>> = ledger.iter().fold(BTreeMap::new(), |mut m, r| {
+        m.entry(r.0.clone()).or_insert_with(Vec::new).push(r.1.clone());
+        m
+    });
+    assert_eq!(status["csv/acme/a.csv"], ["loaded"]);
+    assert_eq!(status[&odd.key], ["loaded"], "the duplicate notification loaded nothing");
+    assert_eq!(status["csv/acme/bad.csv"], ["rejected"]);
+    let mut b = status["csv/acme/b.csv"].clone();
+    b.sort();
+    assert_eq!(b, ["loaded", "superseded"]);
+    for (key, _, read, loaded, rejected, _) in &ledger {
+        assert_eq!(read, &(loaded + rejected), "{key} balances");
+    }
+    assert_eq!(case.target().await, expected_target(CUSTOMER, &[a, odd, b1, b2]));
+    assert!(case.count("SELECT COUNT(*) FROM wau_ingest_rejects WHERE key = 'csv/acme/bad.csv'").await >= 1, "the bad file's reason is recorded");
+
+    signal(&svc, "TERM");
+    assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some_and(|s| s.success()), "clean exit");
+    assert_eq!(case.queue_depth(&case.dlq_url).await, 0, "nothing went to the DLQ");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sns_and_eventbridge_envelopes_test_events_and_a_deleted_object() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let case = Case::new(&sdk, false, 5).await;
+    let via_sns = Version { key: "csv/acme/sns.csv".into(), rows: rows(0, 3, "sns") };
+    let via_eb = Version { key: "csv/acme/eventbridge.csv".into(), rows: rows(10, 3, "eb") };
+    put_version(&case, &via_sns).await;
+    put_version(&case, &via_eb).await;
+    case.put("csv/acme/gone.csv", csv(CUSTOMER, &rows(20, 2, "gone"))).await;
+    case.delete("csv/acme/gone.csv").await;
+
+    let sns = serde_json::json!({"Type": "Notification", "MessageId": "m1", "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
+        "Message": s3_event(&case.bucket, &via_sns.key, "ObjectCreated:Put").to_string()});
+    let eb = serde_json::json!({"version": "0", "id": "e1", "detail-type": "Object Created", "source": "aws.s3",
+        "account": "123456789012", "time": "2026-11-29T10:00:00Z", "region": "us-east-1", "resources": [],
+        "detail": {"version": "0", "bucket": {"name": case.bucket}, "object": {"key": via_eb.key, "size": 10, "sequencer": "0062E99A88DC407460"},
+                   "request-id": "r", "requester": "123456789012", "reason": "PutObject"}});
+    let test_event = serde_json::json!({"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-11-29T10:00:00Z", "Bucket": case.bucket});
+    for body in [sns, eb, test_event, s3_event(&case.bucket, "csv/acme/gone.csv", "ObjectCreated:Put"), s3_event(&case.bucket, "csv/acme/x.csv", "ObjectRemoved:Delete")] {
+        case.send_raw(&body.to_string()).await;
+    }
+    let mut svc = case.spawn_run("run.log", &[]);
+    assert!(eventually(Duration::from_secs(60), || settled(&case, 2)).await, "two files settle\n{}", case.log("run.log"));
+    assert_eq!(case.target().await, expected_target(CUSTOMER, &[via_sns, via_eb]));
+    assert_eq!(case.count("SELECT COUNT(*) FROM wau_ingest_files WHERE key = 'csv/acme/gone.csv'").await, 0, "a deleted object is skipped");
+    signal(&svc, "TERM");
+    assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
+    assert!(case.log("run.log").contains("object is gone; skipped"));
+    assert_eq!(case.queue_depth(&case.queue_url).await, 0, "every message acknowledged");
+    assert_eq!(case.queue_depth(&case.dlq_url).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_message_reaches_the_dlq_after_max_receives() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let case = Case::new(&sdk, true, 2).await;
+    case.send_raw("this is not an s3 notification").await;
+    let good = Version { key: "csv/acme/good.csv".into(), rows: rows(0, 2, "g") };
+    put_version(&case, &good).await;
+    let mut svc = case.spawn_run("run.log", &[("WAU_INGEST_SOURCE_VISIBILITY_TIMEOUT_SECS", "2")]);
+    let dlq = eventually(Duration::from_secs(60), || async { case.queue_depth(&case.dlq_url).await == 1 }).await;
+    assert!(dlq, "the poison message is in the DLQ\n{}", case.log("run.log"));
+    assert!(eventually(Duration::from_secs(60), || settled(&case, 1)).await, "the good file still loads");
+    assert_eq!(case.target().await, expected_target(CUSTOMER, &[good]));
+    signal(&svc, "TERM");
+    assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
+    assert!(case.log("run.log").contains("left for the queue's redrive policy"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_reconcile_and_replay_on_s3() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    // No notifications: these files arrive only through a listing.
+    let case = Case::new(&sdk, false, 5).await;
+    let first: Vec<Version> = (0..3).map(|i| Version { key: format!("csv/acme/f{i}.csv"), rows: rows(i * 10, 5, "f") }).collect();
+    for v in &first {
+        put_version(&case, v).await;
+    }
+    // The producer side: a file without the customer column, published through the CLI.
+    let src = case.dir.path().join("export.csv");
+    let header = wau_ingest::demo::HEADER.split_once(',').unwrap().1; // without `customer`
+    std::fs::write(&src, format!("{header}\ne900000,2026-11-23T10:00:00Z,u-pub,,login,,\n")).unwrap();
+    let (code, out) = case.cli(&["publish", src.to_str().unwrap(), "--customer", CUSTOMER, "--to", &format!("s3://{}/csv/acme/", case.bucket)]);
+    assert_eq!(code, 0, "{out}");
+    let published = Version { key: "csv/acme/export.csv".into(), rows: vec![("e900000".into(), "u-pub".into())] };
+
+    let (code, out) = case.cli(&["reconcile"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("4 object(s)"), "{out}");
+    let mut all = first.clone();
+    all.push(published);
+    assert_eq!(case.target().await, expected_target(CUSTOMER, &all));
+
+    // A replay of the whole prefix loads nothing again.
+    let (code, out) = case.cli(&["replay", &format!("s3://{}/csv/", case.bucket)]);
+    assert_eq!(code, 0);
+    assert!(out.contains("files new 0 / duplicate 4"), "{out}");
+    let late = Version { key: "csv/acme/late.csv".into(), rows: rows(500, 2, "late") };
+    put_version(&case, &late).await;
+    let (code, out) = case.cli(&["replay", &format!("s3://{}/csv/acme/", case.bucket)]);
+    assert_eq!(code, 0);
+    assert!(out.contains("files new 1 / duplicate 4"), "{out}");
+    let (code, _) = case.cli(&["merge"]);
+    assert_eq!(code, 0);
+    all.push(late);
+    assert_eq!(case.target().await, expected_target(CUSTOMER, &all));
+    assert_eq!(case.count("SELECT COUNT(*) FROM wau_ingest_files").await, 5);
+}
+
+/// `n` files of 20 rows, consecutive files sharing 5 event ids.
+fn versions(n: u32) -> Vec<Version> {
+    (0..n).map(|i| Version { key: format!("csv/acme/p{i:04}.csv"), rows: rows(i * 15, 20, &format!("p{i}")) }).collect()
+}
+
+async fn assert_exact(case: &Case, written: &[Version]) {
+    let ledger = case.ledger().await;
+    assert_eq!(ledger.len(), written.len(), "each file is in the ledger exactly once");
+    for (key, status, read, loaded, rejected, merged) in &ledger {
+        assert_eq!((status.as_str(), *read, *loaded, *rejected, *merged), ("loaded", 20, 20, 0, true), "{key}");
+    }
+    assert_eq!(case.count("SELECT COUNT(*) FROM wau_audit_logs_staging").await, written.len() as i64 * 20, "staging holds every row once");
+    assert_eq!(case.target().await, expected_target(CUSTOMER, written));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_many_moments_then_restart_leaves_the_target_exact() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let case = Case::new(&sdk, true, 50).await;
+    let written = versions(200);
+    for v in &written {
+        put_version(&case, v).await;
+    }
+    let loaded = || case.count_or_zero("SELECT COUNT(*) FROM wau_ingest_files");
+    let settings = [("WAU_INGEST_BATCH_MAX_ROWS", "150"), ("WAU_INGEST_SOURCE_VISIBILITY_TIMEOUT_SECS", "3")];
+    let mut kills = 0;
+    // Right after start, then as the ledger passes each threshold.
+    for threshold in [0, 10, 40, 80, 120, 160] {
+        let mut svc = case.spawn_run("run.log", &settings);
+        let passed = eventually(Duration::from_secs(120), || async { loaded().await > threshold }).await;
+        assert!(passed || threshold == 0, "ledger passes {threshold}\n{}", case.log("run.log"));
+        svc.kill().unwrap(); // SIGKILL
+        let _ = svc.wait();
+        kills += 1;
+    }
+    assert!(kills >= 5);
+    let mut svc = case.spawn_run("run.log", &settings);
+    assert!(eventually(Duration::from_secs(180), || settled(&case, 200)).await, "all files settle after the kills\n{}", case.log("run.log"));
+    signal(&svc, "TERM");
+    assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
+    assert_exact(&case, &written).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_warehouse_down_for_thirty_seconds_loses_nothing() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let case = Case::new(&sdk, true, 5).await;
+    let port = free_port();
+    let mut emulator = PrivateEmulator::start(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut svc = case.spawn_run("run.log", &[("AWS_ENDPOINT_URL_REDSHIFT_DATA", &endpoint)]);
+    let written = versions(40);
+    for v in &written[..20] {
+        put_version(&case, v).await;
+    }
+    assert!(eventually(Duration::from_secs(60), || settled(&case, 20)).await, "first half\n{}", case.log("run.log"));
+    emulator.stop();
+    for v in &written[20..] {
+        put_version(&case, v).await;
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let _emulator = PrivateEmulator::start(port);
+    assert!(eventually(Duration::from_secs(120), || settled(&case, 40)).await, "second half after the outage\n{}", case.log("run.log"));
+    signal(&svc, "TERM");
+    assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
+    assert_exact(&case, &written).await;
+    assert_eq!(case.queue_depth(&case.dlq_url).await, 0, "no good message was sent to the DLQ during the outage");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_on_one_queue_load_each_file_once() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let case = Case::new(&sdk, true, 5).await;
+    let mut one = case.spawn_run("one.log", &[]);
+    let mut two = case.spawn_run("two.log", &[]);
+    let written = versions(60);
+    for v in &written {
+        put_version(&case, v).await;
+    }
+    assert!(eventually(Duration::from_secs(120), || settled(&case, 60)).await, "settles\n{}\n{}", case.log("one.log"), case.log("two.log"));
+    for svc in [&mut one, &mut two] {
+        signal(svc, "TERM");
+        assert!(wait_exit(&mut svc.0, Duration::from_secs(30)).is_some());
+    }
+    assert_exact(&case, &written).await;
+}
