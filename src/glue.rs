@@ -40,10 +40,11 @@ pub struct GlueRunner {
 
 impl GlueRunner {
     pub fn new(client: Client, job: &str, timeout: Duration) -> GlueRunner {
-        GlueRunner { client, job: job.to_string(), timeout, poll: Duration::from_secs(5) }
+        GlueRunner { client, job: job.to_string(), timeout, poll: Duration::from_secs(15) }
     }
 
-    pub fn with_poll_interval(mut self, poll: Duration) -> GlueRunner {
+    /// The longest wait between two GetJobRun calls (they start at 1 s and grow by half).
+    pub fn with_max_poll_interval(mut self, poll: Duration) -> GlueRunner {
         self.poll = poll;
         self
     }
@@ -60,6 +61,7 @@ impl GlueRunner {
             Err(e) => return Err(format!("StartJobRun {}: {}", self.job, describe(&e))),
         };
         info!(job = %self.job, run_id = %run_id, "merge job started");
+        let mut wait = Duration::from_secs(1).min(self.poll);
         loop {
             let r = self
                 .client
@@ -87,7 +89,8 @@ impl GlueRunner {
                 }
                 return Ok(GlueOutcome::TimedOut { run_id });
             }
-            tokio::time::sleep(self.poll).await;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 3 / 2).min(self.poll);
         }
     }
 }

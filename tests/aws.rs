@@ -10,6 +10,7 @@ mod support;
 mod aws_stack;
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::Duration;
 
 use aws_stack::{csv, eventually, Case, PrivateEmulator};
@@ -269,4 +270,71 @@ async fn two_processes_on_one_queue_load_each_file_once() {
         assert!(wait_exit(&mut svc.0, Duration::from_secs(30)).is_some());
     }
     assert_exact(&case, &written).await;
+}
+
+/// Sets how moto advances Glue job runs: `Some(n)` keeps a run going for n GetJobRun calls.
+async fn glue_transition(times: Option<u32>) {
+    let base = std::env::var("AWS_ENDPOINT_URL_GLUE").unwrap();
+    let (path, body) = match times {
+        Some(n) => ("set-transition", serde_json::json!({"model_name": "glue::job_run", "transition": {"progression": "manual", "times": n}})),
+        None => ("unset-transition", serde_json::json!({"model_name": "glue::job_run"})),
+    };
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "POST", "-d", &body.to_string(), &format!("{base}/moto-api/state-manager/{path}")])
+        .status()
+        .unwrap();
+    assert!(out.success(), "moto state manager");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn glue_catalog_sync_and_the_glue_merge_runner() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let mut case = Case::new(&sdk, false, 5).await;
+    let glue = aws_sdk_glue::Client::new(&sdk);
+    let db = case.name.clone();
+
+    // catalog sync: created, then updated in place.
+    let (code, out) = case.cli(&["catalog", "sync", "--database", &db, "--table", "wau_csv"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("created"), "{out}");
+    let (code, out) = case.cli(&["catalog", "sync", "--database", &db, "--table", "wau_csv"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("updated"), "{out}");
+    let t = glue.get_table().database_name(&db).name("wau_csv").send().await.unwrap().table.unwrap();
+    let sd = t.storage_descriptor.unwrap();
+    assert_eq!(sd.location.as_deref(), Some(format!("s3://{}/csv/", case.bucket).as_str()));
+    let contract = wau_ingest::contract::Contract::builtin();
+    assert_eq!(sd.columns.unwrap_or_default().len(), contract.columns.len());
+    assert_eq!(t.parameters.unwrap()["skip.header.line.count"], "1");
+
+    // The runner: a run in progress makes the next start "already running" (exit 1, not an
+    // error), and once it ends a merge runs to SUCCEEDED.
+    let job = format!("{}-merge", case.name);
+    glue.create_job()
+        .name(&job)
+        .role("arn:aws:iam::123456789012:role/wau-glue")
+        .command(aws_sdk_glue::types::JobCommand::builder().name("pythonshell").script_location("s3://x/merge_job.py").build())
+        .execution_property(aws_sdk_glue::types::ExecutionProperty::builder().max_concurrent_runs(1).build())
+        .send()
+        .await
+        .unwrap();
+    case.env.extend([("WAU_INGEST_MERGE_RUNNER".to_string(), "glue".to_string()), ("WAU_INGEST_MERGE_GLUE_JOB_NAME".to_string(), job.clone())]);
+    glue_transition(Some(2)).await;
+    let busy = glue.start_job_run().job_name(&job).send().await.unwrap().job_run_id.unwrap();
+    let (code, out) = case.cli(&["merge"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("AlreadyRunning"), "{out}");
+    let mut done = false;
+    for _ in 0..10 {
+        let run = glue.get_job_run().job_name(&job).run_id(&busy).send().await.unwrap().job_run.unwrap();
+        done = run.job_run_state == Some(aws_sdk_glue::types::JobRunState::Succeeded);
+        if done {
+            break;
+        }
+    }
+    assert!(done, "the busy run ends");
+    let (code, out) = case.cli(&["merge"]);
+    glue_transition(None).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("succeeded"), "{out}");
 }
