@@ -173,13 +173,11 @@ impl Default for MergeConfig {
 pub struct ReconcileConfig {
     /// Daily time (UTC, `HH:MM`) at which `run` reconciles the store with the ledger; empty disables.
     pub schedule_utc: String,
-    /// What to list: a folder, or `s3://bucket/prefix/`; empty means the source folder.
-    pub store_uri: String,
 }
 
 impl Default for ReconcileConfig {
     fn default() -> Self {
-        ReconcileConfig { schedule_utc: "00:00".into(), store_uri: String::new() }
+        ReconcileConfig { schedule_utc: "00:00".into() }
     }
 }
 

@@ -158,11 +158,18 @@ pub fn table_input(contract: &Contract, table: &str, location: &str) -> TableInp
 /// Creates the database if needed, then creates the table or updates it. Returns "created"
 /// or "updated".
 pub async fn catalog_sync(client: &Client, contract: &Contract, database: &str, table: &str, location: &str) -> Result<&'static str, String> {
-    let db = aws_sdk_glue::types::DatabaseInput::builder().name(database).build().expect("name set");
-    match client.create_database().database_input(db).send().await {
-        Ok(_) => info!(database, "glue database created"),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_already_exists_exception()) => {}
-        Err(e) => return Err(format!("CreateDatabase {database}: {}", describe(&e))),
+    // The deploy kit creates the database (and grants no CreateDatabase); elsewhere create it.
+    match client.get_database().name(database).send().await {
+        Ok(_) => {}
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_entity_not_found_exception()) => {
+            let db = aws_sdk_glue::types::DatabaseInput::builder().name(database).build().expect("name set");
+            match client.create_database().database_input(db).send().await {
+                Ok(_) => info!(database, "glue database created"),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_already_exists_exception()) => {}
+                Err(e) => return Err(format!("CreateDatabase {database}: {}", describe(&e))),
+            }
+        }
+        Err(e) => return Err(format!("GetDatabase {database}: {}", describe(&e))),
     }
     let input = table_input(contract, table, location);
     match client.create_table().database_name(database).table_input(input.clone()).send().await {

@@ -155,7 +155,7 @@ enum CatalogCommand {
     Sync {
         #[arg(long, default_value = "wau")]
         database: String,
-        #[arg(long, default_value = "wau_audit_logs_csv")]
+        #[arg(long, default_value = "wau_audit_logs")]
         table: String,
         /// Where the CSVs are; default s3://<source.bucket>/<source.prefix>.
         #[arg(long)]
