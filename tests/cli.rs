@@ -84,7 +84,7 @@ fn reconcile_loads_what_the_ledger_lacks_and_merges() {
     let r = run(&env, &["reconcile"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let text = stdout(&r);
-    assert!(text.contains("1 object(s) in the store that the ledger lacks"), "{text}");
+    assert!(text.contains("1 object(s) in file://") && text.contains("that the ledger lacks"), "{text}");
     assert!(text.contains("files new 1"), "{text}");
     assert_eq!(env.count("SELECT COUNT(*) FROM wau_audit_logs"), 9, "reconcile merged");
 
@@ -195,6 +195,8 @@ fn publish_checks_then_lands_a_file_the_service_loads() {
     assert!(stdout(&refused).contains("event_time [type]"), "{}", stdout(&refused));
     assert!(!to.join("export.csv").exists(), "a refused file is not written");
 
-    let s3 = run(&env, &["publish", src.to_str().unwrap(), "--customer", "acme", "--to", "s3://bucket/csv/acme/"]);
-    assert_eq!(s3.status.code(), Some(2), "S3 is not in this build yet and says so");
+    // The producer fails fast: a bad file is refused before any S3 call (none could succeed here).
+    let s3 = run(&env, &["publish", src.to_str().unwrap(), "--customer", "acme", "--to", "s3://no-such-bucket/csv/acme/"]);
+    assert_eq!(s3.status.code(), Some(1), "{}", stdout(&s3));
+    assert!(stdout(&s3).contains("not published"), "{}", stdout(&s3));
 }
