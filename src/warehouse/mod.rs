@@ -3,8 +3,10 @@
 //! A [`BatchSink`] is one writer's open micro-batch. Files enter it one at a time
 //! (`admit` → rows/rejects → `finish_file`), and `commit` makes the staging rows, ledger rows,
 //! reject rows and supersede marks of every file in it durable at once. Nothing is visible, and
-//! nothing may be acknowledged, before `commit` returns. Implementations: [`sqlite`].
+//! nothing may be acknowledged, before `commit` returns. Implementations: [`sqlite`] (embedded) and
+//! [`redshift`] (the Redshift Data API with COPY from S3 staging).
 
+pub mod redshift;
 pub mod sql;
 pub mod sqlite;
 pub mod stage;

@@ -1,0 +1,1802 @@
+//! The Redshift warehouse: every statement goes through the Redshift Data API; rows reach
+//! staging by `COPY … MANIFEST` from gzip CSV parts in S3.
+//!
+//! What it owns: the Data API statement runner (submit, poll, retry, results), the S3 staging
+//! objects of open batches, and the rendering of values into SQL text. The SQL itself comes
+//! from [`super::sql`] (Redshift dialect); the few statements written here are the set-wise
+//! forms of the shared per-file ledger statements, because a batch holds at most 40 statements
+//! and one micro-batch may hold hundreds of files.
+//!
+//! # A micro-batch
+//!
+//! Nothing touches the warehouse before `commit`: the sink keeps the open batch itself.
+//! * `admit` asks the ledger in one query (this version recorded? a newer version of the key
+//!   recorded?) and also looks at the files already in the open batch.
+//! * Rows go through [`stage::PartWriter`] into gzip CSV parts, uploaded as they are cut to
+//!   `<staging_uri><batch id>/part-NNNNN.csv.gz`, so memory stays bounded. A part never mixes
+//!   files, so dropping a file (`discard_file_rows`, `abandon_file`, a forced reload of a
+//!   version already in the batch) deletes exactly its parts. Rejects are kept in memory.
+//! * `commit` uploads a manifest, then runs ONE BatchExecuteStatement (one transaction):
+//!   the batch's ledger rows into a temporary table, the replaced-version marks of forced
+//!   reloads, the ledger insert guarded by `WHERE NOT EXISTS`, the supersede marks, `COPY`
+//!   of staging, the removal of staged rows whose version did not get its ledger row in this
+//!   batch (another writer recorded it first), the reject rows, and the same removal for them.
+//!   A serialization conflict (Redshift error 1023) reruns the whole batch. After the batch
+//!   ended, its staging objects are deleted (best effort).
+//! * Because the race with another writer is only settled inside that transaction,
+//!   `finish_file` always returns true here: a version another process recorded first is not
+//!   loaded twice (the guard and the staging removal see to it) but is counted as loaded by
+//!   this writer's caller. The `BatchReport` counts what the ledger really holds.
+//!
+//! # Values in SQL text
+//!
+//! BatchExecuteStatement gets no parameters: values are rendered as literals by
+//! [`sql_string`] and [`render`]. Redshift treats a backslash in a string literal as an escape
+//! and PostgreSQL (the test emulator) does not, so backslashes are never written inside
+//! quotes (`CHR(92)` instead): a reject's raw line cannot end a literal early on either engine.
+//!
+//! # Batch ids
+//!
+//! There is no sequence to draw from: a batch id is the commit's epoch microseconds times
+//! 1000 plus a random salt, strictly increasing within a process. Ids of different processes
+//! are ordered by their clocks, which is what the merge's "latest batch wins" tie-break and the
+//! merge watermark need, and they are unique without coordination.
+//!
+//! # Blocking
+//!
+//! The [`Warehouse`]/[`BatchSink`] traits are synchronous; each call runs the SDK future with
+//! `block_in_place(|| handle.block_on(..))` on the runtime captured by [`RedshiftWarehouse::new`].
+//! That works on a multi-thread runtime's workers, on `spawn_blocking` threads and on plain
+//! threads (the writer thread); a current-thread runtime is refused at construction.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_redshiftdata::config::http::HttpResponse;
+use aws_sdk_redshiftdata::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_redshiftdata::operation::describe_statement::DescribeStatementOutput;
+use aws_sdk_redshiftdata::types::{Field, StatementStatusString, StatusString};
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use tracing::{debug, warn};
+
+use super::sql::{sql_literal_body, Dialect, Sql, Tables, LOADED, REJECTED, REPLACED, SUPERSEDED};
+use super::stage::{self, PartWriter};
+use super::{
+    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse,
+    WarehouseError, WauRow,
+};
+use crate::config::WarehouseConfig;
+use crate::contract::{parse_timestamp, Contract};
+use crate::metrics::Metrics;
+use crate::validate::{Reject, RowChunk};
+
+/// Statements one BatchExecuteStatement takes at most.
+pub const MAX_BATCH_STATEMENTS: usize = 40;
+/// The Data API's limit on one statement's text.
+pub const MAX_STATEMENT_BYTES: usize = 100 * 1024;
+/// What statements built here stay under (headroom below [`MAX_STATEMENT_BYTES`]).
+const STATEMENT_BUDGET_BYTES: usize = MAX_STATEMENT_BYTES - 4 * 1024;
+/// Uncompressed bytes after which a staging part is cut (gzip makes it several times smaller;
+/// Redshift loads parts of 1 MB–1 GB compressed best).
+pub const DEFAULT_PART_BYTES: usize = 64 << 20;
+/// The per-commit temporary table holding the batch's ledger rows.
+const BATCH_FILES: &str = "wau_batch_files";
+/// Serialization conflicts (error 1023) rerun a batch this many more times.
+const CONFLICT_RETRIES: usize = 4;
+/// Transient Data API / S3 errors are retried this many more times (on top of the SDK's own).
+const TRANSIENT_RETRIES: usize = 5;
+/// Widths (bytes, as Redshift counts them) of the ledger and rejects text columns.
+const REASON_BYTES: usize = 1024;
+const COLUMN_NAME_BYTES: usize = 128;
+const RULE_BYTES: usize = 32;
+const VALUE_BYTES: usize = 1024;
+const RAW_LINE_BYTES: usize = 4096;
+
+// ------------------------------------------------------------------------------------------
+// Values as SQL text
+
+/// A SQL string literal that reads back as `s` on Redshift (backslash escapes in literals) and
+/// on PostgreSQL (none): quotes doubled by [`sql_literal_body`], every backslash written as
+/// `CHR(92)` outside the quotes. NUL, which neither engine stores in text, becomes U+FFFD.
+pub fn sql_string(s: &str) -> String {
+    let s: Cow<'_, str> = if s.contains('\0') { Cow::Owned(s.replace('\0', "\u{FFFD}")) } else { Cow::Borrowed(s) };
+    if !s.contains('\\') {
+        return format!("'{}'", sql_literal_body(&s));
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for (i, segment) in s.split('\\').enumerate() {
+        if i > 0 {
+            parts.push("CHR(92)".into());
+        }
+        if !segment.is_empty() {
+            parts.push(format!("'{}'", sql_literal_body(segment)));
+        }
+    }
+    format!("({})", parts.join(" || "))
+}
+
+/// One value rendered into SQL text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lit {
+    Str(String),
+    Int(i64),
+    Null,
+}
+
+impl Lit {
+    pub fn sql(&self) -> String {
+        match self {
+            Lit::Str(s) => sql_string(s),
+            Lit::Int(i) => i.to_string(),
+            Lit::Null => "NULL".into(),
+        }
+    }
+
+    fn opt(s: Option<&str>) -> Lit {
+        s.map_or(Lit::Null, |s| Lit::Str(s.to_string()))
+    }
+
+    /// The CSV field COPY reads back as this value (NULL is an empty unquoted field).
+    fn csv(&self, out: &mut Vec<u8>) {
+        match self {
+            Lit::Str(s) => stage::csv_field(out, Some(&s.replace('\0', "\u{FFFD}"))),
+            Lit::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+            Lit::Null => {}
+        }
+    }
+}
+
+/// Fills the `:name` parameters of shared SQL text with literals, the way the Glue merge job
+/// does (`deploy/glue/merge_job.py`). Quoted text and `::casts` are left alone; a parameter
+/// without a value is an error (the text is not what the caller thinks it is).
+pub fn render(sql: &str, params: &[(&str, Lit)]) -> Result<String, String> {
+    let b = sql.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = String::with_capacity(sql.len() + 64);
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\'' => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\'' {
+                        if b.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b':' if b.get(i + 1) == Some(&b':') => i += 2,
+            b':' if (i == 0 || !word(b[i - 1])) && b.get(i + 1).is_some_and(|&c| c.is_ascii_alphabetic() || c == b'_') => {
+                let start = i + 1;
+                let mut end = start;
+                while end < b.len() && word(b[end]) {
+                    end += 1;
+                }
+                let name = &sql[start..end];
+                let (_, value) = params.iter().find(|(n, _)| *n == name).ok_or_else(|| format!("no value for parameter :{name}"))?;
+                out.push_str(&sql[copied..i]);
+                out.push_str(&value.sql());
+                copied = end;
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&sql[copied..]);
+    Ok(out)
+}
+
+/// `s` cut to at most `max` bytes at a character boundary (Redshift VARCHAR widths are bytes).
+fn fit(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A timestamp as the warehouse's TIMESTAMP columns take it (microseconds, like the Glue job).
+fn timestamp_text(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+/// Rows rendered as `INSERT … VALUES` statements, each within `budget` bytes, rows in order.
+/// `None` when one row alone does not fit (the caller then loads the rows by COPY).
+fn values_statements(head: &str, rows: &[String], budget: usize) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for row in rows {
+        if head.len() + " VALUES ".len() + row.len() > budget {
+            return None;
+        }
+        if !current.is_empty() && current.len() + 2 + row.len() > budget {
+            out.push(std::mem::take(&mut current));
+        }
+        if current.is_empty() {
+            current = format!("{head} VALUES {row}");
+        } else {
+            current.push_str(",\n");
+            current.push_str(row);
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    Some(out)
+}
+
+fn values_row(values: &[Lit]) -> String {
+    format!("({})", values.iter().map(Lit::sql).collect::<Vec<_>>().join(", "))
+}
+
+fn csv_line(values: &[Lit], out: &mut Vec<u8>) {
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        v.csv(out);
+    }
+    out.push(b'\n');
+}
+
+// ------------------------------------------------------------------------------------------
+// Error classification
+
+/// A FAILED statement worth rerunning whole: Redshift's serializable isolation violation
+/// (`ERROR: 1023 DETAIL: Serializable isolation violation …`) or PostgreSQL's
+/// `could not serialize access …`. "1023" counts only as a number of its own.
+pub fn is_serialization_conflict(error: &str) -> bool {
+    if error.to_ascii_lowercase().contains("serializ") {
+        return true;
+    }
+    let b = error.as_bytes();
+    error.match_indices("1023").any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| b[j]);
+        let after = b.get(i + 4).copied();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric()) && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+/// A failed call worth repeating as is: throttling, too many active statements, a server error.
+pub fn is_transient(code: Option<&str>, http_status: Option<u16>) -> bool {
+    matches!(
+        code,
+        Some(
+            "ThrottlingException"
+                | "Throttling"
+                | "ThrottledException"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded"
+                | "ActiveStatementsExceededException"
+                | "ActiveSessionsExceededException"
+                | "InternalServerException"
+                | "InternalFailure"
+                | "ServiceUnavailable"
+                | "ServiceUnavailableException"
+                | "RequestTimeout"
+                | "RequestTimeoutException"
+                | "SlowDown"
+        )
+    ) || http_status.is_some_and(|s| s == 429 || s >= 500)
+}
+
+/// A failed SDK call, classified.
+#[derive(Debug)]
+struct CallError {
+    transient: bool,
+    text: String,
+}
+
+fn call_error<E>(e: SdkError<E, HttpResponse>) -> CallError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let transient = match &e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(ctx) => is_transient(ctx.err().code(), Some(ctx.raw().status().as_u16())),
+        _ => false,
+    };
+    CallError { transient, text: DisplayErrorContext(&e).to_string() }
+}
+
+fn transient_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(TRANSIENT_RETRIES)
+        .with_jitter()
+}
+
+/// Why a statement run ended without FINISHED.
+#[derive(Debug)]
+enum RunError {
+    /// FAILED with a serialization conflict: rerun from the start.
+    Conflict(String),
+    Failed(String),
+    Aborted(String),
+    /// A Data API call failed (after its retries).
+    Call(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Conflict(e) => write!(f, "serialization conflict, retries exhausted: {e}"),
+            RunError::Failed(e) => write!(f, "failed: {e}"),
+            RunError::Aborted(e) => write!(f, "aborted: {e}"),
+            RunError::Call(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Results
+
+/// One field of a query result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Str(String),
+    Long(i64),
+    Double(f64),
+    Bool(bool),
+}
+
+impl Cell {
+    fn from_field(f: &Field) -> Cell {
+        match f {
+            Field::StringValue(s) => Cell::Str(s.clone()),
+            Field::LongValue(v) => Cell::Long(*v),
+            Field::DoubleValue(v) => Cell::Double(*v),
+            Field::BooleanValue(v) => Cell::Bool(*v),
+            Field::BlobValue(b) => Cell::Str(String::from_utf8_lossy(b.as_ref()).into_owned()),
+            _ => Cell::Null,
+        }
+    }
+
+    /// Integers arrive as `longValue`, sums (NUMERIC) as strings.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Cell::Long(v) => Some(*v),
+            Cell::Str(s) => s.trim().parse().ok().or_else(|| s.trim().parse::<f64>().ok().map(|f| f as i64)),
+            Cell::Double(f) => Some(*f as i64),
+            Cell::Bool(b) => Some(*b as i64),
+            Cell::Null => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Cell::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Any non-NULL value as text.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Cell::Null => None,
+            Cell::Str(s) => Some(s.clone()),
+            Cell::Long(v) => Some(v.to_string()),
+            Cell::Double(v) => Some(v.to_string()),
+            Cell::Bool(v) => Some(v.to_string()),
+        }
+    }
+}
+
+fn int_at(rows: &[Vec<Cell>], row: usize, col: usize) -> i64 {
+    rows.get(row).and_then(|r| r.get(col)).and_then(Cell::as_i64).unwrap_or(0)
+}
+
+// ------------------------------------------------------------------------------------------
+// The statement runner
+
+/// Where statements run: Serverless (workgroup, IAM) or a provisioned cluster (db user or a
+/// Secrets Manager secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Workgroup(String),
+    Cluster { id: String, db_user: Option<String> },
+}
+
+macro_rules! with_target {
+    ($builder:expr, $api:expr) => {{
+        let api = $api;
+        let mut b = $builder.database(&api.database);
+        match &api.target {
+            Target::Workgroup(w) => b = b.workgroup_name(w),
+            Target::Cluster { id, db_user } => {
+                b = b.cluster_identifier(id);
+                if let Some(u) = db_user {
+                    b = b.db_user(u);
+                }
+            }
+        }
+        if let Some(arn) = &api.secret_arn {
+            b = b.secret_arn(arn);
+        }
+        b
+    }};
+}
+
+/// A finished statement (or batch) and its sub-statements.
+#[derive(Debug, Clone, Default)]
+struct Done {
+    id: String,
+    subs: Vec<SubDone>,
+}
+
+#[derive(Debug, Clone)]
+struct SubDone {
+    id: String,
+    /// Rows returned or affected; -1 when unknown.
+    result_rows: i64,
+}
+
+/// The statement a running merge waits on, so another thread can cancel it.
+#[derive(Debug, Default)]
+struct RunningStatement {
+    id: Mutex<Option<String>>,
+    cancelled: AtomicBool,
+}
+
+struct DataApi {
+    client: aws_sdk_redshiftdata::Client,
+    target: Target,
+    secret_arn: Option<String>,
+    database: String,
+    metrics: Arc<Metrics>,
+}
+
+/// What one SQL text is, for messages: its first line, shortened.
+fn headline(sql: &str) -> String {
+    let line = sql.trim_start().lines().next().unwrap_or("");
+    let short: String = line.chars().take(100).collect();
+    if short.len() < line.len() {
+        format!("{short}…")
+    } else {
+        short
+    }
+}
+
+/// A ClientToken: one per submission, reused by its transient retries so that a request
+/// that reached the service before its connection failed does not run twice.
+fn client_token() -> String {
+    let a = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Utc::now().timestamp_nanos_opt().unwrap_or_default() as u128);
+    h.write_u32(std::process::id());
+    format!("wau-{a:016x}{:016x}", h.finish())
+}
+
+impl DataApi {
+    /// Runs `sqls` — one ExecuteStatement (autocommit) when `batch` is false, else one
+    /// BatchExecuteStatement (one transaction) — until it ends. A serialization conflict reruns
+    /// it; `running` (the merge) exposes the statement id for cancelling.
+    async fn run(&self, op: &'static str, sqls: &[String], batch: bool, running: Option<&RunningStatement>) -> Result<Done, WarehouseError> {
+        debug_assert!(batch || sqls.len() == 1);
+        let started = Instant::now();
+        let result = (|| self.attempt(op, sqls, batch, running))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(CONFLICT_RETRIES)
+                    .with_jitter(),
+            )
+            .when(|e| matches!(e, RunError::Conflict(_)))
+            .notify(|e, after| {
+                self.metrics.retry("data_api_statement");
+                warn!(operation = op, retry_in_ms = after.as_millis() as u64, error = %e, "redshift statement rerun after a serialization conflict");
+            })
+            .await;
+        self.metrics.statement(op, started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            self.metrics.error("data_api_statement");
+            let what = match sqls {
+                [one] => headline(one),
+                many => format!("batch of {} statements", many.len()),
+            };
+            WarehouseError::Other(format!("redshift {op}: {what}: {e}"))
+        })
+    }
+
+    async fn attempt(&self, op: &'static str, sqls: &[String], batch: bool, running: Option<&RunningStatement>) -> Result<Done, RunError> {
+        if running.is_some_and(|r| r.cancelled.load(Ordering::SeqCst)) {
+            return Err(RunError::Aborted("interrupted".into()));
+        }
+        let id = self.submit(op, sqls, batch).await?;
+        if let Some(r) = running {
+            *r.id.lock().expect("statement lock") = Some(id.clone());
+        }
+        let result = self.wait(&id, sqls).await;
+        if let Some(r) = running {
+            *r.id.lock().expect("statement lock") = None;
+        }
+        result
+    }
+
+    async fn submit(&self, op: &'static str, sqls: &[String], batch: bool) -> Result<String, RunError> {
+        let token = client_token();
+        let name = format!("wau-ingest-{op}");
+        let call = || async {
+            if batch {
+                let b = with_target!(self.client.batch_execute_statement(), self);
+                let out = b.set_sqls(Some(sqls.to_vec())).statement_name(&name).client_token(&token).send().await.map_err(call_error)?;
+                out.id().map(str::to_string).ok_or_else(|| CallError { transient: false, text: "BatchExecuteStatement returned no statement id".into() })
+            } else {
+                let b = with_target!(self.client.execute_statement(), self);
+                let out = b.sql(&sqls[0]).statement_name(&name).client_token(&token).send().await.map_err(call_error)?;
+                out.id().map(str::to_string).ok_or_else(|| CallError { transient: false, text: "ExecuteStatement returned no statement id".into() })
+            }
+        };
+        call.retry(transient_backoff())
+            .when(|e| e.transient)
+            .notify(|e, _| {
+                self.metrics.retry("data_api_statement");
+                warn!(operation = op, error = %e.text, "redshift submit retried");
+            })
+            .await
+            .map_err(|e| RunError::Call(format!("{}: {}", if batch { "BatchExecuteStatement" } else { "ExecuteStatement" }, e.text)))
+    }
+
+    async fn describe(&self, id: &str) -> Result<DescribeStatementOutput, RunError> {
+        (|| async { self.client.describe_statement().id(id).send().await.map_err(call_error) })
+            .retry(transient_backoff())
+            .when(|e| e.transient)
+            .notify(|e, _| {
+                self.metrics.retry("data_api_statement");
+                warn!(statement = id, error = %e.text, "DescribeStatement retried");
+            })
+            .await
+            .map_err(|e| RunError::Call(format!("DescribeStatement {id}: {}", e.text)))
+    }
+
+    /// Polls until FINISHED, FAILED or ABORTED, backing off from 20 ms to 1 s.
+    async fn wait(&self, id: &str, sqls: &[String]) -> Result<Done, RunError> {
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let d = self.describe(id).await?;
+            match d.status() {
+                Some(StatusString::Finished) => {
+                    let subs = d.sub_statements().iter().map(|s| SubDone { id: s.id().to_string(), result_rows: s.result_rows() }).collect();
+                    return Ok(Done { id: id.to_string(), subs });
+                }
+                Some(StatusString::Failed) => {
+                    let text = failure_text(&d, sqls);
+                    return Err(if is_serialization_conflict(&text) { RunError::Conflict(text) } else { RunError::Failed(text) });
+                }
+                Some(StatusString::Aborted) => {
+                    return Err(RunError::Aborted(d.error().unwrap_or("statement cancelled").to_string()));
+                }
+                None | Some(StatusString::Submitted | StatusString::Picked | StatusString::Started) => {}
+                Some(other) => return Err(RunError::Failed(format!("statement {id} is in unexpected state {other}"))),
+            }
+            tokio::time::sleep(delay).await;
+            delay = delay.mul_f64(1.5).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Every row of a finished statement (a sub-statement id `…:N` for a batch), page by page.
+    async fn rows(&self, id: &str) -> Result<Vec<Vec<Cell>>, WarehouseError> {
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let token = next.clone();
+            let page = (|| async { self.client.get_statement_result().id(id).set_next_token(token.clone()).send().await.map_err(call_error) })
+                .retry(transient_backoff())
+                .when(|e| e.transient)
+                .notify(|e, _| {
+                    self.metrics.retry("data_api_statement");
+                    warn!(statement = id, error = %e.text, "GetStatementResult retried");
+                })
+                .await
+                .map_err(|e| {
+                    self.metrics.error("data_api_statement");
+                    WarehouseError::Other(format!("redshift GetStatementResult {id}: {}", e.text))
+                })?;
+            out.extend(page.records().iter().map(|r| r.iter().map(Cell::from_field).collect::<Vec<_>>()));
+            match page.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One query, autocommit, all its rows.
+    async fn query(&self, op: &'static str, sql: String) -> Result<Vec<Vec<Cell>>, WarehouseError> {
+        let done = self.run(op, std::slice::from_ref(&sql), false, None).await?;
+        self.rows(&done.id).await
+    }
+
+    async fn cancel(&self, id: &str) -> Result<(), String> {
+        self.client.cancel_statement().id(id).send().await.map(|_| ()).map_err(|e| DisplayErrorContext(&e).to_string())
+    }
+}
+
+/// The statement's error, and for a batch which sub-statement failed and what it was.
+fn failure_text(d: &DescribeStatementOutput, sqls: &[String]) -> String {
+    let mut text = d.error().unwrap_or("no error text").to_string();
+    for (n, sub) in d.sub_statements().iter().enumerate() {
+        if sub.status() == Some(&StatementStatusString::Failed) {
+            let sql = sqls.get(n).map(|s| headline(s)).unwrap_or_default();
+            text = format!("statement {} of {} ({sql}): {}", n + 1, sqls.len(), sub.error().unwrap_or(&text));
+            break;
+        }
+    }
+    text
+}
+
+// ------------------------------------------------------------------------------------------
+// Staging objects
+
+/// `s3://bucket/prefix/` split; the prefix is empty or ends with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StagingLocation {
+    bucket: String,
+    prefix: String,
+}
+
+impl StagingLocation {
+    fn parse(uri: &str) -> Result<StagingLocation, String> {
+        let rest = uri.strip_prefix("s3://").ok_or_else(|| format!("warehouse.staging_uri {uri:?} is not an s3:// URI"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("warehouse.staging_uri {uri:?} names no bucket"));
+        }
+        let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_string() } else { format!("{prefix}/") };
+        Ok(StagingLocation { bucket: bucket.to_string(), prefix })
+    }
+
+    fn key(&self, batch_id: i64, name: &str) -> String {
+        format!("{}{batch_id}/{name}", self.prefix)
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The warehouse
+
+struct Inner {
+    api: DataApi,
+    s3: aws_sdk_s3::Client,
+    handle: tokio::runtime::Handle,
+    contract: Contract,
+    tables: Tables,
+    staging: StagingLocation,
+    copy_role: String,
+}
+
+impl Inner {
+    /// Runs an SDK future to completion from synchronous code.
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        tokio::task::block_in_place(|| self.handle.block_on(f))
+    }
+
+    fn sql(&self) -> Sql<'_> {
+        Sql::new(Dialect::Redshift, &self.contract, &self.tables)
+    }
+
+    /// A COPY FROM a manifest: `IAM_ROLE default` when no role is configured.
+    fn copy_role_clause(&self, copy: String) -> String {
+        if self.copy_role.is_empty() {
+            copy.replacen("IAM_ROLE ''", "IAM_ROLE default", 1)
+        } else {
+            copy
+        }
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), WarehouseError> {
+        let call = || async {
+            self.s3
+                .put_object()
+                .bucket(&self.staging.bucket)
+                .key(key)
+                .body(aws_sdk_s3::primitives::ByteStream::from(body.clone()))
+                .send()
+                .await
+                .map_err(call_error)
+        };
+        call.retry(transient_backoff())
+            .when(|e| e.transient)
+            .notify(|e, _| warn!(key, error = %e.text, "staging upload retried"))
+            .await
+            .map(|_| ())
+            .map_err(|e| WarehouseError::Other(format!("uploading s3://{}/{key}: {}", self.staging.bucket, e.text)))
+    }
+
+    /// Deletes staging objects; failures are logged, never returned (leftovers are harmless:
+    /// no manifest names them once their batch ended).
+    async fn delete(&self, keys: Vec<String>) {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        for chunk in keys.chunks(1000) {
+            let ids: Vec<ObjectIdentifier> = chunk.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
+            let delete = match Delete::builder().set_objects(Some(ids)).quiet(true).build() {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "cannot build the staging delete request");
+                    continue;
+                }
+            };
+            match self.s3.delete_objects().bucket(&self.staging.bucket).delete(delete).send().await {
+                Ok(out) => {
+                    for e in out.errors() {
+                        warn!(bucket = %self.staging.bucket, key = e.key().unwrap_or(""), error = e.message().unwrap_or(""), "staging object not deleted");
+                    }
+                }
+                Err(e) => warn!(bucket = %self.staging.bucket, objects = chunk.len(), error = %DisplayErrorContext(&e), "staging objects not deleted"),
+            }
+        }
+    }
+}
+
+pub struct RedshiftWarehouse {
+    inner: Arc<Inner>,
+    part_bytes: usize,
+    merging: RunningStatement,
+}
+
+impl RedshiftWarehouse {
+    /// A warehouse on the Data API target `cfg` names (Serverless `workgroup_name`, or
+    /// `cluster_identifier` with `db_user` or `secret_arn`), staging under `cfg.staging_uri`
+    /// through `s3`. Call from within a multi-thread tokio runtime: its handle is captured.
+    pub fn new(
+        cfg: &WarehouseConfig,
+        contract: &Contract,
+        sdk: &aws_config::SdkConfig,
+        s3: aws_sdk_s3::Client,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, WarehouseError> {
+        let invalid = |m: String| WarehouseError::Other(m);
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| invalid("the redshift warehouse must be created inside a tokio runtime".into()))?;
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return Err(invalid("the redshift warehouse needs a multi-thread tokio runtime (it blocks in place)".into()));
+        }
+        let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        let secret_arn = non_empty(&cfg.secret_arn);
+        let target = match (non_empty(&cfg.workgroup_name), non_empty(&cfg.cluster_identifier)) {
+            (Some(w), None) => Target::Workgroup(w),
+            (None, Some(id)) => {
+                let db_user = if secret_arn.is_some() { None } else { non_empty(&cfg.db_user) };
+                if db_user.is_none() && secret_arn.is_none() {
+                    return Err(invalid(format!("warehouse.cluster_identifier {id:?} needs db_user or secret_arn")));
+                }
+                Target::Cluster { id, db_user }
+            }
+            (Some(_), Some(_)) => return Err(invalid("set warehouse.workgroup_name or warehouse.cluster_identifier, not both".into())),
+            (None, None) => return Err(invalid("the redshift warehouse needs warehouse.workgroup_name or warehouse.cluster_identifier".into())),
+        };
+        let database = non_empty(&cfg.database).ok_or_else(|| invalid("the redshift warehouse needs warehouse.database".into()))?;
+        let staging = StagingLocation::parse(&cfg.staging_uri).map_err(invalid)?;
+        let api = DataApi { client: aws_sdk_redshiftdata::Client::new(sdk), target, secret_arn, database, metrics };
+        Ok(RedshiftWarehouse {
+            inner: Arc::new(Inner {
+                api,
+                s3,
+                handle,
+                contract: contract.clone(),
+                tables: Tables::for_contract(contract),
+                staging,
+                copy_role: cfg.copy_role_arn.trim().to_string(),
+            }),
+            part_bytes: DEFAULT_PART_BYTES,
+            merging: RunningStatement::default(),
+        })
+    }
+
+    /// Uncompressed bytes after which sinks made from now on cut a staging part.
+    pub fn with_part_bytes(mut self, bytes: usize) -> Self {
+        self.part_bytes = bytes.max(1);
+        self
+    }
+
+    /// Runs one query (autocommit) and returns every row: for operators and tests.
+    pub fn query(&self, sql: &str) -> Result<Vec<Vec<Cell>>, WarehouseError> {
+        self.inner.block_on(self.inner.api.query("query", sql.to_string()))
+    }
+
+    /// Runs one statement on its own (autocommit, so also what cannot run in a transaction,
+    /// such as `CREATE DATABASE`).
+    pub fn execute(&self, sql: &str) -> Result<(), WarehouseError> {
+        self.inner.block_on(self.inner.api.run("query", &[sql.to_string()], false, None)).map(|_| ())
+    }
+
+    fn query_params(&self, sql: &str, params: &[(&str, Lit)]) -> Result<Vec<Vec<Cell>>, WarehouseError> {
+        let sql = render(sql, params).map_err(WarehouseError::Other)?;
+        self.inner.block_on(self.inner.api.query("query", sql))
+    }
+
+    async fn merge_async(&self) -> Result<MergeReport, WarehouseError> {
+        let inner = &self.inner;
+        let api = &inner.api;
+        let files = &inner.tables.files;
+        let pending = api.query("merge", format!("SELECT COUNT(*) FROM {files} WHERE merged_at IS NULL")).await?;
+        if int_at(&pending, 0, 0) == 0 {
+            return Ok(MergeReport::default());
+        }
+        let now = timestamp_text(Utc::now());
+        // The report's inputs are read inside the merge's own transaction (its first two
+        // statements), so they describe exactly what this merge published.
+        let mut statements = vec![
+            format!("SELECT COUNT(*) FROM {files} WHERE merged_at IS NULL AND status = '{LOADED}'"),
+            inner.sql().unmerged_event_times(),
+        ];
+        let first_merge_statement = statements.len();
+        let params = [("merged_at", Lit::Str(now)), ("rows_deleted", Lit::Null), ("rows_inserted", Lit::Null)];
+        for s in inner.sql().merge() {
+            statements.push(render(&s, &params).map_err(WarehouseError::Other)?);
+        }
+        let position = |prefix: String| statements.iter().skip(first_merge_statement).position(|s| s.starts_with(&prefix)).map(|i| i + first_merge_statement);
+        let deleted_at = position(format!("DELETE FROM {} ", inner.tables.target));
+        let inserted_at = position(format!("INSERT INTO {} ", inner.tables.target));
+        self.merging.cancelled.store(false, Ordering::SeqCst);
+        let done = api.run("merge", &statements, true, Some(&self.merging)).await?;
+        let sub = |i: usize| {
+            done.subs.get(i).cloned().ok_or_else(|| WarehouseError::Other(format!("redshift merge {}: no sub-statement {}", done.id, i + 1)))
+        };
+        let loaded = api.rows(&sub(0)?.id).await?;
+        let event_times = api.rows(&sub(1)?.id).await?.iter().filter_map(|r| r.first().and_then(Cell::as_str).and_then(parse_timestamp)).collect();
+        let rows_of = |i: Option<usize>| -> Result<u64, WarehouseError> { Ok(i.map(&sub).transpose()?.map_or(0, |s| s.result_rows.max(0) as u64)) };
+        Ok(MergeReport { files: int_at(&loaded, 0, 0) as u64, rows_deleted: rows_of(deleted_at)?, rows_inserted: rows_of(inserted_at)?, event_times })
+    }
+}
+
+fn status_of(rows: &[Vec<Cell>]) -> Option<FileStatus> {
+    rows.first().and_then(|r| r.first()).and_then(Cell::as_str).and_then(FileStatus::parse)
+}
+
+impl Warehouse for RedshiftWarehouse {
+    fn migrate(&self) -> Result<(), WarehouseError> {
+        let statements = self.inner.sql().migrate();
+        self.inner.block_on(self.inner.api.run("migrate", &statements, true, None)).map(|_| ())
+    }
+
+    fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError> {
+        Ok(Box::new(RedshiftSink { inner: self.inner.clone(), part_bytes: self.part_bytes, batch: None, file: None }))
+    }
+
+    fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
+        let rows = self.query_params(
+            &self.inner.sql().lookup_version(),
+            &[("bucket", Lit::Str(bucket.into())), ("key", Lit::Str(key.into())), ("version", Lit::Str(version.into()))],
+        )?;
+        Ok(status_of(&rows))
+    }
+
+    fn lookup_stamp(&self, bucket: &str, key: &str, sequencer: &str, size: u64) -> Result<Option<FileStatus>, WarehouseError> {
+        let rows = self.query_params(
+            &self.inner.sql().lookup_stamp(),
+            &[
+                ("bucket", Lit::Str(bucket.into())),
+                ("key", Lit::Str(key.into())),
+                ("sequencer", Lit::Str(sequencer.into())),
+                ("size_bytes", Lit::Int(size as i64)),
+            ],
+        )?;
+        Ok(status_of(&rows))
+    }
+
+    fn recorded_sequencers(&self, bucket: &str) -> Result<HashSet<(String, String)>, WarehouseError> {
+        let sql = format!("SELECT key, sequencer FROM {} WHERE bucket = :bucket", self.inner.tables.files);
+        let rows = self.query_params(&sql, &[("bucket", Lit::Str(bucket.into()))])?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Some((r.first()?.text()?, r.get(1)?.text()?)))
+            .collect())
+    }
+
+    fn merge(&self) -> Result<MergeReport, WarehouseError> {
+        self.inner.block_on(self.merge_async())
+    }
+
+    fn interrupt_merge(&self) {
+        self.merging.cancelled.store(true, Ordering::SeqCst);
+        let id = self.merging.id.lock().expect("statement lock").clone();
+        if let Some(id) = id {
+            match self.inner.block_on(self.inner.api.cancel(&id)) {
+                Ok(()) => warn!(statement = %id, "merge cancelled"),
+                // It may have ended meanwhile; the merge reports how it ended.
+                Err(e) => warn!(statement = %id, error = %e, "cancelling the merge failed"),
+            }
+        }
+    }
+
+    fn ping(&self) -> Result<(), WarehouseError> {
+        let rows = self.query("SELECT 1")?;
+        match int_at(&rows, 0, 0) {
+            1 => Ok(()),
+            _ => Err(WarehouseError::Other(format!("redshift ping: SELECT 1 returned {rows:?}"))),
+        }
+    }
+
+    fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError> {
+        let rows = self.query_params(
+            &self.inner.sql().report(),
+            &[("since", Lit::Str(since.into())), ("customer", Lit::Str(customer.unwrap_or("").into()))],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| WauRow {
+                customer: r.first().and_then(Cell::text).unwrap_or_default(),
+                iso_week: r.get(1).and_then(Cell::text).unwrap_or_default(),
+                week_start: r.get(2).and_then(Cell::text).unwrap_or_default(),
+                active_users: r.get(3).and_then(Cell::as_i64).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    fn totals(&self) -> Result<LedgerTotals, WarehouseError> {
+        let t = &self.inner.tables;
+        let count = |cond: &str| format!("COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)");
+        let sql = format!(
+            "SELECT {}, {}, {}, COALESCE(SUM(rows_read), 0), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0), {},\n\
+             \x20 (SELECT COUNT(*) FROM {target}), (SELECT COUNT(*) FROM {staging}), (SELECT COUNT(*) FROM {rejects})\n\
+             FROM {files} WHERE status <> '{REPLACED}'",
+            count(&format!("status = '{LOADED}'")),
+            count(&format!("status = '{REJECTED}'")),
+            count(&format!("status = '{SUPERSEDED}'")),
+            count("rows_read <> rows_loaded + rows_rejected"),
+            target = t.target,
+            staging = t.staging,
+            rejects = t.rejects,
+            files = t.files
+        );
+        let rows = self.query(&sql)?;
+        let g = |i| int_at(&rows, 0, i).max(0) as u64;
+        Ok(LedgerTotals {
+            files_loaded: g(0),
+            files_rejected: g(1),
+            files_superseded: g(2),
+            rows_read: g(3),
+            rows_loaded: g(4),
+            rows_rejected: g(5),
+            unbalanced_files: g(6),
+            target_rows: g(7),
+            staging_rows: g(8),
+            reject_rows: g(9),
+        })
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The sink
+
+/// A file of the open batch whose ledger row will be written at commit.
+#[derive(Debug, Clone)]
+struct Entry {
+    meta: FileMeta,
+    status: FileStatus,
+    rows_read: u64,
+    rows_loaded: u64,
+    rows_rejected: u64,
+    reason: Option<String>,
+    /// `Some(now)` for files the merge has nothing to do for (rejected, superseded on arrival).
+    merged_at: Option<String>,
+    /// `force`: earlier loads of this version are marked replaced first.
+    replaces: bool,
+    /// Staging objects holding this file's rows.
+    parts: Vec<String>,
+    staged_rows: u64,
+    staged_bytes: u64,
+    rejects: Vec<Reject>,
+}
+
+struct OpenFile {
+    meta: FileMeta,
+    replaces: bool,
+    writer: PartWriter,
+    parts: Vec<String>,
+    rows: u64,
+    bytes: u64,
+    rejects: Vec<Reject>,
+}
+
+struct OpenBatch {
+    id: i64,
+    now: String,
+    entries: Vec<Entry>,
+    next_part: usize,
+}
+
+impl OpenBatch {
+    fn staged(&self) -> (u64, u64) {
+        self.entries.iter().fold((0, 0), |(r, b), e| (r + e.staged_rows, b + e.staged_bytes))
+    }
+}
+
+pub struct RedshiftSink {
+    inner: Arc<Inner>,
+    part_bytes: usize,
+    batch: Option<OpenBatch>,
+    file: Option<OpenFile>,
+}
+
+/// A batch id unique across processes without a sequence (see the module docs).
+fn new_batch_id() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let salt = (h.finish() % 1000) as i64;
+    let candidate = Utc::now().timestamp_micros() * 1000 + salt;
+    let mut prev = LAST.load(Ordering::SeqCst);
+    loop {
+        let next = candidate.max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// The ledger's existing status and whether a newer version is recorded, in one round trip
+/// (the shared `lookup_version` and `newer_version_exists`, as one UNION ALL).
+fn admission_query(sql: &Sql<'_>, file: &FileMeta) -> Result<String, String> {
+    let files = &sql.t.files;
+    let text = format!(
+        "SELECT 0 AS kind, status, batch_id FROM {files} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}'\n\
+         UNION ALL\n\
+         SELECT 1 AS kind, NULL, COUNT(*) FROM {files} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN ('{LOADED}', '{REJECTED}') AND sequencer > :sequencer"
+    );
+    render(
+        &text,
+        &[
+            ("bucket", Lit::Str(file.bucket.clone())),
+            ("key", Lit::Str(file.key.clone())),
+            ("version", Lit::Str(file.version.clone())),
+            ("sequencer", Lit::Str(file.sequencer.clone())),
+        ],
+    )
+}
+
+/// (status of the newest recorded load of this version, count of newer versions).
+fn read_admission(rows: &[Vec<Cell>]) -> (Option<FileStatus>, i64) {
+    let mut existing: Option<(i64, Option<FileStatus>)> = None;
+    let mut newer = 0;
+    for r in rows {
+        match r.first().and_then(Cell::as_i64) {
+            Some(0) => {
+                let batch = r.get(2).and_then(Cell::as_i64).unwrap_or(i64::MIN);
+                if existing.is_none_or(|(b, _)| batch > b) {
+                    existing = Some((batch, r.get(1).and_then(Cell::as_str).and_then(FileStatus::parse)));
+                }
+            }
+            Some(1) => newer = r.get(2).and_then(Cell::as_i64).unwrap_or(0),
+            _ => {}
+        }
+    }
+    (existing.and_then(|(_, s)| s), newer)
+}
+
+fn same_version(a: &FileMeta, b: &FileMeta) -> bool {
+    a.bucket == b.bucket && a.key == b.key && a.version == b.version
+}
+
+impl RedshiftSink {
+    fn open_file(&mut self) -> Result<&mut OpenFile, WarehouseError> {
+        self.file.as_mut().ok_or_else(|| WarehouseError::Other("no file is open in the batch".into()))
+    }
+
+    fn upload_parts(&mut self, parts: Vec<stage::StagedPart>) -> Result<(), WarehouseError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let batch = self.batch.as_mut().expect("a batch is open while a file is");
+        let file = self.file.as_mut().expect("checked");
+        for part in parts {
+            let key = self.inner.staging.key(batch.id, &format!("part-{:05}.csv.gz", batch.next_part));
+            batch.next_part += 1;
+            self.inner.block_on(self.inner.put(&key, part.bytes))?;
+            file.parts.push(key);
+        }
+        Ok(())
+    }
+
+    /// Forgets the open file's rows and rejects so far and deletes its parts.
+    fn drop_open_rows(&mut self) {
+        if let Some(f) = self.file.as_mut() {
+            let parts = std::mem::take(&mut f.parts);
+            f.writer = PartWriter::new(self.part_bytes);
+            f.rows = 0;
+            f.bytes = 0;
+            f.rejects.clear();
+            if !parts.is_empty() {
+                self.inner.block_on(self.inner.delete(parts));
+            }
+        }
+    }
+
+    /// Every staging object of the open batch (and open file).
+    fn staged_objects(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.batch.iter().flat_map(|b| b.entries.iter().flat_map(|e| e.parts.iter().cloned())).collect();
+        keys.extend(self.file.iter().flat_map(|f| f.parts.iter().cloned()));
+        keys
+    }
+
+    async fn commit_batch(&self, b: &OpenBatch) -> Result<Option<BatchReport>, WarehouseError> {
+        let inner = &self.inner;
+        let mut objects: Vec<String> = b.entries.iter().flat_map(|e| e.parts.iter().cloned()).collect();
+        let plan = plan_commit(&inner.sql(), &inner.staging, b, |copy| inner.copy_role_clause(copy), &inner.copy_role);
+        if let Ok(plan) = &plan {
+            objects.extend(plan.uploads.iter().map(|(k, _)| k.clone()));
+        }
+        let done = async {
+            let plan = plan.as_ref().map_err(|e| match e {
+                WarehouseError::Other(m) => WarehouseError::Other(m.clone()),
+                other => WarehouseError::Other(other.to_string()),
+            })?;
+            futures::future::try_join_all(plan.uploads.iter().map(|(key, body)| inner.put(key, body.clone()))).await?;
+            inner.api.run("load", &plan.statements, true, None).await
+        }
+        .await;
+        // The batch has ended either way (committed, rolled back or never run): its objects are spent.
+        inner.delete(objects).await;
+        let done = done?;
+        let plan = plan?;
+        let recorded = done.subs.get(plan.ledger_insert).map_or(-1, |s| s.result_rows);
+        let (rows_loaded, _) = b.staged();
+        let mut report = BatchReport {
+            batch_id: b.id,
+            files: b.entries.len() as u64,
+            rows_loaded,
+            rows_rejected: b.entries.iter().map(|e| e.rows_rejected).sum(),
+        };
+        if recorded != b.entries.len() as i64 {
+            // Another writer recorded some of these versions first: count what the ledger holds.
+            let rows = inner
+                .api
+                .query(
+                    "query",
+                    format!(
+                        "SELECT COUNT(*), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0) FROM {} WHERE batch_id = {}",
+                        inner.tables.files, b.id
+                    ),
+                )
+                .await?;
+            report.files = int_at(&rows, 0, 0).max(0) as u64;
+            report.rows_loaded = int_at(&rows, 0, 1).max(0) as u64;
+            report.rows_rejected = int_at(&rows, 0, 2).max(0) as u64;
+            warn!(batch_id = b.id, planned = b.entries.len(), recorded = report.files, "some files of the batch were recorded by another writer first");
+        }
+        debug!(batch_id = b.id, statements = plan.statements.len(), files = report.files, "batch committed");
+        Ok((report.files > 0).then_some(report))
+    }
+}
+
+impl BatchSink for RedshiftSink {
+    fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+        if self.file.is_some() {
+            return Err(WarehouseError::Other(format!("admit {} while another file is open", file.key)));
+        }
+        if !force {
+            // A version this batch already holds needs no round trip.
+            if let Some(e) = self.batch.iter().flat_map(|b| b.entries.iter()).find(|e| same_version(&e.meta, file)) {
+                return Ok(Admission::Duplicate(e.status));
+            }
+        }
+        let sql = admission_query(&self.inner.sql(), file).map_err(WarehouseError::Other)?;
+        let rows = self.inner.block_on(self.inner.api.query("query", sql))?;
+        let (recorded, newer_recorded) = read_admission(&rows);
+        let batch = self.batch.get_or_insert_with(|| OpenBatch {
+            id: new_batch_id(),
+            now: timestamp_text(Utc::now()),
+            entries: Vec::new(),
+            next_part: 0,
+        });
+        // The open batch is part of the ledger as this writer sees it; its rows are the newest.
+        let in_batch = batch.entries.iter().position(|e| same_version(&e.meta, file));
+        let existing = in_batch.map(|i| batch.entries[i].status).or(recorded);
+        if let (Some(status), false) = (existing, force) {
+            return Ok(Admission::Duplicate(status));
+        }
+        let newer_in_batch = batch.entries.iter().any(|e| {
+            e.meta.bucket == file.bucket
+                && e.meta.key == file.key
+                && e.meta.version != file.version
+                && matches!(e.status, FileStatus::Loaded | FileStatus::Rejected)
+                && e.meta.sequencer > file.sequencer
+        });
+        if newer_recorded > 0 || newer_in_batch {
+            if let Some(status) = existing {
+                return Ok(Admission::Duplicate(status));
+            }
+            batch.entries.push(Entry {
+                meta: file.clone(),
+                status: FileStatus::Superseded,
+                rows_read: 0,
+                rows_loaded: 0,
+                rows_rejected: 0,
+                reason: None,
+                merged_at: Some(batch.now.clone()),
+                replaces: false,
+                parts: Vec::new(),
+                staged_rows: 0,
+                staged_bytes: 0,
+                rejects: Vec::new(),
+            });
+            return Ok(Admission::Superseded);
+        }
+        let mut replaces = recorded.is_some();
+        if let Some(i) = in_batch {
+            // `force` on a version this batch already holds: the earlier copy never reaches the warehouse.
+            let earlier = batch.entries.remove(i);
+            replaces |= earlier.replaces;
+            if !earlier.parts.is_empty() {
+                self.inner.block_on(self.inner.delete(earlier.parts));
+            }
+        }
+        self.file = Some(OpenFile {
+            meta: file.clone(),
+            replaces,
+            writer: PartWriter::new(self.part_bytes),
+            parts: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            rejects: Vec::new(),
+        });
+        Ok(Admission::Load)
+    }
+
+    fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError> {
+        let batch_id = self.batch.as_ref().map_or(0, |b| b.id);
+        let f = self.open_file()?;
+        let parts = f
+            .writer
+            .write_chunk(chunk, &f.meta.key, &f.meta.version, batch_id)
+            .map_err(|e| WarehouseError::Other(format!("staging rows of {}: {e}", f.meta.key)))?;
+        f.rows += chunk.len() as u64;
+        f.bytes += chunk.bytes as u64;
+        self.upload_parts(parts)
+    }
+
+    fn write_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
+        self.open_file()?.rejects.extend_from_slice(rejects);
+        Ok(())
+    }
+
+    fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+        self.open_file()?;
+        self.drop_open_rows();
+        Ok(())
+    }
+
+    /// Always true when the file was open: whether another writer recorded this version
+    /// first is only known inside the commit's transaction, where the guarded ledger insert
+    /// keeps the version from being recorded (and its rows from being loaded) twice.
+    fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
+        let key = self.open_file()?.meta.key.clone();
+        let last = self.file.as_mut().expect("checked").writer.finish().map_err(|e| WarehouseError::Other(format!("staging rows of {key}: {e}")))?;
+        self.upload_parts(last.into_iter().collect())?;
+        let f = self.file.take().expect("checked");
+        let batch = self.batch.as_mut().expect("a batch is open while a file is");
+        // What the shared `supersede_older` does for versions of this batch (the commit does
+        // it set-wise for versions recorded earlier).
+        for e in batch.entries.iter_mut() {
+            if e.meta.bucket == f.meta.bucket
+                && e.meta.key == f.meta.key
+                && e.meta.version != f.meta.version
+                && e.status == FileStatus::Loaded
+                && e.meta.sequencer <= f.meta.sequencer
+            {
+                e.status = FileStatus::Superseded;
+                e.merged_at = None;
+            }
+        }
+        batch.entries.push(Entry {
+            meta: f.meta,
+            status: summary.status,
+            rows_read: summary.rows_read,
+            rows_loaded: summary.rows_loaded,
+            rows_rejected: summary.rows_rejected,
+            reason: summary.reason.clone(),
+            merged_at: (summary.status != FileStatus::Loaded).then(|| batch.now.clone()),
+            replaces: f.replaces,
+            parts: f.parts,
+            staged_rows: f.rows,
+            staged_bytes: f.bytes,
+            rejects: f.rejects,
+        });
+        Ok(true)
+    }
+
+    fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+        self.drop_open_rows();
+        self.file = None;
+        Ok(())
+    }
+
+    fn pending(&self) -> (u64, u64) {
+        let (rows, bytes) = self.batch.as_ref().map_or((0, 0), OpenBatch::staged);
+        let (r, b) = self.file.as_ref().map_or((0, 0), |f| (f.rows, f.bytes));
+        (rows + r, bytes + b)
+    }
+
+    fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+        if self.file.is_some() {
+            return Err(WarehouseError::Other("commit while a file is open".into()));
+        }
+        let Some(b) = self.batch.take() else { return Ok(None) };
+        if b.entries.is_empty() {
+            return Ok(None);
+        }
+        self.inner.block_on(self.commit_batch(&b))
+    }
+
+    fn rollback(&mut self) {
+        let objects = self.staged_objects();
+        self.file = None;
+        self.batch = None;
+        if !objects.is_empty() {
+            self.inner.block_on(self.inner.delete(objects));
+        }
+    }
+}
+
+impl Drop for RedshiftSink {
+    fn drop(&mut self) {
+        // Never block in drop (it may run on any thread): the deletion runs as a task.
+        let objects = self.staged_objects();
+        if !objects.is_empty() {
+            let inner = self.inner.clone();
+            self.inner.handle.spawn(async move { inner.delete(objects).await });
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The commit, as statements
+
+const BATCH_FILES_COLUMNS: [&str; 16] = [
+    "bucket",
+    "key",
+    "version",
+    "sequencer",
+    "size_bytes",
+    "rows_read",
+    "rows_loaded",
+    "rows_rejected",
+    "status",
+    "reason",
+    "batch_id",
+    "event_at",
+    "loaded_at",
+    "merged_at",
+    "contract_version",
+    "replaces",
+];
+
+const REJECT_COLUMNS: [&str; 12] =
+    ["bucket", "key", "version", "batch_id", "line", "column_name", "rule", "reason", "value", "raw_line", "contract_version", "rejected_at"];
+
+/// An object to upload before the batch runs: key and body.
+type Upload = (String, Vec<u8>);
+
+/// One commit: the objects to upload first, then the statements of its one transaction.
+#[derive(Debug)]
+struct Plan {
+    uploads: Vec<Upload>,
+    statements: Vec<String>,
+    /// Which statement is the guarded ledger insert (its row count is the files recorded).
+    ledger_insert: usize,
+}
+
+fn ledger_values(e: &Entry, batch: &OpenBatch) -> Vec<Lit> {
+    let m = &e.meta;
+    vec![
+        Lit::Str(m.bucket.clone()),
+        Lit::Str(m.key.clone()),
+        Lit::Str(m.version.clone()),
+        Lit::Str(m.sequencer.clone()),
+        Lit::Int(m.size as i64),
+        Lit::Int(e.rows_read as i64),
+        Lit::Int(e.rows_loaded as i64),
+        Lit::Int(e.rows_rejected as i64),
+        Lit::Str(e.status.as_str().into()),
+        Lit::opt(e.reason.as_deref().map(|r| fit(r, REASON_BYTES))),
+        Lit::Int(batch.id),
+        Lit::Str(timestamp_text(m.event_time)),
+        Lit::Str(batch.now.clone()),
+        Lit::opt(e.merged_at.as_deref()),
+        Lit::Int(m.contract_version as i64),
+        Lit::Int(e.replaces as i64),
+    ]
+}
+
+fn reject_values(e: &Entry, r: &Reject, batch: &OpenBatch) -> Vec<Lit> {
+    let m = &e.meta;
+    vec![
+        Lit::Str(m.bucket.clone()),
+        Lit::Str(m.key.clone()),
+        Lit::Str(m.version.clone()),
+        Lit::Int(batch.id),
+        Lit::Int(r.line as i64),
+        Lit::opt(r.column.as_deref().map(|c| fit(c, COLUMN_NAME_BYTES))),
+        Lit::Str(fit(r.rule, RULE_BYTES).into()),
+        Lit::Str(fit(&r.reason, REASON_BYTES).into()),
+        Lit::opt(r.value.as_deref().map(|v| fit(v, VALUE_BYTES))),
+        Lit::opt(r.raw.as_deref().map(|v| fit(v, RAW_LINE_BYTES))),
+        Lit::Int(m.contract_version as i64),
+        Lit::Str(batch.now.clone()),
+    ]
+}
+
+/// A row set destined for one table: as `INSERT … VALUES` statements, or as a gzip CSV + COPY.
+struct RowSet {
+    table: String,
+    columns: &'static [&'static str],
+    rows: Vec<Vec<Lit>>,
+    values: Option<Vec<String>>,
+}
+
+impl RowSet {
+    fn new(table: &str, columns: &'static [&'static str], rows: Vec<Vec<Lit>>) -> RowSet {
+        let head = format!("INSERT INTO {table} ({})", columns.join(", "));
+        let rendered: Vec<String> = rows.iter().map(|r| values_row(r)).collect();
+        let values = values_statements(&head, &rendered, STATEMENT_BUDGET_BYTES);
+        RowSet { table: table.to_string(), columns, rows, values }
+    }
+
+    /// Statements it takes as VALUES (`usize::MAX` when it cannot be done so).
+    fn values_cost(&self) -> usize {
+        self.values.as_ref().map_or(usize::MAX, Vec::len)
+    }
+
+    /// The gzip CSV, its manifest, and the COPY that loads it.
+    fn as_copy(&self, staging: &StagingLocation, batch_id: i64, name: &str, role: &str) -> Result<(Vec<Upload>, String), WarehouseError> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut line = Vec::new();
+        for r in &self.rows {
+            line.clear();
+            csv_line(r, &mut line);
+            gz.write_all(&line).map_err(|e| WarehouseError::Other(format!("staging {name}: {e}")))?;
+        }
+        let data = gz.finish().map_err(|e| WarehouseError::Other(format!("staging {name}: {e}")))?;
+        let data_key = staging.key(batch_id, &format!("{name}.csv.gz"));
+        let manifest_key = staging.key(batch_id, &format!("{name}.manifest.json"));
+        let manifest = stage::manifest(&[staging.url(&data_key)]);
+        let copy = format!(
+            "COPY {} ({}) FROM {} IAM_ROLE {} FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS' EMPTYASNULL MAXERROR 0 COMPUPDATE OFF STATUPDATE OFF",
+            self.table,
+            self.columns.join(", "),
+            sql_string(&staging.url(&manifest_key)),
+            if role.is_empty() { "default".to_string() } else { sql_string(role) },
+        );
+        Ok((vec![(data_key, data), (manifest_key, manifest.into_bytes())], copy))
+    }
+}
+
+/// The statements of one commit, in order (see the module docs). At most
+/// [`MAX_BATCH_STATEMENTS`]: ledger rows and rejects go in as VALUES while they fit the
+/// budget, else (rejects first) as a staged CSV loaded by COPY.
+fn plan_commit(
+    sql: &Sql<'_>,
+    staging: &StagingLocation,
+    b: &OpenBatch,
+    copy_role_clause: impl Fn(String) -> String,
+    role: &str,
+) -> Result<Plan, WarehouseError> {
+    let t = sql.t;
+    let (files, id) = (&t.files, b.id);
+    let ledger = RowSet::new(BATCH_FILES, &BATCH_FILES_COLUMNS, b.entries.iter().map(|e| ledger_values(e, b)).collect());
+    let reject_rows: Vec<Vec<Lit>> = b.entries.iter().flat_map(|e| e.rejects.iter().map(move |r| reject_values(e, r, b))).collect();
+    let has_rejects = !reject_rows.is_empty();
+    let rejects = RowSet::new(&t.rejects, &REJECT_COLUMNS, reject_rows);
+    let parts: Vec<String> = b.entries.iter().flat_map(|e| e.parts.iter().cloned()).collect();
+    let replaces = b.entries.iter().any(|e| e.replaces);
+
+    // create + insert ledger + supersede + drop, and the optional ones.
+    let fixed = 4 + replaces as usize + if parts.is_empty() { 0 } else { 2 } + has_rejects as usize;
+    let rejects_cost = if has_rejects { rejects.values_cost() } else { 0 };
+    let ledger_by_values = fixed.saturating_add(ledger.values_cost()).saturating_add(has_rejects as usize) <= MAX_BATCH_STATEMENTS;
+    let ledger_cost = if ledger_by_values { ledger.values_cost() } else { 1 };
+    let rejects_by_values = !has_rejects || fixed.saturating_add(ledger_cost).saturating_add(rejects_cost) <= MAX_BATCH_STATEMENTS;
+
+    let mut uploads = Vec::new();
+    let mut statements = vec![format!(
+        "CREATE TEMP TABLE {BATCH_FILES} (bucket VARCHAR(1024), key VARCHAR(1024), version VARCHAR(256), sequencer VARCHAR(64), size_bytes BIGINT, rows_read BIGINT, rows_loaded BIGINT, rows_rejected BIGINT, status VARCHAR(16), reason VARCHAR(1024), batch_id BIGINT, event_at TIMESTAMP, loaded_at TIMESTAMP, merged_at TIMESTAMP, contract_version BIGINT, replaces BIGINT)"
+    )];
+    if ledger_by_values {
+        statements.extend(ledger.values.clone().unwrap_or_default());
+    } else {
+        let (objects, copy) = ledger.as_copy(staging, id, "ledger", role)?;
+        uploads.extend(objects);
+        statements.push(copy);
+    }
+    if replaces {
+        // The shared `replace_version`, for every forced version of the batch.
+        statements.push(format!(
+            "UPDATE {files} SET status = '{REPLACED}', merged_at = NULL WHERE status IN ('{LOADED}', '{REJECTED}', '{SUPERSEDED}')\n\
+             \x20 AND EXISTS (SELECT 1 FROM {BATCH_FILES} b WHERE b.replaces = 1 AND b.bucket = {files}.bucket AND b.key = {files}.key AND b.version = {files}.version)"
+        ));
+    }
+    // The shared `insert_ledger` guard: a version recorded meanwhile by another writer is skipped.
+    let ledger_insert = statements.len();
+    let ledger_cols = &BATCH_FILES_COLUMNS[..BATCH_FILES_COLUMNS.len() - 1].join(", ");
+    statements.push(format!(
+        "INSERT INTO {files} ({ledger_cols})\n\
+         SELECT {ledger_cols} FROM {BATCH_FILES} b\n\
+         WHERE NOT EXISTS (SELECT 1 FROM {files} f WHERE f.bucket = b.bucket AND f.key = b.key AND f.version = b.version AND f.status <> '{REPLACED}')"
+    ));
+    // The shared `supersede_older`, for every version this batch recorded as loaded or rejected
+    // (versions within the batch were settled in memory).
+    statements.push(format!(
+        "UPDATE {files} SET status = '{SUPERSEDED}', merged_at = NULL WHERE status = '{LOADED}' AND batch_id <> {id}\n\
+         \x20 AND EXISTS (SELECT 1 FROM {files} n WHERE n.batch_id = {id} AND n.status IN ('{LOADED}', '{REJECTED}') AND n.bucket = {files}.bucket AND n.key = {files}.key AND n.version <> {files}.version AND {files}.sequencer <= n.sequencer)"
+    ));
+    if !parts.is_empty() {
+        let manifest_key = staging.key(id, "manifest.json");
+        let urls: Vec<String> = parts.iter().map(|k| staging.url(k)).collect();
+        uploads.push((manifest_key.clone(), stage::manifest(&urls).into_bytes()));
+        statements.push(copy_role_clause(sql.copy_staging(&staging.url(&manifest_key), role)));
+        let st = &t.staging;
+        statements.push(format!(
+            "DELETE FROM {st} WHERE _batch_id = {id}\n\
+             \x20 AND NOT EXISTS (SELECT 1 FROM {files} f WHERE f.batch_id = {id} AND f.key = {st}._file_key AND f.version = {st}._file_version)"
+        ));
+    }
+    if has_rejects {
+        if rejects_by_values {
+            statements.extend(rejects.values.clone().unwrap_or_default());
+        } else {
+            let (objects, copy) = rejects.as_copy(staging, id, "rejects", role)?;
+            uploads.extend(objects);
+            statements.push(copy);
+        }
+        let rj = &t.rejects;
+        statements.push(format!(
+            "DELETE FROM {rj} WHERE batch_id = {id}\n\
+             \x20 AND NOT EXISTS (SELECT 1 FROM {files} f WHERE f.batch_id = {id} AND f.bucket = {rj}.bucket AND f.key = {rj}.key AND f.version = {rj}.version)"
+        ));
+    }
+    statements.push(format!("DROP TABLE {BATCH_FILES}"));
+    debug_assert!(statements.len() <= MAX_BATCH_STATEMENTS, "{} statements", statements.len());
+    if statements.len() > MAX_BATCH_STATEMENTS {
+        return Err(WarehouseError::Other(format!("commit of batch {id} needs {} statements", statements.len())));
+    }
+    Ok(Plan { uploads, statements, ledger_insert })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_literals_mean_the_same_text_with_or_without_backslash_escapes() {
+        assert_eq!(sql_string("plain"), "'plain'");
+        assert_eq!(sql_string("it's"), "'it''s'");
+        assert_eq!(sql_string(""), "''");
+        assert_eq!(sql_string(r"a\b"), r"('a' || CHR(92) || 'b')");
+        // A trailing backslash can never swallow the closing quote.
+        assert_eq!(sql_string(r"x\"), r"('x' || CHR(92))");
+        assert_eq!(sql_string(r"\\'"), r"(CHR(92) || CHR(92) || '''')");
+        assert_eq!(sql_string("nul\0here"), "'nul\u{FFFD}here'");
+        for s in [r"a\b", r"\", r"'\'", "x"] {
+            assert!(!sql_string(s).contains(r"\"), "{s:?} leaves a backslash in quotes");
+        }
+    }
+
+    #[test]
+    fn parameters_render_as_literals_outside_quotes_only() {
+        let sql = "SELECT ':no', a::int FROM t WHERE k = :key AND v = :key AND n = :n AND x IS :nothing";
+        let out = render(sql, &[("key", Lit::Str("o'k".into())), ("n", Lit::Int(7)), ("nothing", Lit::Null)]).unwrap();
+        assert_eq!(out, "SELECT ':no', a::int FROM t WHERE k = 'o''k' AND v = 'o''k' AND n = 7 AND x IS NULL");
+        assert!(render("SELECT :missing", &[]).unwrap_err().contains(":missing"));
+        // A value holding a colon is not rendered again.
+        assert_eq!(render(":a, :b", &[("a", Lit::Str(":b".into())), ("b", Lit::Int(1))]).unwrap(), "':b', 1");
+    }
+
+    #[test]
+    fn merge_parameters_render_as_the_glue_job_renders_them() {
+        let c = Contract::builtin();
+        let t = Tables::for_contract(&c);
+        let sql = Sql::new(Dialect::Redshift, &c, &t);
+        let params = [("merged_at", Lit::Str("2026-11-27 00:00:00.000000".into())), ("rows_deleted", Lit::Null), ("rows_inserted", Lit::Null)];
+        let merge: Vec<String> = sql.merge().iter().map(|s| render(s, &params).unwrap()).collect();
+        assert!(merge.iter().all(|s| !s.contains(":merged_at") && !s.contains(":rows_")));
+        let history = merge.iter().find(|s| s.starts_with("INSERT INTO wau_ingest_merges")).unwrap();
+        assert!(history.contains("SELECT '2026-11-27 00:00:00.000000', COALESCE(MAX(batch_id), 0), COUNT(*), NULL, NULL FROM"), "{history}");
+    }
+
+    #[test]
+    fn values_statements_stay_under_the_limit_and_keep_every_row_in_order() {
+        let rows: Vec<String> = (0..500).map(|i| format!("({i}, '{}')", "x".repeat(900))).collect();
+        let stmts = values_statements("INSERT INTO t (a, b)", &rows, STATEMENT_BUDGET_BYTES).unwrap();
+        assert!(stmts.len() >= 5, "{} statements", stmts.len());
+        assert!(stmts.iter().all(|s| s.len() <= STATEMENT_BUDGET_BYTES && s.len() < MAX_STATEMENT_BYTES));
+        assert!(stmts.iter().all(|s| s.starts_with("INSERT INTO t (a, b) VALUES (")));
+        let joined = stmts.iter().map(|s| s.trim_start_matches("INSERT INTO t (a, b) VALUES ")).collect::<Vec<_>>().join(",\n");
+        assert_eq!(joined, rows.join(",\n"));
+        // Each statement is full: the next row would not have fit.
+        for s in &stmts[..stmts.len() - 1] {
+            assert!(s.len() + 2 + rows[0].len() > STATEMENT_BUDGET_BYTES);
+        }
+        assert_eq!(values_statements("INSERT INTO t (a)", &["(1)".into(), "x".repeat(STATEMENT_BUDGET_BYTES)], STATEMENT_BUDGET_BYTES), None);
+        assert_eq!(values_statements("INSERT INTO t (a)", &[], STATEMENT_BUDGET_BYTES), Some(vec![]));
+    }
+
+    #[test]
+    fn conflicts_and_transient_errors_are_told_apart() {
+        assert!(is_serialization_conflict("ERROR: 1023 DETAIL: Serializable isolation violation on table - 100345, transactions forming the cycle are: 1, 2"));
+        assert!(is_serialization_conflict("ERROR: could not serialize access due to concurrent update"));
+        assert!(is_serialization_conflict("statement 3 of 9 (INSERT …): ERROR:1023"));
+        assert!(!is_serialization_conflict("ERROR: value too long for type character varying(1024)"));
+        assert!(!is_serialization_conflict("ERROR: relation \"t10234\" does not exist"));
+        assert!(!is_serialization_conflict("ERROR: syntax error at or near \"FROM\""));
+        assert!(is_transient(Some("ThrottlingException"), Some(400)));
+        assert!(is_transient(Some("ActiveStatementsExceededException"), Some(400)));
+        assert!(is_transient(None, Some(503)));
+        assert!(is_transient(Some("InternalServerException"), Some(500)));
+        assert!(!is_transient(Some("ValidationException"), Some(400)));
+        assert!(!is_transient(Some("ResourceNotFoundException"), Some(400)));
+    }
+
+    #[test]
+    fn text_fits_column_widths_in_bytes_at_character_boundaries() {
+        assert_eq!(fit("abc", 5), "abc");
+        assert_eq!(fit("abcdef", 3), "abc");
+        assert_eq!(fit("ééé", 5), "éé"); // é is 2 bytes: 5 bytes hold two
+        assert_eq!(fit("€", 2), "");
+    }
+
+    #[test]
+    fn staging_uri_parses_into_bucket_and_prefix() {
+        let s = StagingLocation::parse("s3://b/staging").unwrap();
+        assert_eq!((s.bucket.as_str(), s.prefix.as_str()), ("b", "staging/"));
+        assert_eq!(s.key(7, "part-00000.csv.gz"), "staging/7/part-00000.csv.gz");
+        assert_eq!(s.url("staging/7/m.json"), "s3://b/staging/7/m.json");
+        assert_eq!(StagingLocation::parse("s3://b").unwrap().prefix, "");
+        assert_eq!(StagingLocation::parse("s3://b/x/y/").unwrap().prefix, "x/y/");
+        assert!(StagingLocation::parse("/tmp/x").is_err());
+        assert!(StagingLocation::parse("s3:///x").is_err());
+    }
+
+    #[test]
+    fn batch_ids_increase_and_do_not_repeat() {
+        let ids: Vec<i64> = (0..1000).map(|_| new_batch_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let now_micros = Utc::now().timestamp_micros();
+        assert!(ids[0] / 1000 <= now_micros && ids[0] / 1000 > now_micros - 60_000_000, "epoch microseconds × 1000");
+    }
+
+    #[test]
+    fn admission_reads_the_newest_load_and_the_newer_count() {
+        let rows = vec![
+            vec![Cell::Long(0), Cell::Str("superseded".into()), Cell::Long(5)],
+            vec![Cell::Long(0), Cell::Str("loaded".into()), Cell::Long(9)],
+            vec![Cell::Long(1), Cell::Null, Cell::Str("2".into())],
+        ];
+        assert_eq!(read_admission(&rows), (Some(FileStatus::Loaded), 2));
+        assert_eq!(read_admission(&[vec![Cell::Long(1), Cell::Null, Cell::Long(0)]]), (None, 0));
+        let c = Contract::builtin();
+        let t = Tables::for_contract(&c);
+        let q = admission_query(&Sql::new(Dialect::Redshift, &c, &t), &meta("k\\'.csv", "v1", "01")).unwrap();
+        assert!(q.contains("key = ('k' || CHR(92) || '''.csv')"), "{q}");
+        assert_eq!(q.matches("UNION ALL").count(), 1);
+    }
+
+    fn meta(key: &str, version: &str, seq: &str) -> FileMeta {
+        FileMeta {
+            bucket: "b".into(),
+            key: key.into(),
+            version: version.into(),
+            sequencer: seq.into(),
+            size: 10,
+            event_time: Utc::now(),
+            contract_version: 1,
+        }
+    }
+
+    fn entry(key: &str, rejects: usize, reject_bytes: usize) -> Entry {
+        Entry {
+            meta: meta(key, "v1", "1"),
+            status: FileStatus::Loaded,
+            rows_read: 1 + rejects as u64,
+            rows_loaded: 1,
+            rows_rejected: rejects as u64,
+            reason: None,
+            merged_at: None,
+            replaces: false,
+            parts: vec![format!("staging/1/{key}.gz")],
+            staged_rows: 1,
+            staged_bytes: 10,
+            rejects: (0..rejects)
+                .map(|i| Reject {
+                    line: i as u64 + 2,
+                    column: Some("user_email".into()),
+                    rule: "format",
+                    reason: "not an email".into(),
+                    value: Some("x".repeat(reject_bytes / 4)),
+                    raw: Some("r".repeat(reject_bytes)),
+                })
+                .collect(),
+        }
+    }
+
+    fn plan(entries: Vec<Entry>) -> Plan {
+        let c = Contract::builtin();
+        let t = Tables::for_contract(&c);
+        let sql = Sql::new(Dialect::Redshift, &c, &t);
+        let batch = OpenBatch { id: 42, now: "2026-11-27 00:00:00.000000".into(), entries, next_part: 0 };
+        plan_commit(&sql, &StagingLocation::parse("s3://b/staging/").unwrap(), &batch, |s| s, "arn:aws:iam::1:role/copy").unwrap()
+    }
+
+    #[test]
+    fn a_small_commit_is_literal_statements_and_one_copy() {
+        let p = plan(vec![entry("a.csv", 2, 100), entry("b.csv", 0, 0)]);
+        let s = &p.statements;
+        assert_eq!(s.len(), 9, "{s:#?}");
+        assert!(s[0].starts_with("CREATE TEMP TABLE wau_batch_files ("));
+        assert!(s[1].starts_with("INSERT INTO wau_batch_files (bucket, key, version,") && s[1].contains("'a.csv'") && s[1].contains("'b.csv'"));
+        assert_eq!(p.ledger_insert, 2);
+        assert!(s[2].starts_with("INSERT INTO wau_ingest_files (bucket,") && s[2].contains("WHERE NOT EXISTS"));
+        assert!(s[3].starts_with("UPDATE wau_ingest_files SET status = 'superseded'") && s[3].contains("n.batch_id = 42"));
+        assert!(s[4].starts_with("COPY wau_audit_logs_staging (") && s[4].contains("FROM 's3://b/staging/42/manifest.json'"));
+        assert!(s[5].starts_with("DELETE FROM wau_audit_logs_staging WHERE _batch_id = 42"));
+        assert!(s[6].starts_with("INSERT INTO wau_ingest_rejects (") && s[6].matches("'format'").count() == 2);
+        assert!(s[7].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42"));
+        assert_eq!(s[8], "DROP TABLE wau_batch_files");
+        assert_eq!(p.uploads.len(), 1, "only the manifest");
+        let manifest: serde_json::Value = serde_json::from_slice(&p.uploads[0].1).unwrap();
+        assert_eq!(manifest["entries"].as_array().unwrap().len(), 2);
+        assert!(s.iter().all(|x| x.len() < MAX_STATEMENT_BYTES));
+    }
+
+    #[test]
+    fn rejects_that_would_overflow_the_batch_are_copied_instead() {
+        // 2000 rejects of ~2.3 KB rendered: ~48 VALUES statements, more than a batch takes.
+        let p = plan(vec![entry("a.csv", 2000, 2000)]);
+        assert!(p.statements.len() <= MAX_BATCH_STATEMENTS);
+        let copy = p.statements.iter().find(|s| s.starts_with("COPY wau_ingest_rejects (")).expect("rejects by COPY");
+        assert!(copy.contains("FROM 's3://b/staging/42/rejects.manifest.json' IAM_ROLE 'arn:aws:iam::1:role/copy' FORMAT AS CSV GZIP MANIFEST"));
+        assert!(!p.statements.iter().any(|s| s.starts_with("INSERT INTO wau_ingest_rejects")));
+        let keys: Vec<&str> = p.uploads.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["staging/42/manifest.json", "staging/42/rejects.csv.gz", "staging/42/rejects.manifest.json"]);
+        let mut csv = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&p.uploads[1].1[..]), &mut csv).unwrap();
+        let rows: Vec<csv::StringRecord> =
+            csv::ReaderBuilder::new().has_headers(false).from_reader(csv.as_bytes()).records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 2000);
+        assert_eq!(rows[0].len(), REJECT_COLUMNS.len());
+        assert_eq!((&rows[0][0], &rows[0][1], &rows[0][3], &rows[0][4], &rows[0][6]), ("b", "a.csv", "42", "2", "format"));
+    }
+
+    #[test]
+    fn many_files_put_the_ledger_rows_in_by_copy_too() {
+        let entries: Vec<Entry> = (0..3000).map(|i| entry(&format!("csv/acme/{i:05}-{}.csv", "k".repeat(900)), 1, 10)).collect();
+        let p = plan(entries);
+        assert!(p.statements.len() <= MAX_BATCH_STATEMENTS, "{}", p.statements.len());
+        assert!(p.statements[1].starts_with("COPY wau_batch_files ("));
+        // The rejects take what the ledger left of the batch (here exactly the rest, as VALUES).
+        assert_eq!(p.statements.len(), MAX_BATCH_STATEMENTS);
+        assert!(p.statements.iter().any(|s| s.starts_with("INSERT INTO wau_ingest_rejects (")));
+        assert_eq!(p.ledger_insert, 2);
+    }
+
+    #[test]
+    fn forced_versions_are_marked_replaced_before_the_guarded_insert() {
+        let mut e = entry("a.csv", 0, 0);
+        e.replaces = true;
+        let p = plan(vec![e]);
+        let replace = p.statements.iter().position(|s| s.contains("SET status = 'replaced'")).unwrap();
+        assert!(replace < p.ledger_insert);
+        assert!(p.statements[1].ends_with(", 1)"), "the replaces flag: {}", p.statements[1]);
+    }
+}
