@@ -8,7 +8,8 @@ What it emulates
   GetStatementResult, CancelStatement and a minimal ListStatements. Statements run
   asynchronously on worker threads (SUBMITTED -> PICKED -> STARTED -> FINISHED | FAILED |
   ABORTED) and their state is kept in memory. A batch is one PostgreSQL session and one
-  transaction: if any statement fails, everything is rolled back, the batch is FAILED with the
+  SERIALIZABLE transaction (as Redshift's; a conflict is reported as Redshift's error 1023,
+  "Serializable isolation violation"): if any statement fails, everything is rolled back, the batch is FAILED with the
   PostgreSQL error in ``Error``, and its sub-statements ``<id>:<n>`` show which one failed.
   ``:name`` parameters are bound as strings that PostgreSQL casts implicitly. Results come back
   as typed fields (booleanValue, longValue, doubleValue, stringValue, isNull) with NextToken
@@ -610,6 +611,11 @@ class Emulator:
                         st.pid, st.conn = conn.info.backend_pid, conn
                     self._set(st, "STARTED")
                     # A batch is one transaction; a lone statement runs in autocommit like Redshift.
+                    # Redshift isolates transactions serializably (a conflict aborts one with
+                    # error 1023); PostgreSQL's default READ COMMITTED would let a statement late
+                    # in a batch see rows committed after the batch began, which Redshift never does.
+                    if st.subs:
+                        conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
                     with conn.transaction() if st.subs else contextlib.nullcontext():
                         for sub in st.subs or [st]:
                             failed = sub
@@ -660,6 +666,9 @@ class Emulator:
 
 
 def _error_text(e: Exception) -> str:
+    if isinstance(e, psycopg.errors.SerializationFailure):
+        # What Redshift reports for the same situation, so clients can recognise it.
+        return f"ERROR: 1023 DETAIL: Serializable isolation violation on a table in the transaction ({e.diag.message_primary})"
     if isinstance(e, psycopg.Error) and getattr(e, "diag", None) and e.diag.message_primary:
         detail = f" DETAIL: {e.diag.message_detail}" if e.diag.message_detail else ""
         return f"ERROR: {e.diag.message_primary}{detail}"

@@ -428,3 +428,30 @@ def test_typed_fields():
     assert emu._field(701, b"NaN") == {"stringValue": "NaN"}
     assert emu._field(1700, b"1.10") == {"stringValue": "1.10"}
     assert emu._field(25, None) == {"isNull": True}
+
+
+def test_a_batch_sees_one_snapshot_and_a_conflict_is_error_1023():
+    """Two transactions that each read what the other writes: PostgreSQL aborts one at
+    SERIALIZABLE, and the emulator reports it the way Redshift does."""
+    pg_dsn = PG_DSN
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS iso_t; CREATE TABLE iso_t (k int, v int)")
+    a = psycopg.connect(pg_dsn)
+    b = psycopg.connect(pg_dsn)
+    for conn in (a, b):
+        conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+    try:
+        a.execute("SELECT COUNT(*) FROM iso_t WHERE k = 1")
+        b.execute("SELECT COUNT(*) FROM iso_t WHERE k = 2")
+        a.execute("INSERT INTO iso_t VALUES (2, 1)")
+        b.execute("INSERT INTO iso_t VALUES (1, 1)")
+        a.commit()
+        with pytest.raises(psycopg.errors.SerializationFailure) as failure:
+            b.commit()
+        text = emu._error_text(failure.value)
+        assert text.startswith("ERROR: 1023") and "Serializable isolation violation" in text, text
+    finally:
+        a.close()
+        b.close()
+        with psycopg.connect(pg_dsn, autocommit=True) as c:
+            c.execute("DROP TABLE IF EXISTS iso_t")
