@@ -68,7 +68,9 @@ class Case:
         arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         self.s3.put_bucket_notification_configuration(
             Bucket=self.name,
-            NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+            NotificationConfiguration={"QueueConfigurations": [{
+                "QueueArn": arn, "Events": ["s3:ObjectCreated:*"],
+                "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "csv/"}]}}}]},
         )
         with psycopg.connect(PG, autocommit=True) as c:
             c.execute(f"CREATE DATABASE {self.name}")

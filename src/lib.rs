@@ -80,7 +80,12 @@ impl Setup {
     pub async fn warehouse(&self) -> anyhow::Result<Arc<dyn Warehouse>> {
         match self.config.warehouse.kind {
             WarehouseKind::Sqlite => open_warehouse(&self.config, &self.contract),
-            WarehouseKind::Redshift => anyhow::bail!("warehouse.kind = \"redshift\": the Data API warehouse is not in this commit yet"),
+            WarehouseKind::Redshift => {
+                let sdk = self.sdk().await;
+                let s3 = aws::s3_client(sdk, &self.config.aws);
+                let w = warehouse::redshift::RedshiftWarehouse::new(&self.config.warehouse, &self.contract, sdk, s3, self.metrics.clone())?;
+                Ok(Arc::new(w))
+            }
         }
     }
 
@@ -101,6 +106,7 @@ impl Setup {
                     source::sqs::SqsSettings {
                         queue_url: c.queue_url.clone(),
                         bucket,
+                        prefix: c.prefix.clone(),
                         concurrency: c.concurrency,
                         visibility: Duration::from_secs(c.visibility_timeout_secs),
                         wait_time_secs: c.wait_time_secs as i32,

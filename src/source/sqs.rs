@@ -10,7 +10,8 @@
 //! - `release` (a transient failure) retries the delivery in-process a few times first (see
 //!   [`retry_delay`]); after that, and at shutdown, the visibility is set to 0 so another
 //!   consumer takes the message now.
-//! - `s3:TestEvent` and messages whose records are all non-creations are deleted and counted.
+//! - `s3:TestEvent` and messages whose records are all non-creations, or about keys outside
+//!   `source.prefix` (the warehouse's staging files in the same bucket), are deleted and counted.
 //! - A message this service cannot read is never deleted: it is counted (`dlq_bound`), its
 //!   heartbeat stops, and the queue's redrive policy moves it to the DLQ after
 //!   `maxReceiveCount` receives.
@@ -43,6 +44,9 @@ pub struct SqsSettings {
     /// Accept only records about this bucket (None: any; access points are named differently
     /// in events than in requests).
     pub bucket: Option<String>,
+    /// Records about keys outside this prefix (the warehouse's own staging files, say) are
+    /// not ours: acknowledged and counted, never read.
+    pub prefix: String,
     pub concurrency: usize,
     pub visibility: Duration,
     pub wait_time_secs: i32,
@@ -172,7 +176,9 @@ async fn accept(shared: &Arc<Shared>, m: Message) -> Option<Delivery> {
                     return Err(format!("record about bucket {:?}, not the configured {bucket:?}", other.bucket));
                 }
             }
-            Ok((created, ignored))
+            let (ours, foreign): (Vec<S3ObjectEvent>, Vec<S3ObjectEvent>) =
+                created.into_iter().partition(|o| o.key.starts_with(&shared.settings.prefix));
+            Ok((ours, ignored + foreign.len()))
         }
         Notification::TestEvent => Ok((Vec::new(), 0)),
     });
@@ -183,7 +189,7 @@ async fn accept(shared: &Arc<Shared>, m: Message) -> Option<Delivery> {
             None
         }
         Ok((created, ignored)) if created.is_empty() => {
-            debug!(message_id = %id, ignored, "test event or no creations: deleting");
+            debug!(message_id = %id, ignored, "test event, or no creations under the prefix: deleting");
             shared.metrics.sqs("discarded", 1);
             let _ = shared.deletes.send(DeleteCmd::Delete(receipt));
             None

@@ -79,7 +79,15 @@ impl Case {
             .unwrap();
         if notify {
             let arn = queue_arn(&sqs, &queue_url).await;
-            let qc = QueueConfiguration::builder().queue_arn(arn).events(Event::S3ObjectCreated).build().unwrap();
+            // As deploy/storage.yaml does: only csv/ notifies (staging/ lives in the same bucket).
+            let filter = aws_sdk_s3::types::NotificationConfigurationFilter::builder()
+                .key(
+                    aws_sdk_s3::types::S3KeyFilter::builder()
+                        .filter_rules(aws_sdk_s3::types::FilterRule::builder().name(aws_sdk_s3::types::FilterRuleName::Prefix).value("csv/").build())
+                        .build(),
+                )
+                .build();
+            let qc = QueueConfiguration::builder().queue_arn(arn).events(Event::S3ObjectCreated).filter(filter).build().unwrap();
             s3.put_bucket_notification_configuration()
                 .bucket(&bucket)
                 .notification_configuration(NotificationConfiguration::builder().queue_configurations(qc).build())
