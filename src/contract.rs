@@ -85,6 +85,9 @@ pub enum ValueError {
     MaxLength { max: usize, len: usize },
     Type { expected: ColumnType },
     Format { expected: Format },
+    /// A NUL character: no warehouse stores it (Redshift's COPY refuses the whole load), so the
+    /// row is rejected here instead of blocking every batch it would be in.
+    Nul,
 }
 
 impl ValueError {
@@ -94,6 +97,7 @@ impl ValueError {
             ValueError::MaxLength { .. } => "max_length",
             ValueError::Type { .. } => "type",
             ValueError::Format { .. } => "format",
+            ValueError::Nul => "nul_character",
         }
     }
     pub fn describe(&self) -> String {
@@ -102,6 +106,7 @@ impl ValueError {
             ValueError::MaxLength { max, len } => format!("{len} characters, at most {max} allowed"),
             ValueError::Type { expected } => format!("not a valid {}", type_name(*expected)),
             ValueError::Format { expected } => format!("not a valid {}", format_name(*expected)),
+            ValueError::Nul => "contains a NUL character, which the warehouse cannot store".into(),
         }
     }
 }
@@ -258,6 +263,9 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
     let bad_type = ValueError::Type { expected: col.ty };
     match col.ty {
         ColumnType::String => {
+            if memchr::memchr(0, v.as_bytes()).is_some() {
+                return Err(ValueError::Nul);
+            }
             if let Some(f) = col.format {
                 let ok = match f {
                     Format::Email => is_email(v),
@@ -455,6 +463,15 @@ mod tests {
 
     fn col(ty: ColumnType, required: bool, max_length: Option<usize>, format: Option<Format>) -> Column {
         Column { name: "c".into(), ty, required, max_length, format }
+    }
+
+    #[test]
+    fn a_nul_character_is_a_rejected_value_not_a_stuck_batch() {
+        let mut out = String::new();
+        let c = col(ColumnType::String, false, None, None);
+        let err = check_value_into(&c, "abc\0def", &mut out).unwrap_err();
+        assert_eq!(err.rule(), "nul_character");
+        assert!(check_value_into(&c, "abc def", &mut out).is_ok());
     }
 
     #[test]

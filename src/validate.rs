@@ -28,6 +28,7 @@ pub const RULES: &[&str] = &[
     "required",
     "max_length",
     "format",
+    "nul_character",
     "invalid_utf8",
     "gzip_bomb",
     "too_large",
