@@ -318,14 +318,8 @@ impl Pipeline {
             contract_version: self.contract.version,
         };
         let done = |outcome| FileDone { key: meta.key.clone(), version: meta.version.clone(), event_time: Some(meta.event_time), outcome };
-        if !force {
-            // Check before work: a known version is not read again.
-            let (w, b, k, v) = (self.warehouse.clone(), meta.bucket.clone(), meta.key.clone(), meta.version.clone());
-            let known = tokio::task::spawn_blocking(move || w.lookup(&b, &k, &v)).await.expect("lookup does not panic")?;
-            if known.is_some() {
-                return Ok(done(Outcome::Duplicate));
-            }
-        }
+        // Check before work: the sink's admission asks the ledger (one round trip on Redshift)
+        // before a byte is read, so a known version is never read again.
         match self.writer.admit(meta.clone(), force).await? {
             Admission::Load => {}
             Admission::Duplicate(_) => return Ok(done(Outcome::Duplicate)),
