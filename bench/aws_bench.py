@@ -102,7 +102,7 @@ class Case:
             "WAU_INGEST_RECONCILE_SCHEDULE_UTC": "",
             "WAU_INGEST_HTTP_LISTEN": "127.0.0.1:0",
             "WAU_INGEST_BATCH_MAX_AGE_SECS": os.environ.get("BENCH_BATCH_MAX_AGE_SECS", "2"),
-            "RUST_LOG": "warn",
+            "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn"),
         })
         return subprocess.Popen([bin_path, "--log-format", "json", "run"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=open(log, "ab"))
