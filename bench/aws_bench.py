@@ -17,11 +17,13 @@ import gzip
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 import boto3
@@ -75,6 +77,26 @@ class Case:
         with psycopg.connect(PG, autocommit=True) as c:
             c.execute(f"CREATE DATABASE {self.name}")
         self.dsn = psycopg.conninfo.make_conninfo(PG, dbname=self.name)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+
+    def metrics(self) -> dict[str, float]:
+        """Sums of the service's own timings: where the end-to-end time went."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            for name in ("wau_ingest_batch_commit_seconds_sum", "wau_ingest_batch_commit_seconds_count"):
+                if line.startswith(name + " "):
+                    out[name.removeprefix("wau_ingest_")] = float(line.split()[1])
+            if line.startswith("wau_ingest_statement_seconds_sum{"):
+                op = line.split('operation="')[1].split('"')[0]
+                out[f"statement_{op}_s"] = float(line.split()[1])
+            if line.startswith("wau_ingest_statement_seconds_count{"):
+                op = line.split('operation="')[1].split('"')[0]
+                out[f"statement_{op}_n"] = float(line.split()[1])
+        return out
 
     def visible(self) -> int:
         a = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["ApproximateNumberOfMessages"])
@@ -100,7 +122,7 @@ class Case:
             "WAU_INGEST_WAREHOUSE_COPY_ROLE_ARN": "arn:aws:iam::123456789012:role/bench",
             "WAU_INGEST_MERGE_INTERVAL_SECS": "0",
             "WAU_INGEST_RECONCILE_SCHEDULE_UTC": "",
-            "WAU_INGEST_HTTP_LISTEN": "127.0.0.1:0",
+            "WAU_INGEST_HTTP_LISTEN": f"127.0.0.1:{self.port}",
             "WAU_INGEST_BATCH_MAX_AGE_SECS": os.environ.get("BENCH_BATCH_MAX_AGE_SECS", "2"),
             "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn"),
         })
@@ -167,6 +189,7 @@ def main() -> int:
     t = time.monotonic()
     wait_loaded(case, n, proc, 1800)
     e2e = time.monotonic() - t
+    spent = case.metrics()
     stop(proc)
     with psycopg.connect(case.dsn) as c:
         staged = c.execute("SELECT COUNT(*) FROM wau_audit_logs_staging").fetchone()[0]
@@ -194,11 +217,14 @@ def main() -> int:
         "lag_upload_s": round(upload, 2), "lag_p50_s": round(percentile(lags, 50), 2),
         "lag_p99_s": round(percentile(lags, 99), 2), "lag_mean_s": round(statistics.mean(lags), 2),
         "batch_max_age_s": int(os.environ.get("BENCH_BATCH_MAX_AGE_SECS", "2")),
+        "service_timings": {k: round(v, 2) for k, v in spent.items()},
     }
     print(f"""
 reference (same run):  S3 GetObject of {n} objects {s3_read:.2f} s + PostgreSQL COPY FROM STDIN {pg_copy:.2f} s = limit {limit:.2f} s
 end to end:            wau-ingest run, {n} queued notifications → {n} files in staging: {e2e:.2f} s ({n * rows / e2e:,.0f} rows/s)
 ratio e2e / limit:     {e2e / limit:.2f}   (goal <= 1.3)
+inside the service:    {spent.get("batch_commit_seconds_count", 0):.0f} commits took {spent.get("batch_commit_seconds_sum", 0):.2f} s; Data API statements by operation (s, count): {
+    {k: v for k, v in sorted(spent.items()) if k.startswith("statement_")}}
 event → staging lag:   p50 {result['lag_p50_s']} s, p99 {result['lag_p99_s']} s over {n} uploads in {upload:.1f} s (batch.max_age_secs {result['batch_max_age_s']})
 """)
     print("json " + json.dumps(result))
