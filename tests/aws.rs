@@ -350,3 +350,26 @@ async fn glue_catalog_sync_and_the_glue_merge_runner() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("succeeded"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_backlog_releases_what_it_holds_and_exits_promptly() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let case = Case::new(&sdk, true, 5).await;
+    let written = versions(80);
+    for v in &written {
+        put_version(&case, v).await;
+    }
+    // Small batches and a long visibility: whatever the process holds at the signal must be
+    // given back explicitly, or the restart would wait for it.
+    let settings = [("WAU_INGEST_BATCH_MAX_ROWS", "60"), ("WAU_INGEST_SOURCE_VISIBILITY_TIMEOUT_SECS", "600")];
+    let mut svc = case.spawn_run("run.log", &settings);
+    assert!(eventually(Duration::from_secs(60), || async { case.count_or_zero("SELECT COUNT(*) FROM wau_ingest_files").await > 0 }).await);
+    signal(&svc, "TERM");
+    let exited = wait_exit(&mut svc, Duration::from_secs(15));
+    assert!(exited.is_some_and(|s| s.success()), "exit 0 within 15 s\n{}", case.log("run.log"));
+    let mut svc = case.spawn_run("run.log", &settings);
+    assert!(eventually(Duration::from_secs(120), || settled(&case, 80)).await, "the rest loads after the restart\n{}", case.log("run.log"));
+    signal(&svc, "TERM");
+    assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
+    assert_exact(&case, &written).await;
+}

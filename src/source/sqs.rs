@@ -149,11 +149,19 @@ async fn poll(shared: Arc<Shared>, tx: mpsc::Sender<Delivery>, stop: Cancellatio
         shared.metrics.sqs("received", messages.len() as u64);
         for m in messages {
             if let Some(d) = accept(&shared, m).await {
-                if let Err(mpsc::error::SendError(d)) = tx.send(d).await {
-                    d.ack.release().await; // the source is gone: give it back
-                    return;
+                // Waiting for room must not outlive shutdown: close() waits for the pollers.
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => None,
+                    p = tx.reserve() => p.ok(),
+                };
+                match permit {
+                    Some(p) => p.send(d),
+                    None => d.ack.release().await, // shutting down: give it back
                 }
             }
+        }
+        if stop.is_cancelled() {
+            return;
         }
     }
 }
@@ -292,10 +300,16 @@ impl Ack for SqsAck {
             tokio::select! {
                 _ = shared.stop.cancelled() => self.release_now().await,
                 _ = tokio::time::sleep(delay) => {
-                    let ack = SqsAck { attempt: self.attempt + 1, ..*self };
-                    let d = Delivery { objects: ack.objects.clone(), ack: Box::new(ack) };
-                    if let Err(mpsc::error::SendError(d)) = shared.requeue.send(d).await {
-                        d.ack.release().await;
+                    let permit = tokio::select! {
+                        _ = shared.stop.cancelled() => None,
+                        p = shared.requeue.reserve() => p.ok(),
+                    };
+                    match permit {
+                        Some(p) => {
+                            let ack = SqsAck { attempt: self.attempt + 1, ..*self };
+                            p.send(Delivery { objects: ack.objects.clone(), ack: Box::new(ack) });
+                        }
+                        None => self.release_now().await,
                     }
                 }
             }
