@@ -47,6 +47,11 @@ fn unique() -> String {
 /// A migrated warehouse on a database and a staging bucket of its own; `None` (skip) when
 /// the local stack is not configured.
 async fn stack(part_bytes: usize) -> Option<Stack> {
+    stack_with(part_bytes, |w| w).await
+}
+
+/// [`stack`], its warehouse also set up by `tune`.
+async fn stack_with(part_bytes: usize, tune: impl FnOnce(RedshiftWarehouse) -> RedshiftWarehouse) -> Option<Stack> {
     let configured = ["AWS_ENDPOINT_URL_REDSHIFT_DATA", "AWS_ENDPOINT_URL_S3"].iter().all(|v| std::env::var_os(v).is_some());
     if !configured {
         if std::env::var_os("CI").is_some() {
@@ -77,7 +82,7 @@ async fn stack(part_bytes: usize) -> Option<Stack> {
     let admin = RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap();
     cfg.database = format!("wau_t_{id}");
     admin.execute(&format!("CREATE DATABASE {}", cfg.database)).unwrap();
-    let w = RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap().with_part_bytes(part_bytes);
+    let w = tune(RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap().with_part_bytes(part_bytes));
     w.migrate().unwrap();
     Some(Stack { w, s3, bucket, metrics, admin, database: cfg.database })
 }
@@ -417,6 +422,142 @@ async fn rejects_beyond_one_batch_of_statements_load_by_copy() {
     let sample = s.strings("SELECT value, raw_line FROM wau_ingest_rejects WHERE line = 1002");
     assert_eq!(sample, vec![vec!["v\\999'".to_string(), raw.clone()]]);
     assert!(s.staging_objects().await.is_empty(), "the rejects' CSV and manifest are deleted too");
+}
+
+fn many_rejects(lines: std::ops::Range<u64>, raw: &str) -> Vec<Reject> {
+    lines.map(|i| reject(i, &format!("v\\{i}'"), raw)).collect()
+}
+
+/// (key, rejects, distinct lines, first line, last line) of the rejects table, by key.
+fn reject_lines(s: &Stack) -> Vec<Vec<String>> {
+    s.strings("SELECT key, COUNT(*), COUNT(DISTINCT line), MIN(line), MAX(line) FROM wau_ingest_rejects GROUP BY key ORDER BY key")
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+/// More rejects than the sink keeps in memory: the file that passes the bound spills them to
+/// staging parts as it goes, and the commit loads every reject of the batch (spilled or not)
+/// exactly once by one COPY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_beyond_the_memory_bound_spill_to_staging_and_load_once() {
+    // Reject parts are cut at ~4 KB of CSV; the batch keeps at most 100 rejects in memory.
+    let Some(s) = stack_with(4096, |w| w.with_reject_memory(100, 1 << 20)).await else { return };
+    let mut sink = s.w.sink().unwrap();
+    let raw = "acme,e1,2026-11-23,\\x,\"quoted, text\",'it''s'";
+    let reject_parts = |keys: &[String]| keys.iter().filter(|k| k.contains("/rejects-")).count();
+
+    // b.csv: 60 rejects, within the bound: held in memory.
+    assert_eq!(sink.admit(&meta("b.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
+    sink.write_rejects(&many_rejects(3..63, raw)).unwrap();
+    assert!(sink.finish_file(&loaded(1, 60)).unwrap());
+    assert_eq!(reject_parts(&s.staging_objects().await), 0);
+
+    // a.csv: 1000 rejects in chunks of 70; the first chunk already passes the bound (60 + 70).
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e2", "u2"), ("acme", "e3", "u3")])).unwrap();
+    for start in (4..1004).step_by(70) {
+        sink.write_rejects(&many_rejects(start..(start + 70).min(1004), raw)).unwrap();
+    }
+    let spilled = reject_parts(&s.staging_objects().await);
+    assert!(spilled >= 10, "parts uploaded as they are cut: {spilled}");
+    assert!(sink.finish_file(&loaded(2, 1000)).unwrap());
+    assert!(reject_parts(&s.staging_objects().await) > spilled, "the last part at finish");
+
+    // c.csv: 30 more fit in memory beside b.csv's 60 (a.csv holds none).
+    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rejects(&many_rejects(2..32, raw)).unwrap();
+    let whole = FileSummary { status: FileStatus::Rejected, rows_read: 30, rows_loaded: 0, rows_rejected: 30, reason: Some("all bad".into()) };
+    assert!(sink.finish_file(&whole).unwrap());
+
+    let report = sink.commit().unwrap().unwrap();
+    assert_eq!((report.files, report.rows_loaded, report.rows_rejected), (3, 3, 1090));
+    assert_eq!(
+        reject_lines(&s),
+        vec![row(&["a.csv", "1000", "1000", "4", "1003"]), row(&["b.csv", "60", "60", "3", "62"]), row(&["c.csv", "30", "30", "2", "31"])]
+    );
+    let t = s.w.totals().unwrap();
+    assert_eq!(
+        (t.files_loaded, t.files_rejected, t.rows_read, t.rows_loaded, t.rows_rejected, t.reject_rows, t.staging_rows, t.unbalanced_files),
+        (2, 1, 1093, 3, 1090, 1090, 3, 0),
+        "{t:?}"
+    );
+    // Spilled rows carry the batch and the text as the VALUES route writes it.
+    let sample = s.strings("SELECT value, raw_line, rule, column_name FROM wau_ingest_rejects WHERE key = 'a.csv' AND line = 777");
+    assert_eq!(sample, vec![row(&["v\\777'", raw, "format", "user_email"])]);
+    assert_eq!(s.strings("SELECT COUNT(DISTINCT r.batch_id) FROM wau_ingest_rejects r JOIN wau_ingest_files f ON f.batch_id = r.batch_id"), vec![row(&["1"])]);
+    assert!(s.staging_objects().await.is_empty(), "reject parts, the last part and the manifests are deleted");
+}
+
+/// A file that spilled rejects and is then abandoned, discarded, forced again in the same
+/// batch, rolled back, or recorded first by another writer leaves no rejects and no objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
+    let Some(s) = stack_with(4096, |w| w.with_reject_memory(100, 1 << 20)).await else { return };
+    let mut sink = s.w.sink().unwrap();
+    let raw = "acme,e1,bad";
+    let has_reject_parts = |keys: Vec<String>| keys.iter().any(|k| k.contains("/rejects-"));
+
+    // Kept: k.csv, with rejects in memory.
+    assert_eq!(sink.admit(&meta("k.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rejects(&many_rejects(2..12, raw)).unwrap();
+    assert!(sink.finish_file(&FileSummary { status: FileStatus::Rejected, rows_read: 10, rows_loaded: 0, rows_rejected: 10, reason: Some("x".into()) }).unwrap());
+    let kept = s.staging_objects().await;
+
+    // Abandoned after spilling.
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
+    sink.write_rejects(&many_rejects(3..503, raw)).unwrap();
+    assert!(has_reject_parts(s.staging_objects().await));
+    sink.abandon_file().unwrap();
+    assert_eq!(s.staging_objects().await, kept, "the abandoned file's row and reject parts are deleted, nothing else");
+
+    // Discarded after spilling, then rejected whole with one reject (held in memory again).
+    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rejects(&many_rejects(3..503, raw)).unwrap();
+    assert!(has_reject_parts(s.staging_objects().await));
+    sink.discard_file_rows().unwrap();
+    assert_eq!(s.staging_objects().await, kept, "the discarded file's reject parts are deleted");
+    sink.write_rejects(&[Reject { line: 0, column: None, rule: "gzip_bomb", reason: "bomb".into(), value: None, raw: None }]).unwrap();
+    assert!(sink.finish_file(&FileSummary { status: FileStatus::Rejected, rows_read: 500, rows_loaded: 0, rows_rejected: 500, reason: Some("gzip_bomb: bomb".into()) }).unwrap());
+
+    // Forced twice in the batch: the first copy's spilled parts go, the second's stay.
+    for _ in 0..2 {
+        assert_eq!(sink.admit(&meta("f.csv", "v1", "1"), true).unwrap(), Admission::Load);
+        sink.write_rejects(&many_rejects(2..302, raw)).unwrap();
+        assert!(sink.finish_file(&FileSummary { status: FileStatus::Rejected, rows_read: 300, rows_loaded: 0, rows_rejected: 300, reason: Some("x".into()) }).unwrap());
+    }
+    let report = sink.commit().unwrap().unwrap();
+    assert_eq!((report.files, report.rows_rejected), (3, 810));
+    assert_eq!(reject_lines(&s), vec![row(&["d.csv", "1", "1", "0", "0"]), row(&["f.csv", "300", "300", "2", "301"]), row(&["k.csv", "10", "10", "2", "11"])]);
+    assert!(s.staging_objects().await.is_empty());
+    assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), None);
+
+    // Rolled back after spilling.
+    assert_eq!(sink.admit(&meta("r.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rejects(&many_rejects(2..302, raw)).unwrap();
+    assert!(has_reject_parts(s.staging_objects().await));
+    sink.rollback();
+    assert!(s.staging_objects().await.is_empty());
+
+    // Recorded first by another writer: the second writer's spilled rejects are removed in
+    // its commit, like its staged rows.
+    let (mut first, mut second) = (s.w.sink().unwrap(), s.w.sink().unwrap());
+    for sink in [&mut first, &mut second] {
+        assert_eq!(sink.admit(&meta("w.csv", "v1", "1"), false).unwrap(), Admission::Load);
+        sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
+        sink.write_rejects(&many_rejects(3..403, raw)).unwrap();
+        assert!(sink.finish_file(&loaded(1, 400)).unwrap());
+    }
+    assert_eq!(first.commit().unwrap().unwrap().rows_rejected, 400);
+    assert_eq!(second.commit().unwrap(), None, "nothing of the second writer was recorded");
+    assert_eq!(s.strings("SELECT COUNT(*), COUNT(DISTINCT line) FROM wau_ingest_rejects WHERE key = 'w.csv'"), vec![row(&["400", "400"])]);
+    let t = s.w.totals().unwrap();
+    // d.csv was rejected whole: 500 rows rejected in the ledger, one reject row (the bomb).
+    assert_eq!((t.rows_rejected, t.reject_rows, t.staging_rows, t.unbalanced_files), (10 + 500 + 300 + 400, 10 + 1 + 300 + 400, 1, 0), "{t:?}");
+    assert!(s.staging_objects().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

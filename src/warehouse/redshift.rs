@@ -15,12 +15,21 @@
 //! * Rows go through [`stage::PartWriter`] into gzip CSV parts, uploaded as they are cut to
 //!   `<staging_uri><batch id>/part-NNNNN.csv.gz`, so memory stays bounded. A part never mixes
 //!   files, so dropping a file (`discard_file_rows`, `abandon_file`, a forced reload of a
-//!   version already in the batch) deletes exactly its parts. Rejects are kept in memory.
+//!   version already in the batch) deletes exactly its parts.
+//! * Rejects are kept in memory while the batch's in-memory rejects stay within a bound
+//!   ([`DEFAULT_REJECT_MEMORY_ROWS`] rejects and [`DEFAULT_REJECT_MEMORY_BYTES`] of text, all
+//!   files together). The file whose rejects would pass it spills: its rejects so far and all
+//!   later ones are rendered as gzip CSV (the rejects table's columns) into
+//!   `<staging_uri><batch id>/rejects-NNNNN.csv.gz` parts cut at the row parts' size and
+//!   uploaded as they are cut. Those parts are the file's, like its row parts, and go with it.
 //! * `commit` uploads a manifest, then runs ONE BatchExecuteStatement (one transaction):
 //!   the batch's ledger rows into a temporary table, the replaced-version marks of forced
 //!   reloads, the ledger insert guarded by `WHERE NOT EXISTS`, the supersede marks, `COPY`
 //!   of staging, the removal of staged rows whose version did not get its ledger row in this
 //!   batch (another writer recorded it first), the reject rows, and the same removal for them.
+//!   The reject rows go in as VALUES when none were spilled and they fit the batch, else ALL
+//!   of them by one COPY from a manifest naming the spilled parts and one last part holding
+//!   the rejects still in memory (a batch never loads rejects both ways).
 //!   A serialization conflict (Redshift error 1023) reruns the whole batch. After the batch
 //!   ended, its staging objects are deleted (best effort).
 //! * Because the race with another writer is only settled inside that transaction,
@@ -85,6 +94,11 @@ const STATEMENT_BUDGET_BYTES: usize = MAX_STATEMENT_BYTES - 4 * 1024;
 /// Uncompressed bytes after which a staging part is cut (gzip makes it several times smaller;
 /// Redshift loads parts of 1 MB–1 GB compressed best).
 pub const DEFAULT_PART_BYTES: usize = 64 << 20;
+/// Rejects an open batch keeps in memory (all its files together) before spilling to staging.
+pub const DEFAULT_REJECT_MEMORY_ROWS: usize = 10_000;
+/// Bytes of reject text (plus the size of a `Reject` for each) an open batch keeps in memory
+/// before spilling; about the size of the same rejects rendered as CSV.
+pub const DEFAULT_REJECT_MEMORY_BYTES: usize = 8 << 20;
 /// The per-commit temporary table holding the batch's ledger rows.
 const BATCH_FILES: &str = "wau_batch_files";
 /// Serialization conflicts (error 1023) rerun a batch this many more times.
@@ -750,6 +764,7 @@ impl Inner {
 pub struct RedshiftWarehouse {
     inner: Arc<Inner>,
     part_bytes: usize,
+    reject_memory: Held,
     merging: RunningStatement,
 }
 
@@ -798,6 +813,7 @@ impl RedshiftWarehouse {
                 copy_role: cfg.copy_role_arn.trim().to_string(),
             }),
             part_bytes: DEFAULT_PART_BYTES,
+            reject_memory: Held { rows: DEFAULT_REJECT_MEMORY_ROWS, bytes: DEFAULT_REJECT_MEMORY_BYTES },
             merging: RunningStatement::default(),
         })
     }
@@ -805,6 +821,14 @@ impl RedshiftWarehouse {
     /// Uncompressed bytes after which sinks made from now on cut a staging part.
     pub fn with_part_bytes(mut self, bytes: usize) -> Self {
         self.part_bytes = bytes.max(1);
+        self
+    }
+
+    /// How many rejects (and bytes of them, see [`DEFAULT_REJECT_MEMORY_BYTES`]) an open batch of
+    /// sinks made from now on keeps in memory before spilling them to staging parts. 0 spills
+    /// every reject.
+    pub fn with_reject_memory(mut self, rejects: usize, bytes: usize) -> Self {
+        self.reject_memory = Held { rows: rejects, bytes };
         self
     }
 
@@ -870,7 +894,13 @@ impl Warehouse for RedshiftWarehouse {
     }
 
     fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError> {
-        Ok(Box::new(RedshiftSink { inner: self.inner.clone(), part_bytes: self.part_bytes, batch: None, file: None }))
+        Ok(Box::new(RedshiftSink {
+            inner: self.inner.clone(),
+            part_bytes: self.part_bytes,
+            reject_memory: self.reject_memory,
+            batch: None,
+            file: None,
+        }))
     }
 
     fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
@@ -996,7 +1026,10 @@ struct Entry {
     parts: Vec<String>,
     staged_rows: u64,
     staged_bytes: u64,
+    /// Rejects held in memory (empty when the file spilled).
     rejects: Vec<Reject>,
+    /// Staging objects holding this file's spilled rejects.
+    reject_parts: Vec<String>,
 }
 
 struct OpenFile {
@@ -1006,7 +1039,31 @@ struct OpenFile {
     parts: Vec<String>,
     rows: u64,
     bytes: u64,
+    /// Rejects held in memory until the file spills, and what they take.
     rejects: Vec<Reject>,
+    held: Held,
+    /// Once set, every reject of the file goes to `reject_writer` (and its parts to `reject_parts`).
+    spilling: bool,
+    reject_writer: CsvParts,
+    reject_parts: Vec<String>,
+}
+
+impl OpenFile {
+    fn new(meta: FileMeta, replaces: bool, part_bytes: usize) -> OpenFile {
+        OpenFile {
+            meta,
+            replaces,
+            writer: PartWriter::new(part_bytes),
+            parts: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            rejects: Vec::new(),
+            held: Held::default(),
+            spilling: false,
+            reject_writer: CsvParts::new(part_bytes),
+            reject_parts: Vec::new(),
+        }
+    }
 }
 
 struct OpenBatch {
@@ -1014,6 +1071,8 @@ struct OpenBatch {
     now: String,
     entries: Vec<Entry>,
     next_part: usize,
+    /// What the entries' in-memory rejects take (the open file's are counted apart).
+    held: Held,
 }
 
 impl OpenBatch {
@@ -1022,11 +1081,94 @@ impl OpenBatch {
     }
 }
 
+/// Rejects held in memory: how many, and roughly how many bytes (their text plus the struct),
+/// which is about what they take rendered as CSV. Also the bound on them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Held {
+    rows: usize,
+    bytes: usize,
+}
+
+impl Held {
+    fn of(rejects: &[Reject]) -> Held {
+        let text = |r: &Reject| {
+            r.reason.len() + r.column.as_ref().map_or(0, String::len) + r.value.as_ref().map_or(0, String::len) + r.raw.as_ref().map_or(0, String::len)
+        };
+        Held { rows: rejects.len(), bytes: rejects.iter().map(|r| std::mem::size_of::<Reject>() + text(r)).sum() }
+    }
+
+    fn plus(self, o: Held) -> Held {
+        Held { rows: self.rows.saturating_add(o.rows), bytes: self.bytes.saturating_add(o.bytes) }
+    }
+
+    fn minus(self, o: Held) -> Held {
+        Held { rows: self.rows.saturating_sub(o.rows), bytes: self.bytes.saturating_sub(o.bytes) }
+    }
+
+    fn within(self, bound: Held) -> bool {
+        self.rows <= bound.rows && self.bytes <= bound.bytes
+    }
+}
+
+/// Rows rendered as literals into gzip CSV parts (the form COPY … CSV reads, as
+/// [`RowSet::as_copy`] writes it), cut at `max_raw_bytes` uncompressed.
+struct CsvParts {
+    max_raw_bytes: usize,
+    enc: Option<flate2::write::GzEncoder<Vec<u8>>>,
+    raw: usize,
+    line: Vec<u8>,
+}
+
+impl CsvParts {
+    fn new(max_raw_bytes: usize) -> CsvParts {
+        CsvParts { max_raw_bytes: max_raw_bytes.max(1), enc: None, raw: 0, line: Vec::new() }
+    }
+
+    /// Adds one row; returns the part it finished, if it did.
+    fn push(&mut self, values: &[Lit]) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Write;
+        self.line.clear();
+        csv_line(values, &mut self.line);
+        let enc = self.enc.get_or_insert_with(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        enc.write_all(&self.line)?;
+        self.raw += self.line.len();
+        if self.raw >= self.max_raw_bytes {
+            return self.finish();
+        }
+        Ok(None)
+    }
+
+    /// Finishes the open part, if it has rows.
+    fn finish(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(enc) = self.enc.take() else { return Ok(None) };
+        self.raw = 0;
+        enc.finish().map(Some)
+    }
+}
+
 pub struct RedshiftSink {
     inner: Arc<Inner>,
     part_bytes: usize,
+    /// In-memory rejects of the open batch, beyond which they spill to staging.
+    reject_memory: Held,
     batch: Option<OpenBatch>,
     file: Option<OpenFile>,
+}
+
+impl Entry {
+    /// Its staging objects: row parts and spilled reject parts.
+    fn objects(&self) -> impl Iterator<Item = String> + '_ {
+        self.parts.iter().chain(&self.reject_parts).cloned()
+    }
+}
+
+/// Uploads one spilled reject part of the open file. The key is recorded before the upload,
+/// so an object a failed upload may still have left is deleted with the file.
+fn upload_reject_part(inner: &Inner, batch: &mut OpenBatch, f: &mut OpenFile, body: Vec<u8>) -> Result<(), WarehouseError> {
+    let key = inner.staging.key(batch.id, &format!("rejects-{:05}.csv.gz", batch.next_part));
+    batch.next_part += 1;
+    f.reject_parts.push(key.clone());
+    inner.block_on(inner.put(&key, body))
 }
 
 /// A batch id unique across processes without a sequence (see the module docs).
@@ -1109,14 +1251,32 @@ impl RedshiftSink {
         Ok(())
     }
 
+    /// Renders rejects of the open file into its reject parts, uploading each part as it is cut.
+    fn spill_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
+        let inner = &self.inner;
+        let batch = self.batch.as_mut().expect("a batch is open while a file is");
+        let f = self.file.as_mut().expect("checked");
+        for r in rejects {
+            let cut = f.reject_writer.push(&reject_values(&f.meta, r, batch.id, &batch.now));
+            if let Some(body) = cut.map_err(|e| WarehouseError::Other(format!("staging rejects of {}: {e}", f.meta.key)))? {
+                upload_reject_part(inner, batch, f, body)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets the open file's rows and rejects so far and deletes its parts.
     fn drop_open_rows(&mut self) {
         if let Some(f) = self.file.as_mut() {
-            let parts = std::mem::take(&mut f.parts);
+            let mut parts = std::mem::take(&mut f.parts);
+            parts.append(&mut f.reject_parts);
             f.writer = PartWriter::new(self.part_bytes);
             f.rows = 0;
             f.bytes = 0;
-            f.rejects.clear();
+            f.rejects = Vec::new();
+            f.held = Held::default();
+            f.spilling = false;
+            f.reject_writer = CsvParts::new(self.part_bytes);
             if !parts.is_empty() {
                 self.inner.block_on(self.inner.delete(parts));
             }
@@ -1125,14 +1285,14 @@ impl RedshiftSink {
 
     /// Every staging object of the open batch (and open file).
     fn staged_objects(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.batch.iter().flat_map(|b| b.entries.iter().flat_map(|e| e.parts.iter().cloned())).collect();
-        keys.extend(self.file.iter().flat_map(|f| f.parts.iter().cloned()));
+        let mut keys: Vec<String> = self.batch.iter().flat_map(|b| b.entries.iter().flat_map(Entry::objects)).collect();
+        keys.extend(self.file.iter().flat_map(|f| f.parts.iter().chain(&f.reject_parts).cloned()));
         keys
     }
 
     async fn commit_batch(&self, b: &OpenBatch) -> Result<Option<BatchReport>, WarehouseError> {
         let inner = &self.inner;
-        let mut objects: Vec<String> = b.entries.iter().flat_map(|e| e.parts.iter().cloned()).collect();
+        let mut objects: Vec<String> = b.entries.iter().flat_map(Entry::objects).collect();
         let plan = plan_commit(&inner.sql(), &inner.staging, b, |copy| inner.copy_role_clause(copy), &inner.copy_role);
         if let Ok(plan) = &plan {
             objects.extend(plan.uploads.iter().map(|(k, _)| k.clone()));
@@ -1199,6 +1359,7 @@ impl BatchSink for RedshiftSink {
             now: timestamp_text(Utc::now()),
             entries: Vec::new(),
             next_part: 0,
+            held: Held::default(),
         });
         // The open batch is part of the ledger as this writer sees it; its rows are the newest.
         let in_batch = batch.entries.iter().position(|e| same_version(&e.meta, file));
@@ -1230,6 +1391,7 @@ impl BatchSink for RedshiftSink {
                 staged_rows: 0,
                 staged_bytes: 0,
                 rejects: Vec::new(),
+                reject_parts: Vec::new(),
             });
             return Ok(Admission::Superseded);
         }
@@ -1238,19 +1400,13 @@ impl BatchSink for RedshiftSink {
             // `force` on a version this batch already holds: the earlier copy never reaches the warehouse.
             let earlier = batch.entries.remove(i);
             replaces |= earlier.replaces;
-            if !earlier.parts.is_empty() {
-                self.inner.block_on(self.inner.delete(earlier.parts));
+            batch.held = batch.held.minus(Held::of(&earlier.rejects));
+            let objects: Vec<String> = earlier.objects().collect();
+            if !objects.is_empty() {
+                self.inner.block_on(self.inner.delete(objects));
             }
         }
-        self.file = Some(OpenFile {
-            meta: file.clone(),
-            replaces,
-            writer: PartWriter::new(self.part_bytes),
-            parts: Vec::new(),
-            rows: 0,
-            bytes: 0,
-            rejects: Vec::new(),
-        });
+        self.file = Some(OpenFile::new(file.clone(), replaces, self.part_bytes));
         Ok(Admission::Load)
     }
 
@@ -1266,9 +1422,29 @@ impl BatchSink for RedshiftSink {
         self.upload_parts(parts)
     }
 
+    /// Held in memory while the batch's in-memory rejects stay within the bound; the file
+    /// that would pass it spills (see the module docs).
     fn write_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
-        self.open_file()?.rejects.extend_from_slice(rejects);
-        Ok(())
+        self.open_file()?;
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let batch_held = self.batch.as_ref().map_or(Held::default(), |b| b.held);
+        let f = self.file.as_mut().expect("checked");
+        if !f.spilling {
+            let add = Held::of(rejects);
+            if batch_held.plus(f.held).plus(add).within(self.reject_memory) {
+                f.rejects.extend_from_slice(rejects);
+                f.held = f.held.plus(add);
+                return Ok(());
+            }
+            f.spilling = true;
+            f.held = Held::default();
+            let earlier = std::mem::take(&mut f.rejects);
+            debug!(key = %f.meta.key, held = earlier.len(), "rejects pass the memory bound: spilling them to staging");
+            self.spill_rejects(&earlier)?;
+        }
+        self.spill_rejects(rejects)
     }
 
     fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
@@ -1284,8 +1460,17 @@ impl BatchSink for RedshiftSink {
         let key = self.open_file()?.meta.key.clone();
         let last = self.file.as_mut().expect("checked").writer.finish().map_err(|e| WarehouseError::Other(format!("staging rows of {key}: {e}")))?;
         self.upload_parts(last.into_iter().collect())?;
+        {
+            let batch = self.batch.as_mut().expect("a batch is open while a file is");
+            let f = self.file.as_mut().expect("checked");
+            let last = f.reject_writer.finish().map_err(|e| WarehouseError::Other(format!("staging rejects of {key}: {e}")))?;
+            if let Some(body) = last {
+                upload_reject_part(&self.inner, batch, f, body)?;
+            }
+        }
         let f = self.file.take().expect("checked");
         let batch = self.batch.as_mut().expect("a batch is open while a file is");
+        batch.held = batch.held.plus(f.held);
         // What the shared `supersede_older` does for versions of this batch (the commit does
         // it set-wise for versions recorded earlier).
         for e in batch.entries.iter_mut() {
@@ -1312,6 +1497,7 @@ impl BatchSink for RedshiftSink {
             staged_rows: f.rows,
             staged_bytes: f.bytes,
             rejects: f.rejects,
+            reject_parts: f.reject_parts,
         });
         Ok(true)
     }
@@ -1419,13 +1605,12 @@ fn ledger_values(e: &Entry, batch: &OpenBatch) -> Vec<Lit> {
     ]
 }
 
-fn reject_values(e: &Entry, r: &Reject, batch: &OpenBatch) -> Vec<Lit> {
-    let m = &e.meta;
+fn reject_values(m: &FileMeta, r: &Reject, batch_id: i64, now: &str) -> Vec<Lit> {
     vec![
         Lit::Str(m.bucket.clone()),
         Lit::Str(m.key.clone()),
         Lit::Str(m.version.clone()),
-        Lit::Int(batch.id),
+        Lit::Int(batch_id),
         Lit::Int(r.line as i64),
         Lit::opt(r.column.as_deref().map(|c| fit(c, COLUMN_NAME_BYTES))),
         Lit::Str(fit(r.rule, RULE_BYTES).into()),
@@ -1433,7 +1618,7 @@ fn reject_values(e: &Entry, r: &Reject, batch: &OpenBatch) -> Vec<Lit> {
         Lit::opt(r.value.as_deref().map(|v| fit(v, VALUE_BYTES))),
         Lit::opt(r.raw.as_deref().map(|v| fit(v, RAW_LINE_BYTES))),
         Lit::Int(m.contract_version as i64),
-        Lit::Str(batch.now.clone()),
+        Lit::Str(now.to_string()),
     ]
 }
 
@@ -1453,25 +1638,44 @@ impl RowSet {
         RowSet { table: table.to_string(), columns, rows, values }
     }
 
+    /// One that can only be loaded by COPY (its VALUES are not rendered).
+    fn copy_only(table: &str, columns: &'static [&'static str], rows: Vec<Vec<Lit>>) -> RowSet {
+        RowSet { table: table.to_string(), columns, rows, values: None }
+    }
+
     /// Statements it takes as VALUES (`usize::MAX` when it cannot be done so).
     fn values_cost(&self) -> usize {
         self.values.as_ref().map_or(usize::MAX, Vec::len)
     }
 
-    /// The gzip CSV, its manifest, and the COPY that loads it.
-    fn as_copy(&self, staging: &StagingLocation, batch_id: i64, name: &str, role: &str) -> Result<(Vec<Upload>, String), WarehouseError> {
+    /// The gzip CSV (none when the set is empty), its manifest, and the COPY that loads it.
+    /// The manifest also names `uploaded`: parts of the same rows uploaded earlier.
+    fn as_copy(
+        &self,
+        staging: &StagingLocation,
+        batch_id: i64,
+        name: &str,
+        role: &str,
+        uploaded: &[String],
+    ) -> Result<(Vec<Upload>, String), WarehouseError> {
         use std::io::Write;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let mut line = Vec::new();
-        for r in &self.rows {
-            line.clear();
-            csv_line(r, &mut line);
-            gz.write_all(&line).map_err(|e| WarehouseError::Other(format!("staging {name}: {e}")))?;
+        let mut objects = Vec::new();
+        let mut urls: Vec<String> = uploaded.iter().map(|k| staging.url(k)).collect();
+        if !self.rows.is_empty() {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut line = Vec::new();
+            for r in &self.rows {
+                line.clear();
+                csv_line(r, &mut line);
+                gz.write_all(&line).map_err(|e| WarehouseError::Other(format!("staging {name}: {e}")))?;
+            }
+            let data = gz.finish().map_err(|e| WarehouseError::Other(format!("staging {name}: {e}")))?;
+            let data_key = staging.key(batch_id, &format!("{name}.csv.gz"));
+            urls.push(staging.url(&data_key));
+            objects.push((data_key, data));
         }
-        let data = gz.finish().map_err(|e| WarehouseError::Other(format!("staging {name}: {e}")))?;
-        let data_key = staging.key(batch_id, &format!("{name}.csv.gz"));
         let manifest_key = staging.key(batch_id, &format!("{name}.manifest.json"));
-        let manifest = stage::manifest(&[staging.url(&data_key)]);
+        let manifest = stage::manifest(&urls);
         let copy = format!(
             "COPY {} ({}) FROM {} IAM_ROLE {} FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS' EMPTYASNULL MAXERROR 0 COMPUPDATE OFF STATUPDATE OFF",
             self.table,
@@ -1479,13 +1683,15 @@ impl RowSet {
             sql_string(&staging.url(&manifest_key)),
             if role.is_empty() { "default".to_string() } else { sql_string(role) },
         );
-        Ok((vec![(data_key, data), (manifest_key, manifest.into_bytes())], copy))
+        objects.push((manifest_key, manifest.into_bytes()));
+        Ok((objects, copy))
     }
 }
 
 /// The statements of one commit, in order (see the module docs). At most
 /// [`MAX_BATCH_STATEMENTS`]: ledger rows and rejects go in as VALUES while they fit the
-/// budget, else (rejects first) as a staged CSV loaded by COPY.
+/// budget, else (rejects first) as a staged CSV loaded by COPY. Rejects spilled to staging
+/// put all the batch's rejects in by COPY, the in-memory ones as one more part.
 fn plan_commit(
     sql: &Sql<'_>,
     staging: &StagingLocation,
@@ -1496,9 +1702,15 @@ fn plan_commit(
     let t = sql.t;
     let (files, id) = (&t.files, b.id);
     let ledger = RowSet::new(BATCH_FILES, &BATCH_FILES_COLUMNS, b.entries.iter().map(|e| ledger_values(e, b)).collect());
-    let reject_rows: Vec<Vec<Lit>> = b.entries.iter().flat_map(|e| e.rejects.iter().map(move |r| reject_values(e, r, b))).collect();
-    let has_rejects = !reject_rows.is_empty();
-    let rejects = RowSet::new(&t.rejects, &REJECT_COLUMNS, reject_rows);
+    let reject_rows: Vec<Vec<Lit>> =
+        b.entries.iter().flat_map(|e| e.rejects.iter().map(move |r| reject_values(&e.meta, r, b.id, &b.now))).collect();
+    let spilled: Vec<String> = b.entries.iter().flat_map(|e| e.reject_parts.iter().cloned()).collect();
+    let has_rejects = !reject_rows.is_empty() || !spilled.is_empty();
+    let rejects = if spilled.is_empty() {
+        RowSet::new(&t.rejects, &REJECT_COLUMNS, reject_rows)
+    } else {
+        RowSet::copy_only(&t.rejects, &REJECT_COLUMNS, reject_rows)
+    };
     let parts: Vec<String> = b.entries.iter().flat_map(|e| e.parts.iter().cloned()).collect();
     let replaces = b.entries.iter().any(|e| e.replaces);
 
@@ -1516,7 +1728,7 @@ fn plan_commit(
     if ledger_by_values {
         statements.extend(ledger.values.clone().unwrap_or_default());
     } else {
-        let (objects, copy) = ledger.as_copy(staging, id, "ledger", role)?;
+        let (objects, copy) = ledger.as_copy(staging, id, "ledger", role, &[])?;
         uploads.extend(objects);
         statements.push(copy);
     }
@@ -1556,7 +1768,7 @@ fn plan_commit(
         if rejects_by_values {
             statements.extend(rejects.values.clone().unwrap_or_default());
         } else {
-            let (objects, copy) = rejects.as_copy(staging, id, "rejects", role)?;
+            let (objects, copy) = rejects.as_copy(staging, id, "rejects", role, &spilled)?;
             uploads.extend(objects);
             statements.push(copy);
         }
@@ -1727,6 +1939,7 @@ mod tests {
                     raw: Some("r".repeat(reject_bytes)),
                 })
                 .collect(),
+            reject_parts: Vec::new(),
         }
     }
 
@@ -1734,7 +1947,7 @@ mod tests {
         let c = Contract::builtin();
         let t = Tables::for_contract(&c);
         let sql = Sql::new(Dialect::Redshift, &c, &t);
-        let batch = OpenBatch { id: 42, now: "2026-11-27 00:00:00.000000".into(), entries, next_part: 0 };
+        let batch = OpenBatch { id: 42, now: "2026-11-27 00:00:00.000000".into(), entries, next_part: 0, held: Held::default() };
         plan_commit(&sql, &StagingLocation::parse("s3://b/staging/").unwrap(), &batch, |s| s, "arn:aws:iam::1:role/copy").unwrap()
     }
 
@@ -1776,6 +1989,109 @@ mod tests {
         assert_eq!(rows.len(), 2000);
         assert_eq!(rows[0].len(), REJECT_COLUMNS.len());
         assert_eq!((&rows[0][0], &rows[0][1], &rows[0][3], &rows[0][4], &rows[0][6]), ("b", "a.csv", "42", "2", "format"));
+    }
+
+    fn gunzip_rows(gz: &[u8]) -> Vec<csv::StringRecord> {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz), &mut text).unwrap();
+        csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes()).records().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn spilled_rejects_put_all_the_batchs_rejects_in_by_one_copy_of_the_parts_and_the_rest() {
+        // a.csv spilled two parts; b.csv holds 3 rejects in memory; c.csv has none.
+        let mut a = entry("a.csv", 0, 0);
+        a.reject_parts = vec!["staging/42/rejects-00001.csv.gz".into(), "staging/42/rejects-00003.csv.gz".into()];
+        let p = plan(vec![a, entry("b.csv", 3, 10), entry("c.csv", 0, 0)]);
+        let s = &p.statements;
+        assert!(!s.iter().any(|x| x.starts_with("INSERT INTO wau_ingest_rejects")), "no VALUES route next to the COPY: {s:#?}");
+        let copies: Vec<&String> = s.iter().filter(|x| x.starts_with("COPY wau_ingest_rejects (")).collect();
+        assert_eq!(copies.len(), 1);
+        assert!(copies[0].starts_with(&format!("COPY wau_ingest_rejects ({}) FROM 's3://b/staging/42/rejects.manifest.json'", REJECT_COLUMNS.join(", "))));
+        // The removal of rejects whose version got no ledger row comes after the COPY.
+        let copy_at = s.iter().position(|x| x == copies[0]).unwrap();
+        assert!(s[copy_at + 1].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42\n") && s[copy_at + 1].contains("NOT EXISTS"));
+        let keys: Vec<&str> = p.uploads.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["staging/42/manifest.json", "staging/42/rejects.csv.gz", "staging/42/rejects.manifest.json"]);
+        let manifest: serde_json::Value = serde_json::from_slice(&p.uploads[2].1).unwrap();
+        let urls: Vec<&str> = manifest["entries"].as_array().unwrap().iter().map(|e| e["url"].as_str().unwrap()).collect();
+        assert_eq!(
+            urls,
+            ["s3://b/staging/42/rejects-00001.csv.gz", "s3://b/staging/42/rejects-00003.csv.gz", "s3://b/staging/42/rejects.csv.gz"]
+        );
+        assert!(manifest["entries"].as_array().unwrap().iter().all(|e| e["mandatory"] == true));
+        let rows = gunzip_rows(&p.uploads[1].1);
+        assert_eq!(rows.len(), 3, "the last part holds the in-memory rejects only");
+        assert!(rows.iter().all(|r| r.len() == REJECT_COLUMNS.len() && &r[1] == "b.csv" && &r[3] == "42"));
+        assert!(s.len() <= MAX_BATCH_STATEMENTS);
+    }
+
+    #[test]
+    fn rejects_all_spilled_are_copied_from_their_parts_alone() {
+        let mut a = entry("a.csv", 0, 0);
+        a.reject_parts = vec!["staging/42/rejects-00000.csv.gz".into()];
+        let p = plan(vec![a]);
+        assert_eq!(p.statements.iter().filter(|x| x.starts_with("COPY wau_ingest_rejects (")).count(), 1);
+        assert!(p.statements.iter().any(|x| x.starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42")));
+        let keys: Vec<&str> = p.uploads.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["staging/42/manifest.json", "staging/42/rejects.manifest.json"], "no empty last part");
+        let manifest: serde_json::Value = serde_json::from_slice(&p.uploads[1].1).unwrap();
+        assert_eq!(manifest["entries"].as_array().unwrap().len(), 1);
+        assert_eq!(manifest["entries"][0]["url"], "s3://b/staging/42/rejects-00000.csv.gz");
+        // Without any reject, no rejects statement at all.
+        let p = plan(vec![entry("a.csv", 0, 0)]);
+        assert!(!p.statements.iter().any(|x| x.contains("wau_ingest_rejects")));
+    }
+
+    #[test]
+    fn spilled_reject_parts_are_cut_at_the_limit_and_read_back_as_the_copy_route_writes_them() {
+        let m = meta("dir/a,\"b\".csv", "v1", "1");
+        let rejects: Vec<Reject> = (0..50)
+            .map(|i| Reject {
+                line: i + 2,
+                column: if i % 2 == 0 { None } else { Some("user_email".into()) },
+                rule: "format",
+                reason: "bad, \"very\"\nbad".into(),
+                value: Some(format!("v\\{i}'")),
+                raw: Some(format!("acme,e{i},\"x\"\0")),
+            })
+            .collect();
+        let mut w = CsvParts::new(1000);
+        let mut parts = Vec::new();
+        for r in &rejects {
+            parts.extend(w.push(&reject_values(&m, r, 42, "2026-11-27 00:00:00.000000")).unwrap());
+        }
+        parts.extend(w.finish().unwrap());
+        assert_eq!(w.finish().unwrap(), None, "nothing open after finish");
+        assert!(parts.len() > 3, "{} parts", parts.len());
+        let rows: Vec<csv::StringRecord> = parts.iter().flat_map(|p| gunzip_rows(p)).collect();
+        assert_eq!(rows.len(), 50);
+        // The same bytes as the in-memory route's CSV of the same rows.
+        let entry = Entry { meta: m.clone(), rejects: rejects.clone(), ..entry("x", 0, 0) };
+        let batch = OpenBatch { id: 42, now: "2026-11-27 00:00:00.000000".into(), entries: vec![entry], next_part: 0, held: Held::default() };
+        let set = RowSet::copy_only(
+            "t",
+            &REJECT_COLUMNS,
+            batch.entries[0].rejects.iter().map(|r| reject_values(&batch.entries[0].meta, r, batch.id, &batch.now)).collect(),
+        );
+        let (objects, _) = set.as_copy(&StagingLocation::parse("s3://b/s/").unwrap(), 42, "rejects", "", &[]).unwrap();
+        assert_eq!(gunzip_rows(&objects[0].1), rows);
+        assert_eq!((&rows[0][1], &rows[0][5], &rows[1][5], &rows[0][7]), ("dir/a,\"b\".csv", "", "user_email", "bad, \"very\"\nbad"));
+        assert_eq!(&rows[3][9], "acme,e3,\"x\"\u{FFFD}");
+    }
+
+    #[test]
+    fn the_reject_bound_counts_rows_and_bytes() {
+        let small = entry("a.csv", 3, 10).rejects;
+        let h = Held::of(&small);
+        assert_eq!(h.rows, 3);
+        assert_eq!(h.bytes, 3 * (std::mem::size_of::<Reject>() + "not an email".len() + "user_email".len() + 2 + 10));
+        let bound = Held { rows: 5, bytes: 10_000 };
+        assert!(h.within(bound) && h.plus(Held::of(&small[..2])).within(bound));
+        assert!(!h.plus(h).within(bound), "6 rejects pass 5");
+        assert!(!Held::of(&entry("a.csv", 1, 20_000).rejects).within(bound), "one big reject passes the bytes");
+        assert_eq!(h.plus(h).minus(h), h);
+        assert_eq!(h.minus(h.plus(h)), Held::default());
     }
 
     #[test]
