@@ -55,7 +55,7 @@ mod tests {
 
     #[test]
     fn s3_uris_with_names_aliases_and_access_point_arns() {
-        let p = |s: &str| parse_s3_uri(s).map(|(b, k)| (b, k));
+        let p = parse_s3_uri;
         assert_eq!(p("s3://wau-audit/csv/acme/"), Some(("wau-audit".into(), "csv/acme/".into())));
         assert_eq!(p("s3://wau-audit"), Some(("wau-audit".into(), "".into())));
         assert_eq!(p("s3://wau-ap-abc123-s3alias/csv/"), Some(("wau-ap-abc123-s3alias".into(), "csv/".into())));

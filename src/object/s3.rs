@@ -25,14 +25,14 @@ const ETAG_PREFIX: &str = "etag:";
 pub struct S3Store {
     client: Client,
     /// Name, alias or access point ARN, as the API takes it.
-    bucket: String,
+    target: String,
     /// `s3://<bucket>`: the ledger identity.
     id: String,
 }
 
 impl S3Store {
     pub fn new(client: Client, bucket: &str) -> S3Store {
-        S3Store { client, bucket: bucket.to_string(), id: format!("s3://{bucket}") }
+        S3Store { client, target: bucket.to_string(), id: format!("s3://{bucket}") }
     }
 
     pub fn client(&self) -> &Client {
@@ -40,7 +40,7 @@ impl S3Store {
     }
 
     pub fn bucket_name(&self) -> &str {
-        &self.bucket
+        &self.target
     }
 
     /// Uploads a local file (a streaming body: the file is not read into memory).
@@ -48,7 +48,7 @@ impl S3Store {
         let body = ByteStream::from_path(path).await.map_err(|e| io(key, std::io::Error::other(e)))?;
         self.client
             .put_object()
-            .bucket(&self.bucket)
+            .bucket(&self.target)
             .key(key)
             .body(body)
             .content_type("text/csv")
@@ -99,7 +99,7 @@ impl ObjectStore for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectRef>, StoreError> {
         let mut out = Vec::new();
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut pages = self.client.list_objects_v2().bucket(&self.target).prefix(prefix).into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err(prefix, e))?;
             for o in page.contents() {
@@ -125,7 +125,7 @@ impl ObjectStore for S3Store {
         let head = self
             .client
             .head_object()
-            .bucket(&self.bucket)
+            .bucket(&self.target)
             .key(&obj.key)
             .set_version_id(obj.version.clone())
             .send()
@@ -147,12 +147,12 @@ impl ObjectStore for S3Store {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client.list_objects_v2().bucket(&self.bucket).max_keys(1).send().await.map_err(|e| sdk_err("", e))?;
+        self.client.list_objects_v2().bucket(&self.target).max_keys(1).send().await.map_err(|e| sdk_err("", e))?;
         Ok(())
     }
 
     async fn open(&self, obj: &ResolvedObject) -> Result<ObjectStream, StoreError> {
-        let req = self.client.get_object().bucket(&self.bucket).key(&obj.key);
+        let req = self.client.get_object().bucket(&self.target).key(&obj.key);
         let req = match obj.version.strip_prefix(ETAG_PREFIX) {
             Some(etag) => req.if_match(format!("\"{etag}\"")),
             None => req.version_id(&obj.version),
