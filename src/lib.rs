@@ -99,6 +99,7 @@ impl Setup {
             )),
             SourceKind::Sqs => {
                 let client = aws_sdk_sqs::Client::new(self.sdk().await);
+                let max_receives = source::sqs::max_receive_count(&client, &c.queue_url).await;
                 // Events name the bucket itself, never an access point: check names only.
                 let bucket = (!c.bucket.starts_with("arn:") && !c.bucket.ends_with("-s3alias")).then(|| c.bucket.clone());
                 Box::new(source::sqs::SqsSource::start(
@@ -110,6 +111,7 @@ impl Setup {
                         concurrency: c.concurrency,
                         visibility: Duration::from_secs(c.visibility_timeout_secs),
                         wait_time_secs: c.wait_time_secs as i32,
+                        max_receives,
                     },
                     self.metrics.clone(),
                 ))

@@ -14,7 +14,8 @@
 //!   `source.prefix` (the warehouse's staging files in the same bucket), are deleted and counted.
 //! - A message this service cannot read is never deleted: it is counted (`dlq_bound`), its
 //!   heartbeat stops, and the queue's redrive policy moves it to the DLQ after
-//!   `maxReceiveCount` receives.
+//!   `maxReceiveCount` receives. A readable message given back (after its local retries) at
+//!   its last allowed receive is counted `dlq_bound` too: the DLQ is where it goes next.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +51,9 @@ pub struct SqsSettings {
     pub concurrency: usize,
     pub visibility: Duration,
     pub wait_time_secs: i32,
+    /// The queue's redrive `maxReceiveCount`, when it has one: a message given back at its
+    /// last allowed receive goes to the DLQ, which is counted and logged as `dlq_bound`.
+    pub max_receives: Option<u32>,
 }
 
 struct Shared {
@@ -166,6 +170,31 @@ async fn poll(shared: Arc<Shared>, tx: mpsc::Sender<Delivery>, stop: Cancellatio
     }
 }
 
+/// The queue's redrive `maxReceiveCount`, or None without a redrive policy (or when it cannot
+/// be read: then only unreadable messages are counted as bound for the DLQ).
+pub async fn max_receive_count(client: &Client, queue_url: &str) -> Option<u32> {
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| warn!(error = %describe(&e), "cannot read the queue's redrive policy"))
+        .ok()?
+        .attributes?;
+    parse_max_receive_count(attrs.get(&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy)?)
+}
+
+/// `maxReceiveCount` from a RedrivePolicy JSON (SQS writes it as a number or a string).
+pub fn parse_max_receive_count(policy: &str) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_str(policy).ok()?;
+    match &v["maxReceiveCount"] {
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Turns one message into a delivery, or settles it here (deleted, or left for the DLQ).
 async fn accept(shared: &Arc<Shared>, m: Message) -> Option<Delivery> {
     let receipt = m.receipt_handle.clone()?;
@@ -176,6 +205,7 @@ async fn accept(shared: &Arc<Shared>, m: Message) -> Option<Delivery> {
         .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
         .cloned()
         .unwrap_or_default();
+    let receive_count: u32 = receives.parse().unwrap_or(0);
     let body = m.body.as_deref().unwrap_or("");
     let parsed = parse_body(body).map_err(|e| e.to_string()).and_then(|n| match n {
         Notification::Objects { created, ignored } => {
@@ -205,7 +235,7 @@ async fn accept(shared: &Arc<Shared>, m: Message) -> Option<Delivery> {
         Ok((created, _)) => {
             let heartbeat = tokio::spawn(heartbeat(shared.clone(), receipt.clone(), Instant::now()));
             let objects: Vec<ObjectRef> = created.into_iter().map(object_ref).collect();
-            let ack = SqsAck { shared: shared.clone(), receipt, heartbeat, objects: objects.clone(), attempt: 0 };
+            let ack = SqsAck { shared: shared.clone(), receipt, heartbeat, objects: objects.clone(), attempt: 0, receive_count };
             Some(Delivery { objects, ack: Box::new(ack) })
         }
     }
@@ -264,6 +294,8 @@ struct SqsAck {
     objects: Vec<ObjectRef>,
     /// Local retries so far (see [`retry_delay`]).
     attempt: u32,
+    /// SQS's ApproximateReceiveCount when this process received it.
+    receive_count: u32,
 }
 
 /// A delivery given back for a transient failure (the store or warehouse unreachable) is
@@ -278,6 +310,12 @@ const LOCAL_RETRIES: u32 = 6;
 impl SqsAck {
     async fn release_now(self) {
         self.heartbeat.abort();
+        let last = self.shared.settings.max_receives.is_some_and(|m| self.receive_count >= m);
+        if last && !self.shared.stop.is_cancelled() {
+            self.shared.metrics.sqs("dlq_bound", 1);
+            let keys: Vec<&str> = self.objects.iter().map(|o| o.key.as_str()).collect();
+            warn!(?keys, receives = self.receive_count, "message failed at its last allowed receive: SQS moves it to the DLQ");
+        }
         release(&self.shared, &self.receipt).await;
     }
 }
@@ -446,6 +484,14 @@ mod tests {
         assert_eq!(next_extension(v, near), Some((Duration::from_secs(60), Duration::from_secs(30))));
         assert_eq!(next_extension(v, MAX_INVISIBLE), None);
         assert_eq!(next_extension(v, MAX_INVISIBLE + Duration::from_secs(5)), None);
+    }
+
+    #[test]
+    fn redrive_policies_name_the_max_receive_count_as_number_or_string() {
+        assert_eq!(parse_max_receive_count(r#"{"deadLetterTargetArn":"arn:aws:sqs:r:1:q-dlq","maxReceiveCount":5}"#), Some(5));
+        assert_eq!(parse_max_receive_count(r#"{"deadLetterTargetArn":"arn","maxReceiveCount":"3"}"#), Some(3));
+        assert_eq!(parse_max_receive_count("{}"), None);
+        assert_eq!(parse_max_receive_count("not json"), None);
     }
 
     #[test]
