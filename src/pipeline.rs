@@ -7,6 +7,12 @@
 //! Per batch: commit when rows, bytes or age say so ([`should_flush`]); only then are the
 //! batch's deliveries acknowledged and its files counted. Any failure before commit gives
 //! the deliveries back (`release`) for another try; nothing half-done is ever acknowledged.
+//!
+//! A commit runs while the next batch fills ([`Pipeline::commit_open`]): at most one batch is
+//! in flight, the next is never submitted before it ended, and it is settled (counted,
+//! acknowledged) once it has. If it failed, the batch opened meanwhile — whose admissions
+//! counted the files in flight as recorded — is rolled back too, and every delivery of both
+//! is given back.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::object::{decoded, ObjectRef, ObjectStore, ReadLimits, StoreError};
 use crate::source::{Ack, Delivery};
 use crate::validate::{validate_stream, ChunkSink, Options, Reject, RowChunk, ValidateError};
-use crate::warehouse::{Admission, BatchReport, FileMeta, FileStatus, FileSummary, Warehouse, WarehouseError};
+use crate::warehouse::{Admission, BatchReport, FileMeta, FileStatus, FileSummary, PendingCommit, Warehouse, WarehouseError};
 use crate::writer::WriterHandle;
 
 /// The flush decision, as a pure function of the open batch.
@@ -105,6 +111,16 @@ impl Tally {
     }
 }
 
+/// A batch whose commit began and is not settled yet.
+struct InFlight {
+    /// The commit's end, and how long it took from its beginning.
+    commit: tokio::task::JoinHandle<(Result<Option<BatchReport>, WarehouseError>, Duration)>,
+    /// Cancelled once the commit has ended (however it ended).
+    ended: CancellationToken,
+    files: Vec<FileDone>,
+    acks: Vec<Box<dyn Ack>>,
+}
+
 pub struct Pipeline {
     store: Arc<dyn ObjectStore>,
     warehouse: Arc<dyn Warehouse>,
@@ -118,6 +134,7 @@ pub struct Pipeline {
     open_files: Vec<FileDone>,
     open_acks: Vec<Box<dyn Ack>>,
     opened_at: Option<Instant>,
+    in_flight: Option<InFlight>,
     pub tally: Tally,
 }
 
@@ -169,6 +186,7 @@ impl Pipeline {
             open_files: Vec::new(),
             open_acks: Vec::new(),
             opened_at: None,
+            in_flight: None,
             tally: Tally::default(),
         })
     }
@@ -226,27 +244,99 @@ impl Pipeline {
         // Deliveries that only produced duplicates need no commit; acknowledge them promptly.
         let nothing_to_commit = self.open_files.iter().all(|f| matches!(f.outcome, Outcome::Duplicate | Outcome::Skipped));
         if nothing_to_commit || should_flush(&self.policy, rows, bytes, age) {
-            self.flush().await?;
+            self.commit_open().await?;
         }
         Ok(())
     }
 
-    /// Commits the open batch, then counts, logs and acknowledges what it covered.
+    /// Fires once the commit in flight has ended, to be [`settle`](Pipeline::settle)d; `None`
+    /// when no commit is in flight.
+    pub fn commit_ended(&self) -> Option<CancellationToken> {
+        self.in_flight.as_ref().map(|f| f.ended.clone())
+    }
+
+    /// Commits the open batch and settles every commit: when it returns `Ok`, everything
+    /// handled so far is committed and acknowledged.
     pub async fn flush(&mut self) -> Result<Option<BatchReport>, IngestError> {
+        let report = self.commit_open().await?;
+        match self.in_flight {
+            Some(_) => self.settle().await,
+            None => Ok(report),
+        }
+    }
+
+    /// Settles the commit in flight (waiting for it), then begins the open batch's commit and
+    /// opens the next batch; the new commit is settled later (`settle`, `flush`, or the next
+    /// `commit_open`). Returns the open batch's report when its commit ended at once (SQLite).
+    pub async fn commit_open(&mut self) -> Result<Option<BatchReport>, IngestError> {
+        self.settle().await?;
         let started = Instant::now();
-        let report = match self.writer.commit().await {
-            Ok(r) => r,
+        let pending = match self.writer.commit_begin().await {
+            Ok(p) => p,
             Err(e) => {
                 self.metrics.error("warehouse_commit");
                 self.abort().await;
                 return Err(e.into());
             }
         };
+        let files = std::mem::take(&mut self.open_files);
+        let acks = std::mem::take(&mut self.open_acks);
+        self.opened_at = None;
+        match pending {
+            None => self.conclude(Ok(None), started.elapsed(), files, acks).await,
+            Some(p) if p.is_done() => self.conclude(p.wait(), started.elapsed(), files, acks).await,
+            Some(p) => {
+                let ended = CancellationToken::new();
+                let signal = ended.clone().drop_guard();
+                let commit = tokio::task::spawn_blocking(move || {
+                    let _signal = signal;
+                    let result = PendingCommit::wait(p);
+                    (result, started.elapsed())
+                });
+                self.in_flight = Some(InFlight { commit, ended, files, acks });
+                Ok(None)
+            }
+        }
+    }
+
+    /// Waits for the commit in flight, if any, then counts, logs and acknowledges what it
+    /// covered. If it failed, its deliveries and the open batch's are given back and the open
+    /// batch is rolled back.
+    pub async fn settle(&mut self) -> Result<Option<BatchReport>, IngestError> {
+        let Some(f) = self.in_flight.take() else { return Ok(None) };
+        let (result, took) = f
+            .commit
+            .await
+            .unwrap_or_else(|e| (Err(WarehouseError::Other(format!("the commit did not end: {e}"))), Duration::ZERO));
+        self.conclude(result, took, f.files, f.acks).await
+    }
+
+    /// The end of a batch's commit: on success counts, logs and acknowledges its files; on
+    /// failure gives its deliveries back and aborts the open batch (which may have counted the
+    /// failed batch's files as recorded).
+    async fn conclude(
+        &mut self,
+        result: Result<Option<BatchReport>, WarehouseError>,
+        took: Duration,
+        files: Vec<FileDone>,
+        acks: Vec<Box<dyn Ack>>,
+    ) -> Result<Option<BatchReport>, IngestError> {
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.error("warehouse_commit");
+                for ack in acks {
+                    ack.release().await;
+                }
+                self.abort().await;
+                return Err(e.into());
+            }
+        };
         if let Some(r) = &report {
-            self.metrics.batch_committed(started.elapsed().as_secs_f64());
+            self.metrics.batch_committed(took.as_secs_f64());
             info!(batch_id = r.batch_id, files = r.files, rows_loaded = r.rows_loaded, rows_rejected = r.rows_rejected, "batch committed");
         }
-        for f in self.open_files.drain(..) {
+        for f in files {
             self.metrics.file(f.outcome.label());
             self.tally.add(&f.outcome);
             match &f.outcome {
@@ -272,10 +362,9 @@ impl Pipeline {
                 info!(key = %f.key, version = %f.version, outcome = f.outcome.label(), batch_id, "file committed");
             }
         }
-        for ack in self.open_acks.drain(..) {
+        for ack in acks {
             ack.ack().await;
         }
-        self.opened_at = None;
         Ok(report)
     }
 
@@ -436,6 +525,162 @@ mod tests {
         crate::replay::ingest_all(&mut p, listed, true).await.unwrap();
         assert_eq!(p.tally.loaded, 2);
         assert_ne!(bytes_read(), after_load);
+    }
+
+    /// Records what happened to each delivery.
+    struct Recorded {
+        name: &'static str,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Ack for Recorded {
+        async fn ack(self: Box<Self>) {
+            self.log.lock().unwrap().push(format!("ack {}", self.name));
+        }
+        async fn release(self: Box<Self>) {
+            self.log.lock().unwrap().push(format!("release {}", self.name));
+        }
+    }
+
+    /// A real SQLite sink whose first begun commit stays in flight until `fail` is sent, then
+    /// fails (nothing of it reaches the warehouse).
+    struct FirstCommitFails {
+        sink: Box<dyn crate::warehouse::BatchSink>,
+        fail: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    struct FailsWhenTold(std::sync::mpsc::Receiver<()>);
+
+    impl PendingCommit for FailsWhenTold {
+        fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
+            let _ = self.0.recv();
+            Err(WarehouseError::Other("the commit failed".into()))
+        }
+    }
+
+    impl crate::warehouse::BatchSink for FirstCommitFails {
+        fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+            self.sink.admit(file, force)
+        }
+        fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError> {
+            self.sink.write_rows(chunk)
+        }
+        fn write_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
+            self.sink.write_rejects(rejects)
+        }
+        fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+            self.sink.discard_file_rows()
+        }
+        fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
+            self.sink.finish_file(summary)
+        }
+        fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+            self.sink.abandon_file()
+        }
+        fn pending(&self) -> (u64, u64) {
+            self.sink.pending()
+        }
+        fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+            self.sink.commit()
+        }
+        fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
+            match self.fail.take() {
+                Some(fail) => {
+                    self.sink.rollback();
+                    Ok(Some(Box::new(FailsWhenTold(fail))))
+                }
+                None => self.sink.commit_begin(),
+            }
+        }
+        fn rollback(&mut self) {
+            self.sink.rollback()
+        }
+    }
+
+    struct Wrapped {
+        w: SqliteWarehouse,
+        fail: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl Warehouse for Wrapped {
+        fn migrate(&self) -> Result<(), WarehouseError> {
+            self.w.migrate()
+        }
+        fn sink(&self) -> Result<Box<dyn crate::warehouse::BatchSink>, WarehouseError> {
+            Ok(Box::new(FirstCommitFails { sink: self.w.sink()?, fail: self.fail.lock().unwrap().take() }))
+        }
+        fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
+            self.w.lookup(bucket, key, version)
+        }
+        fn lookup_stamp(&self, bucket: &str, key: &str, sequencer: &str, size: u64) -> Result<Option<FileStatus>, WarehouseError> {
+            self.w.lookup_stamp(bucket, key, sequencer, size)
+        }
+        fn recorded_sequencers(&self, bucket: &str) -> Result<std::collections::HashSet<(String, String)>, WarehouseError> {
+            self.w.recorded_sequencers(bucket)
+        }
+        fn merge(&self) -> Result<crate::warehouse::MergeReport, WarehouseError> {
+            self.w.merge()
+        }
+        fn interrupt_merge(&self) {
+            self.w.interrupt_merge()
+        }
+        fn ping(&self) -> Result<(), WarehouseError> {
+            self.w.ping()
+        }
+        fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<crate::warehouse::WauRow>, WarehouseError> {
+            self.w.weekly_active_users(since, customer)
+        }
+        fn totals(&self) -> Result<crate::warehouse::LedgerTotals, WarehouseError> {
+            self.w.totals()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_commit_in_flight_gives_back_its_deliveries_and_those_of_the_batch_opened_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        for (name, event) in [("a", "e1"), ("b", "e2")] {
+            let text = format!("{}\nacme,{event},2026-11-23T10:00:00Z,u1,,login,,\n", crate::demo::HEADER);
+            crate::demo::write_atomically(&inbox.join(format!("csv/acme/{name}.csv")), text.as_bytes()).unwrap();
+        }
+        let contract = Arc::new(Contract::builtin());
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&inbox).unwrap());
+        let (fail, told) = std::sync::mpsc::channel();
+        let wrapped = Wrapped { w: SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap(), fail: Some(told).into() };
+        let warehouse: Arc<dyn Warehouse> = Arc::new(wrapped);
+        warehouse.migrate().unwrap();
+        let mut p = Pipeline::new(store.clone(), warehouse.clone(), contract, ReadLimits::default(), BatchConfig::default(), Arc::new(Metrics::new()), Default::default())
+            .unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let listed = store.list("").await.unwrap();
+        let (a, b) = (listed.iter().find(|o| o.key.ends_with("a.csv")).unwrap(), listed.iter().find(|o| o.key.ends_with("b.csv")).unwrap());
+        let delivery = |name: &'static str, obj: &ObjectRef| Delivery { objects: vec![obj.clone()], ack: Box::new(Recorded { name, log: log.clone() }) };
+        let loaded = || warehouse.totals().unwrap().files_loaded;
+
+        p.handle(delivery("a", a), false).await.unwrap();
+        assert_eq!(p.commit_open().await.unwrap(), None, "batch 1 is in flight");
+        assert!(p.commit_ended().is_some());
+        // Batch 2 fills while batch 1 commits.
+        p.handle(delivery("b", b), false).await.unwrap();
+        assert!(log.lock().unwrap().is_empty(), "nothing is acknowledged or given back while batch 1 is in flight");
+
+        fail.send(()).unwrap();
+        let err = p.flush().await.unwrap_err();
+        assert!(err.to_string().contains("the commit failed"), "{err}");
+        assert_eq!(*log.lock().unwrap(), ["release a", "release b"], "both batches' deliveries are given back");
+        assert_eq!(p.tally, Tally::default(), "nothing counts");
+        assert_eq!(loaded(), 0, "batch 2 was rolled back, not committed");
+        assert!(p.commit_ended().is_none());
+
+        // Delivered again, both load, once.
+        log.lock().unwrap().clear();
+        p.handle(delivery("a", a), false).await.unwrap();
+        p.handle(delivery("b", b), false).await.unwrap();
+        p.flush().await.unwrap();
+        assert_eq!(*log.lock().unwrap(), ["ack a", "ack b"]);
+        assert_eq!(p.tally.loaded, 2);
+        assert_eq!(loaded(), 2);
     }
 
     #[test]

@@ -107,11 +107,16 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     let mut backoff = backoff_builder.build();
     loop {
         let deadline = pipeline.flush_deadline();
+        let commit_ended = pipeline.commit_ended();
         let step: Result<(), IngestError> = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
+            // A commit in flight that has ended is counted and acknowledged at once.
+            _ = async { commit_ended.as_ref().expect("guarded").cancelled().await }, if commit_ended.is_some() => {
+                pipeline.settle().await.map(|_| ())
+            }
             _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
-                pipeline.flush().await.map(|_| ())
+                pipeline.commit_open().await.map(|_| ())
             }
             Some(obj) = reconcile_rx.recv() => pipeline.handle(Delivery { objects: vec![obj], ack: Box::new(NoAck) }, false).await,
             next = source.next() => match next {
@@ -146,7 +151,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         }
     }
 
-    // Drain: commit what is complete, acknowledge it, release the rest.
+    // Drain: commit what is complete (and the commit in flight), acknowledge it, release the rest.
     match pipeline.flush().await {
         Ok(Some(r)) => info!(batch_id = r.batch_id, files = r.files, "final batch committed"),
         Ok(None) => {}

@@ -7,7 +7,7 @@
 use tokio::sync::{mpsc, oneshot};
 
 use crate::validate::{Reject, RowChunk};
-use crate::warehouse::{Admission, BatchReport, BatchSink, FileMeta, FileSummary, WarehouseError};
+use crate::warehouse::{Admission, BatchReport, BatchSink, FileMeta, FileSummary, PendingCommit, WarehouseError};
 
 /// Chunks in flight between the reader and the writer (each at most `CHUNK_ROWS` rows).
 const CHANNEL_CHUNKS: usize = 4;
@@ -21,6 +21,7 @@ enum Cmd {
     Abandon { reply: oneshot::Sender<Result<(), WarehouseError>> },
     Pending { reply: oneshot::Sender<(u64, u64)> },
     Commit { reply: oneshot::Sender<Result<Option<BatchReport>, WarehouseError>> },
+    CommitBegin { reply: oneshot::Sender<Result<Option<Box<dyn PendingCommit>>, WarehouseError>> },
     Rollback { reply: oneshot::Sender<()> },
 }
 
@@ -80,6 +81,9 @@ impl WriterHandle {
                         Cmd::Commit { reply } => {
                             let _ = reply.send(sink.commit());
                         }
+                        Cmd::CommitBegin { reply } => {
+                            let _ = reply.send(sink.commit_begin());
+                        }
                         Cmd::Rollback { reply } => {
                             failed = None;
                             sink.rollback();
@@ -128,6 +132,10 @@ impl WriterHandle {
     }
     pub async fn commit(&self) -> Result<Option<BatchReport>, WarehouseError> {
         self.ask(|reply| Cmd::Commit { reply }).await?
+    }
+    /// Begins the commit of the open batch; a new batch opens meanwhile (see [`BatchSink::commit_begin`]).
+    pub async fn commit_begin(&self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
+        self.ask(|reply| Cmd::CommitBegin { reply }).await?
     }
     pub async fn rollback(&self) -> Result<(), WarehouseError> {
         self.ask(|reply| Cmd::Rollback { reply }).await

@@ -269,6 +269,37 @@ async fn duplicates_are_refused_and_older_versions_are_superseded() {
     );
 }
 
+/// While a batch commits, the next one fills: a version in flight is a duplicate, an older
+/// version of a key in flight is superseded, a newer one supersedes it at the next commit, and
+/// the next commit cannot begin before the one in flight ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_flight_counts_for_admission_until_its_commit_ended() {
+    let Some(s) = stack(1 << 20).await else { return };
+    let mut sink = s.w.sink().unwrap();
+    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "u1")]), Admission::Load);
+    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v1", "1"), &[("acme", "e2", "u2")]), Admission::Load);
+    let pending = sink.commit_begin().unwrap().expect("a commit in flight");
+    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Superseded, "older than v2 in flight");
+    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v2", "2"), &[("acme", "e2", "u9")]), Admission::Load);
+    assert!(sink.commit_begin().is_err(), "never two commits in flight");
+
+    let r1 = tokio::task::spawn_blocking(move || pending.wait()).await.unwrap().unwrap().unwrap();
+    assert_eq!((r1.files, r1.rows_loaded), (2, 2));
+    let r2 = sink.commit().unwrap().unwrap();
+    assert_eq!((r2.files, r2.rows_loaded), (2, 1), "a.csv v1 recorded superseded, b.csv v2 loaded");
+    assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), Some(FileStatus::Superseded));
+    assert_eq!(s.w.lookup("central", "a.csv", "v2").unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(s.w.lookup("central", "b.csv", "v1").unwrap(), Some(FileStatus::Superseded), "superseded by the next batch");
+    assert_eq!(s.w.lookup("central", "b.csv", "v2").unwrap(), Some(FileStatus::Loaded));
+    // Ended: the ledger answers again.
+    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
+    sink.rollback();
+    assert!(s.staging_objects().await.is_empty());
+    s.w.merge().unwrap();
+    assert_eq!(s.target(), vec![("e1".into(), "u1".into(), "a.csv".into()), ("e2".into(), "u9".into(), "b.csv".into())]);
+}
+
 /// Two writers load the same version at once (neither saw the other's work at admit): the
 /// one that commits second records nothing, and its staged rows and rejects do not stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,8 +117,40 @@ pub trait BatchSink: Send {
     fn pending(&self) -> (u64, u64);
     /// Makes the batch durable. `None` when the batch was empty.
     fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError>;
+    /// Starts making the batch durable and opens the next one at once; `None` when the batch was
+    /// empty. Until the returned commit has ended, `admit` counts its files as part of the batch
+    /// (a version in it is a duplicate, an older version of its keys superseded), and the caller
+    /// must not begin another commit: the next batch's guard relies on this one's ledger rows.
+    /// If it fails, the caller rolls back the batch opened meanwhile too. By default the commit
+    /// runs here, synchronously.
+    fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
+        Ok(self.commit()?.map(|r| Box::new(Committed(Some(r))) as Box<dyn PendingCommit>))
+    }
     /// Drops the whole open batch.
     fn rollback(&mut self);
+}
+
+/// A commit begun by [`BatchSink::commit_begin`]. Nothing it covers may be acknowledged before
+/// `wait` returned `Ok`.
+pub trait PendingCommit: Send {
+    /// Blocks until the commit has ended; `None` when it recorded nothing.
+    fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError>;
+    /// True when `wait` would return at once.
+    fn is_done(&self) -> bool {
+        false
+    }
+}
+
+/// A commit that already ended.
+pub struct Committed(pub Option<BatchReport>);
+
+impl PendingCommit for Committed {
+    fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
+        Ok(self.0)
+    }
+    fn is_done(&self) -> bool {
+        true
+    }
 }
 
 /// One row of `wau_weekly_active_users`.

@@ -32,6 +32,11 @@
 //!   the rejects still in memory (a batch never loads rejects both ways).
 //!   A serialization conflict (Redshift error 1023) reruns the whole batch. After the batch
 //!   ended, its staging objects are deleted (best effort).
+//! * `commit_begin` does the same in two steps: it uploads and submits, and returns a
+//!   [`PendingCommit`] that polls the statement to its end (rerunning it on a conflict), deletes
+//!   the staging objects and reports. Meanwhile the next batch opens; until the commit is known
+//!   ended, `admit` counts its files as recorded (a version in it is a duplicate, an older
+//!   version of its keys superseded), and no other commit may begin.
 //! * Because the race with another writer is only settled inside that transaction,
 //!   `finish_file` always returns true here: a version another process recorded first is not
 //!   loaded twice (the guard and the staging removal see to it) but is counted as loaded by
@@ -77,8 +82,8 @@ use tracing::{debug, warn};
 use super::sql::{sql_literal_body, Dialect, Sql, Tables, LOADED, REJECTED, REPLACED, SUPERSEDED};
 use super::stage::{self, PartWriter};
 use super::{
-    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse,
-    WarehouseError, WauRow,
+    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, PendingCommit,
+    Warehouse, WarehouseError, WauRow,
 };
 use crate::config::WarehouseConfig;
 use crate::contract::{parse_timestamp, Contract};
@@ -502,9 +507,29 @@ impl DataApi {
     /// BatchExecuteStatement (one transaction) — until it ends. A serialization conflict reruns
     /// it; `running` (the merge) exposes the statement id for cancelling.
     async fn run(&self, op: &'static str, sqls: &[String], batch: bool, running: Option<&RunningStatement>) -> Result<Done, WarehouseError> {
+        self.run_from(op, sqls, batch, running, None, Instant::now()).await
+    }
+
+    /// As [`DataApi::run`], for `sqls` already `submitted` (its statement id) at `started`: waits
+    /// for it; a serialization conflict submits the same SQL again.
+    async fn run_from(
+        &self,
+        op: &'static str,
+        sqls: &[String],
+        batch: bool,
+        running: Option<&RunningStatement>,
+        submitted: Option<String>,
+        started: Instant,
+    ) -> Result<Done, WarehouseError> {
         debug_assert!(batch || sqls.len() == 1);
-        let started = Instant::now();
-        let result = (|| self.attempt(op, sqls, batch, running))
+        let submitted = Mutex::new(submitted);
+        let result = (|| async {
+            let first = submitted.lock().expect("submitted lock").take();
+            match first {
+                Some(id) => self.wait(&id, sqls).await,
+                None => self.attempt(op, sqls, batch, running).await,
+            }
+        })
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(200))
@@ -519,14 +544,16 @@ impl DataApi {
             })
             .await;
         self.metrics.statement(op, started.elapsed().as_secs_f64());
-        result.map_err(|e| {
-            self.metrics.error("data_api_statement");
-            let what = match sqls {
-                [one] => headline(one),
-                many => format!("batch of {} statements", many.len()),
-            };
-            WarehouseError::Other(format!("redshift {op}: {what}: {e}"))
-        })
+        result.map_err(|e| self.failed(op, sqls, e))
+    }
+
+    fn failed(&self, op: &'static str, sqls: &[String], e: RunError) -> WarehouseError {
+        self.metrics.error("data_api_statement");
+        let what = match sqls {
+            [one] => headline(one),
+            many => format!("batch of {} statements", many.len()),
+        };
+        WarehouseError::Other(format!("redshift {op}: {what}: {e}"))
     }
 
     async fn attempt(&self, op: &'static str, sqls: &[String], batch: bool, running: Option<&RunningStatement>) -> Result<Done, RunError> {
@@ -902,6 +929,7 @@ impl Warehouse for RedshiftWarehouse {
             reject_memory: self.reject_memory,
             batch: None,
             file: None,
+            in_flight: None,
         }))
     }
 
@@ -1155,6 +1183,61 @@ pub struct RedshiftSink {
     reject_memory: Held,
     batch: Option<OpenBatch>,
     file: Option<OpenFile>,
+    /// The files of the batch whose commit began and may not have ended.
+    in_flight: Option<Arc<InFlight>>,
+}
+
+/// The ledger rows a begun commit writes, as admission must see them until it has ended.
+struct InFlight {
+    files: Vec<(FileMeta, FileStatus)>,
+    ended: AtomicBool,
+}
+
+impl InFlight {
+    fn of(b: &OpenBatch) -> InFlight {
+        InFlight { files: b.entries.iter().map(|e| (e.meta.clone(), e.status)).collect(), ended: AtomicBool::new(false) }
+    }
+
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// Marks its commit ended when dropped: after the wait, and also if the wait panicked or never
+/// ran, so that admission falls back on the ledger (and the guarded insert) instead of counting
+/// a batch that may never be recorded as recorded forever.
+struct EndsOnDrop(Arc<InFlight>);
+
+impl Drop for EndsOnDrop {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A batch whose BatchExecuteStatement was submitted: [`PendingCommit::wait`] polls it to its
+/// end (a serialization conflict submits it again), deletes its staging objects and reports.
+struct RedshiftCommit {
+    inner: Arc<Inner>,
+    batch: OpenBatch,
+    plan: Plan,
+    statement: String,
+    started: Instant,
+    objects: Vec<String>,
+    in_flight: EndsOnDrop,
+}
+
+impl PendingCommit for RedshiftCommit {
+    fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
+        let RedshiftCommit { inner, batch, plan, statement, started, objects, in_flight } = *self;
+        inner.block_on(async {
+            let done = inner.api.run_from("load", &plan.statements, true, None, Some(statement), started).await;
+            // Ended either way: from now on the ledger answers for these files (or, on failure,
+            // the caller rolls back the batch that was told about them).
+            drop(in_flight);
+            inner.delete(objects).await;
+            batch_report(&inner, &batch, &plan, done?).await
+        })
+    }
 }
 
 impl Entry {
@@ -1233,6 +1316,15 @@ fn same_version(a: &FileMeta, b: &FileMeta) -> bool {
     a.bucket == b.bucket && a.key == b.key && a.version == b.version
 }
 
+/// `other`, recorded with `status`, is a newer version of `file`'s key (the shared `newer_version_exists`).
+fn newer_version(other: &FileMeta, status: FileStatus, file: &FileMeta) -> bool {
+    other.bucket == file.bucket
+        && other.key == file.key
+        && other.version != file.version
+        && matches!(status, FileStatus::Loaded | FileStatus::Rejected)
+        && other.sequencer > file.sequencer
+}
+
 impl RedshiftSink {
     fn open_file(&mut self) -> Result<&mut OpenFile, WarehouseError> {
         self.file.as_mut().ok_or_else(|| WarehouseError::Other("no file is open in the batch".into()))
@@ -1292,54 +1384,73 @@ impl RedshiftSink {
         keys
     }
 
-    async fn commit_batch(&self, b: &OpenBatch) -> Result<Option<BatchReport>, WarehouseError> {
-        let inner = &self.inner;
+    /// Uploads the batch's objects and submits its one BatchExecuteStatement. On any failure
+    /// the batch has ended and its objects are deleted.
+    fn begin_batch(&mut self, b: OpenBatch) -> Result<RedshiftCommit, WarehouseError> {
+        let inner = self.inner.clone();
+        let started = Instant::now();
         let mut objects: Vec<String> = b.entries.iter().flat_map(Entry::objects).collect();
-        let plan = plan_commit(&inner.sql(), &inner.staging, b, |copy| inner.copy_role_clause(copy), &inner.copy_role);
+        let plan = plan_commit(&inner.sql(), &inner.staging, &b, |copy| inner.copy_role_clause(copy), &inner.copy_role);
         if let Ok(plan) = &plan {
             objects.extend(plan.uploads.iter().map(|(k, _)| k.clone()));
         }
-        let done = async {
+        let submitted = inner.block_on(async {
             let plan = plan.as_ref().map_err(|e| match e {
                 WarehouseError::Other(m) => WarehouseError::Other(m.clone()),
                 other => WarehouseError::Other(other.to_string()),
             })?;
             futures::future::try_join_all(plan.uploads.iter().map(|(key, body)| inner.put(key, body.clone()))).await?;
-            inner.api.run("load", &plan.statements, true, None).await
-        }
-        .await;
-        // The batch has ended either way (committed, rolled back or never run): its objects are spent.
-        inner.delete(objects).await;
-        let done = done?;
-        let plan = plan?;
-        let recorded = done.subs.get(plan.ledger_insert).map_or(-1, |s| s.result_rows);
-        let (rows_loaded, _) = b.staged();
-        let mut report = BatchReport {
-            batch_id: b.id,
-            files: b.entries.len() as u64,
-            rows_loaded,
-            rows_rejected: b.entries.iter().map(|e| e.rows_rejected).sum(),
+            inner.api.submit("load", &plan.statements, true).await.map_err(|e| inner.api.failed("load", &plan.statements, e))
+        });
+        let statement = match submitted {
+            Ok(id) => id,
+            Err(e) => {
+                // The batch has ended (never run): its objects are spent.
+                inner.block_on(inner.delete(objects));
+                return Err(e);
+            }
         };
-        if recorded != b.entries.len() as i64 {
-            // Another writer recorded some of these versions first: count what the ledger holds.
-            let rows = inner
-                .api
-                .query(
-                    "query",
-                    format!(
-                        "SELECT COUNT(*), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0) FROM {} WHERE batch_id = {}",
-                        inner.tables.files, b.id
-                    ),
-                )
-                .await?;
-            report.files = int_at(&rows, 0, 0).max(0) as u64;
-            report.rows_loaded = int_at(&rows, 0, 1).max(0) as u64;
-            report.rows_rejected = int_at(&rows, 0, 2).max(0) as u64;
-            warn!(batch_id = b.id, planned = b.entries.len(), recorded = report.files, "some files of the batch were recorded by another writer first");
-        }
-        debug!(batch_id = b.id, statements = plan.statements.len(), files = report.files, "batch committed");
-        Ok((report.files > 0).then_some(report))
+        let plan = plan?;
+        let in_flight = Arc::new(InFlight::of(&b));
+        self.in_flight = Some(in_flight.clone());
+        Ok(RedshiftCommit { inner, batch: b, plan, statement, started, objects, in_flight: EndsOnDrop(in_flight) })
     }
+
+    /// The batch in flight, unless its commit is known to have ended.
+    fn in_flight(&self) -> Option<Arc<InFlight>> {
+        self.in_flight.clone().filter(|f| !f.ended())
+    }
+}
+
+/// The report of a finished batch statement: what the ledger holds of the batch.
+async fn batch_report(inner: &Inner, b: &OpenBatch, plan: &Plan, done: Done) -> Result<Option<BatchReport>, WarehouseError> {
+    let recorded = done.subs.get(plan.ledger_insert).map_or(-1, |s| s.result_rows);
+    let (rows_loaded, _) = b.staged();
+    let mut report = BatchReport {
+        batch_id: b.id,
+        files: b.entries.len() as u64,
+        rows_loaded,
+        rows_rejected: b.entries.iter().map(|e| e.rows_rejected).sum(),
+    };
+    if recorded != b.entries.len() as i64 {
+        // Another writer recorded some of these versions first: count what the ledger holds.
+        let rows = inner
+            .api
+            .query(
+                "query",
+                format!(
+                    "SELECT COUNT(*), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0) FROM {} WHERE batch_id = {}",
+                    inner.tables.files, b.id
+                ),
+            )
+            .await?;
+        report.files = int_at(&rows, 0, 0).max(0) as u64;
+        report.rows_loaded = int_at(&rows, 0, 1).max(0) as u64;
+        report.rows_rejected = int_at(&rows, 0, 2).max(0) as u64;
+        warn!(batch_id = b.id, planned = b.entries.len(), recorded = report.files, "some files of the batch were recorded by another writer first");
+    }
+    debug!(batch_id = b.id, statements = plan.statements.len(), files = report.files, "batch committed");
+    Ok((report.files > 0).then_some(report))
 }
 
 impl BatchSink for RedshiftSink {
@@ -1347,15 +1458,24 @@ impl BatchSink for RedshiftSink {
         if self.file.is_some() {
             return Err(WarehouseError::Other(format!("admit {} while another file is open", file.key)));
         }
+        // Taken before the ledger is asked: a commit that ends during the query may or may not
+        // be seen by it, so its files count as this writer's until then.
+        let in_flight = self.in_flight();
+        let flying = in_flight.as_ref().map_or(&[][..], |f| f.files.as_slice());
         if !force {
-            // A version this batch already holds needs no round trip.
-            if let Some(e) = self.batch.iter().flat_map(|b| b.entries.iter()).find(|e| same_version(&e.meta, file)) {
-                return Ok(Admission::Duplicate(e.status));
+            // A version this batch (or the one committing) already holds needs no round trip.
+            let held = self.batch.iter().flat_map(|b| b.entries.iter().map(|e| (&e.meta, e.status)));
+            if let Some((_, status)) = held.chain(flying.iter().map(|(m, s)| (m, *s))).find(|(m, _)| same_version(m, file)) {
+                return Ok(Admission::Duplicate(status));
             }
         }
         let sql = admission_query(&self.inner.sql(), file).map_err(WarehouseError::Other)?;
         let rows = self.inner.block_on(self.inner.api.query("query", sql))?;
         let (recorded, newer_recorded) = read_admission(&rows);
+        // The batch committing is part of the ledger as this writer sees it, newer than what the
+        // query saw.
+        let recorded = flying.iter().find(|(m, _)| same_version(m, file)).map(|(_, s)| *s).or(recorded);
+        let newer_in_flight = flying.iter().any(|(m, status)| newer_version(m, *status, file));
         let batch = self.batch.get_or_insert_with(|| OpenBatch {
             id: new_batch_id(),
             now: timestamp_text(Utc::now()),
@@ -1369,14 +1489,8 @@ impl BatchSink for RedshiftSink {
         if let (Some(status), false) = (existing, force) {
             return Ok(Admission::Duplicate(status));
         }
-        let newer_in_batch = batch.entries.iter().any(|e| {
-            e.meta.bucket == file.bucket
-                && e.meta.key == file.key
-                && e.meta.version != file.version
-                && matches!(e.status, FileStatus::Loaded | FileStatus::Rejected)
-                && e.meta.sequencer > file.sequencer
-        });
-        if newer_recorded > 0 || newer_in_batch {
+        let newer_in_batch = batch.entries.iter().any(|e| newer_version(&e.meta, e.status, file));
+        if newer_recorded > 0 || newer_in_batch || newer_in_flight {
             if let Some(status) = existing {
                 return Ok(Admission::Duplicate(status));
             }
@@ -1517,14 +1631,25 @@ impl BatchSink for RedshiftSink {
     }
 
     fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+        match self.commit_begin()? {
+            Some(pending) => pending.wait(),
+            None => Ok(None),
+        }
+    }
+
+    /// Uploads the manifest and submits the batch; the returned commit waits for it.
+    fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
         if self.file.is_some() {
             return Err(WarehouseError::Other("commit while a file is open".into()));
+        }
+        if self.in_flight().is_some() {
+            return Err(WarehouseError::Other("commit while the previous commit has not ended".into()));
         }
         let Some(b) = self.batch.take() else { return Ok(None) };
         if b.entries.is_empty() {
             return Ok(None);
         }
-        self.inner.block_on(self.commit_batch(&b))
+        Ok(Some(Box::new(self.begin_batch(b)?)))
     }
 
     fn rollback(&mut self) {
