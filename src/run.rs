@@ -26,7 +26,7 @@ use crate::replay;
 use crate::source::{Delivery, NoAck, Source};
 use crate::warehouse::Warehouse;
 
-/// Everything `run` needs, built from the config by [`crate::setup`].
+/// Everything `run` needs, built from the config by [`crate::Setup::parts`].
 pub struct Parts {
     pub config: Config,
     pub contract: Arc<Contract>,
