@@ -43,6 +43,16 @@ pub fn parse_s3_uri(uri: &str) -> Option<(String, String)> {
     (!bucket.is_empty() && !bucket.ends_with('/')).then(|| (bucket.to_string(), prefix.to_string()))
 }
 
+/// A destination or source given as text: `Ok(Some((bucket, prefix)))` for an `s3://` URI,
+/// `Ok(None)` for anything else (a local path), an error for a malformed `s3://` URI.
+pub fn s3_target(target: &str) -> Result<Option<(String, String)>, String> {
+    match parse_s3_uri(target) {
+        Some(parsed) => Ok(Some(parsed)),
+        None if target.starts_with("s3://") => Err(format!("{target:?} is not an s3://bucket/prefix URI")),
+        None => Ok(None),
+    }
+}
+
 /// The HTTP status of a failed SDK call, when the service answered at all. Every SDK crate
 /// shares the smithy error and response types, so this serves S3, SQS, the Data API and Glue.
 pub fn status_of<E>(err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {

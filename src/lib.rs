@@ -70,16 +70,17 @@ impl Setup {
 
     /// A store and prefix for a replay target: `s3://bucket/prefix` or a local path.
     pub async fn store_for(&self, target: &str) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
-        match aws::parse_s3_uri(target) {
+        match aws::s3_target(target).map_err(anyhow::Error::msg)? {
             Some((bucket, prefix)) => Ok((Arc::new(self.s3_store(&bucket).await), prefix)),
-            None if target.starts_with("s3://") => anyhow::bail!("{target:?} is not an s3://bucket/prefix URI"),
             None => store_for_path(&self.config, Path::new(target)),
         }
     }
 
     pub async fn warehouse(&self) -> anyhow::Result<Arc<dyn Warehouse>> {
         match self.config.warehouse.kind {
-            WarehouseKind::Sqlite => open_warehouse(&self.config, &self.contract),
+            WarehouseKind::Sqlite => {
+                Ok(Arc::new(SqliteWarehouse::open(&self.config.warehouse.sqlite_path, &self.contract)?.with_metrics(self.metrics.clone())))
+            }
             WarehouseKind::Redshift => {
                 let sdk = self.sdk().await;
                 let s3 = aws::s3_client(sdk, &self.config.aws);

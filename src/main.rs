@@ -339,14 +339,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish { file, customer, to, gzip } => {
-            let contract = config.contract()?;
-            let published = match wau_ingest::aws::parse_s3_uri(&to) {
+            let cx = Setup::new(config)?;
+            let (contract, limits) = (&cx.contract, cx.config.read_limits());
+            let published = match wau_ingest::aws::s3_target(&to).map_err(anyhow::Error::msg)? {
                 Some((bucket, prefix)) => {
-                    let store = Setup::new(config.clone())?.s3_store(&bucket).await;
-                    wau_ingest::publish::publish_s3(&contract, config.read_limits(), &file, &store, &prefix, &customer, gzip).await
+                    let store = cx.s3_store(&bucket).await;
+                    wau_ingest::publish::publish_s3(contract, limits, &file, &store, &prefix, &customer, gzip).await
                 }
-                None if to.starts_with("s3://") => anyhow::bail!("{to:?} is not an s3://bucket/prefix URI"),
-                None => wau_ingest::publish::publish_local(&contract, config.read_limits(), &file, Path::new(&to), &customer, gzip).await,
+                None => wau_ingest::publish::publish_local(contract, limits, &file, Path::new(&to), &customer, gzip).await,
             };
             match published {
                 Ok(Published::Done { dest, rows, added_customer }) => {

@@ -134,19 +134,20 @@ pub async fn publish_s3(
         Err(rejected) => return Ok(rejected),
     };
     let dest_key = destination_key(src, prefix, gzip);
+    let dest = format!("{}/{dest_key}", crate::object::ObjectStore::bucket(store));
     let tmp = std::env::temp_dir().join(format!(".wau-publish-{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)));
     let result = async {
         let added = rewrite(contract, limits, src, &key, &tmp, customer, gzip).await?;
         store
             .put_file(&dest_key, &tmp, None)
             .await
-            .map_err(|e| PublishError::Io { path: format!("{}/{dest_key}", crate::object::ObjectStore::bucket(store)), source: std::io::Error::other(e.to_string()) })?;
+            .map_err(|e| PublishError::Io { path: dest.clone(), source: std::io::Error::other(e.to_string()) })?;
         Ok(added)
     }
     .await;
     let _ = tokio::fs::remove_file(&tmp).await;
     let added_customer = result?;
-    let dest = PathBuf::from(format!("{}/{dest_key}", crate::object::ObjectStore::bucket(store)));
+    let dest = PathBuf::from(dest);
     Ok(Published::Done { dest, rows: account.rows_read, added_customer })
 }
 

@@ -208,12 +208,10 @@ fn spawn_merge_loop(
     })
 }
 
-/// One merge with its metrics and log line.
+/// One merge with its metrics and log line (the warehouse itself times its statements).
 pub async fn merge_once(warehouse: Arc<dyn Warehouse>, metrics: &Metrics) -> Option<crate::warehouse::MergeReport> {
-    let started = std::time::Instant::now();
     match tokio::task::spawn_blocking(move || warehouse.merge()).await.expect("merge does not panic") {
         Ok(r) => {
-            metrics.statement("merge", started.elapsed().as_secs_f64());
             metrics.merged(r.rows_deleted, r.rows_inserted, &r.event_times);
             if r.files > 0 || r.rows_deleted > 0 {
                 info!(files = r.files, rows_deleted = r.rows_deleted, rows_inserted = r.rows_inserted, "merged");

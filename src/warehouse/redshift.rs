@@ -585,24 +585,26 @@ impl DataApi {
                 out.id().map(str::to_string).ok_or_else(|| CallError { transient: false, text: "ExecuteStatement returned no statement id".into() })
             }
         };
+        let what = if batch { "BatchExecuteStatement" } else { "ExecuteStatement" };
+        self.retrying(what, op, call).await.map_err(|e| RunError::Call(format!("{what}: {}", e.text)))
+    }
+
+    /// One Data API call, retried with backoff while its errors are transient.
+    async fn retrying<T, Fut>(&self, what: &'static str, subject: &str, call: impl FnMut() -> Fut) -> Result<T, CallError>
+    where
+        Fut: Future<Output = Result<T, CallError>>,
+    {
         call.retry(transient_backoff())
             .when(|e| e.transient)
             .notify(|e, _| {
                 self.metrics.retry("data_api_statement");
-                warn!(operation = op, error = %e.text, "redshift submit retried");
+                warn!(call = what, subject, error = %e.text, "Data API call retried");
             })
             .await
-            .map_err(|e| RunError::Call(format!("{}: {}", if batch { "BatchExecuteStatement" } else { "ExecuteStatement" }, e.text)))
     }
 
     async fn describe(&self, id: &str) -> Result<DescribeStatementOutput, RunError> {
-        (|| async { self.client.describe_statement().id(id).send().await.map_err(call_error) })
-            .retry(transient_backoff())
-            .when(|e| e.transient)
-            .notify(|e, _| {
-                self.metrics.retry("data_api_statement");
-                warn!(statement = id, error = %e.text, "DescribeStatement retried");
-            })
+        self.retrying("DescribeStatement", id, || async { self.client.describe_statement().id(id).send().await.map_err(call_error) })
             .await
             .map_err(|e| RunError::Call(format!("DescribeStatement {id}: {}", e.text)))
     }
@@ -640,12 +642,9 @@ impl DataApi {
         let mut next: Option<String> = None;
         loop {
             let token = next.clone();
-            let page = (|| async { self.client.get_statement_result().id(id).set_next_token(token.clone()).send().await.map_err(call_error) })
-                .retry(transient_backoff())
-                .when(|e| e.transient)
-                .notify(|e, _| {
-                    self.metrics.retry("data_api_statement");
-                    warn!(statement = id, error = %e.text, "GetStatementResult retried");
+            let page = self
+                .retrying("GetStatementResult", id, || async {
+                    self.client.get_statement_result().id(id).set_next_token(token.clone()).send().await.map_err(call_error)
                 })
                 .await
                 .map_err(|e| {

@@ -27,6 +27,8 @@ pub struct SqliteWarehouse {
     reader: Mutex<Option<Connection>>,
     /// The running merge's connection, so shutdown can interrupt it.
     merging: Mutex<Option<rusqlite::InterruptHandle>>,
+    /// Where statement latency goes (the service's registry), when given.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 pub fn now_text() -> String {
@@ -71,7 +73,15 @@ impl SqliteWarehouse {
             tables: Tables::for_contract(contract),
             reader: Mutex::new(None),
             merging: Mutex::new(None),
+            metrics: None,
         })
+    }
+
+    /// Records the merge's latency as `statement_seconds{operation="merge"}`, as the Redshift
+    /// warehouse records each of its statements.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> SqliteWarehouse {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn sql(&self) -> Sql<'_> {
@@ -203,8 +213,12 @@ impl Warehouse for SqliteWarehouse {
     fn merge(&self) -> Result<MergeReport, WarehouseError> {
         let conn = open(&self.path)?;
         *self.merging.lock().expect("merging lock") = Some(conn.get_interrupt_handle());
+        let started = std::time::Instant::now();
         let result = self.merge_on(&conn);
         *self.merging.lock().expect("merging lock") = None;
+        if let (Some(m), Ok(_)) = (&self.metrics, &result) {
+            m.statement("merge", started.elapsed().as_secs_f64());
+        }
         result
     }
 

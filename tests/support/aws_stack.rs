@@ -8,7 +8,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -136,11 +135,6 @@ impl Case {
         v
     }
 
-    /// The library's configuration for this case (what the service reads from `service_env`).
-    pub fn config(&self) -> wau_ingest::config::Config {
-        wau_ingest::config::Config::load_with_env(Some(Path::new("/dev/null")), self.service_env().into_iter()).unwrap()
-    }
-
     /// Starts `wau-ingest run` with JSON logs appended to `log` in the case's folder.
     pub fn spawn_run(&self, log: &str, extra: &[(&str, &str)]) -> Service {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(log)).unwrap();
@@ -204,6 +198,11 @@ impl Case {
 
     /// Runs one statement on `database` through the Data API and returns its rows as text.
     pub async fn statement(&self, database: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+        self.try_statement(database, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// As [`Case::statement`], with a failed statement as an error.
+    pub async fn try_statement(&self, database: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
         let id = self.data.execute_statement().workgroup_name(WORKGROUP).database(database).sql(sql).send().await.unwrap().id.expect("statement id");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -211,11 +210,11 @@ impl Case {
             match d.status() {
                 Some(StatusString::Finished) => {
                     if d.has_result_set() != Some(true) {
-                        return Vec::new();
+                        return Ok(Vec::new());
                     }
                     break;
                 }
-                Some(StatusString::Failed) | Some(StatusString::Aborted) => panic!("{sql}: {:?}", d.error()),
+                Some(StatusString::Failed) | Some(StatusString::Aborted) => return Err(format!("{:?}", d.error())),
                 _ => {}
             }
             assert!(Instant::now() < deadline, "statement did not finish: {sql}");
@@ -241,7 +240,7 @@ impl Case {
             }
             token = r.next_token;
             if token.is_none() {
-                return rows;
+                return Ok(rows);
             }
         }
     }
@@ -250,30 +249,17 @@ impl Case {
         self.statement(&self.database.clone(), sql).await
     }
 
+    fn first_count(rows: &[Vec<Option<String>>]) -> i64 {
+        rows.first().and_then(|r| r.first().cloned().flatten()).map_or(0, |v| v.parse().unwrap())
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
-        match self.query(sql).await.first().and_then(|r| r.first().cloned().flatten()) {
-            Some(v) => v.parse().unwrap(),
-            None => 0,
-        }
+        Self::first_count(&self.query(sql).await)
     }
 
     /// 0 when the table does not exist yet (the service has not migrated).
     pub async fn count_or_zero(&self, sql: &str) -> i64 {
-        let id = self.data.execute_statement().workgroup_name(WORKGROUP).database(&self.database).sql(sql).send().await.unwrap().id.expect("statement id");
-        loop {
-            let d = self.data.describe_statement().id(&id).send().await.unwrap();
-            match d.status() {
-                Some(StatusString::Finished) => break,
-                Some(StatusString::Failed) | Some(StatusString::Aborted) => return 0,
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-        let r = self.data.get_statement_result().id(&id).send().await.unwrap();
-        match r.records().first().and_then(|row| row.first()) {
-            Some(Field::LongValue(v)) => *v,
-            Some(Field::StringValue(s)) => s.parse().unwrap_or(0),
-            _ => 0,
-        }
+        self.try_statement(&self.database.clone(), sql).await.map_or(0, |rows| Self::first_count(&rows))
     }
 
     /// The target as (customer, event_id) → (user_id, _file_key); a key twice is a failure.
