@@ -58,7 +58,8 @@ impl ChunkSink for Counting {
 
 async fn raw_parse(path: &Path) -> u64 {
     let f = tokio::fs::File::open(path).await.unwrap();
-    let mut r = AsyncReaderBuilder::new().has_headers(false).flexible(true).buffer_capacity(256 * 1024).create_reader(f);
+    let mut r =
+        AsyncReaderBuilder::new().has_headers(false).flexible(true).buffer_capacity(256 * 1024).create_reader(f);
     let mut rec = ByteRecord::new();
     let mut n = 0;
     while r.read_byte_record(&mut rec).await.unwrap() {
@@ -84,7 +85,8 @@ async fn end_to_end(inbox: &Path, db: &Path) -> (u64, Duration, Duration) {
     warehouse.migrate().unwrap();
     let started = Instant::now();
     let objects = store.list("").await.unwrap();
-    let tally = wau_ingest::replay::ingest_objects(&config, store, warehouse.clone(), contract, objects, false).await.unwrap();
+    let tally =
+        wau_ingest::replay::ingest_objects(&config, store, warehouse.clone(), contract, objects, false).await.unwrap();
     let loaded = started.elapsed();
     let w = warehouse.clone();
     let merged = tokio::task::spawn_blocking(move || w.merge()).await.unwrap().unwrap();
@@ -139,7 +141,8 @@ fn peak_rss(bin: &Path, dir: &Path, file: &Path) -> (u64, u64, Duration) {
         let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
     }
     let started = Instant::now();
-    let load = run_sampling_rss(Command::new(bin).args(["--db", db.to_str().unwrap(), "replay", file.to_str().unwrap()]));
+    let load =
+        run_sampling_rss(Command::new(bin).args(["--db", db.to_str().unwrap(), "replay", file.to_str().unwrap()]));
     let merge = run_sampling_rss(Command::new(bin).args(["--db", db.to_str().unwrap(), "merge"]));
     (load, merge, started.elapsed())
 }
@@ -200,7 +203,12 @@ fn main() {
     println!("{:<44} {:>10.2} {:>9.1} MB/s", "raw CSV parse (csv-async byte records)", raw.as_secs_f64(), raw_mbs);
     println!("{:<44} {:>10.2} {:>9.1} MB/s", "validate against the contract", val.as_secs_f64(), val_mbs);
     println!("{:<44} {:>10.2} {:>9.0} rows/s", "reference: sqlite3 .import --csv", import.as_secs_f64(), import_rps);
-    println!("{:<44} {:>10.2} {:>9.0} rows/s", "end-to-end: load (hash, validate, stage, ledger)", load_time.as_secs_f64(), rows as f64 / load_time.as_secs_f64());
+    println!(
+        "{:<44} {:>10.2} {:>9.0} rows/s",
+        "end-to-end: load (hash, validate, stage, ledger)",
+        load_time.as_secs_f64(),
+        rows as f64 / load_time.as_secs_f64()
+    );
     println!("{:<44} {:>10.2} {:>9.0} rows/s", "end-to-end: load + merge into the target", e2e.as_secs_f64(), e2e_rps);
     println!();
     println!("validate / raw parse      = {:.2}  (goal ≥ 0.5)", val_mbs / raw_mbs);

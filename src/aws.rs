@@ -15,7 +15,8 @@ pub async fn sdk_config() -> SdkConfig {
 }
 
 fn endpoint_overridden(service_var: &str) -> bool {
-    std::env::var_os(service_var).is_some_and(|v| !v.is_empty()) || std::env::var_os("AWS_ENDPOINT_URL").is_some_and(|v| !v.is_empty())
+    std::env::var_os(service_var).is_some_and(|v| !v.is_empty())
+        || std::env::var_os("AWS_ENDPOINT_URL").is_some_and(|v| !v.is_empty())
 }
 
 /// An S3 client; path-style when configured or when the endpoint is overridden (moto, MinIO:

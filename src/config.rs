@@ -164,7 +164,12 @@ pub struct MergeConfig {
 
 impl Default for MergeConfig {
     fn default() -> Self {
-        MergeConfig { interval_secs: 60, runner: MergeRunner::Sql, glue_job_name: String::new(), glue_timeout_secs: 1800 }
+        MergeConfig {
+            interval_secs: 60,
+            runner: MergeRunner::Sql,
+            glue_job_name: String::new(),
+            glue_timeout_secs: 1800,
+        }
     }
 }
 
@@ -236,11 +241,15 @@ impl Config {
         Self::load_with_env(path, std::env::vars())
     }
 
-    pub fn load_with_env(path: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let default_path = Path::new("wau-ingest.toml");
         let (text, origin) = match path {
             Some(p) => (
-                std::fs::read_to_string(p).map_err(|source| ConfigError::Io { path: p.display().to_string(), source })?,
+                std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Io { path: p.display().to_string(), source })?,
                 p.display().to_string(),
             ),
             None if default_path.exists() => (
@@ -291,7 +300,8 @@ impl Config {
             };
             table.insert(key, typed);
         }
-        let config: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| invalid(&origin, e.to_string()))?;
+        let config: Config =
+            toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| invalid(&origin, e.to_string()))?;
         config.check().map_err(|reason| invalid(&origin, reason))?;
         Ok(config)
     }
@@ -305,7 +315,9 @@ impl Config {
                 return Err("source.kind = \"sqs\" needs source.queue_url and source.bucket".into());
             }
             if self.source.wait_time_secs > 20 || self.source.visibility_timeout_secs < 2 {
-                return Err("source.wait_time_secs must be at most 20 and source.visibility_timeout_secs at least 2".into());
+                return Err(
+                    "source.wait_time_secs must be at most 20 and source.visibility_timeout_secs at least 2".into()
+                );
             }
         }
         if self.source.concurrency == 0 {

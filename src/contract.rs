@@ -82,9 +82,16 @@ pub struct Contract {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValueError {
     Required,
-    MaxLength { max: usize, len: usize },
-    Type { expected: ColumnType },
-    Format { expected: Format },
+    MaxLength {
+        max: usize,
+        len: usize,
+    },
+    Type {
+        expected: ColumnType,
+    },
+    Format {
+        expected: Format,
+    },
     /// A NUL character: no warehouse stores it (Redshift's COPY refuses the whole load), so the
     /// row is rejected here instead of blocking every batch it would be in.
     Nul,
@@ -149,7 +156,8 @@ impl Contract {
     }
 
     fn check(&self) -> Result<(), ContractError> {
-        let invalid = |reason: String| ContractError::Invalid { name: self.name.clone(), version: self.version, reason };
+        let invalid =
+            |reason: String| ContractError::Invalid { name: self.name.clone(), version: self.version, reason };
         if self.columns.is_empty() {
             return Err(invalid("no columns".into()));
         }
@@ -321,13 +329,20 @@ fn fast_utc_timestamp(v: &str, out: &mut String) -> bool {
         Some(b'Z' | b'z') => &b[..b.len() - 1],
         _ => b,
     };
-    if body.len() < 19 || body[4] != b'-' || body[7] != b'-' || !matches!(body[10], b'T' | b't' | b' ') || body[13] != b':' || body[16] != b':' {
+    if body.len() < 19
+        || body[4] != b'-'
+        || body[7] != b'-'
+        || !matches!(body[10], b'T' | b't' | b' ')
+        || body[13] != b':'
+        || body[16] != b':'
+    {
         return false;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
         body[r].iter().try_fold(0u32, |acc, c| c.is_ascii_digit().then(|| acc * 10 + (c - b'0') as u32))
     };
-    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(s)) = (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19))
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(s)) =
+        (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19))
     else {
         return false;
     };
@@ -348,7 +363,13 @@ fn fast_utc_timestamp(v: &str, out: &mut String) -> bool {
     out.push_str(&v[11..19]);
     if nanos != 0 {
         // As chrono's `%.f`: 3, 6 or 9 digits, the fewest that hold the value.
-        let digits = if nanos % 1_000_000 == 0 { 3 } else if nanos % 1_000 == 0 { 6 } else { 9 };
+        let digits = if nanos % 1_000_000 == 0 {
+            3
+        } else if nanos % 1_000 == 0 {
+            6
+        } else {
+            9
+        };
         let mut buf = [b'0'; 9];
         let mut n = nanos;
         for d in buf.iter_mut().rev() {
@@ -367,7 +388,8 @@ pub fn parse_timestamp(v: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Some(t.with_timezone(&Utc));
     }
-    for f in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+    for f in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"]
+    {
         if let Ok(t) = DateTime::parse_from_str(v, f) {
             return Some(t.with_timezone(&Utc));
         }
@@ -555,7 +577,13 @@ mod tests {
             assert!(fast_utc_timestamp(v, &mut fast), "{v}");
             assert_eq!(fast, format_timestamp(parse_timestamp(v).unwrap()), "{v}");
         }
-        for v in ["2026-02-29T10:00:00Z", "2026-11-23T24:00:00Z", "2026-11-23T10:00:00+01:00", "2026-11-23T10:00", "2026-11-23T10:00:00."] {
+        for v in [
+            "2026-02-29T10:00:00Z",
+            "2026-11-23T24:00:00Z",
+            "2026-11-23T10:00:00+01:00",
+            "2026-11-23T10:00",
+            "2026-11-23T10:00:00.",
+        ] {
             let mut fast = String::new();
             assert!(!fast_utc_timestamp(v, &mut fast) && fast.is_empty(), "{v}");
         }
@@ -584,7 +612,8 @@ mod tests {
 
     #[test]
     fn infer_drafts_types_and_nullability() {
-        let headers: Vec<String> = ["Customer", "event_id", "event_time", "n", "email", "user_id"].map(String::from).to_vec();
+        let headers: Vec<String> =
+            ["Customer", "event_id", "event_time", "n", "email", "user_id"].map(String::from).to_vec();
         let rows = vec![
             vec!["acme".into(), "e1".into(), "2026-11-23T10:00:00Z".into(), "1".into(), "a@b.io".into(), "u".into()],
             vec!["acme".into(), "e2".into(), "2026-11-23 11:00:00".into(), "2".into(), "".into(), "u".into()],

@@ -149,7 +149,10 @@ pub fn generate_sample(inbox: &Path, weeks: u32, today: NaiveDate) -> std::io::R
             s.bad_rows += bad;
             if ci == 0 && wk == weeks - 1 {
                 // The same content under a second key: its rows dedupe by event id in the target.
-                write_atomically(&inbox.join(format!("csv/{customer}/resend-{}.csv", week_start.format("%G-W%V"))), &buf)?;
+                write_atomically(
+                    &inbox.join(format!("csv/{customer}/resend-{}.csv", week_start.format("%G-W%V"))),
+                    &buf,
+                )?;
                 s.files += 1;
                 s.rows += rows;
                 s.bad_rows += bad;

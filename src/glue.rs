@@ -15,7 +15,7 @@ use aws_sdk_glue::types::{Column, JobRunState, SerDeInfo, StorageDescriptor, Tab
 use aws_sdk_glue::Client;
 use tracing::{info, warn};
 
-use crate::contract::{Contract, ColumnType};
+use crate::contract::{ColumnType, Contract};
 
 fn describe<E: std::error::Error + 'static>(e: &E) -> String {
     aws_sdk_glue::error::DisplayErrorContext(e).to_string()
@@ -23,12 +23,20 @@ fn describe<E: std::error::Error + 'static>(e: &E) -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GlueOutcome {
-    Succeeded { run_id: String },
+    Succeeded {
+        run_id: String,
+    },
     /// The job is at its concurrency limit: a merge is running; this one is skipped.
     AlreadyRunning,
-    Failed { run_id: String, state: String, message: String },
+    Failed {
+        run_id: String,
+        state: String,
+        message: String,
+    },
     /// Still running at the timeout: the run was asked to stop.
-    TimedOut { run_id: String },
+    TimedOut {
+        run_id: String,
+    },
 }
 
 pub struct GlueRunner {
@@ -99,7 +107,11 @@ impl GlueRunner {
 pub fn final_state(state: Option<&JobRunState>) -> Option<bool> {
     match state? {
         JobRunState::Succeeded => Some(true),
-        JobRunState::Failed | JobRunState::Error | JobRunState::Timeout | JobRunState::Stopped | JobRunState::Expired => Some(false),
+        JobRunState::Failed
+        | JobRunState::Error
+        | JobRunState::Timeout
+        | JobRunState::Stopped
+        | JobRunState::Expired => Some(false),
         _ => None,
     }
 }
@@ -157,7 +169,13 @@ pub fn table_input(contract: &Contract, table: &str, location: &str) -> TableInp
 
 /// Creates the database if needed, then creates the table or updates it. Returns "created"
 /// or "updated".
-pub async fn catalog_sync(client: &Client, contract: &Contract, database: &str, table: &str, location: &str) -> Result<&'static str, String> {
+pub async fn catalog_sync(
+    client: &Client,
+    contract: &Contract,
+    database: &str,
+    table: &str,
+    location: &str,
+) -> Result<&'static str, String> {
     // The deploy kit creates the database (and grants no CreateDatabase); elsewhere create it.
     match client.get_database().name(database).send().await {
         Ok(_) => {}
@@ -202,7 +220,10 @@ mod tests {
         assert!(sd.columns().iter().all(|c| c.r#type() == Some("string")));
         assert_eq!(sd.location(), Some("s3://b/csv/"));
         assert_eq!(t.parameters().unwrap()["skip.header.line.count"], "1");
-        assert_eq!(sd.serde_info().unwrap().serialization_library(), Some("org.apache.hadoop.hive.serde2.OpenCSVSerde"));
+        assert_eq!(
+            sd.serde_info().unwrap().serialization_library(),
+            Some("org.apache.hadoop.hive.serde2.OpenCSVSerde")
+        );
     }
 
     #[test]

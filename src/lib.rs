@@ -64,7 +64,9 @@ impl Setup {
     pub async fn store(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
         Ok(match self.config.source.kind {
             SourceKind::Dir => (embedded_store(&self.config)?, String::new()),
-            SourceKind::Sqs => (Arc::new(self.s3_store(&self.config.source.bucket).await), self.config.source.prefix.clone()),
+            SourceKind::Sqs => {
+                (Arc::new(self.s3_store(&self.config.source.bucket).await), self.config.source.prefix.clone())
+            }
         })
     }
 
@@ -78,13 +80,20 @@ impl Setup {
 
     pub async fn warehouse(&self) -> anyhow::Result<Arc<dyn Warehouse>> {
         match self.config.warehouse.kind {
-            WarehouseKind::Sqlite => {
-                Ok(Arc::new(SqliteWarehouse::open(&self.config.warehouse.sqlite_path, &self.contract)?.with_metrics(self.metrics.clone())))
-            }
+            WarehouseKind::Sqlite => Ok(Arc::new(
+                SqliteWarehouse::open(&self.config.warehouse.sqlite_path, &self.contract)?
+                    .with_metrics(self.metrics.clone()),
+            )),
             WarehouseKind::Redshift => {
                 let sdk = self.sdk().await;
                 let s3 = aws::s3_client(sdk, &self.config.aws);
-                let w = warehouse::redshift::RedshiftWarehouse::new(&self.config.warehouse, &self.contract, sdk, s3, self.metrics.clone())?;
+                let w = warehouse::redshift::RedshiftWarehouse::new(
+                    &self.config.warehouse,
+                    &self.contract,
+                    sdk,
+                    s3,
+                    self.metrics.clone(),
+                )?;
                 Ok(Arc::new(w))
             }
         }
@@ -102,7 +111,8 @@ impl Setup {
                 let client = aws_sdk_sqs::Client::new(self.sdk().await);
                 let max_receives = source::sqs::max_receive_count(&client, &c.queue_url).await;
                 // Events name the bucket itself, never an access point: check names only.
-                let bucket = (!c.bucket.starts_with("arn:") && !c.bucket.ends_with("-s3alias")).then(|| c.bucket.clone());
+                let bucket =
+                    (!c.bucket.starts_with("arn:") && !c.bucket.ends_with("-s3alias")).then(|| c.bucket.clone());
                 Box::new(source::sqs::SqsSource::start(
                     client,
                     source::sqs::SqsSettings {

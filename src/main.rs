@@ -14,8 +14,8 @@ use wau_ingest::contract;
 use wau_ingest::metrics::Metrics;
 use wau_ingest::object::ObjectStore;
 use wau_ingest::pipeline::Tally;
-use wau_ingest::replay::{self, Filter};
 use wau_ingest::publish::{check_file, PublishError, Published};
+use wau_ingest::replay::{self, Filter};
 use wau_ingest::validate::{FileAccount, Reject};
 use wau_ingest::warehouse::sql::{Dialect, Sql, Tables};
 use wau_ingest::warehouse::{LedgerTotals, Warehouse};
@@ -260,7 +260,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let contract = config.contract()?;
             if print_sql {
                 let tables = Tables::for_contract(&contract);
-                println!("-- wau-ingest merge, contract {} v{}: one transaction, statements end with ';'", contract.name, contract.version);
+                println!(
+                    "-- wau-ingest merge, contract {} v{}: one transaction, statements end with ';'",
+                    contract.name, contract.version
+                );
                 for s in Sql::new(Dialect::Redshift, &contract, &tables).merge() {
                     println!("{s};");
                 }
@@ -298,12 +301,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             migrate(&warehouse).await?;
             let (config, contract) = (&cx.config, cx.contract.clone());
             if dry_run {
-                let (new, known) = replay::dry_run(store.as_ref(), warehouse, &objects).await.map_err(|e| anyhow::anyhow!(e))?;
+                let (new, known) =
+                    replay::dry_run(store.as_ref(), warehouse, &objects).await.map_err(|e| anyhow::anyhow!(e))?;
                 for k in &new {
                     println!("would load  {k}");
                 }
-                println!("dry run: {} file(s) listed, {} new, {} already in the ledger{}", objects.len(), new.len(), known.len(),
-                    if force { " (--force would load those again)" } else { "" });
+                println!(
+                    "dry run: {} file(s) listed, {} new, {} already in the ledger{}",
+                    objects.len(),
+                    new.len(),
+                    known.len(),
+                    if force { " (--force would load those again)" } else { "" }
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let tally = replay::ingest_objects(config, store, warehouse.clone(), contract, objects, force).await?;
@@ -315,9 +324,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let (store, prefix) = cx.store().await?;
             let warehouse = cx.warehouse().await?;
             migrate(&warehouse).await?;
-            let missing = replay::missing(store.as_ref(), warehouse.clone(), &prefix).await.map_err(|e| anyhow::anyhow!(e))?;
+            let missing =
+                replay::missing(store.as_ref(), warehouse.clone(), &prefix).await.map_err(|e| anyhow::anyhow!(e))?;
             println!("reconcile: {} object(s) in {}{prefix} that the ledger lacks", missing.len(), store.bucket());
-            let tally = replay::ingest_objects(&cx.config, store, warehouse.clone(), cx.contract.clone(), missing, false).await?;
+            let tally =
+                replay::ingest_objects(&cx.config, store, warehouse.clone(), cx.contract.clone(), missing, false)
+                    .await?;
             print_tally("reconcile", &tally);
             let r = run::merge_once(warehouse, &cx.metrics).await.context("merge failed")?;
             println!("merged {} file(s): {} row(s) deleted, {} inserted", r.files, r.rows_deleted, r.rows_inserted);
@@ -334,7 +346,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Contract { command: ContractCommand::Infer { file, name, rows } } => {
             let (headers, sample) = read_sample(&file, rows)?;
             let draft = contract::infer(&name, &headers, &sample);
-            println!("# Drafted by `wau-ingest contract infer` from {} ({} rows). Review before use.", file.display(), sample.len());
+            println!(
+                "# Drafted by `wau-ingest contract infer` from {} ({} rows). Review before use.",
+                file.display(),
+                sample.len()
+            );
             print!("{}", toml::to_string(&draft)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -346,7 +362,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let store = cx.s3_store(&bucket).await;
                     wau_ingest::publish::publish_s3(contract, limits, &file, &store, &prefix, &customer, gzip).await
                 }
-                None => wau_ingest::publish::publish_local(contract, limits, &file, Path::new(&to), &customer, gzip).await,
+                None => {
+                    wau_ingest::publish::publish_local(contract, limits, &file, Path::new(&to), &customer, gzip).await
+                }
             };
             match published {
                 Ok(Published::Done { dest, rows, added_customer }) => {
@@ -368,13 +386,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Catalog { command: CatalogCommand::Sync { database, table, location } } => {
             let location = match location {
                 Some(l) => l,
-                None if !config.source.bucket.is_empty() => format!("s3://{}/{}", config.source.bucket, config.source.prefix),
+                None if !config.source.bucket.is_empty() => {
+                    format!("s3://{}/{}", config.source.bucket, config.source.prefix)
+                }
                 None => anyhow::bail!("--location s3://bucket/csv/ is needed when source.bucket is not configured"),
             };
             let cx = Setup::new(config)?;
             let client = aws_sdk_glue::Client::new(cx.sdk().await);
-            let what = wau_ingest::glue::catalog_sync(&client, &cx.contract, &database, &table, &location).await.map_err(|e| anyhow::anyhow!(e))?;
-            println!("catalog table {database}.{table} {what} for {location} (contract {} v{})", cx.contract.name, cx.contract.version);
+            let what = wau_ingest::glue::catalog_sync(&client, &cx.contract, &database, &table, &location)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!(
+                "catalog table {database}.{table} {what} for {location} (contract {} v{})",
+                cx.contract.name, cx.contract.version
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck { ready, addr } => {
@@ -422,7 +447,10 @@ fn print_report(w: &dyn Warehouse, weeks: u32, customer: Option<&str>) -> anyhow
 }
 
 fn print_totals(t: &LedgerTotals) {
-    println!("ledger: files loaded {}, rejected {}, superseded {}", t.files_loaded, t.files_rejected, t.files_superseded);
+    println!(
+        "ledger: files loaded {}, rejected {}, superseded {}",
+        t.files_loaded, t.files_rejected, t.files_superseded
+    );
     println!(
         "rows:   read {} = loaded {} + rejected {}  ({} file(s) out of balance)",
         t.rows_read, t.rows_loaded, t.rows_rejected, t.unbalanced_files
@@ -465,7 +493,13 @@ fn print_row_of_file(f: &Path, acc: &FileAccount) {
         None if acc.rows_rejected > 0 => "some rows rejected".into(),
         None => "ok".into(),
     };
-    println!("{:<48} {:>10} {:>10} {:>10}  {verdict}", f.display().to_string(), acc.rows_read, acc.rows_loaded, acc.rows_rejected);
+    println!(
+        "{:<48} {:>10} {:>10} {:>10}  {verdict}",
+        f.display().to_string(),
+        acc.rows_read,
+        acc.rows_loaded,
+        acc.rows_rejected
+    );
 }
 
 fn reason_line(f: &Path, r: &Reject) -> String {
@@ -598,6 +632,10 @@ async fn run_demo(dir: &Path) -> anyhow::Result<ExitCode> {
         "\nexplore: sqlite3 {} 'SELECT rule, COUNT(*) FROM wau_ingest_rejects GROUP BY rule'",
         config.warehouse.sqlite_path.display()
     );
-    println!("run the service on the same folder: wau-ingest run --inbox {} --db {}", inbox.display(), config.warehouse.sqlite_path.display());
+    println!(
+        "run the service on the same folder: wau-ingest run --inbox {} --db {}",
+        inbox.display(),
+        config.warehouse.sqlite_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -91,7 +91,13 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         register(&r, build);
         Metrics {
-            files: counter_vec(&r, "files_total", "Files finished, by outcome, counted when committed.", "outcome", FILE_OUTCOMES),
+            files: counter_vec(
+                &r,
+                "files_total",
+                "Files finished, by outcome, counted when committed.",
+                "outcome",
+                FILE_OUTCOMES,
+            ),
             rows: counter_vec(&r, "rows_total", "Data rows of committed files, by outcome.", "outcome", ROW_OUTCOMES),
             rejects: counter_vec(&r, "rejects_total", "Rejected rows (and whole files), by rule.", "rule", RULES),
             batches: register(&r, IntCounter::new("batches_total", "Micro-batches committed.").expect("valid")),
@@ -114,26 +120,49 @@ impl Metrics {
                 lag_buckets(),
             ),
             merge_runs: counter_vec(&r, "merge_runs_total", "Merge runs, by outcome.", "outcome", MERGE_OUTCOMES),
-            merge_rows: counter_vec(&r, "merge_rows_total", "Target rows the merges deleted and inserted.", "action", MERGE_ACTIONS),
+            merge_rows: counter_vec(
+                &r,
+                "merge_rows_total",
+                "Target rows the merges deleted and inserted.",
+                "action",
+                MERGE_ACTIONS,
+            ),
             last_merge: register(
                 &r,
                 Gauge::new("last_merge_timestamp_seconds", "Unix time of the last successful merge.").expect("valid"),
             ),
             last_reconcile: register(
                 &r,
-                Gauge::new("last_reconcile_timestamp_seconds", "Unix time of the last successful reconcile.").expect("valid"),
+                Gauge::new("last_reconcile_timestamp_seconds", "Unix time of the last successful reconcile.")
+                    .expect("valid"),
             ),
             reconcile_missing: register(
                 &r,
-                IntCounter::new("reconcile_missing_files_total", "Files a reconcile found in the store but not in the ledger.")
+                IntCounter::new(
+                    "reconcile_missing_files_total",
+                    "Files a reconcile found in the store but not in the ledger.",
+                )
+                .expect("valid"),
+            ),
+            inflight: register(
+                &r,
+                IntGauge::new("inflight_files", "Files being read or waiting for their batch to commit.")
                     .expect("valid"),
             ),
-            inflight: register(&r, IntGauge::new("inflight_files", "Files being read or waiting for their batch to commit.").expect("valid")),
             retries: counter_vec(&r, "retries_total", "Retried operations, by operation.", "operation", OPERATIONS),
             errors: counter_vec(&r, "errors_total", "Failed operations, by operation.", "operation", OPERATIONS),
-            sqs_messages: counter_vec(&r, "sqs_messages_total", "SQS messages, by what happened to them.", "action", SQS_ACTIONS),
+            sqs_messages: counter_vec(
+                &r,
+                "sqs_messages_total",
+                "SQS messages, by what happened to them.",
+                "action",
+                SQS_ACTIONS,
+            ),
             s3_bytes_read: register(&r, IntCounter::new("s3_bytes_read_total", "Bytes read from S3.").expect("valid")),
-            bytes_read: register(&r, IntCounter::new("bytes_read_total", "Bytes read from the object store (any kind).").expect("valid")),
+            bytes_read: register(
+                &r,
+                IntCounter::new("bytes_read_total", "Bytes read from the object store (any kind).").expect("valid"),
+            ),
             statement_seconds: {
                 let h = HistogramVec::new(
                     HistogramOpts::new("statement_seconds", "Warehouse statement latency, by operation.")
@@ -211,7 +240,6 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
-
 }
 
 fn seconds_since(t: DateTime<Utc>) -> f64 {

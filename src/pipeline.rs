@@ -28,7 +28,9 @@ use crate::metrics::Metrics;
 use crate::object::{decoded, ObjectRef, ObjectStore, ReadLimits, StoreError};
 use crate::source::{Ack, Delivery};
 use crate::validate::{validate_stream, ChunkSink, Options, Reject, RowChunk, ValidateError};
-use crate::warehouse::{Admission, BatchReport, FileMeta, FileStatus, FileSummary, PendingCommit, Warehouse, WarehouseError};
+use crate::warehouse::{
+    Admission, BatchReport, FileMeta, FileStatus, FileSummary, PendingCommit, Warehouse, WarehouseError,
+};
 use crate::writer::WriterHandle;
 
 /// The flush decision, as a pure function of the open batch.
@@ -38,8 +40,15 @@ pub fn should_flush(policy: &BatchConfig, rows: u64, bytes: u64, age: Duration) 
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Loaded { rows_loaded: u64, rows_rejected: u64, rules: Vec<(&'static str, u64)> },
-    Rejected { rule: &'static str, rows: u64 },
+    Loaded {
+        rows_loaded: u64,
+        rows_rejected: u64,
+        rules: Vec<(&'static str, u64)>,
+    },
+    Rejected {
+        rule: &'static str,
+        rows: u64,
+    },
     Duplicate,
     Superseded,
     /// The object was gone when we came to read it.
@@ -242,7 +251,8 @@ impl Pipeline {
         let (rows, bytes) = self.writer.pending().await?;
         let age = self.opened_at.map(|t| t.elapsed()).unwrap_or_default();
         // Deliveries that only produced duplicates need no commit; acknowledge them promptly.
-        let nothing_to_commit = self.open_files.iter().all(|f| matches!(f.outcome, Outcome::Duplicate | Outcome::Skipped));
+        let nothing_to_commit =
+            self.open_files.iter().all(|f| matches!(f.outcome, Outcome::Duplicate | Outcome::Skipped));
         if nothing_to_commit || should_flush(&self.policy, rows, bytes, age) {
             self.commit_open().await?;
         }
@@ -334,7 +344,13 @@ impl Pipeline {
         };
         if let Some(r) = &report {
             self.metrics.batch_committed(took.as_secs_f64());
-            info!(batch_id = r.batch_id, files = r.files, rows_loaded = r.rows_loaded, rows_rejected = r.rows_rejected, "batch committed");
+            info!(
+                batch_id = r.batch_id,
+                files = r.files,
+                rows_loaded = r.rows_loaded,
+                rows_rejected = r.rows_rejected,
+                "batch committed"
+            );
         }
         for f in files {
             self.metrics.file(f.outcome.label());
@@ -381,19 +397,33 @@ impl Pipeline {
     /// One file into the open batch. The returned outcome counts only once the batch commits.
     pub async fn ingest(&self, obj: &ObjectRef, force: bool) -> Result<FileDone, IngestError> {
         let retry = |reason: String| IngestError::Retry { key: obj.key.clone(), reason };
-        if let (false, true, Some(seq), Some(size)) = (force, self.store.version_costs_a_read(), &obj.sequencer, obj.size) {
+        if let (false, true, Some(seq), Some(size)) =
+            (force, self.store.version_costs_a_read(), &obj.sequencer, obj.size)
+        {
             // A file already recorded with this exact stamp is not read again just to hash it.
             let (w, b, k, q) = (self.warehouse.clone(), self.store.bucket().to_string(), obj.key.clone(), seq.clone());
-            let known = tokio::task::spawn_blocking(move || w.lookup_stamp(&b, &k, &q, size)).await.expect("lookup does not panic")?;
+            let known = tokio::task::spawn_blocking(move || w.lookup_stamp(&b, &k, &q, size))
+                .await
+                .expect("lookup does not panic")?;
             if known.is_some() {
-                return Ok(FileDone { key: obj.key.clone(), version: String::new(), event_time: obj.event_time, outcome: Outcome::Duplicate });
+                return Ok(FileDone {
+                    key: obj.key.clone(),
+                    version: String::new(),
+                    event_time: obj.event_time,
+                    outcome: Outcome::Duplicate,
+                });
             }
         }
         let resolved = match self.store.resolve(obj).await {
             Ok(r) => r,
             Err(StoreError::NotFound { .. }) => {
                 info!(key = %obj.key, "object is gone; skipped");
-                return Ok(FileDone { key: obj.key.clone(), version: String::new(), event_time: obj.event_time, outcome: Outcome::Skipped });
+                return Ok(FileDone {
+                    key: obj.key.clone(),
+                    version: String::new(),
+                    event_time: obj.event_time,
+                    outcome: Outcome::Skipped,
+                });
             }
             Err(e) => return Err(retry(e.to_string())),
         };
@@ -406,7 +436,12 @@ impl Pipeline {
             event_time: obj.event_time.unwrap_or(resolved.event_time),
             contract_version: self.contract.version,
         };
-        let done = |outcome| FileDone { key: meta.key.clone(), version: meta.version.clone(), event_time: Some(meta.event_time), outcome };
+        let done = |outcome| FileDone {
+            key: meta.key.clone(),
+            version: meta.version.clone(),
+            event_time: Some(meta.event_time),
+            outcome,
+        };
         // Check before work: the sink's admission asks the ledger (one round trip on Redshift)
         // before a byte is read, so a known version is never read again.
         match self.writer.admit(meta.clone(), force).await? {
@@ -458,7 +493,14 @@ impl Pipeline {
             Some(fr) => {
                 warn!(key = %meta.key, version = %meta.version, rule = fr.rule, line = fr.line, reason = %fr.reason, "file rejected");
                 self.writer.discard().await?;
-                let reject = Reject { line: fr.line, column: None, rule: fr.rule, reason: fr.reason.clone(), value: None, raw: None };
+                let reject = Reject {
+                    line: fr.line,
+                    column: None,
+                    rule: fr.rule,
+                    reason: fr.reason.clone(),
+                    value: None,
+                    raw: None,
+                };
                 self.writer.rejects(vec![reject]).await?;
                 (
                     FileSummary {
@@ -507,12 +549,22 @@ mod tests {
         crate::demo::write_atomically(&inbox.join("csv/acme/a.csv"), text.as_bytes()).unwrap();
         let contract = Arc::new(Contract::builtin());
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&inbox).unwrap());
-        let warehouse: Arc<dyn Warehouse> = Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap());
+        let warehouse: Arc<dyn Warehouse> =
+            Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap());
         warehouse.migrate().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let mut p = Pipeline::new(store.clone(), warehouse, contract, ReadLimits::default(), BatchConfig::default(), metrics.clone(), Default::default())
-            .unwrap();
-        let bytes_read = || metrics.render().lines().find(|l| l.starts_with("wau_ingest_bytes_read_total ")).unwrap().to_string();
+        let mut p = Pipeline::new(
+            store.clone(),
+            warehouse,
+            contract,
+            ReadLimits::default(),
+            BatchConfig::default(),
+            metrics.clone(),
+            Default::default(),
+        )
+        .unwrap();
+        let bytes_read =
+            || metrics.render().lines().find(|l| l.starts_with("wau_ingest_bytes_read_total ")).unwrap().to_string();
         let listed = store.list("").await.unwrap();
         crate::replay::ingest_all(&mut p, listed.clone(), false).await.unwrap();
         assert_eq!(p.tally.loaded, 1);
@@ -613,10 +665,19 @@ mod tests {
         fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
             self.w.lookup(bucket, key, version)
         }
-        fn lookup_stamp(&self, bucket: &str, key: &str, sequencer: &str, size: u64) -> Result<Option<FileStatus>, WarehouseError> {
+        fn lookup_stamp(
+            &self,
+            bucket: &str,
+            key: &str,
+            sequencer: &str,
+            size: u64,
+        ) -> Result<Option<FileStatus>, WarehouseError> {
             self.w.lookup_stamp(bucket, key, sequencer, size)
         }
-        fn recorded_sequencers(&self, bucket: &str) -> Result<std::collections::HashSet<(String, String)>, WarehouseError> {
+        fn recorded_sequencers(
+            &self,
+            bucket: &str,
+        ) -> Result<std::collections::HashSet<(String, String)>, WarehouseError> {
             self.w.recorded_sequencers(bucket)
         }
         fn merge(&self) -> Result<crate::warehouse::MergeReport, WarehouseError> {
@@ -628,7 +689,11 @@ mod tests {
         fn ping(&self) -> Result<(), WarehouseError> {
             self.w.ping()
         }
-        fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<crate::warehouse::WauRow>, WarehouseError> {
+        fn weekly_active_users(
+            &self,
+            since: &str,
+            customer: Option<&str>,
+        ) -> Result<Vec<crate::warehouse::WauRow>, WarehouseError> {
             self.w.weekly_active_users(since, customer)
         }
         fn totals(&self) -> Result<crate::warehouse::LedgerTotals, WarehouseError> {
@@ -647,15 +712,32 @@ mod tests {
         let contract = Arc::new(Contract::builtin());
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&inbox).unwrap());
         let (fail, told) = std::sync::mpsc::channel();
-        let wrapped = Wrapped { w: SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap(), fail: Some(told).into() };
+        let wrapped = Wrapped {
+            w: SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap(),
+            fail: Some(told).into(),
+        };
         let warehouse: Arc<dyn Warehouse> = Arc::new(wrapped);
         warehouse.migrate().unwrap();
-        let mut p = Pipeline::new(store.clone(), warehouse.clone(), contract, ReadLimits::default(), BatchConfig::default(), Arc::new(Metrics::new()), Default::default())
-            .unwrap();
+        let mut p = Pipeline::new(
+            store.clone(),
+            warehouse.clone(),
+            contract,
+            ReadLimits::default(),
+            BatchConfig::default(),
+            Arc::new(Metrics::new()),
+            Default::default(),
+        )
+        .unwrap();
         let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let listed = store.list("").await.unwrap();
-        let (a, b) = (listed.iter().find(|o| o.key.ends_with("a.csv")).unwrap(), listed.iter().find(|o| o.key.ends_with("b.csv")).unwrap());
-        let delivery = |name: &'static str, obj: &ObjectRef| Delivery { objects: vec![obj.clone()], ack: Box::new(Recorded { name, log: log.clone() }) };
+        let (a, b) = (
+            listed.iter().find(|o| o.key.ends_with("a.csv")).unwrap(),
+            listed.iter().find(|o| o.key.ends_with("b.csv")).unwrap(),
+        );
+        let delivery = |name: &'static str, obj: &ObjectRef| Delivery {
+            objects: vec![obj.clone()],
+            ack: Box::new(Recorded { name, log: log.clone() }),
+        };
         let loaded = || warehouse.totals().unwrap().files_loaded;
 
         p.handle(delivery("a", a), false).await.unwrap();

@@ -26,17 +26,32 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
     move |source| PublishError::Io { path: path.display().to_string(), source }
 }
 
-async fn open_local(path: &Path, key: &str, limits: ReadLimits) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, PublishError> {
+async fn open_local(
+    path: &Path,
+    key: &str,
+    limits: ReadLimits,
+) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, PublishError> {
     let file = tokio::fs::File::open(path).await.map_err(io(path))?;
     let size = file.metadata().await.map_err(io(path))?.len();
-    let obj = ResolvedObject { key: key.to_string(), version: String::new(), sequencer: String::new(), size, event_time: Utc::now() };
+    let obj = ResolvedObject {
+        key: key.to_string(),
+        version: String::new(),
+        sequencer: String::new(),
+        size,
+        event_time: Utc::now(),
+    };
     let stream = ObjectStream { reader: Box::new(file), content_encoding: None, read_version: None };
     Ok(decoded(stream, &obj, limits, Arc::default()))
 }
 
 /// Validates a local file (gzip by extension) as if it were stored under `key` (which decides
 /// the customer of a file without the column). Good rows are counted, not kept.
-pub async fn check_file(contract: &Contract, limits: ReadLimits, path: &Path, key: &str) -> Result<(FileAccount, Vec<Reject>), PublishError> {
+pub async fn check_file(
+    contract: &Contract,
+    limits: ReadLimits,
+    path: &Path,
+    key: &str,
+) -> Result<(FileAccount, Vec<Reject>), PublishError> {
     let reader = open_local(path, key, limits).await?;
     let mut sink = CollectSink { discard_rows: true, ..Default::default() };
     let account = validate_stream(reader, &Options { contract, key }, &mut sink)
@@ -57,7 +72,8 @@ pub enum Published {
 /// compressing), else at `to` itself.
 pub fn destination(src: &Path, to: &Path, gzip: bool) -> PathBuf {
     if to.is_dir() || to.as_os_str().to_string_lossy().ends_with('/') {
-        let mut name = src.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gz").to_string()).unwrap_or_default();
+        let mut name =
+            src.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gz").to_string()).unwrap_or_default();
         if gzip {
             name.push_str(".gz");
         }
@@ -70,7 +86,14 @@ pub fn destination(src: &Path, to: &Path, gzip: bool) -> PathBuf {
 /// Validates `src`, then writes it to `to` with the `customer` column (added when absent),
 /// gzip-compressed when asked. Nothing is written unless every row is valid; rows naming
 /// another customer refuse the publish.
-pub async fn publish_local(contract: &Contract, limits: ReadLimits, src: &Path, to: &Path, customer: &str, gzip: bool) -> Result<Published, PublishError> {
+pub async fn publish_local(
+    contract: &Contract,
+    limits: ReadLimits,
+    src: &Path,
+    to: &Path,
+    customer: &str,
+    gzip: bool,
+) -> Result<Published, PublishError> {
     let (key, account) = match checked(contract, limits, src, customer).await? {
         Ok(checked) => checked,
         Err(rejected) => return Ok(rejected),
@@ -79,7 +102,8 @@ pub async fn publish_local(contract: &Contract, limits: ReadLimits, src: &Path, 
     if let Some(dir) = dest.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
     }
-    let part = dest.with_file_name(format!(".{}.part", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let part =
+        dest.with_file_name(format!(".{}.part", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
     let result = rewrite(contract, limits, src, &key, &part, customer, gzip).await;
     let added_customer = match result {
         Ok(added) => added,
@@ -94,9 +118,17 @@ pub async fn publish_local(contract: &Contract, limits: ReadLimits, src: &Path, 
 
 /// Validates `src` as customer `customer`'s file: `Ok((key, account))` when every row is
 /// valid, else the rejection to report (nothing may be published then).
-async fn checked(contract: &Contract, limits: ReadLimits, src: &Path, customer: &str) -> Result<Result<(String, FileAccount), Published>, PublishError> {
+async fn checked(
+    contract: &Contract,
+    limits: ReadLimits,
+    src: &Path,
+    customer: &str,
+) -> Result<Result<(String, FileAccount), Published>, PublishError> {
     if customer.is_empty() || customer.contains('/') {
-        return Err(PublishError::Invalid { path: src.display().to_string(), reason: format!("{customer:?} is not a customer name") });
+        return Err(PublishError::Invalid {
+            path: src.display().to_string(),
+            reason: format!("{customer:?} is not a customer name"),
+        });
     }
     let name = src.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let key = format!("csv/{customer}/{name}");
@@ -111,7 +143,10 @@ async fn checked(contract: &Contract, limits: ReadLimits, src: &Path, customer: 
 /// `prefix` is empty or ends with `/`, else `prefix` itself.
 pub fn destination_key(src: &Path, prefix: &str, gzip: bool) -> String {
     if prefix.is_empty() || prefix.ends_with('/') {
-        destination(src, Path::new("/"), gzip).file_name().map(|n| format!("{prefix}{}", n.to_string_lossy())).unwrap_or_default()
+        destination(src, Path::new("/"), gzip)
+            .file_name()
+            .map(|n| format!("{prefix}{}", n.to_string_lossy()))
+            .unwrap_or_default()
     } else {
         prefix.to_string()
     }
@@ -135,7 +170,11 @@ pub async fn publish_s3(
     };
     let dest_key = destination_key(src, prefix, gzip);
     let dest = format!("{}/{dest_key}", crate::object::ObjectStore::bucket(store));
-    let tmp = std::env::temp_dir().join(format!(".wau-publish-{}-{}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)));
+    let tmp = std::env::temp_dir().join(format!(
+        ".wau-publish-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    ));
     let result = async {
         let added = rewrite(contract, limits, src, &key, &tmp, customer, gzip).await?;
         store
@@ -152,15 +191,20 @@ pub async fn publish_s3(
 }
 
 /// Copies the CSV to `part`, adding the customer column when absent; true if it was added.
-async fn rewrite(contract: &Contract, limits: ReadLimits, src: &Path, key: &str, part: &Path, customer: &str, gzip: bool) -> Result<bool, PublishError> {
+async fn rewrite(
+    contract: &Contract,
+    limits: ReadLimits,
+    src: &Path,
+    key: &str,
+    part: &Path,
+    customer: &str,
+    gzip: bool,
+) -> Result<bool, PublishError> {
     let reader = open_local(src, key, limits).await?;
     let mut rdr = AsyncReaderBuilder::new().has_headers(false).flexible(true).create_reader(reader);
     let file = tokio::fs::File::create(part).await.map_err(io(part))?;
-    let sink: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = if gzip {
-        Box::new(async_compression::tokio::write::GzipEncoder::new(file))
-    } else {
-        Box::new(file)
-    };
+    let sink: Box<dyn tokio::io::AsyncWrite + Send + Unpin> =
+        if gzip { Box::new(async_compression::tokio::write::GzipEncoder::new(file)) } else { Box::new(file) };
     let mut wtr = AsyncWriterBuilder::new().terminator(Terminator::Any(b'\n')).create_writer(sink);
     let invalid = |reason: String| PublishError::Invalid { path: src.display().to_string(), reason };
     let csv_err = |e: csv_async::Error| invalid(e.to_string());
@@ -190,7 +234,9 @@ async fn rewrite(contract: &Contract, limits: ReadLimits, src: &Path, key: &str,
             let given = rec.get(i).map(|v| String::from_utf8_lossy(v).trim().to_string()).unwrap_or_default();
             if given != customer {
                 let line = rec.position().map_or(0, |p| p.line() + 1);
-                return Err(invalid(format!("line {line}: customer {given:?} is not {customer:?}; a producer publishes only its own rows")));
+                return Err(invalid(format!(
+                    "line {line}: customer {given:?} is not {customer:?}; a producer publishes only its own rows"
+                )));
             }
         }
         push_row(&mut out, &rec, customer_at.is_none().then_some(customer.as_bytes()));
@@ -258,7 +304,8 @@ mod tests {
         assert_eq!(rejects[0].rule, "type");
 
         let foreign = dir.path().join("foreign.csv");
-        std::fs::write(&foreign, format!("{}\nglobex,e1,2026-11-23T10:00:00Z,u1,,login,,\n", crate::demo::HEADER)).unwrap();
+        std::fs::write(&foreign, format!("{}\nglobex,e1,2026-11-23T10:00:00Z,u1,,login,,\n", crate::demo::HEADER))
+            .unwrap();
         let err = publish_local(&c, ReadLimits::default(), &foreign, &to, "acme", false).await.unwrap_err();
         assert!(err.to_string().contains("customer \"globex\" is not \"acme\""), "{err}");
         assert_eq!(std::fs::read_dir(&to).unwrap().count(), 0, "nothing published, no .part left");

@@ -86,7 +86,8 @@ pub async fn ingest_objects(
     force: bool,
 ) -> Result<Tally, IngestError> {
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut pipeline = Pipeline::new(store, warehouse, contract, config.read_limits(), config.batch, metrics, Default::default())?;
+    let mut pipeline =
+        Pipeline::new(store, warehouse, contract, config.read_limits(), config.batch, metrics, Default::default())?;
     ingest_all(&mut pipeline, objects, force).await
 }
 

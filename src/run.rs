@@ -73,7 +73,10 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
             let (store, w) = (store.clone(), warehouse.clone());
             Box::pin(async move {
                 store.ping().await.map_err(|e| format!("store: {e}"))?;
-                tokio::task::spawn_blocking(move || w.ping()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+                tokio::task::spawn_blocking(move || w.ping())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
             })
         })
     };
@@ -85,8 +88,15 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
 
     let merge_task = spawn_merge_loop(&config, warehouse.clone(), glue, metrics.clone(), cancel.clone());
     let (reconcile_tx, mut reconcile_rx) = mpsc::channel::<ObjectRef>(1024);
-    let reconcile_task =
-        spawn_reconcile_loop(&config, store.clone(), warehouse.clone(), metrics.clone(), reconcile_prefix, reconcile_tx, cancel.clone());
+    let reconcile_task = spawn_reconcile_loop(
+        &config,
+        store.clone(),
+        warehouse.clone(),
+        metrics.clone(),
+        reconcile_prefix,
+        reconcile_tx,
+        cancel.clone(),
+    );
 
     let mut pipeline = Pipeline::new(
         store.clone(),
@@ -142,7 +152,11 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
             Err(e) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest step failed; backing off");
-                metrics.retry(if matches!(e, IngestError::Retry { .. }) { "source_receive" } else { "warehouse_commit" });
+                metrics.retry(if matches!(e, IngestError::Retry { .. }) {
+                    "source_receive"
+                } else {
+                    "warehouse_commit"
+                });
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
@@ -267,7 +281,8 @@ fn spawn_reconcile_loop(
     tx: mpsc::Sender<ObjectRef>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let schedule = (!config.reconcile.schedule_utc.is_empty()).then(|| parse_hhmm(&config.reconcile.schedule_utc).expect("checked"));
+    let schedule = (!config.reconcile.schedule_utc.is_empty())
+        .then(|| parse_hhmm(&config.reconcile.schedule_utc).expect("checked"));
     tokio::spawn(async move {
         let Some((hh, mm)) = schedule else { return };
         loop {

@@ -248,7 +248,13 @@ fn raw_line(record: &ByteRecord) -> String {
 }
 
 /// Validates one row; on success appends it to `chunk`.
-fn check_row(map: &ColumnMap, opts: &Options<'_>, record: &ByteRecord, line: u64, chunk: &mut RowChunk) -> Result<(), Reject> {
+fn check_row(
+    map: &ColumnMap,
+    opts: &Options<'_>,
+    record: &ByteRecord,
+    line: u64,
+    chunk: &mut RowChunk,
+) -> Result<(), Reject> {
     let reject = |column: Option<&str>, rule, reason: String, value: Option<&str>| Reject {
         line,
         column: column.map(str::to_string),
@@ -258,7 +264,12 @@ fn check_row(map: &ColumnMap, opts: &Options<'_>, record: &ByteRecord, line: u64
         raw: Some(raw_line(record)),
     };
     if record.len() != map.width {
-        return Err(reject(None, "field_count", format!("{} fields, the header has {}", record.len(), map.width), None));
+        return Err(reject(
+            None,
+            "field_count",
+            format!("{} fields, the header has {}", record.len(), map.width),
+            None,
+        ));
     }
     let mark = (chunk.text.len(), chunk.spans.len());
     let whole = std::str::from_utf8(record.as_slice()).ok();
@@ -280,7 +291,12 @@ fn check_row(map: &ColumnMap, opts: &Options<'_>, record: &ByteRecord, line: u64
                         Err(_) => {
                             chunk.rewind(mark);
                             let lossy = String::from_utf8_lossy(&record[*i]);
-                            return Err(reject(Some(&col.name), "invalid_utf8", "not valid UTF-8".into(), Some(&lossy)));
+                            return Err(reject(
+                                Some(&col.name),
+                                "invalid_utf8",
+                                "not valid UTF-8".into(),
+                                Some(&lossy),
+                            ));
                         }
                     },
                 };
@@ -323,7 +339,8 @@ where
         Err(e) => return file_level(e, account),
     };
     if !has_header {
-        account.file_reject = Some(FileReject { rule: "unreadable", reason: "the file is empty (no header)".into(), line: 0 });
+        account.file_reject =
+            Some(FileReject { rule: "unreadable", reason: "the file is empty (no header)".into(), line: 0 });
         return Ok(account);
     }
     let map = match map_header(&record, opts) {
@@ -391,7 +408,13 @@ struct CrlfToLf<R> {
 
 impl<R> CrlfToLf<R> {
     fn new(inner: R) -> Self {
-        CrlfToLf { inner, buf: vec![0; 64 * 1024].into_boxed_slice(), carry: Vec::with_capacity(64 * 1024), carry_pos: 0, pending_cr: false }
+        CrlfToLf {
+            inner,
+            buf: vec![0; 64 * 1024].into_boxed_slice(),
+            carry: Vec::with_capacity(64 * 1024),
+            carry_pos: 0,
+            pending_cr: false,
+        }
     }
 }
 
@@ -588,7 +611,8 @@ mod tests {
 
     #[tokio::test]
     async fn missing_required_column_rejects_the_file() {
-        let (acc, sink) = run_on("csv/acme/x.csv", b"customer,event_id,event_time\nacme,e1,2026-11-23T10:00:00Z\nacme,e2,x\n").await;
+        let (acc, sink) =
+            run_on("csv/acme/x.csv", b"customer,event_id,event_time\nacme,e1,2026-11-23T10:00:00Z\nacme,e2,x\n").await;
         assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (2, 0, 2));
         let r = acc.file_reject.unwrap();
         assert_eq!(r.rule, "missing_column");

@@ -82,7 +82,8 @@ fn every_row_of_every_fixture_is_loaded_or_rejected_with_a_reason() {
             .unwrap();
         assert_eq!(staged, e.rows_loaded, "{} staging rows", e.key);
         let reasons: Vec<(i64, String, String)> = {
-            let mut s = conn.prepare("SELECT line, rule, reason FROM wau_ingest_rejects WHERE key = ?1 ORDER BY line").unwrap();
+            let mut s =
+                conn.prepare("SELECT line, rule, reason FROM wau_ingest_rejects WHERE key = ?1 ORDER BY line").unwrap();
             s.query_map([&e.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
         };
         assert!(reasons.iter().all(|(_, _, reason)| !reason.is_empty()), "{}: a reject without a reason", e.key);

@@ -5,9 +5,9 @@
 //! The stack must be running (`eval "$(scripts/local-aws.sh up)"`; `.ci/run` starts it).
 //! Without it these tests print SKIPPED, except under CI, where that is a failure.
 
-mod support;
 #[path = "support/aws_stack.rs"]
 mod aws_stack;
+mod support;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -64,7 +64,11 @@ async fn notified_files_load_exactly_once_with_odd_keys_duplicates_overwrites_an
         put_version(&case, v).await;
     }
     case.put("csv/acme/bad.csv", "customer,event_id\nacme,x\n").await;
-    assert!(eventually(Duration::from_secs(60), || settled(&case, 4)).await, "first four files settle\n{}", case.log("run.log"));
+    assert!(
+        eventually(Duration::from_secs(60), || settled(&case, 4)).await,
+        "first four files settle\n{}",
+        case.log("run.log")
+    );
 
     // The same notification again (SQS delivers at least once): a duplicate, acknowledged.
     case.send_raw(&s3_event(&case.bucket, &odd.key, "ObjectCreated:Put").to_string()).await;
@@ -72,7 +76,11 @@ async fn notified_files_load_exactly_once_with_odd_keys_duplicates_overwrites_an
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let b2 = Version { key: "csv/acme/b.csv".into(), rows: rows(202, 4, "b2") };
     put_version(&case, &b2).await;
-    assert!(eventually(Duration::from_secs(60), || settled(&case, 5)).await, "overwrite settles\n{}", case.log("run.log"));
+    assert!(
+        eventually(Duration::from_secs(60), || settled(&case, 5)).await,
+        "overwrite settles\n{}",
+        case.log("run.log")
+    );
 
     let ledger = case.ledger().await;
     let status: BTreeMap<_, Vec<_>> = ledger.iter().fold(BTreeMap::new(), |mut m, r| {
@@ -89,7 +97,10 @@ async fn notified_files_load_exactly_once_with_odd_keys_duplicates_overwrites_an
         assert_eq!(read, &(loaded + rejected), "{key} balances");
     }
     assert_same_target(&case.target().await, &expected_target(CUSTOMER, &[a, odd, b1, b2]));
-    assert!(case.count("SELECT COUNT(*) FROM wau_ingest_rejects WHERE key = 'csv/acme/bad.csv'").await >= 1, "the bad file's reason is recorded");
+    assert!(
+        case.count("SELECT COUNT(*) FROM wau_ingest_rejects WHERE key = 'csv/acme/bad.csv'").await >= 1,
+        "the bad file's reason is recorded"
+    );
 
     signal(&svc, "TERM");
     assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some_and(|s| s.success()), "clean exit");
@@ -114,13 +125,27 @@ async fn sns_and_eventbridge_envelopes_test_events_and_a_deleted_object() {
         "detail": {"version": "0", "bucket": {"name": case.bucket}, "object": {"key": via_eb.key, "size": 10, "sequencer": "0062E99A88DC407460"},
                    "request-id": "r", "requester": "123456789012", "reason": "PutObject"}});
     let test_event = serde_json::json!({"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-11-29T10:00:00Z", "Bucket": case.bucket});
-    for body in [sns, eb, test_event, s3_event(&case.bucket, "csv/acme/gone.csv", "ObjectCreated:Put"), s3_event(&case.bucket, "csv/acme/x.csv", "ObjectRemoved:Delete")] {
+    for body in [
+        sns,
+        eb,
+        test_event,
+        s3_event(&case.bucket, "csv/acme/gone.csv", "ObjectCreated:Put"),
+        s3_event(&case.bucket, "csv/acme/x.csv", "ObjectRemoved:Delete"),
+    ] {
         case.send_raw(&body.to_string()).await;
     }
     let mut svc = case.spawn_run("run.log", &[]);
-    assert!(eventually(Duration::from_secs(60), || settled(&case, 2)).await, "two files settle\n{}", case.log("run.log"));
+    assert!(
+        eventually(Duration::from_secs(60), || settled(&case, 2)).await,
+        "two files settle\n{}",
+        case.log("run.log")
+    );
     assert_same_target(&case.target().await, &expected_target(CUSTOMER, &[via_sns, via_eb]));
-    assert_eq!(case.count("SELECT COUNT(*) FROM wau_ingest_files WHERE key = 'csv/acme/gone.csv'").await, 0, "a deleted object is skipped");
+    assert_eq!(
+        case.count("SELECT COUNT(*) FROM wau_ingest_files WHERE key = 'csv/acme/gone.csv'").await,
+        0,
+        "a deleted object is skipped"
+    );
     signal(&svc, "TERM");
     assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
     assert!(case.log("run.log").contains("object is gone; skipped"));
@@ -150,7 +175,8 @@ async fn publish_reconcile_and_replay_on_s3() {
     let Some(sdk) = aws_stack::stack().await else { return };
     // No notifications: these files arrive only through a listing.
     let case = Case::new(&sdk, false, 5).await;
-    let first: Vec<Version> = (0..3).map(|i| Version { key: format!("csv/acme/f{i}.csv"), rows: rows(i * 10, 5, "f") }).collect();
+    let first: Vec<Version> =
+        (0..3).map(|i| Version { key: format!("csv/acme/f{i}.csv"), rows: rows(i * 10, 5, "f") }).collect();
     for v in &first {
         put_version(&case, v).await;
     }
@@ -158,7 +184,14 @@ async fn publish_reconcile_and_replay_on_s3() {
     let src = case.dir.path().join("export.csv");
     let header = wau_ingest::demo::HEADER.split_once(',').unwrap().1; // without `customer`
     std::fs::write(&src, format!("{header}\ne900000,2026-11-23T10:00:00Z,u-pub,,login,,\n")).unwrap();
-    let (code, out) = case.cli(&["publish", src.to_str().unwrap(), "--customer", CUSTOMER, "--to", &format!("s3://{}/csv/acme/", case.bucket)]);
+    let (code, out) = case.cli(&[
+        "publish",
+        src.to_str().unwrap(),
+        "--customer",
+        CUSTOMER,
+        "--to",
+        &format!("s3://{}/csv/acme/", case.bucket),
+    ]);
     assert_eq!(code, 0, "{out}");
     let published = Version { key: "csv/acme/export.csv".into(), rows: vec![("e900000".into(), "u-pub".into())] };
 
@@ -193,7 +226,10 @@ fn versions(n: u32) -> Vec<Version> {
 }
 
 /// Compares targets and reports a short difference instead of two huge maps.
-fn assert_same_target(actual: &BTreeMap<(String, String), (String, String)>, expected: &BTreeMap<(String, String), (String, String)>) {
+fn assert_same_target(
+    actual: &BTreeMap<(String, String), (String, String)>,
+    expected: &BTreeMap<(String, String), (String, String)>,
+) {
     if actual == expected {
         return;
     }
@@ -208,7 +244,11 @@ async fn assert_exact(case: &Case, written: &[Version]) {
     for (key, status, read, loaded, rejected, merged) in &ledger {
         assert_eq!((status.as_str(), *read, *loaded, *rejected, *merged), ("loaded", 20, 20, 0, true), "{key}");
     }
-    assert_eq!(case.count("SELECT COUNT(*) FROM wau_audit_logs_staging").await, written.len() as i64 * 20, "staging holds every row once");
+    assert_eq!(
+        case.count("SELECT COUNT(*) FROM wau_audit_logs_staging").await,
+        written.len() as i64 * 20,
+        "staging holds every row once"
+    );
     assert_same_target(&case.target().await, &expected_target(CUSTOMER, written));
 }
 
@@ -234,7 +274,11 @@ async fn sigkill_at_many_moments_then_restart_leaves_the_target_exact() {
     }
     assert!(kills >= 5);
     let mut svc = case.spawn_run("run.log", &settings);
-    assert!(eventually(Duration::from_secs(180), || settled(&case, 200)).await, "all files settle after the kills\n{}", case.log("run.log"));
+    assert!(
+        eventually(Duration::from_secs(180), || settled(&case, 200)).await,
+        "all files settle after the kills\n{}",
+        case.log("run.log")
+    );
     signal(&svc, "TERM");
     assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
     assert_exact(&case, &written).await;
@@ -259,7 +303,11 @@ async fn the_warehouse_down_for_thirty_seconds_loses_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
     let _emulator = PrivateEmulator::start(port);
-    assert!(eventually(Duration::from_secs(120), || settled(&case, 40)).await, "second half after the outage\n{}", case.log("run.log"));
+    assert!(
+        eventually(Duration::from_secs(120), || settled(&case, 40)).await,
+        "second half after the outage\n{}",
+        case.log("run.log")
+    );
     signal(&svc, "TERM");
     assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
     assert_exact(&case, &written).await;
@@ -276,7 +324,12 @@ async fn two_processes_on_one_queue_load_each_file_once() {
     for v in &written {
         put_version(&case, v).await;
     }
-    assert!(eventually(Duration::from_secs(120), || settled(&case, 60)).await, "settles\n{}\n{}", case.log("one.log"), case.log("two.log"));
+    assert!(
+        eventually(Duration::from_secs(120), || settled(&case, 60)).await,
+        "settles\n{}\n{}",
+        case.log("one.log"),
+        case.log("two.log")
+    );
     for svc in [&mut one, &mut two] {
         signal(svc, "TERM");
         assert!(wait_exit(&mut svc.0, Duration::from_secs(30)).is_some());
@@ -288,7 +341,10 @@ async fn two_processes_on_one_queue_load_each_file_once() {
 async fn glue_transition(times: Option<u32>) {
     let base = std::env::var("AWS_ENDPOINT_URL_GLUE").unwrap();
     let (path, body) = match times {
-        Some(n) => ("set-transition", serde_json::json!({"model_name": "glue::job_run", "transition": {"progression": "manual", "times": n}})),
+        Some(n) => (
+            "set-transition",
+            serde_json::json!({"model_name": "glue::job_run", "transition": {"progression": "manual", "times": n}}),
+        ),
         None => ("unset-transition", serde_json::json!({"model_name": "glue::job_run"})),
     };
     let out = Command::new("curl")
@@ -325,12 +381,20 @@ async fn glue_catalog_sync_and_the_glue_merge_runner() {
     glue.create_job()
         .name(&job)
         .role("arn:aws:iam::123456789012:role/wau-glue")
-        .command(aws_sdk_glue::types::JobCommand::builder().name("pythonshell").script_location("s3://x/merge_job.py").build())
+        .command(
+            aws_sdk_glue::types::JobCommand::builder()
+                .name("pythonshell")
+                .script_location("s3://x/merge_job.py")
+                .build(),
+        )
         .execution_property(aws_sdk_glue::types::ExecutionProperty::builder().max_concurrent_runs(1).build())
         .send()
         .await
         .unwrap();
-    case.env.extend([("WAU_INGEST_MERGE_RUNNER".to_string(), "glue".to_string()), ("WAU_INGEST_MERGE_GLUE_JOB_NAME".to_string(), job.clone())]);
+    case.env.extend([
+        ("WAU_INGEST_MERGE_RUNNER".to_string(), "glue".to_string()),
+        ("WAU_INGEST_MERGE_GLUE_JOB_NAME".to_string(), job.clone()),
+    ]);
     glue_transition(Some(2)).await;
     let busy = glue.start_job_run().job_name(&job).send().await.unwrap().job_run_id.unwrap();
     let (code, out) = case.cli(&["merge"]);
@@ -363,12 +427,21 @@ async fn sigterm_with_a_backlog_releases_what_it_holds_and_exits_promptly() {
     // given back explicitly, or the restart would wait for it.
     let settings = [("WAU_INGEST_BATCH_MAX_ROWS", "60"), ("WAU_INGEST_SOURCE_VISIBILITY_TIMEOUT_SECS", "600")];
     let mut svc = case.spawn_run("run.log", &settings);
-    assert!(eventually(Duration::from_secs(60), || async { case.count_or_zero("SELECT COUNT(*) FROM wau_ingest_files").await > 0 }).await);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            case.count_or_zero("SELECT COUNT(*) FROM wau_ingest_files").await > 0
+        })
+        .await
+    );
     signal(&svc, "TERM");
     let exited = wait_exit(&mut svc, Duration::from_secs(15));
     assert!(exited.is_some_and(|s| s.success()), "exit 0 within 15 s\n{}", case.log("run.log"));
     let mut svc = case.spawn_run("run.log", &settings);
-    assert!(eventually(Duration::from_secs(120), || settled(&case, 80)).await, "the rest loads after the restart\n{}", case.log("run.log"));
+    assert!(
+        eventually(Duration::from_secs(120), || settled(&case, 80)).await,
+        "the rest loads after the restart\n{}",
+        case.log("run.log")
+    );
     signal(&svc, "TERM");
     assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
     assert_exact(&case, &written).await;

@@ -28,13 +28,24 @@ fn version(key: &str, ids: std::ops::Range<u32>) -> Version {
 fn validate_reports_per_file_and_exits_by_verdict() {
     let env = Env::new();
     write_version(&env.inbox, &version("csv/acme/good.csv", 0..3), "acme");
-    std::fs::write(env.inbox.join("csv/acme/bad.csv"), format!("{}\nacme,e1,yesterday,u1,,login,,\n", wau_ingest::demo::HEADER)).unwrap();
+    std::fs::write(
+        env.inbox.join("csv/acme/bad.csv"),
+        format!("{}\nacme,e1,yesterday,u1,,login,,\n", wau_ingest::demo::HEADER),
+    )
+    .unwrap();
 
     let ok = run(&env, &["validate", env.inbox.join("csv/acme/good.csv").to_str().unwrap()]);
     assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
     assert!(stdout(&ok).contains("ok"));
 
-    let bad = run(&env, &["validate", env.inbox.join("csv/acme/good.csv").to_str().unwrap(), env.inbox.join("csv/acme/bad.csv").to_str().unwrap()]);
+    let bad = run(
+        &env,
+        &[
+            "validate",
+            env.inbox.join("csv/acme/good.csv").to_str().unwrap(),
+            env.inbox.join("csv/acme/bad.csv").to_str().unwrap(),
+        ],
+    );
     assert_eq!(bad.status.code(), Some(1));
     let text = stdout(&bad);
     assert!(text.contains("bad.csv:2: event_time [type]"), "{text}");
@@ -114,12 +125,19 @@ fn report_prints_weekly_active_users() {
 fn contract_infer_drafts_a_valid_contract() {
     let env = Env::new();
     let sample = env.dir.path().join("sample.csv");
-    std::fs::write(&sample, "customer,event_id,event_time,user_id,n\nacme,e1,2026-11-23T10:00:00Z,u1,3\nacme,e2,2026-11-23 11:00:00,u2,\n").unwrap();
+    std::fs::write(
+        &sample,
+        "customer,event_id,event_time,user_id,n\nacme,e1,2026-11-23T10:00:00Z,u1,3\nacme,e2,2026-11-23 11:00:00,u2,\n",
+    )
+    .unwrap();
     let out = run(&env, &["contract", "infer", sample.to_str().unwrap()]);
     assert!(out.status.success());
     let draft = stdout(&out);
     let c = wau_ingest::contract::Contract::parse(&draft, "draft").unwrap();
-    assert_eq!(c.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["customer", "event_id", "event_time", "user_id", "n"]);
+    assert_eq!(
+        c.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        vec!["customer", "event_id", "event_time", "user_id", "n"]
+    );
     assert_eq!(c.columns[2].ty, wau_ingest::contract::ColumnType::Timestamp);
     assert!(!c.columns[4].required);
 }
@@ -151,13 +169,23 @@ fn endpoints_and_healthcheck_of_a_running_service() {
     let addr = format!("127.0.0.1:{port}");
     let mut child = support::Service(
         Command::new(BIN)
-            .args(["--inbox", env.inbox.to_str().unwrap(), "--db", env.db.to_str().unwrap(), "run", "--http-listen", &addr])
+            .args([
+                "--inbox",
+                env.inbox.to_str().unwrap(),
+                "--db",
+                env.db.to_str().unwrap(),
+                "run",
+                "--http-listen",
+                &addr,
+            ])
             .current_dir(env.dir.path())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let probe = |extra: &[&str]| Command::new(BIN).args(["healthcheck", "--addr", &addr]).args(extra).status().unwrap().success();
+    let probe = |extra: &[&str]| {
+        Command::new(BIN).args(["healthcheck", "--addr", &addr]).args(extra).status().unwrap().success()
+    };
     assert!(wait_until(Duration::from_secs(30), || probe(&[])), "healthz never answered");
     assert!(probe(&["--ready"]));
     let metrics = {
@@ -168,7 +196,11 @@ fn endpoints_and_healthcheck_of_a_running_service() {
         s.read_to_string(&mut body).unwrap();
         body
     };
-    for name in ["wau_ingest_files_total{outcome=\"loaded\"}", "wau_ingest_batch_commit_seconds_bucket", "wau_ingest_inflight_files"] {
+    for name in [
+        "wau_ingest_files_total{outcome=\"loaded\"}",
+        "wau_ingest_batch_commit_seconds_bucket",
+        "wau_ingest_inflight_files",
+    ] {
         assert!(metrics.contains(name), "missing {name}");
     }
     support::signal(&child, "TERM");
@@ -182,7 +214,10 @@ fn publish_checks_then_lands_a_file_the_service_loads() {
     let src = env.dir.path().join("export.csv");
     std::fs::write(&src, "event_id,event_time,user_id,event_type\ne1,2026-11-23T10:00:00Z,u1,login\n").unwrap();
     let to = env.inbox.join("csv/acme");
-    let out = run(&env, &["publish", src.to_str().unwrap(), "--customer", "acme", "--to", &format!("{}/", to.display()), "--gzip"]);
+    let out = run(
+        &env,
+        &["publish", src.to_str().unwrap(), "--customer", "acme", "--to", &format!("{}/", to.display()), "--gzip"],
+    );
     assert!(out.status.success(), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
     assert!(stdout(&out).contains("customer column added"), "{}", stdout(&out));
     assert!(to.join("export.csv.gz").exists());
@@ -196,7 +231,8 @@ fn publish_checks_then_lands_a_file_the_service_loads() {
     assert!(!to.join("export.csv").exists(), "a refused file is not written");
 
     // The producer fails fast: a bad file is refused before any S3 call (none could succeed here).
-    let s3 = run(&env, &["publish", src.to_str().unwrap(), "--customer", "acme", "--to", "s3://no-such-bucket/csv/acme/"]);
+    let s3 =
+        run(&env, &["publish", src.to_str().unwrap(), "--customer", "acme", "--to", "s3://no-such-bucket/csv/acme/"]);
     assert_eq!(s3.status.code(), Some(1), "{}", stdout(&s3));
     assert!(stdout(&s3).contains("not published"), "{}", stdout(&s3));
 }

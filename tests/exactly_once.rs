@@ -90,7 +90,17 @@ fn duplicates_overwrites_late_versions_and_replays_leave_the_target_exact() {
     // The ledger: one counting row per version ever seen, current versions loaded.
     let ledger = env.ledger();
     let loaded: Vec<&str> = ledger.iter().filter(|r| r.status == "loaded").map(|r| r.key.as_str()).collect();
-    assert_eq!(loaded, vec!["csv/acme/a.csv", "csv/acme/b.csv", "csv/acme/c-resend.csv", "csv/acme/c.csv", "csv/acme/d.csv", "csv/acme/e.csv"]);
+    assert_eq!(
+        loaded,
+        vec![
+            "csv/acme/a.csv",
+            "csv/acme/b.csv",
+            "csv/acme/c-resend.csv",
+            "csv/acme/c.csv",
+            "csv/acme/d.csv",
+            "csv/acme/e.csv"
+        ]
+    );
     assert_eq!(ledger.iter().filter(|r| r.status == "superseded").count(), 2, "b v1 and the late d");
     assert!(ledger.iter().all(|r| r.rows_read == r.rows_loaded + r.rows_rejected && r.merged));
     // Staging holds exactly the current versions' rows.

@@ -52,7 +52,8 @@ async fn stack(part_bytes: usize) -> Option<Stack> {
 
 /// [`stack`], its warehouse also set up by `tune`.
 async fn stack_with(part_bytes: usize, tune: impl FnOnce(RedshiftWarehouse) -> RedshiftWarehouse) -> Option<Stack> {
-    let configured = ["AWS_ENDPOINT_URL_REDSHIFT_DATA", "AWS_ENDPOINT_URL_S3"].iter().all(|v| std::env::var_os(v).is_some());
+    let configured =
+        ["AWS_ENDPOINT_URL_REDSHIFT_DATA", "AWS_ENDPOINT_URL_S3"].iter().all(|v| std::env::var_os(v).is_some());
     if !configured {
         if std::env::var_os("CI").is_some() {
             panic!("AWS_ENDPOINT_URL_REDSHIFT_DATA and AWS_ENDPOINT_URL_S3 must be set in CI: run `eval \"$(scripts/local-aws.sh up)\"` first");
@@ -82,7 +83,9 @@ async fn stack_with(part_bytes: usize, tune: impl FnOnce(RedshiftWarehouse) -> R
     let admin = RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap();
     cfg.database = format!("wau_t_{id}");
     admin.execute(&format!("CREATE DATABASE {}", cfg.database)).unwrap();
-    let w = tune(RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap().with_part_bytes(part_bytes));
+    let w = tune(
+        RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap().with_part_bytes(part_bytes),
+    );
     w.migrate().unwrap();
     Some(Stack { w, s3, bucket, metrics, admin, database: cfg.database })
 }
@@ -123,13 +126,31 @@ fn meta(key: &str, version: &str, seq: &str) -> FileMeta {
 fn chunk(rows: &[(&str, &str, &str)]) -> RowChunk {
     let mut c = RowChunk::new(8);
     for (i, (cust, id, user)) in rows.iter().enumerate() {
-        c.push_row(&[Some(cust), Some(id), Some("2026-11-23 10:00:00"), Some(user), None, Some("login"), None, Some("agent, \"quoted\"")], i as u64 + 2);
+        c.push_row(
+            &[
+                Some(cust),
+                Some(id),
+                Some("2026-11-23 10:00:00"),
+                Some(user),
+                None,
+                Some("login"),
+                None,
+                Some("agent, \"quoted\""),
+            ],
+            i as u64 + 2,
+        );
     }
     c
 }
 
 fn loaded(rows: u64, rejected: u64) -> FileSummary {
-    FileSummary { status: FileStatus::Loaded, rows_read: rows + rejected, rows_loaded: rows, rows_rejected: rejected, reason: None }
+    FileSummary {
+        status: FileStatus::Loaded,
+        rows_read: rows + rejected,
+        rows_loaded: rows,
+        rows_rejected: rejected,
+        reason: None,
+    }
 }
 
 fn load(sink: &mut dyn BatchSink, m: &FileMeta, rows: &[(&str, &str, &str)]) -> Admission {
@@ -159,7 +180,11 @@ async fn migrate_twice_and_ping() {
     s.w.ping().unwrap();
     assert_eq!(s.w.totals().unwrap(), LedgerTotals::default());
     assert_eq!(s.w.merge().unwrap(), MergeReport::default(), "nothing to merge");
-    assert_eq!(s.strings("SELECT COUNT(*) FROM wau_ingest_merges"), vec![vec!["0".to_string()]], "an idle merge records nothing");
+    assert_eq!(
+        s.strings("SELECT COUNT(*) FROM wau_ingest_merges"),
+        vec![vec!["0".to_string()]],
+        "an idle merge records nothing"
+    );
     assert!(s.metrics.render().contains("wau_ingest_statement_seconds_count{operation=\"migrate\"} 2"));
 }
 
@@ -183,7 +208,11 @@ async fn a_batch_of_two_files_commits_rows_and_rejects_then_cleans_its_staging()
     assert!(sink.finish_file(&loaded(1, 2)).unwrap());
     assert_eq!(sink.pending().0, 4);
 
-    assert_eq!(s.staging_objects().await.len(), 4, "parts are uploaded as they are cut, one file's rows to its own parts");
+    assert_eq!(
+        s.staging_objects().await.len(),
+        4,
+        "parts are uploaded as they are cut, one file's rows to its own parts"
+    );
     assert_eq!(s.w.lookup("central", &a.key, "va").unwrap(), None, "nothing is visible before commit");
     assert_eq!(s.w.totals().unwrap(), LedgerTotals::default());
 
@@ -217,10 +246,14 @@ async fn a_batch_of_two_files_commits_rows_and_rejects_then_cleans_its_staging()
             vec!["csv/acme/b.csv", "e4", "u3", "2", "agent, \"quoted\"", "NULL"],
         ]
     );
-    let rejects = s.w.query("SELECT key, line, rule, value, raw_line FROM wau_ingest_rejects ORDER BY key, line").unwrap();
+    let rejects =
+        s.w.query("SELECT key, line, rule, value, raw_line FROM wau_ingest_rejects ORDER BY key, line").unwrap();
     assert_eq!(rejects.len(), 3);
     assert_eq!(rejects[0][0], Cell::Str(a.key.clone()));
-    assert_eq!((rejects[0][3].text().unwrap(), rejects[0][4].text().unwrap()), (tricky_value.to_string(), tricky_raw.to_string()));
+    assert_eq!(
+        (rejects[0][3].text().unwrap(), rejects[0][4].text().unwrap()),
+        (tricky_value.to_string(), tricky_raw.to_string())
+    );
     assert_eq!(rejects[2][1].as_i64(), Some(4));
     assert!(s.staging_objects().await.is_empty(), "staging objects are deleted after the commit");
     assert_eq!(sink.commit().unwrap(), None, "nothing open, nothing to commit");
@@ -235,7 +268,11 @@ async fn duplicates_are_refused_and_older_versions_are_superseded() {
     sink.commit().unwrap().unwrap();
 
     assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Superseded, "older than the recorded v2");
+    assert_eq!(
+        sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(),
+        Admission::Superseded,
+        "older than the recorded v2"
+    );
     // Within the open batch: a version already in it is a duplicate, an older one superseded.
     assert_eq!(load(sink.as_mut(), &meta("c.csv", "v5", "5"), &[("acme", "e2", "u2")]), Admission::Load);
     assert_eq!(sink.admit(&meta("c.csv", "v5", "5"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
@@ -265,7 +302,11 @@ async fn duplicates_are_refused_and_older_versions_are_superseded() {
     s.w.merge().unwrap();
     assert_eq!(
         s.target(),
-        vec![("e1".into(), "u9".into(), "a.csv".into()), ("e2".into(), "u2".into(), "c.csv".into()), ("e4".into(), "u4".into(), "d.csv".into())]
+        vec![
+            ("e1".into(), "u9".into(), "a.csv".into()),
+            ("e2".into(), "u2".into(), "c.csv".into()),
+            ("e4".into(), "u4".into(), "d.csv".into())
+        ]
     );
 }
 
@@ -290,14 +331,21 @@ async fn a_batch_in_flight_counts_for_admission_until_its_commit_ended() {
     assert_eq!((r2.files, r2.rows_loaded), (2, 1), "a.csv v1 recorded superseded, b.csv v2 loaded");
     assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), Some(FileStatus::Superseded));
     assert_eq!(s.w.lookup("central", "a.csv", "v2").unwrap(), Some(FileStatus::Loaded));
-    assert_eq!(s.w.lookup("central", "b.csv", "v1").unwrap(), Some(FileStatus::Superseded), "superseded by the next batch");
+    assert_eq!(
+        s.w.lookup("central", "b.csv", "v1").unwrap(),
+        Some(FileStatus::Superseded),
+        "superseded by the next batch"
+    );
     assert_eq!(s.w.lookup("central", "b.csv", "v2").unwrap(), Some(FileStatus::Loaded));
     // Ended: the ledger answers again.
     assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
     sink.rollback();
     assert!(s.staging_objects().await.is_empty());
     s.w.merge().unwrap();
-    assert_eq!(s.target(), vec![("e1".into(), "u1".into(), "a.csv".into()), ("e2".into(), "u9".into(), "b.csv".into())]);
+    assert_eq!(
+        s.target(),
+        vec![("e1".into(), "u1".into(), "a.csv".into()), ("e2".into(), "u9".into(), "b.csv".into())]
+    );
 }
 
 /// Two writers load the same version at once (neither saw the other's work at admit): the
@@ -319,7 +367,11 @@ async fn a_version_recorded_by_another_writer_first_is_loaded_once() {
     let r2 = second.commit().unwrap().unwrap();
     assert_eq!((r2.files, r2.rows_loaded, r2.rows_rejected), (1, 1, 0), "only b.csv was recorded by the second writer");
     let t = s.w.totals().unwrap();
-    assert_eq!((t.files_loaded, t.rows_loaded, t.staging_rows, t.reject_rows, t.unbalanced_files), (2, 3, 3, 1, 0), "{t:?}");
+    assert_eq!(
+        (t.files_loaded, t.rows_loaded, t.staging_rows, t.reject_rows, t.unbalanced_files),
+        (2, 3, 3, 1, 0),
+        "{t:?}"
+    );
     assert_eq!(s.strings("SELECT COUNT(*) FROM wau_ingest_files WHERE key = 'a.csv'"), vec![vec!["1".to_string()]]);
     assert!(s.staging_objects().await.is_empty());
 }
@@ -343,8 +395,22 @@ async fn abandoned_and_discarded_files_leave_nothing() {
     sink.write_rejects(&[reject(30, "x", "y")]).unwrap();
     sink.discard_file_rows().unwrap();
     assert!(s.staging_objects().await.is_empty(), "a discarded file's parts are deleted");
-    sink.write_rejects(&[Reject { line: 0, column: None, rule: "gzip_bomb", reason: "bomb".into(), value: None, raw: None }]).unwrap();
-    let whole = FileSummary { status: FileStatus::Rejected, rows_read: 20, rows_loaded: 0, rows_rejected: 20, reason: Some("gzip_bomb: bomb".into()) };
+    sink.write_rejects(&[Reject {
+        line: 0,
+        column: None,
+        rule: "gzip_bomb",
+        reason: "bomb".into(),
+        value: None,
+        raw: None,
+    }])
+    .unwrap();
+    let whole = FileSummary {
+        status: FileStatus::Rejected,
+        rows_read: 20,
+        rows_loaded: 0,
+        rows_rejected: 20,
+        reason: Some("gzip_bomb: bomb".into()),
+    };
     assert!(sink.finish_file(&whole).unwrap());
     let report = sink.commit().unwrap().unwrap();
     assert_eq!((report.files, report.rows_loaded, report.rows_rejected), (1, 0, 20));
@@ -353,7 +419,10 @@ async fn abandoned_and_discarded_files_leave_nothing() {
     assert_eq!((t.files_loaded, t.files_rejected, t.staging_rows, t.reject_rows, t.unbalanced_files), (0, 1, 0, 1, 0));
     assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), None);
     assert_eq!(s.w.lookup("central", "b.csv", "v1").unwrap(), Some(FileStatus::Rejected));
-    assert_eq!(s.strings("SELECT rule, line FROM wau_ingest_rejects"), vec![vec!["gzip_bomb".to_string(), "0".to_string()]]);
+    assert_eq!(
+        s.strings("SELECT rule, line FROM wau_ingest_rejects"),
+        vec![vec!["gzip_bomb".to_string(), "0".to_string()]]
+    );
 
     // A dropped sink (or a rollback) leaves nothing either, objects included.
     assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
@@ -371,7 +440,10 @@ async fn merge_publishes_the_current_versions_and_is_idempotent() {
     sink.commit().unwrap();
     let r = s.w.merge().unwrap();
     assert_eq!((r.files, r.rows_deleted, r.rows_inserted, r.event_times.len()), (1, 0, 2, 1));
-    assert_eq!(s.target(), vec![("e1".into(), "old".into(), "a.csv".into()), ("e2".into(), "old".into(), "a.csv".into())]);
+    assert_eq!(
+        s.target(),
+        vec![("e1".into(), "old".into(), "a.csv".into()), ("e2".into(), "old".into(), "a.csv".into())]
+    );
 
     // Overwrite: v2 supersedes v1 and no longer has e2.
     load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "new")]);
@@ -402,9 +474,17 @@ async fn merge_publishes_the_current_versions_and_is_idempotent() {
         ]
     );
     let t = s.w.totals().unwrap();
-    assert_eq!((t.files_loaded, t.files_superseded, t.target_rows, t.staging_rows, t.unbalanced_files), (3, 2, 3, 3, 0), "{t:?}");
+    assert_eq!(
+        (t.files_loaded, t.files_superseded, t.target_rows, t.staging_rows, t.unbalanced_files),
+        (3, 2, 3, 3, 0),
+        "{t:?}"
+    );
     assert_eq!(s.strings("SELECT COUNT(*) FROM wau_ingest_files WHERE merged_at IS NULL"), vec![vec!["0".to_string()]]);
-    assert_eq!(s.strings("SELECT COUNT(*) FROM wau_ingest_merges"), vec![vec!["4".to_string()]], "one history row per merge that did work");
+    assert_eq!(
+        s.strings("SELECT COUNT(*) FROM wau_ingest_merges"),
+        vec![vec!["4".to_string()]],
+        "one history row per merge that did work"
+    );
     assert!(s.metrics.render().contains("wau_ingest_statement_seconds_count{operation=\"merge\"}"));
 }
 
@@ -431,8 +511,15 @@ async fn force_reload_replaces_a_versions_rows() {
     assert_eq!((r.rows_deleted, r.rows_inserted), (2, 1));
     assert_eq!(s.target(), vec![("e1".into(), "u1b".into(), "a.csv".into())]);
     let t = s.w.totals().unwrap();
-    assert_eq!((t.files_loaded, t.rows_loaded, t.rows_rejected, t.staging_rows, t.reject_rows, t.unbalanced_files), (1, 1, 1, 1, 1, 0), "{t:?}");
-    assert_eq!(s.strings("SELECT status FROM wau_ingest_files ORDER BY batch_id"), vec![vec!["replaced".to_string()], vec!["loaded".to_string()]]);
+    assert_eq!(
+        (t.files_loaded, t.rows_loaded, t.rows_rejected, t.staging_rows, t.reject_rows, t.unbalanced_files),
+        (1, 1, 1, 1, 1, 0),
+        "{t:?}"
+    );
+    assert_eq!(
+        s.strings("SELECT status FROM wau_ingest_files ORDER BY batch_id"),
+        vec![vec!["replaced".to_string()], vec!["loaded".to_string()]]
+    );
     assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), Some(FileStatus::Loaded));
 }
 
@@ -500,23 +587,44 @@ async fn rejects_beyond_the_memory_bound_spill_to_staging_and_load_once() {
     // c.csv: 30 more fit in memory beside b.csv's 60 (a.csv holds none).
     assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
     sink.write_rejects(&many_rejects(2..32, raw)).unwrap();
-    let whole = FileSummary { status: FileStatus::Rejected, rows_read: 30, rows_loaded: 0, rows_rejected: 30, reason: Some("all bad".into()) };
+    let whole = FileSummary {
+        status: FileStatus::Rejected,
+        rows_read: 30,
+        rows_loaded: 0,
+        rows_rejected: 30,
+        reason: Some("all bad".into()),
+    };
     assert!(sink.finish_file(&whole).unwrap());
 
     let report = sink.commit().unwrap().unwrap();
     assert_eq!((report.files, report.rows_loaded, report.rows_rejected), (3, 3, 1090));
     assert_eq!(
         reject_lines(&s),
-        vec![row(&["a.csv", "1000", "1000", "4", "1003"]), row(&["b.csv", "60", "60", "3", "62"]), row(&["c.csv", "30", "30", "2", "31"])]
+        vec![
+            row(&["a.csv", "1000", "1000", "4", "1003"]),
+            row(&["b.csv", "60", "60", "3", "62"]),
+            row(&["c.csv", "30", "30", "2", "31"])
+        ]
     );
     let t = s.w.totals().unwrap();
     assert_eq!(
-        (t.files_loaded, t.files_rejected, t.rows_read, t.rows_loaded, t.rows_rejected, t.reject_rows, t.staging_rows, t.unbalanced_files),
+        (
+            t.files_loaded,
+            t.files_rejected,
+            t.rows_read,
+            t.rows_loaded,
+            t.rows_rejected,
+            t.reject_rows,
+            t.staging_rows,
+            t.unbalanced_files
+        ),
         (2, 1, 1093, 3, 1090, 1090, 3, 0),
         "{t:?}"
     );
     // Spilled rows carry the batch and the text as the VALUES route writes it.
-    let sample = s.strings("SELECT value, raw_line, rule, column_name FROM wau_ingest_rejects WHERE key = 'a.csv' AND line = 777");
+    let sample = s.strings(
+        "SELECT value, raw_line, rule, column_name FROM wau_ingest_rejects WHERE key = 'a.csv' AND line = 777",
+    );
     assert_eq!(sample, vec![row(&["v\\777'", raw, "format", "user_email"])]);
     assert_eq!(s.strings("SELECT COUNT(DISTINCT r.batch_id) FROM wau_ingest_rejects r JOIN wau_ingest_files f ON f.batch_id = r.batch_id"), vec![row(&["1"])]);
     assert!(s.staging_objects().await.is_empty(), "reject parts, the last part and the manifests are deleted");
@@ -534,7 +642,15 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
     // Kept: k.csv, with rejects in memory.
     assert_eq!(sink.admit(&meta("k.csv", "v1", "1"), false).unwrap(), Admission::Load);
     sink.write_rejects(&many_rejects(2..12, raw)).unwrap();
-    assert!(sink.finish_file(&FileSummary { status: FileStatus::Rejected, rows_read: 10, rows_loaded: 0, rows_rejected: 10, reason: Some("x".into()) }).unwrap());
+    assert!(sink
+        .finish_file(&FileSummary {
+            status: FileStatus::Rejected,
+            rows_read: 10,
+            rows_loaded: 0,
+            rows_rejected: 10,
+            reason: Some("x".into())
+        })
+        .unwrap());
     let kept = s.staging_objects().await;
 
     // Abandoned after spilling.
@@ -551,18 +667,49 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
     assert!(has_reject_parts(s.staging_objects().await));
     sink.discard_file_rows().unwrap();
     assert_eq!(s.staging_objects().await, kept, "the discarded file's reject parts are deleted");
-    sink.write_rejects(&[Reject { line: 0, column: None, rule: "gzip_bomb", reason: "bomb".into(), value: None, raw: None }]).unwrap();
-    assert!(sink.finish_file(&FileSummary { status: FileStatus::Rejected, rows_read: 500, rows_loaded: 0, rows_rejected: 500, reason: Some("gzip_bomb: bomb".into()) }).unwrap());
+    sink.write_rejects(&[Reject {
+        line: 0,
+        column: None,
+        rule: "gzip_bomb",
+        reason: "bomb".into(),
+        value: None,
+        raw: None,
+    }])
+    .unwrap();
+    assert!(sink
+        .finish_file(&FileSummary {
+            status: FileStatus::Rejected,
+            rows_read: 500,
+            rows_loaded: 0,
+            rows_rejected: 500,
+            reason: Some("gzip_bomb: bomb".into())
+        })
+        .unwrap());
 
     // Forced twice in the batch: the first copy's spilled parts go, the second's stay.
     for _ in 0..2 {
         assert_eq!(sink.admit(&meta("f.csv", "v1", "1"), true).unwrap(), Admission::Load);
         sink.write_rejects(&many_rejects(2..302, raw)).unwrap();
-        assert!(sink.finish_file(&FileSummary { status: FileStatus::Rejected, rows_read: 300, rows_loaded: 0, rows_rejected: 300, reason: Some("x".into()) }).unwrap());
+        assert!(sink
+            .finish_file(&FileSummary {
+                status: FileStatus::Rejected,
+                rows_read: 300,
+                rows_loaded: 0,
+                rows_rejected: 300,
+                reason: Some("x".into())
+            })
+            .unwrap());
     }
     let report = sink.commit().unwrap().unwrap();
     assert_eq!((report.files, report.rows_rejected), (3, 810));
-    assert_eq!(reject_lines(&s), vec![row(&["d.csv", "1", "1", "0", "0"]), row(&["f.csv", "300", "300", "2", "301"]), row(&["k.csv", "10", "10", "2", "11"])]);
+    assert_eq!(
+        reject_lines(&s),
+        vec![
+            row(&["d.csv", "1", "1", "0", "0"]),
+            row(&["f.csv", "300", "300", "2", "301"]),
+            row(&["k.csv", "10", "10", "2", "11"])
+        ]
+    );
     assert!(s.staging_objects().await.is_empty());
     assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), None);
 
@@ -584,10 +731,17 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
     }
     assert_eq!(first.commit().unwrap().unwrap().rows_rejected, 400);
     assert_eq!(second.commit().unwrap(), None, "nothing of the second writer was recorded");
-    assert_eq!(s.strings("SELECT COUNT(*), COUNT(DISTINCT line) FROM wau_ingest_rejects WHERE key = 'w.csv'"), vec![row(&["400", "400"])]);
+    assert_eq!(
+        s.strings("SELECT COUNT(*), COUNT(DISTINCT line) FROM wau_ingest_rejects WHERE key = 'w.csv'"),
+        vec![row(&["400", "400"])]
+    );
     let t = s.w.totals().unwrap();
     // d.csv was rejected whole: 500 rows rejected in the ledger, one reject row (the bomb).
-    assert_eq!((t.rows_rejected, t.reject_rows, t.staging_rows, t.unbalanced_files), (10 + 500 + 300 + 400, 10 + 1 + 300 + 400, 1, 0), "{t:?}");
+    assert_eq!(
+        (t.rows_rejected, t.reject_rows, t.staging_rows, t.unbalanced_files),
+        (10 + 500 + 300 + 400, 10 + 1 + 300 + 400, 1, 0),
+        "{t:?}"
+    );
     assert!(s.staging_objects().await.is_empty());
 }
 
@@ -599,7 +753,12 @@ async fn weekly_active_users_counts_distinct_users_per_iso_week() {
     load(sink.as_mut(), &meta("b.csv", "v1", "1"), &[("beta", "e1", "u1")]);
     sink.commit().unwrap();
     s.w.merge().unwrap();
-    let week = |customer: &str, users| WauRow { customer: customer.into(), iso_week: "2026-W48".into(), week_start: "2026-11-23".into(), active_users: users };
+    let week = |customer: &str, users| WauRow {
+        customer: customer.into(),
+        iso_week: "2026-W48".into(),
+        week_start: "2026-11-23".into(),
+        active_users: users,
+    };
     assert_eq!(s.w.weekly_active_users("2000-01-01", None).unwrap(), vec![week("acme", 2), week("beta", 1)]);
     assert_eq!(s.w.weekly_active_users("2000-01-01", Some("beta")).unwrap(), vec![week("beta", 1)]);
     assert_eq!(s.w.weekly_active_users("2027-01-01", None).unwrap(), vec![]);

@@ -40,7 +40,11 @@ fn assert_exact(env: &Env, written: &[Version], rows_per_file: i64) {
         assert_eq!((r.rows_read, r.rows_loaded, r.rows_rejected), (rows_per_file, rows_per_file, 0), "{}", r.key);
         assert!(r.merged, "{} merged", r.key);
     }
-    assert_eq!(env.count("SELECT COUNT(*) FROM wau_audit_logs_staging"), written.len() as i64 * rows_per_file, "staging holds every row once");
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM wau_audit_logs_staging"),
+        written.len() as i64 * rows_per_file,
+        "staging holds every row once"
+    );
     assert_eq!(env.count("SELECT COUNT(*) FROM wau_ingest_rejects"), 0);
     assert_eq!(env.target(), expected_target(CUSTOMER, written));
 }
@@ -63,7 +67,9 @@ fn sigkill_at_many_moments_then_restart_leaves_the_target_exact() {
     let mut kills = 0;
     for threshold in thresholds {
         let mut child = env.spawn_run(&log, &run_env);
-        let reached = wait_until(Duration::from_secs(120), || ledger_count(&env) >= threshold || child.try_wait().unwrap().is_some());
+        let reached = wait_until(Duration::from_secs(120), || {
+            ledger_count(&env) >= threshold || child.try_wait().unwrap().is_some()
+        });
         assert!(reached, "ledger never reached {threshold}");
         assert!(child.try_wait().unwrap().is_none(), "the service died by itself");
         child.kill().unwrap(); // SIGKILL
@@ -72,7 +78,10 @@ fn sigkill_at_many_moments_then_restart_leaves_the_target_exact() {
     }
     assert!(kills >= 5);
     let before_last_run = ledger_count(&env);
-    assert!(before_last_run >= 150 && before_last_run < files as i64, "the last run must still have work: {before_last_run}");
+    assert!(
+        before_last_run >= 150 && before_last_run < files as i64,
+        "the last run must still have work: {before_last_run}"
+    );
 
     let mut child = env.spawn_run(&log, &run_env);
     let done = wait_until(Duration::from_secs(180), || all_merged(&env, files as i64));

@@ -223,7 +223,8 @@ mod tests {
         let mut v = Vec::new();
         s.reader.read_to_end(&mut v).await.unwrap();
         assert_eq!(s.read_version.unwrap().get(), Some(&r.version));
-        let missing = ObjectRef { key: "nope.csv".into(), version: None, sequencer: None, size: None, event_time: None };
+        let missing =
+            ObjectRef { key: "nope.csv".into(), version: None, sequencer: None, size: None, event_time: None };
         assert!(matches!(store.resolve(&missing).await, Err(StoreError::NotFound { .. })));
     }
 }

@@ -222,7 +222,11 @@ mod tests {
         let z = gz(&plain);
         for (key, enc) in [("f.csv.gz", None), ("f.csv", Some("gzip".to_string()))] {
             let count = Arc::new(AtomicU64::new(0));
-            let s = ObjectStream { reader: Box::new(std::io::Cursor::new(z.clone())), content_encoding: enc, read_version: None };
+            let s = ObjectStream {
+                reader: Box::new(std::io::Cursor::new(z.clone())),
+                content_encoding: enc,
+                read_version: None,
+            };
             let mut r = decoded(s, &obj(key, z.len() as u64), ReadLimits::default(), count.clone());
             assert_eq!(read_all(&mut r).await.unwrap(), plain);
             assert_eq!(count.load(Ordering::Relaxed), z.len() as u64);
@@ -233,7 +237,11 @@ mod tests {
     async fn gzip_bomb_is_a_size_limit() {
         let plain = vec![b'a'; 1 << 20];
         let z = gz(&plain);
-        let s = ObjectStream { reader: Box::new(std::io::Cursor::new(z.clone())), content_encoding: None, read_version: None };
+        let s = ObjectStream {
+            reader: Box::new(std::io::Cursor::new(z.clone())),
+            content_encoding: None,
+            read_version: None,
+        };
         let limits = ReadLimits { max_file_bytes: 1 << 30, max_gzip_ratio: 10 };
         let mut r = decoded(s, &obj("bomb.gz", z.len() as u64), limits, Arc::default());
         let err = read_all(&mut r).await.unwrap_err();
@@ -244,8 +252,10 @@ mod tests {
     #[tokio::test]
     async fn corrupt_gzip_is_a_verdict_but_a_broken_store_stream_is_not() {
         let bad = b"\x1f\x8b\x08\x00this is not deflate data".to_vec();
-        let s = ObjectStream { reader: Box::new(std::io::Cursor::new(bad)), content_encoding: None, read_version: None };
-        let err = read_all(&mut decoded(s, &obj("f.csv.gz", 30), ReadLimits::default(), Arc::default())).await.unwrap_err();
+        let s =
+            ObjectStream { reader: Box::new(std::io::Cursor::new(bad)), content_encoding: None, read_version: None };
+        let err =
+            read_all(&mut decoded(s, &obj("f.csv.gz", 30), ReadLimits::default(), Arc::default())).await.unwrap_err();
         assert_eq!(err.get_ref().unwrap().downcast_ref::<FileVerdict>().unwrap().rule, "unreadable");
 
         struct Broken;
@@ -256,7 +266,8 @@ mod tests {
         }
         for key in ["f.csv.gz", "f.csv"] {
             let s = ObjectStream { reader: Box::new(Broken), content_encoding: None, read_version: None };
-            let err = read_all(&mut decoded(s, &obj(key, 30), ReadLimits::default(), Arc::default())).await.unwrap_err();
+            let err =
+                read_all(&mut decoded(s, &obj(key, 30), ReadLimits::default(), Arc::default())).await.unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{key}");
             assert!(err.get_ref().and_then(|i| i.downcast_ref::<FileVerdict>()).is_none());
         }
@@ -264,7 +275,11 @@ mod tests {
 
     #[tokio::test]
     async fn plain_file_size_limit() {
-        let s = ObjectStream { reader: Box::new(std::io::Cursor::new(vec![b'x'; 100])), content_encoding: None, read_version: None };
+        let s = ObjectStream {
+            reader: Box::new(std::io::Cursor::new(vec![b'x'; 100])),
+            content_encoding: None,
+            read_version: None,
+        };
         let limits = ReadLimits { max_file_bytes: 99, max_gzip_ratio: 10 };
         let err = read_all(&mut decoded(s, &obj("f.csv", 100), limits, Arc::default())).await.unwrap_err();
         assert_eq!(err.get_ref().unwrap().downcast_ref::<FileVerdict>().unwrap().rule, "too_large");

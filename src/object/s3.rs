@@ -44,7 +44,12 @@ impl S3Store {
     }
 
     /// Uploads a local file (a streaming body: the file is not read into memory).
-    pub async fn put_file(&self, key: &str, path: &std::path::Path, content_encoding: Option<&str>) -> Result<(), StoreError> {
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        content_encoding: Option<&str>,
+    ) -> Result<(), StoreError> {
         let body = ByteStream::from_path(path).await.map_err(|e| io(key, std::io::Error::other(e)))?;
         self.client
             .put_object()
@@ -134,8 +139,9 @@ impl ObjectStore for S3Store {
         if head.delete_marker() == Some(true) {
             return Err(StoreError::NotFound { key: obj.key.clone() });
         }
-        let version = version_of(head.version_id(), head.e_tag())
-            .ok_or_else(|| io(&obj.key, std::io::Error::other("HeadObject returned neither a VersionId nor an ETag")))?;
+        let version = version_of(head.version_id(), head.e_tag()).ok_or_else(|| {
+            io(&obj.key, std::io::Error::other("HeadObject returned neither a VersionId nor an ETag"))
+        })?;
         let time = head.last_modified().map(to_chrono).or(obj.event_time).unwrap_or_else(Utc::now);
         Ok(ResolvedObject {
             key: obj.key.clone(),

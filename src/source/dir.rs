@@ -30,7 +30,10 @@ impl DirSource {
 
     /// Queues every new or changed file that has settled. Returns how many were queued.
     fn scan(&mut self) -> Result<usize, SourceError> {
-        let entries = self.store.walk(self.store.root()).map_err(|e| SourceError::Io(format!("scanning {}: {e}", self.store.root().display())))?;
+        let entries = self
+            .store
+            .walk(self.store.root())
+            .map_err(|e| SourceError::Io(format!("scanning {}: {e}", self.store.root().display())))?;
         let now = SystemTime::now();
         let mut seen = self.seen.lock().expect("seen lock");
         let mut queued = 0;

@@ -235,7 +235,14 @@ async fn accept(shared: &Arc<Shared>, m: Message) -> Option<Delivery> {
         Ok((created, _)) => {
             let heartbeat = tokio::spawn(heartbeat(shared.clone(), receipt.clone(), Instant::now()));
             let objects: Vec<ObjectRef> = created.into_iter().map(object_ref).collect();
-            let ack = SqsAck { shared: shared.clone(), receipt, heartbeat, objects: objects.clone(), attempt: 0, receive_count };
+            let ack = SqsAck {
+                shared: shared.clone(),
+                receipt,
+                heartbeat,
+                objects: objects.clone(),
+                attempt: 0,
+                receive_count,
+            };
             Some(Delivery { objects, ack: Box::new(ack) })
         }
     }
@@ -314,7 +321,11 @@ impl SqsAck {
         if last && !self.shared.stop.is_cancelled() {
             self.shared.metrics.sqs("dlq_bound", 1);
             let keys: Vec<&str> = self.objects.iter().map(|o| o.key.as_str()).collect();
-            warn!(?keys, receives = self.receive_count, "message failed at its last allowed receive: SQS moves it to the DLQ");
+            warn!(
+                ?keys,
+                receives = self.receive_count,
+                "message failed at its last allowed receive: SQS moves it to the DLQ"
+            );
         }
         release(&self.shared, &self.receipt).await;
     }
@@ -402,9 +413,18 @@ async fn delete_batch(shared: &Shared, receipts: &[String]) {
     for attempt in 1..=6 {
         let entries = left
             .iter()
-            .map(|(id, r)| DeleteMessageBatchRequestEntry::builder().id(id).receipt_handle(*r).build().expect("id and handle set"))
+            .map(|(id, r)| {
+                DeleteMessageBatchRequestEntry::builder().id(id).receipt_handle(*r).build().expect("id and handle set")
+            })
             .collect::<Vec<_>>();
-        match shared.client.delete_message_batch().queue_url(&shared.settings.queue_url).set_entries(Some(entries)).send().await {
+        match shared
+            .client
+            .delete_message_batch()
+            .queue_url(&shared.settings.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
             Ok(out) => {
                 for ok in out.successful() {
                     left.remove(ok.id());
@@ -414,7 +434,11 @@ async fn delete_batch(shared: &Shared, receipts: &[String]) {
                     if f.sender_fault() {
                         // E.g. ReceiptHandleIsInvalid: the receipt expired and the message will be
                         // received again; the ledger turns it into a duplicate then.
-                        warn!(code = f.code(), message = f.message().unwrap_or(""), "sqs refused a delete; the message will come back as a duplicate");
+                        warn!(
+                            code = f.code(),
+                            message = f.message().unwrap_or(""),
+                            "sqs refused a delete; the message will come back as a duplicate"
+                        );
                         shared.metrics.error("sqs_delete");
                         left.remove(f.id());
                     }
@@ -461,7 +485,9 @@ impl Source for SqsSource {
         }
         // Wait for the deletes of everything acknowledged so far.
         let (done, wait) = oneshot::channel();
-        if self.shared.deletes.send(DeleteCmd::Flush(done)).is_ok() && tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
+        if self.shared.deletes.send(DeleteCmd::Flush(done)).is_ok()
+            && tokio::time::timeout(Duration::from_secs(10), wait).await.is_err()
+        {
             warn!("pending deletes did not finish in 10 s; those messages will come back as duplicates");
         }
         if let Some(d) = self.deleter.take() {
@@ -488,7 +514,10 @@ mod tests {
 
     #[test]
     fn redrive_policies_name_the_max_receive_count_as_number_or_string() {
-        assert_eq!(parse_max_receive_count(r#"{"deadLetterTargetArn":"arn:aws:sqs:r:1:q-dlq","maxReceiveCount":5}"#), Some(5));
+        assert_eq!(
+            parse_max_receive_count(r#"{"deadLetterTargetArn":"arn:aws:sqs:r:1:q-dlq","maxReceiveCount":5}"#),
+            Some(5)
+        );
         assert_eq!(parse_max_receive_count(r#"{"deadLetterTargetArn":"arn","maxReceiveCount":"3"}"#), Some(3));
         assert_eq!(parse_max_receive_count("{}"), None);
         assert_eq!(parse_max_receive_count("not json"), None);

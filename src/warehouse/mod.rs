@@ -188,7 +188,13 @@ pub trait Warehouse: Send + Sync {
     /// A version recorded with exactly this key, sequencer and size. For stores whose version
     /// costs a full read (local files: the content hash), this stamp — modification time in
     /// nanoseconds plus size — stands in for the version before any read, as rsync does.
-    fn lookup_stamp(&self, bucket: &str, key: &str, sequencer: &str, size: u64) -> Result<Option<FileStatus>, WarehouseError>;
+    fn lookup_stamp(
+        &self,
+        bucket: &str,
+        key: &str,
+        sequencer: &str,
+        size: u64,
+    ) -> Result<Option<FileStatus>, WarehouseError>;
     /// (key, sequencer) of every version recorded for `bucket`: reconcile compares listings with it.
     fn recorded_sequencers(&self, bucket: &str) -> Result<std::collections::HashSet<(String, String)>, WarehouseError>;
     /// Runs the merge as one transaction.

@@ -196,14 +196,17 @@ pub fn render(sql: &str, params: &[(&str, Lit)]) -> Result<String, String> {
                 i += 1;
             }
             b':' if b.get(i + 1) == Some(&b':') => i += 2,
-            b':' if (i == 0 || !word(b[i - 1])) && b.get(i + 1).is_some_and(|&c| c.is_ascii_alphabetic() || c == b'_') => {
+            b':' if (i == 0 || !word(b[i - 1]))
+                && b.get(i + 1).is_some_and(|&c| c.is_ascii_alphabetic() || c == b'_') =>
+            {
                 let start = i + 1;
                 let mut end = start;
                 while end < b.len() && word(b[end]) {
                     end += 1;
                 }
                 let name = &sql[start..end];
-                let (_, value) = params.iter().find(|(n, _)| *n == name).ok_or_else(|| format!("no value for parameter :{name}"))?;
+                let (_, value) =
+                    params.iter().find(|(n, _)| *n == name).ok_or_else(|| format!("no value for parameter :{name}"))?;
                 out.push_str(&sql[copied..i]);
                 out.push_str(&value.sql());
                 copied = end;
@@ -506,7 +509,13 @@ impl DataApi {
     /// Runs `sqls` — one ExecuteStatement (autocommit) when `batch` is false, else one
     /// BatchExecuteStatement (one transaction) — until it ends. A serialization conflict reruns
     /// it; `running` (the merge) exposes the statement id for cancelling.
-    async fn run(&self, op: &'static str, sqls: &[String], batch: bool, running: Option<&RunningStatement>) -> Result<Done, WarehouseError> {
+    async fn run(
+        &self,
+        op: &'static str,
+        sqls: &[String],
+        batch: bool,
+        running: Option<&RunningStatement>,
+    ) -> Result<Done, WarehouseError> {
         self.run_from(op, sqls, batch, running, None, Instant::now()).await
     }
 
@@ -556,7 +565,13 @@ impl DataApi {
         WarehouseError::Other(format!("redshift {op}: {what}: {e}"))
     }
 
-    async fn attempt(&self, op: &'static str, sqls: &[String], batch: bool, running: Option<&RunningStatement>) -> Result<Done, RunError> {
+    async fn attempt(
+        &self,
+        op: &'static str,
+        sqls: &[String],
+        batch: bool,
+        running: Option<&RunningStatement>,
+    ) -> Result<Done, RunError> {
         if running.is_some_and(|r| r.cancelled.load(Ordering::SeqCst)) {
             return Err(RunError::Aborted("interrupted".into()));
         }
@@ -577,12 +592,25 @@ impl DataApi {
         let call = || async {
             if batch {
                 let b = with_target!(self.client.batch_execute_statement(), self);
-                let out = b.set_sqls(Some(sqls.to_vec())).statement_name(&name).client_token(&token).send().await.map_err(call_error)?;
-                out.id().map(str::to_string).ok_or_else(|| CallError { transient: false, text: "BatchExecuteStatement returned no statement id".into() })
+                let out = b
+                    .set_sqls(Some(sqls.to_vec()))
+                    .statement_name(&name)
+                    .client_token(&token)
+                    .send()
+                    .await
+                    .map_err(call_error)?;
+                out.id().map(str::to_string).ok_or_else(|| CallError {
+                    transient: false,
+                    text: "BatchExecuteStatement returned no statement id".into(),
+                })
             } else {
                 let b = with_target!(self.client.execute_statement(), self);
-                let out = b.sql(&sqls[0]).statement_name(&name).client_token(&token).send().await.map_err(call_error)?;
-                out.id().map(str::to_string).ok_or_else(|| CallError { transient: false, text: "ExecuteStatement returned no statement id".into() })
+                let out =
+                    b.sql(&sqls[0]).statement_name(&name).client_token(&token).send().await.map_err(call_error)?;
+                out.id().map(str::to_string).ok_or_else(|| CallError {
+                    transient: false,
+                    text: "ExecuteStatement returned no statement id".into(),
+                })
             }
         };
         let what = if batch { "BatchExecuteStatement" } else { "ExecuteStatement" };
@@ -590,7 +618,12 @@ impl DataApi {
     }
 
     /// One Data API call, retried with backoff while its errors are transient.
-    async fn retrying<T, Fut>(&self, what: &'static str, subject: &str, call: impl FnMut() -> Fut) -> Result<T, CallError>
+    async fn retrying<T, Fut>(
+        &self,
+        what: &'static str,
+        subject: &str,
+        call: impl FnMut() -> Fut,
+    ) -> Result<T, CallError>
     where
         Fut: Future<Output = Result<T, CallError>>,
     {
@@ -604,9 +637,11 @@ impl DataApi {
     }
 
     async fn describe(&self, id: &str) -> Result<DescribeStatementOutput, RunError> {
-        self.retrying("DescribeStatement", id, || async { self.client.describe_statement().id(id).send().await.map_err(call_error) })
-            .await
-            .map_err(|e| RunError::Call(format!("DescribeStatement {id}: {}", e.text)))
+        self.retrying("DescribeStatement", id, || async {
+            self.client.describe_statement().id(id).send().await.map_err(call_error)
+        })
+        .await
+        .map_err(|e| RunError::Call(format!("DescribeStatement {id}: {}", e.text)))
     }
 
     /// Polls until FINISHED, FAILED or ABORTED, backing off from 20 ms to 250 ms: a query
@@ -618,12 +653,20 @@ impl DataApi {
             let d = self.describe(id).await?;
             match d.status() {
                 Some(StatusString::Finished) => {
-                    let subs = d.sub_statements().iter().map(|s| SubDone { id: s.id().to_string(), result_rows: s.result_rows() }).collect();
+                    let subs = d
+                        .sub_statements()
+                        .iter()
+                        .map(|s| SubDone { id: s.id().to_string(), result_rows: s.result_rows() })
+                        .collect();
                     return Ok(Done { id: id.to_string(), subs });
                 }
                 Some(StatusString::Failed) => {
                     let text = failure_text(&d, sqls);
-                    return Err(if is_serialization_conflict(&text) { RunError::Conflict(text) } else { RunError::Failed(text) });
+                    return Err(if is_serialization_conflict(&text) {
+                        RunError::Conflict(text)
+                    } else {
+                        RunError::Failed(text)
+                    });
                 }
                 Some(StatusString::Aborted) => {
                     return Err(RunError::Aborted(d.error().unwrap_or("statement cancelled").to_string()));
@@ -644,7 +687,13 @@ impl DataApi {
             let token = next.clone();
             let page = self
                 .retrying("GetStatementResult", id, || async {
-                    self.client.get_statement_result().id(id).set_next_token(token.clone()).send().await.map_err(call_error)
+                    self.client
+                        .get_statement_result()
+                        .id(id)
+                        .set_next_token(token.clone())
+                        .send()
+                        .await
+                        .map_err(call_error)
                 })
                 .await
                 .map_err(|e| {
@@ -695,7 +744,8 @@ struct StagingLocation {
 
 impl StagingLocation {
     fn parse(uri: &str) -> Result<StagingLocation, String> {
-        let rest = uri.strip_prefix("s3://").ok_or_else(|| format!("warehouse.staging_uri {uri:?} is not an s3:// URI"))?;
+        let rest =
+            uri.strip_prefix("s3://").ok_or_else(|| format!("warehouse.staging_uri {uri:?} is not an s3:// URI"))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(format!("warehouse.staging_uri {uri:?} names no bucket"));
@@ -769,7 +819,8 @@ impl Inner {
     async fn delete(&self, keys: Vec<String>) {
         use aws_sdk_s3::types::{Delete, ObjectIdentifier};
         for chunk in keys.chunks(1000) {
-            let ids: Vec<ObjectIdentifier> = chunk.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
+            let ids: Vec<ObjectIdentifier> =
+                chunk.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
             let delete = match Delete::builder().set_objects(Some(ids)).quiet(true).build() {
                 Ok(d) => d,
                 Err(e) => {
@@ -783,7 +834,9 @@ impl Inner {
                         warn!(bucket = %self.staging.bucket, key = e.key().unwrap_or(""), error = e.message().unwrap_or(""), "staging object not deleted");
                     }
                 }
-                Err(e) => warn!(bucket = %self.staging.bucket, objects = chunk.len(), error = %DisplayErrorContext(&e), "staging objects not deleted"),
+                Err(e) => {
+                    warn!(bucket = %self.staging.bucket, objects = chunk.len(), error = %DisplayErrorContext(&e), "staging objects not deleted")
+                }
             }
         }
     }
@@ -811,7 +864,9 @@ impl RedshiftWarehouse {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| invalid("the redshift warehouse must be created inside a tokio runtime".into()))?;
         if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-            return Err(invalid("the redshift warehouse needs a multi-thread tokio runtime (it blocks in place)".into()));
+            return Err(invalid(
+                "the redshift warehouse needs a multi-thread tokio runtime (it blocks in place)".into(),
+            ));
         }
         let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
         let secret_arn = non_empty(&cfg.secret_arn);
@@ -824,10 +879,17 @@ impl RedshiftWarehouse {
                 }
                 Target::Cluster { id, db_user }
             }
-            (Some(_), Some(_)) => return Err(invalid("set warehouse.workgroup_name or warehouse.cluster_identifier, not both".into())),
-            (None, None) => return Err(invalid("the redshift warehouse needs warehouse.workgroup_name or warehouse.cluster_identifier".into())),
+            (Some(_), Some(_)) => {
+                return Err(invalid("set warehouse.workgroup_name or warehouse.cluster_identifier, not both".into()))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "the redshift warehouse needs warehouse.workgroup_name or warehouse.cluster_identifier".into(),
+                ))
+            }
         };
-        let database = non_empty(&cfg.database).ok_or_else(|| invalid("the redshift warehouse needs warehouse.database".into()))?;
+        let database = non_empty(&cfg.database)
+            .ok_or_else(|| invalid("the redshift warehouse needs warehouse.database".into()))?;
         let staging = StagingLocation::parse(&cfg.staging_uri).map_err(invalid)?;
         let api = DataApi { client: aws_sdk_redshiftdata::Client::new(sdk), target, secret_arn, database, metrics };
         Ok(RedshiftWarehouse {
@@ -896,18 +958,39 @@ impl RedshiftWarehouse {
         for s in inner.sql().merge() {
             statements.push(render(&s, &params).map_err(WarehouseError::Other)?);
         }
-        let position = |prefix: String| statements.iter().skip(first_merge_statement).position(|s| s.starts_with(&prefix)).map(|i| i + first_merge_statement);
+        let position = |prefix: String| {
+            statements
+                .iter()
+                .skip(first_merge_statement)
+                .position(|s| s.starts_with(&prefix))
+                .map(|i| i + first_merge_statement)
+        };
         let deleted_at = position(format!("DELETE FROM {} ", inner.tables.target));
         let inserted_at = position(format!("INSERT INTO {} ", inner.tables.target));
         self.merging.cancelled.store(false, Ordering::SeqCst);
         let done = api.run("merge", &statements, true, Some(&self.merging)).await?;
         let sub = |i: usize| {
-            done.subs.get(i).cloned().ok_or_else(|| WarehouseError::Other(format!("redshift merge {}: no sub-statement {}", done.id, i + 1)))
+            done.subs
+                .get(i)
+                .cloned()
+                .ok_or_else(|| WarehouseError::Other(format!("redshift merge {}: no sub-statement {}", done.id, i + 1)))
         };
         let loaded = api.rows(&sub(0)?.id).await?;
-        let event_times = api.rows(&sub(1)?.id).await?.iter().filter_map(|r| r.first().and_then(Cell::as_str).and_then(parse_timestamp)).collect();
-        let rows_of = |i: Option<usize>| -> Result<u64, WarehouseError> { Ok(i.map(&sub).transpose()?.map_or(0, |s| s.result_rows.max(0) as u64)) };
-        Ok(MergeReport { files: int_at(&loaded, 0, 0) as u64, rows_deleted: rows_of(deleted_at)?, rows_inserted: rows_of(inserted_at)?, event_times })
+        let event_times = api
+            .rows(&sub(1)?.id)
+            .await?
+            .iter()
+            .filter_map(|r| r.first().and_then(Cell::as_str).and_then(parse_timestamp))
+            .collect();
+        let rows_of = |i: Option<usize>| -> Result<u64, WarehouseError> {
+            Ok(i.map(&sub).transpose()?.map_or(0, |s| s.result_rows.max(0) as u64))
+        };
+        Ok(MergeReport {
+            files: int_at(&loaded, 0, 0) as u64,
+            rows_deleted: rows_of(deleted_at)?,
+            rows_inserted: rows_of(inserted_at)?,
+            event_times,
+        })
     }
 }
 
@@ -935,12 +1018,22 @@ impl Warehouse for RedshiftWarehouse {
     fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
         let rows = self.query_params(
             &self.inner.sql().lookup_version(),
-            &[("bucket", Lit::Str(bucket.into())), ("key", Lit::Str(key.into())), ("version", Lit::Str(version.into()))],
+            &[
+                ("bucket", Lit::Str(bucket.into())),
+                ("key", Lit::Str(key.into())),
+                ("version", Lit::Str(version.into())),
+            ],
         )?;
         Ok(status_of(&rows))
     }
 
-    fn lookup_stamp(&self, bucket: &str, key: &str, sequencer: &str, size: u64) -> Result<Option<FileStatus>, WarehouseError> {
+    fn lookup_stamp(
+        &self,
+        bucket: &str,
+        key: &str,
+        sequencer: &str,
+        size: u64,
+    ) -> Result<Option<FileStatus>, WarehouseError> {
         let rows = self.query_params(
             &self.inner.sql().lookup_stamp(),
             &[
@@ -956,10 +1049,7 @@ impl Warehouse for RedshiftWarehouse {
     fn recorded_sequencers(&self, bucket: &str) -> Result<HashSet<(String, String)>, WarehouseError> {
         let sql = format!("SELECT key, sequencer FROM {} WHERE bucket = :bucket", self.inner.tables.files);
         let rows = self.query_params(&sql, &[("bucket", Lit::Str(bucket.into()))])?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| Some((r.first()?.text()?, r.get(1)?.text()?)))
-            .collect())
+        Ok(rows.into_iter().filter_map(|r| Some((r.first()?.text()?, r.get(1)?.text()?))).collect())
     }
 
     fn merge(&self) -> Result<MergeReport, WarehouseError> {
@@ -1121,7 +1211,10 @@ struct Held {
 impl Held {
     fn of(rejects: &[Reject]) -> Held {
         let text = |r: &Reject| {
-            r.reason.len() + r.column.as_ref().map_or(0, String::len) + r.value.as_ref().map_or(0, String::len) + r.raw.as_ref().map_or(0, String::len)
+            r.reason.len()
+                + r.column.as_ref().map_or(0, String::len)
+                + r.value.as_ref().map_or(0, String::len)
+                + r.raw.as_ref().map_or(0, String::len)
         };
         Held { rows: rejects.len(), bytes: rejects.iter().map(|r| std::mem::size_of::<Reject>() + text(r)).sum() }
     }
@@ -1158,7 +1251,8 @@ impl CsvParts {
         use std::io::Write;
         self.line.clear();
         csv_line(values, &mut self.line);
-        let enc = self.enc.get_or_insert_with(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        let enc =
+            self.enc.get_or_insert_with(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
         enc.write_all(&self.line)?;
         self.raw += self.line.len();
         if self.raw >= self.max_raw_bytes {
@@ -1194,7 +1288,10 @@ struct InFlight {
 
 impl InFlight {
     fn of(b: &OpenBatch) -> InFlight {
-        InFlight { files: b.entries.iter().map(|e| (e.meta.clone(), e.status)).collect(), ended: AtomicBool::new(false) }
+        InFlight {
+            files: b.entries.iter().map(|e| (e.meta.clone(), e.status)).collect(),
+            ended: AtomicBool::new(false),
+        }
     }
 
     fn ended(&self) -> bool {
@@ -1248,7 +1345,12 @@ impl Entry {
 
 /// Uploads one spilled reject part of the open file. The key is recorded before the upload,
 /// so an object a failed upload may still have left is deleted with the file.
-fn upload_reject_part(inner: &Inner, batch: &mut OpenBatch, f: &mut OpenFile, body: Vec<u8>) -> Result<(), WarehouseError> {
+fn upload_reject_part(
+    inner: &Inner,
+    batch: &mut OpenBatch,
+    f: &mut OpenFile,
+    body: Vec<u8>,
+) -> Result<(), WarehouseError> {
     let key = inner.staging.key(batch.id, &format!("rejects-{:05}.csv.gz", batch.next_part));
     batch.next_part += 1;
     f.reject_parts.push(key.clone());
@@ -1351,7 +1453,9 @@ impl RedshiftSink {
         let f = self.file.as_mut().expect("checked");
         for r in rejects {
             let cut = f.reject_writer.push(&reject_values(&f.meta, r, batch.id, &batch.now));
-            if let Some(body) = cut.map_err(|e| WarehouseError::Other(format!("staging rejects of {}: {e}", f.meta.key)))? {
+            if let Some(body) =
+                cut.map_err(|e| WarehouseError::Other(format!("staging rejects of {}: {e}", f.meta.key)))?
+            {
                 upload_reject_part(inner, batch, f, body)?;
             }
         }
@@ -1399,7 +1503,11 @@ impl RedshiftSink {
                 other => WarehouseError::Other(other.to_string()),
             })?;
             futures::future::try_join_all(plan.uploads.iter().map(|(key, body)| inner.put(key, body.clone()))).await?;
-            inner.api.submit("load", &plan.statements, true).await.map_err(|e| inner.api.failed("load", &plan.statements, e))
+            inner
+                .api
+                .submit("load", &plan.statements, true)
+                .await
+                .map_err(|e| inner.api.failed("load", &plan.statements, e))
         });
         let statement = match submitted {
             Ok(id) => id,
@@ -1422,7 +1530,12 @@ impl RedshiftSink {
 }
 
 /// The report of a finished batch statement: what the ledger holds of the batch.
-async fn batch_report(inner: &Inner, b: &OpenBatch, plan: &Plan, done: Done) -> Result<Option<BatchReport>, WarehouseError> {
+async fn batch_report(
+    inner: &Inner,
+    b: &OpenBatch,
+    plan: &Plan,
+    done: Done,
+) -> Result<Option<BatchReport>, WarehouseError> {
     let recorded = done.subs.get(plan.ledger_insert).map_or(-1, |s| s.result_rows);
     let (rows_loaded, _) = b.staged();
     let mut report = BatchReport {
@@ -1446,7 +1559,12 @@ async fn batch_report(inner: &Inner, b: &OpenBatch, plan: &Plan, done: Done) -> 
         report.files = int_at(&rows, 0, 0).max(0) as u64;
         report.rows_loaded = int_at(&rows, 0, 1).max(0) as u64;
         report.rows_rejected = int_at(&rows, 0, 2).max(0) as u64;
-        warn!(batch_id = b.id, planned = b.entries.len(), recorded = report.files, "some files of the batch were recorded by another writer first");
+        warn!(
+            batch_id = b.id,
+            planned = b.entries.len(),
+            recorded = report.files,
+            "some files of the batch were recorded by another writer first"
+        );
     }
     debug!(batch_id = b.id, statements = plan.statements.len(), files = report.files, "batch committed");
     Ok((report.files > 0).then_some(report))
@@ -1464,7 +1582,9 @@ impl BatchSink for RedshiftSink {
         if !force {
             // A version this batch (or the one committing) already holds needs no round trip.
             let held = self.batch.iter().flat_map(|b| b.entries.iter().map(|e| (&e.meta, e.status)));
-            if let Some((_, status)) = held.chain(flying.iter().map(|(m, s)| (m, *s))).find(|(m, _)| same_version(m, file)) {
+            if let Some((_, status)) =
+                held.chain(flying.iter().map(|(m, s)| (m, *s))).find(|(m, _)| same_version(m, file))
+            {
                 return Ok(Admission::Duplicate(status));
             }
         }
@@ -1573,12 +1693,21 @@ impl BatchSink for RedshiftSink {
     /// keeps the version from being recorded (and its rows from being loaded) twice.
     fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
         let key = self.open_file()?.meta.key.clone();
-        let last = self.file.as_mut().expect("checked").writer.finish().map_err(|e| WarehouseError::Other(format!("staging rows of {key}: {e}")))?;
+        let last = self
+            .file
+            .as_mut()
+            .expect("checked")
+            .writer
+            .finish()
+            .map_err(|e| WarehouseError::Other(format!("staging rows of {key}: {e}")))?;
         self.upload_parts(last.into_iter().collect())?;
         {
             let batch = self.batch.as_mut().expect("a batch is open while a file is");
             let f = self.file.as_mut().expect("checked");
-            let last = f.reject_writer.finish().map_err(|e| WarehouseError::Other(format!("staging rejects of {key}: {e}")))?;
+            let last = f
+                .reject_writer
+                .finish()
+                .map_err(|e| WarehouseError::Other(format!("staging rejects of {key}: {e}")))?;
             if let Some(body) = last {
                 upload_reject_part(&self.inner, batch, f, body)?;
             }
@@ -1694,8 +1823,20 @@ const BATCH_FILES_COLUMNS: [&str; 16] = [
     "replaces",
 ];
 
-const REJECT_COLUMNS: [&str; 12] =
-    ["bucket", "key", "version", "batch_id", "line", "column_name", "rule", "reason", "value", "raw_line", "contract_version", "rejected_at"];
+const REJECT_COLUMNS: [&str; 12] = [
+    "bucket",
+    "key",
+    "version",
+    "batch_id",
+    "line",
+    "column_name",
+    "rule",
+    "reason",
+    "value",
+    "raw_line",
+    "contract_version",
+    "rejected_at",
+];
 
 /// An object to upload before the batch runs: key and body.
 type Upload = (String, Vec<u8>);
@@ -1827,7 +1968,8 @@ fn plan_commit(
 ) -> Result<Plan, WarehouseError> {
     let t = sql.t;
     let (files, id) = (&t.files, b.id);
-    let ledger = RowSet::new(BATCH_FILES, &BATCH_FILES_COLUMNS, b.entries.iter().map(|e| ledger_values(e, b)).collect());
+    let ledger =
+        RowSet::new(BATCH_FILES, &BATCH_FILES_COLUMNS, b.entries.iter().map(|e| ledger_values(e, b)).collect());
     let reject_rows: Vec<Vec<Lit>> =
         b.entries.iter().flat_map(|e| e.rejects.iter().map(move |r| reject_values(&e.meta, r, b.id, &b.now))).collect();
     let spilled: Vec<String> = b.entries.iter().flat_map(|e| e.reject_parts.iter().cloned()).collect();
@@ -1843,9 +1985,11 @@ fn plan_commit(
     // create + insert ledger + supersede + drop, and the optional ones.
     let fixed = 4 + replaces as usize + if parts.is_empty() { 0 } else { 2 } + has_rejects as usize;
     let rejects_cost = if has_rejects { rejects.values_cost() } else { 0 };
-    let ledger_by_values = fixed.saturating_add(ledger.values_cost()).saturating_add(has_rejects as usize) <= MAX_BATCH_STATEMENTS;
+    let ledger_by_values =
+        fixed.saturating_add(ledger.values_cost()).saturating_add(has_rejects as usize) <= MAX_BATCH_STATEMENTS;
     let ledger_cost = if ledger_by_values { ledger.values_cost() } else { 1 };
-    let rejects_by_values = !has_rejects || fixed.saturating_add(ledger_cost).saturating_add(rejects_cost) <= MAX_BATCH_STATEMENTS;
+    let rejects_by_values =
+        !has_rejects || fixed.saturating_add(ledger_cost).saturating_add(rejects_cost) <= MAX_BATCH_STATEMENTS;
 
     let mut uploads = Vec::new();
     let mut statements = vec![format!(
@@ -1946,11 +2090,19 @@ mod tests {
         let c = Contract::builtin();
         let t = Tables::for_contract(&c);
         let sql = Sql::new(Dialect::Redshift, &c, &t);
-        let params = [("merged_at", Lit::Str("2026-11-27 00:00:00.000000".into())), ("rows_deleted", Lit::Null), ("rows_inserted", Lit::Null)];
+        let params = [
+            ("merged_at", Lit::Str("2026-11-27 00:00:00.000000".into())),
+            ("rows_deleted", Lit::Null),
+            ("rows_inserted", Lit::Null),
+        ];
         let merge: Vec<String> = sql.merge().iter().map(|s| render(s, &params).unwrap()).collect();
         assert!(merge.iter().all(|s| !s.contains(":merged_at") && !s.contains(":rows_")));
         let history = merge.iter().find(|s| s.starts_with("INSERT INTO wau_ingest_merges")).unwrap();
-        assert!(history.contains("SELECT '2026-11-27 00:00:00.000000', COALESCE(MAX(batch_id), 0), COUNT(*), NULL, NULL FROM"), "{history}");
+        assert!(
+            history
+                .contains("SELECT '2026-11-27 00:00:00.000000', COALESCE(MAX(batch_id), 0), COUNT(*), NULL, NULL FROM"),
+            "{history}"
+        );
     }
 
     #[test]
@@ -1960,13 +2112,21 @@ mod tests {
         assert!(stmts.len() >= 5, "{} statements", stmts.len());
         assert!(stmts.iter().all(|s| s.len() <= STATEMENT_BUDGET_BYTES && s.len() < MAX_STATEMENT_BYTES));
         assert!(stmts.iter().all(|s| s.starts_with("INSERT INTO t (a, b) VALUES (")));
-        let joined = stmts.iter().map(|s| s.trim_start_matches("INSERT INTO t (a, b) VALUES ")).collect::<Vec<_>>().join(",\n");
+        let joined =
+            stmts.iter().map(|s| s.trim_start_matches("INSERT INTO t (a, b) VALUES ")).collect::<Vec<_>>().join(",\n");
         assert_eq!(joined, rows.join(",\n"));
         // Each statement is full: the next row would not have fit.
         for s in &stmts[..stmts.len() - 1] {
             assert!(s.len() + 2 + rows[0].len() > STATEMENT_BUDGET_BYTES);
         }
-        assert_eq!(values_statements("INSERT INTO t (a)", &["(1)".into(), "x".repeat(STATEMENT_BUDGET_BYTES)], STATEMENT_BUDGET_BYTES), None);
+        assert_eq!(
+            values_statements(
+                "INSERT INTO t (a)",
+                &["(1)".into(), "x".repeat(STATEMENT_BUDGET_BYTES)],
+                STATEMENT_BUDGET_BYTES
+            ),
+            None
+        );
         assert_eq!(values_statements("INSERT INTO t (a)", &[], STATEMENT_BUDGET_BYTES), Some(vec![]));
     }
 
@@ -2073,8 +2233,21 @@ mod tests {
         let c = Contract::builtin();
         let t = Tables::for_contract(&c);
         let sql = Sql::new(Dialect::Redshift, &c, &t);
-        let batch = OpenBatch { id: 42, now: "2026-11-27 00:00:00.000000".into(), entries, next_part: 0, held: Held::default() };
-        plan_commit(&sql, &StagingLocation::parse("s3://b/staging/").unwrap(), &batch, |s| s, "arn:aws:iam::1:role/copy").unwrap()
+        let batch = OpenBatch {
+            id: 42,
+            now: "2026-11-27 00:00:00.000000".into(),
+            entries,
+            next_part: 0,
+            held: Held::default(),
+        };
+        plan_commit(
+            &sql,
+            &StagingLocation::parse("s3://b/staging/").unwrap(),
+            &batch,
+            |s| s,
+            "arn:aws:iam::1:role/copy",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -2083,11 +2256,20 @@ mod tests {
         let s = &p.statements;
         assert_eq!(s.len(), 9, "{s:#?}");
         assert!(s[0].starts_with("CREATE TEMP TABLE wau_batch_files ("));
-        assert!(s[1].starts_with("INSERT INTO wau_batch_files (bucket, key, version,") && s[1].contains("'a.csv'") && s[1].contains("'b.csv'"));
+        assert!(
+            s[1].starts_with("INSERT INTO wau_batch_files (bucket, key, version,")
+                && s[1].contains("'a.csv'")
+                && s[1].contains("'b.csv'")
+        );
         assert_eq!(p.ledger_insert, 2);
         assert!(s[2].starts_with("INSERT INTO wau_ingest_files (bucket,") && s[2].contains("WHERE NOT EXISTS"));
-        assert!(s[3].starts_with("UPDATE wau_ingest_files SET status = 'superseded'") && s[3].contains("n.batch_id = 42"));
-        assert!(s[4].starts_with("COPY wau_audit_logs_staging (") && s[4].contains("FROM 's3://b/staging/42/manifest.json'"));
+        assert!(
+            s[3].starts_with("UPDATE wau_ingest_files SET status = 'superseded'") && s[3].contains("n.batch_id = 42")
+        );
+        assert!(
+            s[4].starts_with("COPY wau_audit_logs_staging (")
+                && s[4].contains("FROM 's3://b/staging/42/manifest.json'")
+        );
         assert!(s[5].starts_with("DELETE FROM wau_audit_logs_staging WHERE _batch_id = 42"));
         assert!(s[6].starts_with("INSERT INTO wau_ingest_rejects (") && s[6].matches("'format'").count() == 2);
         assert!(s[7].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42"));
@@ -2110,17 +2292,29 @@ mod tests {
         assert_eq!(keys, ["staging/42/manifest.json", "staging/42/rejects.csv.gz", "staging/42/rejects.manifest.json"]);
         let mut csv = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&p.uploads[1].1[..]), &mut csv).unwrap();
-        let rows: Vec<csv::StringRecord> =
-            csv::ReaderBuilder::new().has_headers(false).from_reader(csv.as_bytes()).records().map(Result::unwrap).collect();
+        let rows: Vec<csv::StringRecord> = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(csv.as_bytes())
+            .records()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(rows.len(), 2000);
         assert_eq!(rows[0].len(), REJECT_COLUMNS.len());
-        assert_eq!((&rows[0][0], &rows[0][1], &rows[0][3], &rows[0][4], &rows[0][6]), ("b", "a.csv", "42", "2", "format"));
+        assert_eq!(
+            (&rows[0][0], &rows[0][1], &rows[0][3], &rows[0][4], &rows[0][6]),
+            ("b", "a.csv", "42", "2", "format")
+        );
     }
 
     fn gunzip_rows(gz: &[u8]) -> Vec<csv::StringRecord> {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz), &mut text).unwrap();
-        csv::ReaderBuilder::new().has_headers(false).from_reader(text.as_bytes()).records().map(Result::unwrap).collect()
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes())
+            .records()
+            .map(Result::unwrap)
+            .collect()
     }
 
     #[test]
@@ -2130,20 +2324,34 @@ mod tests {
         a.reject_parts = vec!["staging/42/rejects-00001.csv.gz".into(), "staging/42/rejects-00003.csv.gz".into()];
         let p = plan(vec![a, entry("b.csv", 3, 10), entry("c.csv", 0, 0)]);
         let s = &p.statements;
-        assert!(!s.iter().any(|x| x.starts_with("INSERT INTO wau_ingest_rejects")), "no VALUES route next to the COPY: {s:#?}");
+        assert!(
+            !s.iter().any(|x| x.starts_with("INSERT INTO wau_ingest_rejects")),
+            "no VALUES route next to the COPY: {s:#?}"
+        );
         let copies: Vec<&String> = s.iter().filter(|x| x.starts_with("COPY wau_ingest_rejects (")).collect();
         assert_eq!(copies.len(), 1);
-        assert!(copies[0].starts_with(&format!("COPY wau_ingest_rejects ({}) FROM 's3://b/staging/42/rejects.manifest.json'", REJECT_COLUMNS.join(", "))));
+        assert!(copies[0].starts_with(&format!(
+            "COPY wau_ingest_rejects ({}) FROM 's3://b/staging/42/rejects.manifest.json'",
+            REJECT_COLUMNS.join(", ")
+        )));
         // The removal of rejects whose version got no ledger row comes after the COPY.
         let copy_at = s.iter().position(|x| x == copies[0]).unwrap();
-        assert!(s[copy_at + 1].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42\n") && s[copy_at + 1].contains("NOT EXISTS"));
+        assert!(
+            s[copy_at + 1].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42\n")
+                && s[copy_at + 1].contains("NOT EXISTS")
+        );
         let keys: Vec<&str> = p.uploads.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["staging/42/manifest.json", "staging/42/rejects.csv.gz", "staging/42/rejects.manifest.json"]);
         let manifest: serde_json::Value = serde_json::from_slice(&p.uploads[2].1).unwrap();
-        let urls: Vec<&str> = manifest["entries"].as_array().unwrap().iter().map(|e| e["url"].as_str().unwrap()).collect();
+        let urls: Vec<&str> =
+            manifest["entries"].as_array().unwrap().iter().map(|e| e["url"].as_str().unwrap()).collect();
         assert_eq!(
             urls,
-            ["s3://b/staging/42/rejects-00001.csv.gz", "s3://b/staging/42/rejects-00003.csv.gz", "s3://b/staging/42/rejects.csv.gz"]
+            [
+                "s3://b/staging/42/rejects-00001.csv.gz",
+                "s3://b/staging/42/rejects-00003.csv.gz",
+                "s3://b/staging/42/rejects.csv.gz"
+            ]
         );
         assert!(manifest["entries"].as_array().unwrap().iter().all(|e| e["mandatory"] == true));
         let rows = gunzip_rows(&p.uploads[1].1);
@@ -2194,15 +2402,28 @@ mod tests {
         assert_eq!(rows.len(), 50);
         // The same bytes as the in-memory route's CSV of the same rows.
         let entry = Entry { meta: m.clone(), rejects: rejects.clone(), ..entry("x", 0, 0) };
-        let batch = OpenBatch { id: 42, now: "2026-11-27 00:00:00.000000".into(), entries: vec![entry], next_part: 0, held: Held::default() };
+        let batch = OpenBatch {
+            id: 42,
+            now: "2026-11-27 00:00:00.000000".into(),
+            entries: vec![entry],
+            next_part: 0,
+            held: Held::default(),
+        };
         let set = RowSet::copy_only(
             "t",
             &REJECT_COLUMNS,
-            batch.entries[0].rejects.iter().map(|r| reject_values(&batch.entries[0].meta, r, batch.id, &batch.now)).collect(),
+            batch.entries[0]
+                .rejects
+                .iter()
+                .map(|r| reject_values(&batch.entries[0].meta, r, batch.id, &batch.now))
+                .collect(),
         );
         let (objects, _) = set.as_copy(&StagingLocation::parse("s3://b/s/").unwrap(), 42, "rejects", "", &[]).unwrap();
         assert_eq!(gunzip_rows(&objects[0].1), rows);
-        assert_eq!((&rows[0][1], &rows[0][5], &rows[1][5], &rows[0][7]), ("dir/a,\"b\".csv", "", "user_email", "bad, \"very\"\nbad"));
+        assert_eq!(
+            (&rows[0][1], &rows[0][5], &rows[1][5], &rows[0][7]),
+            ("dir/a,\"b\".csv", "", "user_email", "bad, \"very\"\nbad")
+        );
         assert_eq!(&rows[3][9], "acme,e3,\"x\"\u{FFFD}");
     }
 
@@ -2222,7 +2443,8 @@ mod tests {
 
     #[test]
     fn many_files_put_the_ledger_rows_in_by_copy_too() {
-        let entries: Vec<Entry> = (0..3000).map(|i| entry(&format!("csv/acme/{i:05}-{}.csv", "k".repeat(900)), 1, 10)).collect();
+        let entries: Vec<Entry> =
+            (0..3000).map(|i| entry(&format!("csv/acme/{i:05}-{}.csv", "k".repeat(900)), 1, 10)).collect();
         let p = plan(entries);
         assert!(p.statements.len() <= MAX_BATCH_STATEMENTS, "{}", p.statements.len());
         assert!(p.statements[1].starts_with("COPY wau_batch_files ("));

@@ -139,7 +139,12 @@ impl<'a> Sql<'a> {
             }
             _ => self.table_options(),
         };
-        out.push(format!("CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}", t.target, target_cols.join(",\n  "), target_options));
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}",
+            t.target,
+            target_cols.join(",\n  "),
+            target_options
+        ));
         let mut staging_cols = self.contract_columns_ddl();
         staging_cols.extend([
             format!("_file_key {} NOT NULL", self.text(1024)),
@@ -147,7 +152,12 @@ impl<'a> Sql<'a> {
             format!("_line {int} NOT NULL"),
             format!("_batch_id {int} NOT NULL"),
         ]);
-        out.push(format!("CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}", t.staging, staging_cols.join(",\n  "), self.table_options()));
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}",
+            t.staging,
+            staging_cols.join(",\n  "),
+            self.table_options()
+        ));
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (\n  bucket {} NOT NULL,\n  key {} NOT NULL,\n  version {} NOT NULL,\n  sequencer {} NOT NULL,\n  size_bytes {int},\n  rows_read {int} NOT NULL,\n  rows_loaded {int} NOT NULL,\n  rows_rejected {int} NOT NULL,\n  status {} NOT NULL,\n  reason {},\n  batch_id {int} NOT NULL,\n  event_at {ts},\n  loaded_at {ts} NOT NULL,\n  merged_at {ts},\n  contract_version {int} NOT NULL\n)",
             t.files, self.text(1024), self.text(1024), self.text(256), self.text(64), self.text(16), self.text(1024)
@@ -178,7 +188,8 @@ impl<'a> Sql<'a> {
     }
 
     fn wau_view(&self) -> String {
-        let (cust, time, user) = (&self.contract.customer_column, &self.contract.event_time_column, &self.contract.user_column);
+        let (cust, time, user) =
+            (&self.contract.customer_column, &self.contract.event_time_column, &self.contract.user_column);
         let (create, iso_week, week_start) = match self.dialect {
             // 'weekday 0' moves to the coming Sunday: -6 days is that ISO week's Monday, -3 its Thursday,
             // whose year and day-of-year give the ISO year and week (works on any SQLite 3).
@@ -295,7 +306,10 @@ impl<'a> Sql<'a> {
 
     /// Event times of the files the next merge publishes (for the event→merge lag).
     pub fn unmerged_event_times(&self) -> String {
-        format!("SELECT event_at FROM {} WHERE merged_at IS NULL AND status = '{LOADED}' AND event_at IS NOT NULL", self.t.files)
+        format!(
+            "SELECT event_at FROM {} WHERE merged_at IS NULL AND status = '{LOADED}' AND event_at IS NOT NULL",
+            self.t.files
+        )
     }
 
     /// The temporary table of keys one merge recomputes.
@@ -402,9 +416,14 @@ mod tests {
         let (c, t, _) = sql_for(Dialect::Sqlite);
         let lite = Sql::new(Dialect::Sqlite, &c, &t).migrate().join("\n");
         assert!(lite.contains("event_time TEXT NOT NULL"));
-        assert!(lite.contains("CREATE INDEX IF NOT EXISTS wau_audit_logs_staging_key ON wau_audit_logs_staging (customer, event_id)"));
+        assert!(lite.contains(
+            "CREATE INDEX IF NOT EXISTS wau_audit_logs_staging_key ON wau_audit_logs_staging (customer, event_id)"
+        ));
         assert!(!lite.contains("SORTKEY"));
-        assert!(lite.contains("PRIMARY KEY (customer, event_id)\n) WITHOUT ROWID"), "the SQLite target is keyed: {lite}");
+        assert!(
+            lite.contains("PRIMARY KEY (customer, event_id)\n) WITHOUT ROWID"),
+            "the SQLite target is keyed: {lite}"
+        );
         assert!(!lite.contains("wau_audit_logs_key ON"), "no second index on a keyed table");
         let rs = Sql::new(Dialect::Redshift, &c, &t).migrate().join("\n");
         assert!(rs.contains("customer VARCHAR(256) NOT NULL"), "{rs}");
@@ -424,7 +443,8 @@ mod tests {
         let b = Sql::new(Dialect::Redshift, &c, &t);
         let p = Sql::new(Dialect::Postgres, &c, &t);
         // The one difference: an index on the temporary key set where the engine has indexes.
-        let without_index = |m: Vec<String>| m.into_iter().filter(|s| !s.starts_with("CREATE INDEX")).collect::<Vec<_>>();
+        let without_index =
+            |m: Vec<String>| m.into_iter().filter(|s| !s.starts_with("CREATE INDEX")).collect::<Vec<_>>();
         assert_eq!(without_index(a.merge()), b.merge());
         assert_eq!(a.merge(), p.merge());
         assert_eq!(a.insert_ledger(), b.insert_ledger());

@@ -65,7 +65,8 @@ fn exec_named(conn: &Connection, sql: &str, params: &[(&str, &dyn ToSql)]) -> Re
 impl SqliteWarehouse {
     pub fn open(path: &Path, contract: &Contract) -> Result<SqliteWarehouse, WarehouseError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| WarehouseError::Other(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| WarehouseError::Other(format!("creating {}: {e}", dir.display())))?;
         }
         Ok(SqliteWarehouse {
             path: path.to_path_buf(),
@@ -144,7 +145,12 @@ impl SqliteWarehouse {
                 }
                 tracing::debug!(rows = n, ms = started.elapsed().as_millis() as u64, sql = %stmt.lines().next().unwrap_or(""), "merge statement");
             }
-            Ok(MergeReport { files: files as u64, rows_deleted: deleted as u64, rows_inserted: inserted as u64, event_times })
+            Ok(MergeReport {
+                files: files as u64,
+                rows_deleted: deleted as u64,
+                rows_inserted: inserted as u64,
+                event_times,
+            })
         })();
         match result {
             Ok(report) => {
@@ -187,12 +193,21 @@ impl Warehouse for SqliteWarehouse {
         })
     }
 
-    fn lookup_stamp(&self, bucket: &str, key: &str, sequencer: &str, size: u64) -> Result<Option<FileStatus>, WarehouseError> {
+    fn lookup_stamp(
+        &self,
+        bucket: &str,
+        key: &str,
+        sequencer: &str,
+        size: u64,
+    ) -> Result<Option<FileStatus>, WarehouseError> {
         let sql = self.sql().lookup_stamp();
         let size = size as i64;
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
-            bind_named(&mut stmt, &[(":bucket", &bucket), (":key", &key), (":sequencer", &sequencer), (":size_bytes", &size)])?;
+            bind_named(
+                &mut stmt,
+                &[(":bucket", &bucket), (":key", &key), (":sequencer", &sequencer), (":size_bytes", &size)],
+            )?;
             let mut rows = stmt.raw_query();
             Ok(match rows.next()? {
                 Some(r) => FileStatus::parse(&r.get::<_, String>(0)?),
@@ -241,7 +256,12 @@ impl Warehouse for SqliteWarehouse {
             let mut rows = stmt.raw_query();
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                out.push(WauRow { customer: r.get(0)?, iso_week: r.get(1)?, week_start: r.get(2)?, active_users: r.get(3)? });
+                out.push(WauRow {
+                    customer: r.get(0)?,
+                    iso_week: r.get(1)?,
+                    week_start: r.get(2)?,
+                    active_users: r.get(3)?,
+                });
             }
             Ok(out)
         })
@@ -357,8 +377,12 @@ impl BatchSink for SqliteSink {
             let batch_id: i64 = self.conn.query_row(&self.sql().next_batch_id(), [], |r| r.get(0))?;
             self.batch = Some(OpenBatch { batch_id, now: now_text(), files: 0, rows: 0, bytes: 0, rows_rejected: 0 });
         }
-        let id: [(&str, &dyn ToSql); 4] =
-            [(":bucket", &file.bucket), (":key", &file.key), (":version", &file.version), (":sequencer", &file.sequencer)];
+        let id: [(&str, &dyn ToSql); 4] = [
+            (":bucket", &file.bucket),
+            (":key", &file.key),
+            (":version", &file.version),
+            (":sequencer", &file.sequencer),
+        ];
         let existing: Option<String> = {
             let mut stmt = self.conn.prepare_cached(&self.sql().lookup_version())?;
             bind_named(&mut stmt, &id)?;
@@ -379,8 +403,13 @@ impl BatchSink for SqliteSink {
             if let Some(status) = existing {
                 return Ok(Admission::Duplicate(status));
             }
-            let summary =
-                FileSummary { status: FileStatus::Superseded, rows_read: 0, rows_loaded: 0, rows_rejected: 0, reason: None };
+            let summary = FileSummary {
+                status: FileStatus::Superseded,
+                rows_read: 0,
+                rows_loaded: 0,
+                rows_rejected: 0,
+                reason: None,
+            };
             let now = self.batch().now.clone();
             self.record(file, &summary, Some(&now))?;
             self.batch.as_mut().expect("open").files += 1;
@@ -460,7 +489,12 @@ impl BatchSink for SqliteSink {
         exec_named(
             &self.conn,
             &self.sql().supersede_older(),
-            &[(":bucket", &file.bucket), (":key", &file.key), (":version", &file.version), (":sequencer", &file.sequencer)],
+            &[
+                (":bucket", &file.bucket),
+                (":key", &file.key),
+                (":version", &file.version),
+                (":sequencer", &file.sequencer),
+            ],
         )?;
         self.conn.execute_batch("RELEASE file")?;
         self.file = None;
@@ -532,7 +566,10 @@ mod tests {
     fn chunk(rows: &[(&str, &str, &str)]) -> RowChunk {
         let mut c = RowChunk::new(8);
         for (i, (cust, id, user)) in rows.iter().enumerate() {
-            c.push_row(&[Some(cust), Some(id), Some("2026-11-23 10:00:00"), Some(user), None, Some("login"), None, None], i as u64 + 2);
+            c.push_row(
+                &[Some(cust), Some(id), Some("2026-11-23 10:00:00"), Some(user), None, Some("login"), None, None],
+                i as u64 + 2,
+            );
         }
         c
     }
@@ -542,7 +579,13 @@ mod tests {
         if a == Admission::Load {
             sink.write_rows(&chunk(rows)).unwrap();
             let n = rows.len() as u64;
-            let s = FileSummary { status: FileStatus::Loaded, rows_read: n, rows_loaded: n, rows_rejected: 0, reason: None };
+            let s = FileSummary {
+                status: FileStatus::Loaded,
+                rows_read: n,
+                rows_loaded: n,
+                rows_rejected: 0,
+                reason: None,
+            };
             assert!(sink.finish_file(&s).unwrap());
         }
         a
@@ -576,7 +619,10 @@ mod tests {
         let report = sink.commit().unwrap().unwrap();
         assert_eq!((report.files, report.rows_loaded), (1, 1));
         assert_eq!(w.lookup("b", "a.csv", "v1").unwrap(), Some(FileStatus::Loaded));
-        assert_eq!(load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]), Admission::Duplicate(FileStatus::Loaded));
+        assert_eq!(
+            load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]),
+            Admission::Duplicate(FileStatus::Loaded)
+        );
         sink.commit().unwrap();
         assert_eq!(w.totals().unwrap().staging_rows, 1);
     }
@@ -601,7 +647,13 @@ mod tests {
         sink.admit(&meta("b.csv", "v1", "1"), false).unwrap();
         sink.write_rows(&chunk(&[("acme", "e2", "u1")])).unwrap();
         sink.discard_file_rows().unwrap();
-        let s = FileSummary { status: FileStatus::Rejected, rows_read: 1, rows_loaded: 0, rows_rejected: 1, reason: Some("bomb".into()) };
+        let s = FileSummary {
+            status: FileStatus::Rejected,
+            rows_read: 1,
+            rows_loaded: 0,
+            rows_rejected: 1,
+            reason: Some("bomb".into()),
+        };
         sink.finish_file(&s).unwrap();
         sink.commit().unwrap();
         let t = w.totals().unwrap();
@@ -663,7 +715,8 @@ mod tests {
         w.merge().unwrap();
         assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), true).unwrap(), Admission::Load);
         sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-        let s = FileSummary { status: FileStatus::Loaded, rows_read: 2, rows_loaded: 1, rows_rejected: 1, reason: None };
+        let s =
+            FileSummary { status: FileStatus::Loaded, rows_read: 2, rows_loaded: 1, rows_rejected: 1, reason: None };
         assert!(sink.finish_file(&s).unwrap());
         sink.commit().unwrap();
         w.merge().unwrap();
@@ -693,7 +746,10 @@ mod tests {
                 // `s` is staging's alias in the merge text; an index walked whole is a scan too.
                 for table in ["wau_audit_logs", "wau_audit_logs_staging", "s"] {
                     let scan = format!("SCAN {table}");
-                    assert!(!(step == &scan || step.starts_with(&format!("{scan} "))), "full scan of {table} in {stmt}: {steps:?}");
+                    assert!(
+                        !(step == &scan || step.starts_with(&format!("{scan} "))),
+                        "full scan of {table} in {stmt}: {steps:?}"
+                    );
                 }
             }
         }
@@ -703,14 +759,23 @@ mod tests {
     fn wau_view_counts_distinct_users_per_iso_week() {
         let (_d, w) = setup();
         let mut sink = w.sink().unwrap();
-        load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1"), ("acme", "e2", "u1"), ("acme", "e3", "u2")]);
+        load(
+            sink.as_mut(),
+            &meta("a.csv", "v1", "1"),
+            &[("acme", "e1", "u1"), ("acme", "e2", "u1"), ("acme", "e3", "u2")],
+        );
         sink.commit().unwrap();
         w.merge().unwrap();
         let rows = w.weekly_active_users("2000-01-01", None).unwrap();
         // 2026-11-23 is the Monday of ISO week 48.
         assert_eq!(
             rows,
-            vec![WauRow { customer: "acme".into(), iso_week: "2026-W48".into(), week_start: "2026-11-23".into(), active_users: 2 }]
+            vec![WauRow {
+                customer: "acme".into(),
+                iso_week: "2026-W48".into(),
+                week_start: "2026-11-23".into(),
+                active_users: 2
+            }]
         );
     }
 }

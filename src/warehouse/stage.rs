@@ -55,11 +55,24 @@ pub fn csv_field(out: &mut Vec<u8>, value: Option<&str>) {
 impl PartWriter {
     /// `max_raw_bytes`: uncompressed bytes after which a part is finished.
     pub fn new(max_raw_bytes: usize) -> PartWriter {
-        PartWriter { max_raw_bytes: max_raw_bytes.max(1), enc: None, raw: 0, rows: 0, next_index: 0, line: Vec::with_capacity(1024) }
+        PartWriter {
+            max_raw_bytes: max_raw_bytes.max(1),
+            enc: None,
+            raw: 0,
+            rows: 0,
+            next_index: 0,
+            line: Vec::with_capacity(1024),
+        }
     }
 
     /// Adds a chunk of one file's rows; returns the parts this finished.
-    pub fn write_chunk(&mut self, chunk: &RowChunk, file_key: &str, file_version: &str, batch_id: i64) -> std::io::Result<Vec<StagedPart>> {
+    pub fn write_chunk(
+        &mut self,
+        chunk: &RowChunk,
+        file_key: &str,
+        file_version: &str,
+        batch_id: i64,
+    ) -> std::io::Result<Vec<StagedPart>> {
         let mut done = Vec::new();
         for i in 0..chunk.len() {
             self.line.clear();
@@ -151,7 +164,8 @@ mod tests {
 
     #[test]
     fn manifest_names_every_part_as_mandatory() {
-        let m: serde_json::Value = serde_json::from_str(&manifest(&["s3://b/p0.gz".into(), "s3://b/p1.gz".into()])).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&manifest(&["s3://b/p0.gz".into(), "s3://b/p1.gz".into()])).unwrap();
         assert_eq!(m["entries"][1]["url"], "s3://b/p1.gz");
         assert_eq!(m["entries"][0]["mandatory"], true);
     }

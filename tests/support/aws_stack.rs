@@ -26,7 +26,10 @@ pub const ENDPOINT_VARS: [&str; 3] = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_S
 pub async fn stack() -> Option<aws_config::SdkConfig> {
     let missing: Vec<&str> = ENDPOINT_VARS.iter().copied().filter(|v| std::env::var_os(v).is_none()).collect();
     if !missing.is_empty() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the AWS tests: {missing:?} unset (.ci/run starts the stack)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the AWS tests: {missing:?} unset (.ci/run starts the stack)"
+        );
         eprintln!("SKIPPED: the local AWS stack is not running ({missing:?} unset); run `eval \"$(scripts/local-aws.sh up)\"` first");
         return None;
     }
@@ -66,7 +69,8 @@ impl Case {
         s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
         let dlq_url = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await.unwrap().queue_url.unwrap();
         let dlq_arn = queue_arn(&sqs, &dlq_url).await;
-        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string()}).to_string();
+        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string()})
+            .to_string();
         let queue_url = sqs
             .create_queue()
             .queue_name(&name)
@@ -82,11 +86,21 @@ impl Case {
             let filter = aws_sdk_s3::types::NotificationConfigurationFilter::builder()
                 .key(
                     aws_sdk_s3::types::S3KeyFilter::builder()
-                        .filter_rules(aws_sdk_s3::types::FilterRule::builder().name(aws_sdk_s3::types::FilterRuleName::Prefix).value("csv/").build())
+                        .filter_rules(
+                            aws_sdk_s3::types::FilterRule::builder()
+                                .name(aws_sdk_s3::types::FilterRuleName::Prefix)
+                                .value("csv/")
+                                .build(),
+                        )
                         .build(),
                 )
                 .build();
-            let qc = QueueConfiguration::builder().queue_arn(arn).events(Event::S3ObjectCreated).filter(filter).build().unwrap();
+            let qc = QueueConfiguration::builder()
+                .queue_arn(arn)
+                .events(Event::S3ObjectCreated)
+                .filter(filter)
+                .build()
+                .unwrap();
             s3.put_bucket_notification_configuration()
                 .bucket(&bucket)
                 .notification_configuration(NotificationConfiguration::builder().queue_configurations(qc).build())
@@ -169,7 +183,14 @@ impl Case {
     }
 
     pub async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
-        self.s3.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body.into())).send().await.expect("put object");
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body.into()))
+            .send()
+            .await
+            .expect("put object");
     }
 
     pub async fn delete(&self, key: &str) {
@@ -193,7 +214,8 @@ impl Case {
             .unwrap();
         let attrs = a.attributes.unwrap_or_default();
         let get = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        get(QueueAttributeName::ApproximateNumberOfMessages) + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        get(QueueAttributeName::ApproximateNumberOfMessages)
+            + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
     }
 
     /// Runs one statement on `database` through the Data API and returns its rows as text.
@@ -203,7 +225,17 @@ impl Case {
 
     /// As [`Case::statement`], with a failed statement as an error.
     pub async fn try_statement(&self, database: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-        let id = self.data.execute_statement().workgroup_name(WORKGROUP).database(database).sql(sql).send().await.unwrap().id.expect("statement id");
+        let id = self
+            .data
+            .execute_statement()
+            .workgroup_name(WORKGROUP)
+            .database(database)
+            .sql(sql)
+            .send()
+            .await
+            .unwrap()
+            .id
+            .expect("statement id");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let d = self.data.describe_statement().id(&id).send().await.unwrap();
@@ -289,7 +321,8 @@ impl Case {
 }
 
 async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
-    let a = sqs.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::QueueArn).send().await.unwrap();
+    let a =
+        sqs.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::QueueArn).send().await.unwrap();
     a.attributes.unwrap().remove(&QueueAttributeName::QueueArn).unwrap()
 }
 
@@ -330,9 +363,11 @@ pub struct PrivateEmulator {
 
 impl PrivateEmulator {
     pub fn start(port: u16) -> PrivateEmulator {
-        let python = std::env::var("WAU_EMULATOR_PYTHON").expect("WAU_EMULATOR_PYTHON (printed by scripts/local-aws.sh up)");
+        let python =
+            std::env::var("WAU_EMULATOR_PYTHON").expect("WAU_EMULATOR_PYTHON (printed by scripts/local-aws.sh up)");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/redshift_emulator.py");
-        let pg = std::env::var("WAU_TEST_PG").unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+        let pg = std::env::var("WAU_TEST_PG")
+            .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
         let s3 = std::env::var("AWS_ENDPOINT_URL_S3").unwrap();
         let child = Command::new(python)
             .args([script, "--port", &port.to_string(), "--pg", &pg, "--s3-endpoint", &s3])
