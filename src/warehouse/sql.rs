@@ -23,6 +23,8 @@ pub struct Tables {
     pub rejects: String,
     pub merges: String,
     pub wau_view: String,
+    /// Holds no rows: every writer (commit, merge) takes `LOCK` on it first, see [`Sql::lock_writers`].
+    pub lock: String,
 }
 
 impl Tables {
@@ -34,6 +36,7 @@ impl Tables {
             rejects: "wau_ingest_rejects".into(),
             merges: "wau_ingest_merges".into(),
             wau_view: "wau_weekly_active_users".into(),
+            lock: "wau_ingest_lock".into(),
         }
     }
 }
@@ -46,6 +49,35 @@ pub const REPLACED: &str = "replaced";
 
 /// Provenance columns staging rows carry after the contract columns.
 pub const STAGING_PROVENANCE: [&str; 4] = ["_file_key", "_file_version", "_line", "_batch_id"];
+
+/// What one statement of [`Sql::merge`] does, so callers find a step by its role, not its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeStepKind {
+    /// `LOCK` of [`Tables::lock`] (not on SQLite).
+    Lock,
+    /// The touched dedupe keys into the temporary key table.
+    CollectKeys,
+    /// An index on the key table (engines with indexes).
+    IndexKeys,
+    /// Every touched key out of the target (its row count: rows deleted).
+    DeleteTarget,
+    /// Each touched key's winner into the target (its row count: rows inserted).
+    InsertWinners,
+    /// Rows of superseded and replaced loads out of staging.
+    DropSuperseded,
+    /// One row of merge history.
+    RecordMerge,
+    /// The ledger rows stamped merged.
+    StampMerged,
+    /// The key table dropped.
+    DropKeys,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeStep {
+    pub kind: MergeStepKind,
+    pub sql: String,
+}
 
 pub struct Sql<'a> {
     pub dialect: Dialect,
@@ -63,12 +95,12 @@ impl<'a> Sql<'a> {
             (Dialect::Sqlite, ColumnType::Integer) => "INTEGER".into(),
             (Dialect::Sqlite, ColumnType::Float) => "REAL".into(),
             (Dialect::Sqlite, _) => "TEXT".into(),
-            (_, ColumnType::String) => match (self.dialect, c.max_length) {
-                // Redshift VARCHAR lengths are bytes; a UTF-8 character takes up to 4.
-                (Dialect::Redshift, Some(n)) => format!("VARCHAR({})", (n * 4).min(65535)),
-                (Dialect::Redshift, None) => "VARCHAR(65535)".into(),
-                (_, Some(n)) => format!("VARCHAR({n})"),
-                (_, None) => "TEXT".into(),
+            // `max_length` is bytes, as Redshift counts VARCHAR lengths; PostgreSQL counts
+            // characters, of which n bytes never hold more than n. Validation checks the bytes.
+            (Dialect::Redshift, ColumnType::String) => format!("VARCHAR({})", c.max_bytes()),
+            (_, ColumnType::String) => match c.max_length {
+                Some(n) => format!("VARCHAR({n})"),
+                None => "TEXT".into(),
             },
             (_, ColumnType::Integer) => "BIGINT".into(),
             (_, ColumnType::Float) => "DOUBLE PRECISION".into(),
@@ -170,6 +202,9 @@ impl<'a> Sql<'a> {
             "CREATE TABLE IF NOT EXISTS {} (\n  merged_at {ts} NOT NULL,\n  batch_watermark {int} NOT NULL,\n  files {int} NOT NULL,\n  rows_deleted {int},\n  rows_inserted {int}\n)",
             t.merges
         ));
+        if self.dialect != Dialect::Sqlite {
+            out.push(format!("CREATE TABLE IF NOT EXISTS {} (writer {int})", t.lock));
+        }
         if self.dialect != Dialect::Redshift {
             let key = self.contract.dedupe_key.join(", ");
             if self.dialect != Dialect::Sqlite {
@@ -275,12 +310,21 @@ impl<'a> Sql<'a> {
     pub fn copy_staging(&self, manifest_url: &str, iam_role: &str) -> String {
         let mut cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
         cols.extend(STAGING_PROVENANCE);
+        Self::copy_manifest(&self.t.staging, &cols, manifest_url, iam_role)
+    }
+
+    /// Every COPY the product runs (staging rows, spilled rejects, ledger rows): gzip CSV parts
+    /// named by a manifest, `IAM_ROLE default` when no role is given. `NULL AS ''` says what
+    /// NULL is (an empty unquoted field, [`super::stage::csv_field`]) and nothing else: COPY's
+    /// default null string `\N` would turn a value of exactly `\N` into NULL. Timestamps carry
+    /// at most 6 fractional digits (`contract::MAX_FRACTION_DIGITS`), all COPY takes.
+    pub fn copy_manifest(table: &str, columns: &[&str], manifest_url: &str, iam_role: &str) -> String {
+        let role =
+            if iam_role.is_empty() { "default".to_string() } else { format!("'{}'", sql_literal_body(iam_role)) };
         format!(
-            "COPY {} ({}) FROM '{}' IAM_ROLE '{}' FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS' DATEFORMAT 'YYYY-MM-DD' EMPTYASNULL MAXERROR 0 COMPUPDATE OFF STATUPDATE OFF",
-            self.t.staging,
-            cols.join(", "),
+            "COPY {table} ({}) FROM '{}' IAM_ROLE {role} FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS' DATEFORMAT 'YYYY-MM-DD' NULL AS '' MAXERROR 0 COMPUPDATE OFF STATUPDATE OFF",
+            columns.join(", "),
             sql_literal_body(manifest_url),
-            sql_literal_body(iam_role)
         )
     }
 
@@ -322,35 +366,40 @@ impl<'a> Sql<'a> {
     /// inserted: newest sequencer, then latest batch, then last line. Superseded rows then
     /// leave staging and the ledger rows are stamped merged. Running it twice changes nothing
     /// the second time.
-    pub fn merge(&self) -> Vec<String> {
+    pub fn merge(&self) -> Vec<MergeStep> {
         let t = self.t;
         let k = Self::MERGE_KEYS;
         let cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
         let key_cols = self.contract.dedupe_key.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
         let s_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
-        vec![
-            format!(
+        let lock = match self.dialect {
+            Dialect::Sqlite => String::new(),
+            _ => self.lock_writers(),
+        };
+        [
+            (MergeStepKind::Lock, lock),
+            (MergeStepKind::CollectKeys, format!(
                 "CREATE TEMP TABLE {k} AS SELECT DISTINCT {key_cols} FROM {files} f JOIN {st} s ON {join} WHERE f.merged_at IS NULL",
                 files = t.files,
                 st = t.staging,
                 join = self.staging_joins_ledger("s", "f"),
-            ),
+            )),
             // Engines with indexes probe the key set by index (Redshift joins by hash and has none).
-            match self.dialect {
+            (MergeStepKind::IndexKeys, match self.dialect {
                 Dialect::Redshift => String::new(),
                 _ => format!("CREATE INDEX {k}_key ON {k} ({})", self.contract.dedupe_key.join(", ")),
-            },
+            }),
             // The `IN` on the key's first column lets an engine with indexes visit only the
             // touched customers' rows instead of the whole target; EXISTS decides.
-            format!(
+            (MergeStepKind::DeleteTarget, format!(
                 "DELETE FROM {target} WHERE {first} IN (SELECT {first} FROM {k}) AND EXISTS (SELECT 1 FROM {k} k WHERE {km})",
                 target = t.target,
                 first = self.contract.dedupe_key[0],
                 km = self.key_match("k", &t.target)
-            ),
+            )),
             // Written as CROSS JOIN + WHERE (plain inner-join semantics everywhere) because
             // SQLite then walks from the touched keys instead of through all of staging.
-            format!(
+            (MergeStepKind::InsertWinners, format!(
                 "INSERT INTO {target} ({cols}, _file_key, _file_version, _line, _loaded_at)\n\
                  SELECT {cols}, _file_key, _file_version, _line, :merged_at FROM (\n\
                  \x20 SELECT {s_cols}, s._file_key, s._file_version, s._line,\n\
@@ -365,28 +414,41 @@ impl<'a> Sql<'a> {
                 files = t.files,
                 km = self.key_match("k", "s"),
                 join = self.staging_joins_ledger("s", "f"),
-            ),
+            )),
             // Only the batches that hold superseded or replaced loads are visited.
-            format!(
+            (MergeStepKind::DropSuperseded, format!(
                 "DELETE FROM {st} WHERE _batch_id IN (SELECT batch_id FROM {files} WHERE merged_at IS NULL AND status IN ('{SUPERSEDED}', '{REPLACED}'))\n\
                  \x20 AND EXISTS (SELECT 1 FROM {files} f WHERE {join} AND f.merged_at IS NULL AND f.status IN ('{SUPERSEDED}', '{REPLACED}'))",
                 st = t.staging,
                 files = t.files,
                 join = self.staging_joins_ledger(&t.staging, "f"),
-            ),
-            format!(
+            )),
+            (MergeStepKind::RecordMerge, format!(
                 "INSERT INTO {merges} (merged_at, batch_watermark, files, rows_deleted, rows_inserted)\n\
                  SELECT :merged_at, COALESCE(MAX(batch_id), 0), COUNT(*), :rows_deleted, :rows_inserted FROM {files} WHERE merged_at IS NULL",
                 merges = t.merges,
                 files = t.files
-            ),
-            format!("UPDATE {} SET merged_at = :merged_at WHERE merged_at IS NULL", t.files),
-            format!("DROP TABLE {k}"),
+            )),
+            (MergeStepKind::StampMerged, format!("UPDATE {} SET merged_at = :merged_at WHERE merged_at IS NULL", t.files)),
+            (MergeStepKind::DropKeys, format!("DROP TABLE {k}")),
         ]
         .into_iter()
-        .filter(|s| !s.is_empty())
+        .filter(|(_, sql)| !sql.is_empty())
+        .map(|(kind, sql)| MergeStep { kind, sql })
         .collect()
     }
+
+    /// The first statement of every writing transaction on Redshift and PostgreSQL (commits and
+    /// merges, in the service and in the Glue job). Under SNAPSHOT isolation, Redshift's default,
+    /// two transactions that insert the same new ledger row both pass the `WHERE NOT EXISTS`
+    /// guard; the lock makes the second wait until the first has committed. It must come before
+    /// anything that takes the transaction's snapshot (a SELECT, DML, CREATE TABLE), so that the
+    /// waiting writer's snapshot already holds the first one's rows. SQLite needs none: a batch
+    /// holds the database's write lock from `BEGIN IMMEDIATE`.
+    pub fn lock_writers(&self) -> String {
+        format!("LOCK {}", self.t.lock)
+    }
+
 
     pub fn report(&self) -> String {
         format!(
@@ -426,7 +488,7 @@ mod tests {
         );
         assert!(!lite.contains("wau_audit_logs_key ON"), "no second index on a keyed table");
         let rs = Sql::new(Dialect::Redshift, &c, &t).migrate().join("\n");
-        assert!(rs.contains("customer VARCHAR(256) NOT NULL"), "{rs}");
+        assert!(rs.contains("customer VARCHAR(64) NOT NULL"), "{rs}");
         assert!(rs.contains("event_time TIMESTAMP NOT NULL"));
         assert!(rs.contains(") DISTSTYLE AUTO SORTKEY (event_time)"));
         assert!(!rs.contains("CREATE INDEX"));
@@ -442,11 +504,15 @@ mod tests {
         let a = Sql::new(Dialect::Sqlite, &c, &t);
         let b = Sql::new(Dialect::Redshift, &c, &t);
         let p = Sql::new(Dialect::Postgres, &c, &t);
-        // The one difference: an index on the temporary key set where the engine has indexes.
-        let without_index =
-            |m: Vec<String>| m.into_iter().filter(|s| !s.starts_with("CREATE INDEX")).collect::<Vec<_>>();
-        assert_eq!(without_index(a.merge()), b.merge());
-        assert_eq!(a.merge(), p.merge());
+        // The differences: the writers' lock (not on SQLite, whose batch holds the write lock)
+        // and an index on the temporary key set where the engine has indexes.
+        let without = |m: Vec<MergeStep>, skip: &[MergeStepKind]| {
+            m.into_iter().filter(|s| !skip.contains(&s.kind)).map(|s| s.sql).collect::<Vec<_>>()
+        };
+        use MergeStepKind::{IndexKeys, Lock};
+        assert_eq!(without(a.merge(), &[IndexKeys]), without(b.merge(), &[Lock]));
+        assert_eq!(without(a.merge(), &[]), without(p.merge(), &[Lock]));
+        assert!(a.merge().iter().all(|s| s.kind != Lock));
         assert_eq!(a.insert_ledger(), b.insert_ledger());
         assert_eq!(a.supersede_older(), b.supersede_older());
     }
@@ -454,7 +520,7 @@ mod tests {
     #[test]
     fn merge_deletes_touched_keys_then_inserts_winners() {
         let (c, t, d) = sql_for(Dialect::Sqlite);
-        let m = Sql::new(d, &c, &t).merge();
+        let m: Vec<String> = Sql::new(d, &c, &t).merge().into_iter().map(|s| s.sql).collect();
         assert_eq!(m.len(), 8);
         assert_eq!(
             m[0],
@@ -476,13 +542,27 @@ mod tests {
     }
 
     #[test]
+    fn every_writer_takes_the_lock_before_its_snapshot() {
+        for d in [Dialect::Redshift, Dialect::Postgres] {
+            let (c, t, _) = sql_for(d);
+            let sql = Sql::new(d, &c, &t);
+            let m = sql.merge();
+            assert_eq!(m[0], MergeStep { kind: MergeStepKind::Lock, sql: "LOCK wau_ingest_lock".into() });
+            assert!(m[1..].iter().all(|s| s.kind != MergeStepKind::Lock));
+            assert!(sql.migrate().contains(&"CREATE TABLE IF NOT EXISTS wau_ingest_lock (writer BIGINT)".to_string()));
+        }
+    }
+
+    #[test]
     fn copy_reads_the_manifest_in_the_staging_column_order() {
         let (c, t, d) = sql_for(Dialect::Redshift);
         let s = Sql::new(d, &c, &t).copy_staging("s3://b/staging/7/manifest.json", "arn:aws:iam::1:role/it's");
         assert!(s.starts_with("COPY wau_audit_logs_staging (customer, event_id, event_time, user_id, user_email, event_type, source_ip, user_agent, _file_key, _file_version, _line, _batch_id) FROM 's3://b/staging/7/manifest.json'"), "{s}");
         assert!(s.contains("IAM_ROLE 'arn:aws:iam::1:role/it''s'"));
         assert!(s.contains("FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS'"));
-        assert!(s.contains("EMPTYASNULL MAXERROR 0"));
+        assert!(s.contains("NULL AS '' MAXERROR 0"), "{s}");
+        let d = Sql::copy_manifest("t", &["a"], "s3://b/m.json", "");
+        assert!(d.contains("IAM_ROLE default FORMAT AS CSV"), "{d}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rusqlite::{Connection, Statement, ToSql};
 
-use super::sql::{Dialect, Sql, Tables, LOADED, REJECTED, SUPERSEDED};
+use super::sql::{Dialect, MergeStepKind, Sql, Tables, LOADED, REJECTED, SUPERSEDED};
 use super::{
     Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse,
     WarehouseError, WauRow,
@@ -131,17 +131,18 @@ impl SqliteWarehouse {
             let now = now_text();
             // Statements in order; the target's delete and insert counts feed the history row.
             let (mut deleted, mut inserted) = (0i64, 0i64);
-            for stmt in sql.merge() {
+            for step in sql.merge() {
+                let stmt = step.sql;
                 let started = std::time::Instant::now();
                 let n = exec_named(
                     conn,
                     &stmt,
                     &[(":merged_at", &now), (":rows_deleted", &deleted), (":rows_inserted", &inserted)],
                 )? as i64;
-                if stmt.starts_with(&format!("DELETE FROM {} ", self.tables.target)) {
-                    deleted = n;
-                } else if stmt.starts_with(&format!("INSERT INTO {} ", self.tables.target)) {
-                    inserted = n;
+                match step.kind {
+                    MergeStepKind::DeleteTarget => deleted = n,
+                    MergeStepKind::InsertWinners => inserted = n,
+                    _ => {}
                 }
                 tracing::debug!(rows = n, ms = started.elapsed().as_millis() as u64, sql = %stmt.lines().next().unwrap_or(""), "merge statement");
             }
@@ -732,7 +733,7 @@ mod tests {
         let (_d, w) = setup();
         let conn = open(w.path()).unwrap();
         let sql = w.sql();
-        let merge = sql.merge();
+        let merge: Vec<String> = sql.merge().into_iter().map(|s| s.sql).collect();
         conn.execute_batch(&merge[0]).unwrap();
         conn.execute_batch(&merge[1]).unwrap();
         for stmt in &merge[2..merge.len() - 1] {
