@@ -577,7 +577,11 @@ mod tests {
         assert!(Contract::parse(&wide, "t").unwrap_err().to_string().contains("outside 1..=65535 bytes"));
         let zero = text.replacen("max_length = 512", "max_length = 0", 1);
         assert!(Contract::parse(&zero, "t").is_err());
-        let on_time = text.replacen("type = \"timestamp\"\nrequired = true", "type = \"timestamp\"\nrequired = true\nmax_length = 8", 1);
+        let on_time = text.replacen(
+            "type = \"timestamp\"\nrequired = true",
+            "type = \"timestamp\"\nrequired = true\nmax_length = 8",
+            1,
+        );
         assert!(Contract::parse(&on_time, "t").unwrap_err().to_string().contains("strings only"));
     }
 

@@ -79,7 +79,10 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
 
-use super::sql::{sql_literal_body, Dialect, MergeStepKind, Sql, Tables, LOADED, REJECTED, REPLACED, SUPERSEDED};
+use super::sql::{
+    column_names, ledger, rejects, sql_literal_body, Dialect, MergeStepKind, OwnType, Sql, Tables, LOADED, REJECTED,
+    REPLACED, SUPERSEDED,
+};
 use super::stage::{self, PartWriter};
 use super::{
     Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, PendingCommit,
@@ -115,11 +118,6 @@ const CONFLICT_RETRIES: usize = 6;
 /// Transient Data API / S3 errors are retried this many more times (on top of the SDK's own).
 const TRANSIENT_RETRIES: usize = 5;
 /// Widths (bytes, as Redshift counts them) of the ledger and rejects text columns.
-const REASON_BYTES: usize = 1024;
-const COLUMN_NAME_BYTES: usize = 128;
-const RULE_BYTES: usize = 32;
-const VALUE_BYTES: usize = 1024;
-const RAW_LINE_BYTES: usize = 4096;
 
 // ------------------------------------------------------------------------------------------
 // Values as SQL text
@@ -960,7 +958,8 @@ impl RedshiftWarehouse {
         let now = timestamp_text(Utc::now());
         let params = [("merged_at", Lit::Str(now)), ("rows_deleted", Lit::Null), ("rows_inserted", Lit::Null)];
         let mut steps = inner.sql().merge().into_iter();
-        let lock = steps.next().filter(|s| s.kind == MergeStepKind::Lock).expect("a Redshift merge begins with the lock");
+        let lock =
+            steps.next().filter(|s| s.kind == MergeStepKind::Lock).expect("a Redshift merge begins with the lock");
         // The report's inputs are read inside the merge's own transaction (after the lock, before
         // anything changes), so they describe exactly what this merge published.
         let mut statements = vec![
@@ -1815,39 +1814,13 @@ impl Drop for RedshiftSink {
 // ------------------------------------------------------------------------------------------
 // The commit, as statements
 
-const BATCH_FILES_COLUMNS: [&str; 16] = [
-    "bucket",
-    "key",
-    "version",
-    "sequencer",
-    "size_bytes",
-    "rows_read",
-    "rows_loaded",
-    "rows_rejected",
-    "status",
-    "reason",
-    "batch_id",
-    "event_at",
-    "loaded_at",
-    "merged_at",
-    "contract_version",
-    "replaces",
-];
-
-const REJECT_COLUMNS: [&str; 12] = [
-    "bucket",
-    "key",
-    "version",
-    "batch_id",
-    "line",
-    "column_name",
-    "rule",
-    "reason",
-    "value",
-    "raw_line",
-    "contract_version",
-    "rejected_at",
-];
+/// The batch's ledger rows as the temporary table [`BATCH_FILES`] holds them: the ledger's
+/// columns, then whether the row replaces an earlier load of its version (a forced replay).
+fn batch_files_columns() -> Vec<&'static str> {
+    let mut cols = column_names(&ledger::COLUMNS);
+    cols.push("replaces");
+    cols
+}
 
 /// An object to upload before the batch runs: key and body.
 type Upload = (String, Vec<u8>);
@@ -1873,7 +1846,7 @@ fn ledger_values(e: &Entry, batch: &OpenBatch) -> Vec<Lit> {
         Lit::Int(e.rows_loaded as i64),
         Lit::Int(e.rows_rejected as i64),
         Lit::Str(e.status.as_str().into()),
-        Lit::opt(e.reason.as_deref().map(|r| fit(r, REASON_BYTES)).as_deref()),
+        Lit::opt(e.reason.as_deref().map(|r| fit(r, ledger::REASON.width())).as_deref()),
         Lit::Int(batch.id),
         Lit::Str(timestamp_text(m.event_time)),
         Lit::Str(batch.now.clone()),
@@ -1890,11 +1863,11 @@ fn reject_values(m: &FileMeta, r: &Reject, batch_id: i64, now: &str) -> Vec<Lit>
         Lit::Str(m.version.clone()),
         Lit::Int(batch_id),
         Lit::Int(r.line as i64),
-        Lit::opt(r.column.as_deref().map(|c| fit(c, COLUMN_NAME_BYTES)).as_deref()),
-        Lit::Str(fit(r.rule, RULE_BYTES).into()),
-        Lit::Str(fit(&r.reason, REASON_BYTES).into()),
-        Lit::opt(r.value.as_deref().map(|v| fit(v, VALUE_BYTES)).as_deref()),
-        Lit::opt(r.raw.as_deref().map(|v| fit(v, RAW_LINE_BYTES)).as_deref()),
+        Lit::opt(r.column.as_deref().map(|c| fit(c, rejects::COLUMN_NAME.width())).as_deref()),
+        Lit::Str(fit(r.rule, rejects::RULE.width()).into()),
+        Lit::Str(fit(&r.reason, rejects::REASON.width()).into()),
+        Lit::opt(r.value.as_deref().map(|v| fit(v, rejects::VALUE.width())).as_deref()),
+        Lit::opt(r.raw.as_deref().map(|v| fit(v, rejects::RAW_LINE.width())).as_deref()),
         Lit::Int(m.contract_version as i64),
         Lit::Str(now.to_string()),
     ]
@@ -1903,13 +1876,13 @@ fn reject_values(m: &FileMeta, r: &Reject, batch_id: i64, now: &str) -> Vec<Lit>
 /// A row set destined for one table: as `INSERT … VALUES` statements, or as a gzip CSV + COPY.
 struct RowSet {
     table: String,
-    columns: &'static [&'static str],
+    columns: Vec<&'static str>,
     rows: Vec<Vec<Lit>>,
     values: Option<Vec<String>>,
 }
 
 impl RowSet {
-    fn new(table: &str, columns: &'static [&'static str], rows: Vec<Vec<Lit>>) -> RowSet {
+    fn new(table: &str, columns: Vec<&'static str>, rows: Vec<Vec<Lit>>) -> RowSet {
         let head = format!("INSERT INTO {table} ({})", columns.join(", "));
         let rendered: Vec<String> = rows.iter().map(|r| values_row(r)).collect();
         let values = values_statements(&head, &rendered, STATEMENT_BUDGET_BYTES);
@@ -1917,7 +1890,7 @@ impl RowSet {
     }
 
     /// One that can only be loaded by COPY (its VALUES are not rendered).
-    fn copy_only(table: &str, columns: &'static [&'static str], rows: Vec<Vec<Lit>>) -> RowSet {
+    fn copy_only(table: &str, columns: Vec<&'static str>, rows: Vec<Vec<Lit>>) -> RowSet {
         RowSet { table: table.to_string(), columns, rows, values: None }
     }
 
@@ -1949,7 +1922,7 @@ impl RowSet {
         }
         let manifest_key = staging.key(batch_id, &format!("{name}.manifest.json"));
         let manifest = stage::manifest(&urls);
-        let copy = Sql::copy_manifest(&self.table, self.columns, &staging.url(&manifest_key), role);
+        let copy = Sql::copy_manifest(&self.table, &self.columns, &staging.url(&manifest_key), role);
         objects.push((manifest_key, manifest.into_bytes()));
         Ok((objects, copy))
     }
@@ -1963,14 +1936,14 @@ impl RowSet {
 fn plan_commit(sql: &Sql<'_>, staging: &StagingLocation, b: &OpenBatch, role: &str) -> Result<Plan, WarehouseError> {
     let t = sql.t;
     let ledger =
-        RowSet::new(BATCH_FILES, &BATCH_FILES_COLUMNS, b.entries.iter().map(|e| ledger_values(e, b)).collect());
+        RowSet::new(BATCH_FILES, batch_files_columns(), b.entries.iter().map(|e| ledger_values(e, b)).collect());
     let reject_rows: Vec<Vec<Lit>> =
         b.entries.iter().flat_map(|e| e.rejects.iter().map(move |r| reject_values(&e.meta, r, b.id, &b.now))).collect();
     let spilled: Vec<String> = b.entries.iter().flat_map(|e| e.reject_parts.iter().cloned()).collect();
     let rejects = if spilled.is_empty() {
-        RowSet::new(&t.rejects, &REJECT_COLUMNS, reject_rows)
+        RowSet::new(&t.rejects, column_names(&rejects::COLUMNS), reject_rows)
     } else {
-        RowSet::copy_only(&t.rejects, &REJECT_COLUMNS, reject_rows)
+        RowSet::copy_only(&t.rejects, column_names(&rejects::COLUMNS), reject_rows)
     };
     // The first routing that fits, measured on the statements themselves.
     for (ledger_by_values, rejects_by_values) in [(true, true), (true, false), (false, false)] {
@@ -1984,7 +1957,9 @@ fn plan_commit(sql: &Sql<'_>, staging: &StagingLocation, b: &OpenBatch, role: &s
     }
     Err(WarehouseError::Other(format!(
         "commit of batch {}: its statements do not fit one BatchExecuteStatement ({} statements, {} KB)",
-        b.id, MAX_BATCH_STATEMENTS, BATCH_BUDGET_BYTES / 1024
+        b.id,
+        MAX_BATCH_STATEMENTS,
+        BATCH_BUDGET_BYTES / 1024
     )))
 }
 
@@ -2012,9 +1987,9 @@ fn commit_statements(
     let replaces = b.entries.iter().any(|e| e.replaces);
     let mut uploads = Vec::new();
     let mut statements = vec![sql.lock_writers()];
-    statements.push(format!(
-        "CREATE TEMP TABLE {BATCH_FILES} (bucket VARCHAR(1024), key VARCHAR(1024), version VARCHAR(256), sequencer VARCHAR(64), size_bytes BIGINT, rows_read BIGINT, rows_loaded BIGINT, rows_rejected BIGINT, status VARCHAR(16), reason VARCHAR(1024), batch_id BIGINT, event_at TIMESTAMP, loaded_at TIMESTAMP, merged_at TIMESTAMP, contract_version BIGINT, replaces BIGINT)"
-    ));
+    let mut batch_files_ddl = sql.own_columns_ddl(&ledger::COLUMNS, false);
+    batch_files_ddl.push(format!("replaces {}", sql.own_type(OwnType::Int)));
+    statements.push(format!("CREATE TEMP TABLE {BATCH_FILES} ({})", batch_files_ddl.join(", ")));
     if ledger_by_values {
         statements.extend(ledger.values.clone().unwrap_or_default());
     } else {
@@ -2031,7 +2006,7 @@ fn commit_statements(
     }
     // The shared `insert_ledger` guard: a version recorded meanwhile by another writer is skipped.
     let ledger_insert = statements.len();
-    let ledger_cols = &BATCH_FILES_COLUMNS[..BATCH_FILES_COLUMNS.len() - 1].join(", ");
+    let ledger_cols = column_names(&ledger::COLUMNS).join(", ");
     statements.push(format!(
         "INSERT INTO {files} ({ledger_cols})\n\
          SELECT {ledger_cols} FROM {BATCH_FILES} b\n\
@@ -2342,7 +2317,7 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(rows.len(), 2000);
-        assert_eq!(rows[0].len(), REJECT_COLUMNS.len());
+        assert_eq!(rows[0].len(), rejects::COLUMNS.len());
         assert_eq!(
             (&rows[0][0], &rows[0][1], &rows[0][3], &rows[0][4], &rows[0][6]),
             ("b", "a.csv", "42", "2", "format")
@@ -2375,7 +2350,7 @@ mod tests {
         assert_eq!(copies.len(), 1);
         assert!(copies[0].starts_with(&format!(
             "COPY wau_ingest_rejects ({}) FROM 's3://b/staging/42/rejects.manifest.json'",
-            REJECT_COLUMNS.join(", ")
+            column_names(&rejects::COLUMNS).join(", ")
         )));
         // The removal of rejects whose version got no ledger row comes after the COPY.
         let copy_at = s.iter().position(|x| x == copies[0]).unwrap();
@@ -2399,7 +2374,7 @@ mod tests {
         assert!(manifest["entries"].as_array().unwrap().iter().all(|e| e["mandatory"] == true));
         let rows = gunzip_rows(&p.uploads[1].1);
         assert_eq!(rows.len(), 3, "the last part holds the in-memory rejects only");
-        assert!(rows.iter().all(|r| r.len() == REJECT_COLUMNS.len() && &r[1] == "b.csv" && &r[3] == "42"));
+        assert!(rows.iter().all(|r| r.len() == rejects::COLUMNS.len() && &r[1] == "b.csv" && &r[3] == "42"));
         assert!(s.len() <= MAX_BATCH_STATEMENTS);
     }
 
@@ -2454,7 +2429,7 @@ mod tests {
         };
         let set = RowSet::copy_only(
             "t",
-            &REJECT_COLUMNS,
+            column_names(&rejects::COLUMNS),
             batch.entries[0]
                 .rejects
                 .iter()

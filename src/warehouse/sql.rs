@@ -47,6 +47,116 @@ pub const REJECTED: &str = "rejected";
 pub const SUPERSEDED: &str = "superseded";
 pub const REPLACED: &str = "replaced";
 
+/// The type of a column of the product's own tables; text widths are bytes (Redshift VARCHAR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnType {
+    Text(usize),
+    Int,
+    Time,
+}
+
+/// One column of the ledger or the rejects table: the single source of their DDL, insert
+/// lists and widths, for every engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnColumn {
+    pub name: &'static str,
+    pub ty: OwnType,
+    pub not_null: bool,
+}
+
+impl OwnColumn {
+    const fn text(name: &'static str, width: usize, not_null: bool) -> OwnColumn {
+        OwnColumn { name, ty: OwnType::Text(width), not_null }
+    }
+    const fn int(name: &'static str, not_null: bool) -> OwnColumn {
+        OwnColumn { name, ty: OwnType::Int, not_null }
+    }
+    const fn time(name: &'static str, not_null: bool) -> OwnColumn {
+        OwnColumn { name, ty: OwnType::Time, not_null }
+    }
+    /// The most bytes a value of this text column may have (0 for other types).
+    pub const fn width(&self) -> usize {
+        match self.ty {
+            OwnType::Text(n) => n,
+            _ => 0,
+        }
+    }
+}
+
+/// The names of `cols`, in order.
+pub fn column_names(cols: &[OwnColumn]) -> Vec<&'static str> {
+    cols.iter().map(|c| c.name).collect()
+}
+
+/// The ledger, `wau_ingest_files`: one row per recorded file version (see DESIGN.md, Tables).
+pub mod ledger {
+    use super::OwnColumn;
+    pub const BUCKET: OwnColumn = OwnColumn::text("bucket", 1024, true);
+    /// S3 keys are at most 1,024 bytes.
+    pub const KEY: OwnColumn = OwnColumn::text("key", 1024, true);
+    pub const VERSION: OwnColumn = OwnColumn::text("version", 256, true);
+    pub const SEQUENCER: OwnColumn = OwnColumn::text("sequencer", 64, true);
+    pub const SIZE_BYTES: OwnColumn = OwnColumn::int("size_bytes", false);
+    pub const ROWS_READ: OwnColumn = OwnColumn::int("rows_read", true);
+    pub const ROWS_LOADED: OwnColumn = OwnColumn::int("rows_loaded", true);
+    pub const ROWS_REJECTED: OwnColumn = OwnColumn::int("rows_rejected", true);
+    pub const STATUS: OwnColumn = OwnColumn::text("status", 16, true);
+    pub const REASON: OwnColumn = OwnColumn::text("reason", 1024, false);
+    pub const BATCH_ID: OwnColumn = OwnColumn::int("batch_id", true);
+    pub const EVENT_AT: OwnColumn = OwnColumn::time("event_at", false);
+    pub const LOADED_AT: OwnColumn = OwnColumn::time("loaded_at", true);
+    pub const MERGED_AT: OwnColumn = OwnColumn::time("merged_at", false);
+    pub const CONTRACT_VERSION: OwnColumn = OwnColumn::int("contract_version", true);
+    pub const COLUMNS: [OwnColumn; 15] = [
+        BUCKET,
+        KEY,
+        VERSION,
+        SEQUENCER,
+        SIZE_BYTES,
+        ROWS_READ,
+        ROWS_LOADED,
+        ROWS_REJECTED,
+        STATUS,
+        REASON,
+        BATCH_ID,
+        EVENT_AT,
+        LOADED_AT,
+        MERGED_AT,
+        CONTRACT_VERSION,
+    ];
+}
+
+/// The rejects table, `wau_ingest_rejects`: one row per rejected row or file.
+pub mod rejects {
+    use super::OwnColumn;
+    pub const BUCKET: OwnColumn = super::ledger::BUCKET;
+    pub const KEY: OwnColumn = super::ledger::KEY;
+    pub const VERSION: OwnColumn = super::ledger::VERSION;
+    pub const BATCH_ID: OwnColumn = super::ledger::BATCH_ID;
+    pub const LINE: OwnColumn = OwnColumn::int("line", true);
+    pub const COLUMN_NAME: OwnColumn = OwnColumn::text("column_name", 128, false);
+    pub const RULE: OwnColumn = OwnColumn::text("rule", 32, true);
+    pub const REASON: OwnColumn = OwnColumn::text("reason", 1024, true);
+    pub const VALUE: OwnColumn = OwnColumn::text("value", 1024, false);
+    pub const RAW_LINE: OwnColumn = OwnColumn::text("raw_line", 4096, false);
+    pub const CONTRACT_VERSION: OwnColumn = super::ledger::CONTRACT_VERSION;
+    pub const REJECTED_AT: OwnColumn = OwnColumn::time("rejected_at", true);
+    pub const COLUMNS: [OwnColumn; 12] = [
+        BUCKET,
+        KEY,
+        VERSION,
+        BATCH_ID,
+        LINE,
+        COLUMN_NAME,
+        RULE,
+        REASON,
+        VALUE,
+        RAW_LINE,
+        CONTRACT_VERSION,
+        REJECTED_AT,
+    ];
+}
+
 /// Provenance columns staging rows carry after the contract columns.
 pub const STAGING_PROVENANCE: [&str; 4] = ["_file_key", "_file_version", "_line", "_batch_id"];
 
@@ -134,6 +244,26 @@ impl<'a> Sql<'a> {
         }
     }
 
+    /// The engine's type of one column of the product's own tables.
+    pub fn own_type(&self, ty: OwnType) -> String {
+        match ty {
+            OwnType::Text(n) => self.text(n),
+            OwnType::Int => self.int().into(),
+            OwnType::Time => self.ts().into(),
+        }
+    }
+
+    /// `name TYPE [NOT NULL]` for each of `cols` (`with_not_null` false: every column nullable,
+    /// as in a temporary table of rows still to be checked).
+    pub fn own_columns_ddl(&self, cols: &[OwnColumn], with_not_null: bool) -> Vec<String> {
+        cols.iter()
+            .map(|c| {
+                let nn = if with_not_null && c.not_null { " NOT NULL" } else { "" };
+                format!("{} {}{nn}", c.name, self.own_type(c.ty))
+            })
+            .collect()
+    }
+
     fn contract_columns_ddl(&self) -> Vec<String> {
         self.contract
             .columns
@@ -157,8 +287,8 @@ impl<'a> Sql<'a> {
         let mut out = Vec::new();
         let mut target_cols = self.contract_columns_ddl();
         target_cols.extend([
-            format!("_file_key {} NOT NULL", self.text(1024)),
-            format!("_file_version {} NOT NULL", self.text(256)),
+            format!("_file_key {} NOT NULL", self.text(ledger::KEY.width())),
+            format!("_file_version {} NOT NULL", self.text(ledger::VERSION.width())),
             format!("_line {int} NOT NULL"),
             format!("_loaded_at {ts} NOT NULL"),
         ]);
@@ -179,8 +309,8 @@ impl<'a> Sql<'a> {
         ));
         let mut staging_cols = self.contract_columns_ddl();
         staging_cols.extend([
-            format!("_file_key {} NOT NULL", self.text(1024)),
-            format!("_file_version {} NOT NULL", self.text(256)),
+            format!("_file_key {} NOT NULL", self.text(ledger::KEY.width())),
+            format!("_file_version {} NOT NULL", self.text(ledger::VERSION.width())),
             format!("_line {int} NOT NULL"),
             format!("_batch_id {int} NOT NULL"),
         ]);
@@ -190,14 +320,12 @@ impl<'a> Sql<'a> {
             staging_cols.join(",\n  "),
             self.table_options()
         ));
-        out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  bucket {} NOT NULL,\n  key {} NOT NULL,\n  version {} NOT NULL,\n  sequencer {} NOT NULL,\n  size_bytes {int},\n  rows_read {int} NOT NULL,\n  rows_loaded {int} NOT NULL,\n  rows_rejected {int} NOT NULL,\n  status {} NOT NULL,\n  reason {},\n  batch_id {int} NOT NULL,\n  event_at {ts},\n  loaded_at {ts} NOT NULL,\n  merged_at {ts},\n  contract_version {int} NOT NULL\n)",
-            t.files, self.text(1024), self.text(1024), self.text(256), self.text(64), self.text(16), self.text(1024)
-        ));
-        out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  bucket {} NOT NULL,\n  key {} NOT NULL,\n  version {} NOT NULL,\n  batch_id {int} NOT NULL,\n  line {int} NOT NULL,\n  column_name {},\n  rule {} NOT NULL,\n  reason {} NOT NULL,\n  value {},\n  raw_line {},\n  contract_version {int} NOT NULL,\n  rejected_at {ts} NOT NULL\n)",
-            t.rejects, self.text(1024), self.text(1024), self.text(256), self.text(128), self.text(32), self.text(1024), self.text(1024), self.text(4096)
-        ));
+        for (table, cols) in [(&t.files, &ledger::COLUMNS[..]), (&t.rejects, &rejects::COLUMNS[..])] {
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {table} (\n  {}\n)",
+                self.own_columns_ddl(cols, true).join(",\n  ")
+            ));
+        }
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (\n  merged_at {ts} NOT NULL,\n  batch_watermark {int} NOT NULL,\n  files {int} NOT NULL,\n  rows_deleted {int},\n  rows_inserted {int}\n)",
             t.merges
@@ -281,11 +409,15 @@ impl<'a> Sql<'a> {
 
     /// The ledger row of a file, guarded so a redelivered file can never be recorded twice.
     pub fn insert_ledger(&self) -> String {
+        let names = column_names(&ledger::COLUMNS);
+        let params: Vec<String> = names.iter().map(|n| format!(":{n}")).collect();
         format!(
-            "INSERT INTO {0} (bucket, key, version, sequencer, size_bytes, rows_read, rows_loaded, rows_rejected, status, reason, batch_id, event_at, loaded_at, merged_at, contract_version)\n\
-             SELECT :bucket, :key, :version, :sequencer, :size_bytes, :rows_read, :rows_loaded, :rows_rejected, :status, :reason, :batch_id, :event_at, :loaded_at, :merged_at, :contract_version\n\
+            "INSERT INTO {0} ({1})\n\
+             SELECT {2}\n\
              WHERE NOT EXISTS (SELECT 1 FROM {0} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}')",
-            self.t.files
+            self.t.files,
+            names.join(", "),
+            params.join(", ")
         )
     }
 
@@ -329,11 +461,9 @@ impl<'a> Sql<'a> {
     }
 
     pub fn insert_reject(&self) -> String {
-        format!(
-            "INSERT INTO {} (bucket, key, version, batch_id, line, column_name, rule, reason, value, raw_line, contract_version, rejected_at)\n\
-             VALUES (:bucket, :key, :version, :batch_id, :line, :column_name, :rule, :reason, :value, :raw_line, :contract_version, :rejected_at)",
-            self.t.rejects
-        )
+        let names = column_names(&rejects::COLUMNS);
+        let params: Vec<String> = names.iter().map(|n| format!(":{n}")).collect();
+        format!("INSERT INTO {} ({})\nVALUES ({})", self.t.rejects, names.join(", "), params.join(", "))
     }
 
     pub fn next_batch_id(&self) -> String {
@@ -448,7 +578,6 @@ impl<'a> Sql<'a> {
     pub fn lock_writers(&self) -> String {
         format!("LOCK {}", self.t.lock)
     }
-
 
     pub fn report(&self) -> String {
         format!(
