@@ -79,14 +79,15 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
 
+use super::ledger::{self, counts_for_order_sql, is_newer, same_version, Verdict};
 use super::sql::{
-    column_names, ledger, rejects, sql_literal_body, Dialect, MergeStepKind, OwnType, Sql, Tables, LOADED, REJECTED,
-    REPLACED, SUPERSEDED,
+    column_names, ledger_table, rejects_table, sql_literal_body, Dialect, MergeStepKind, OwnType, Sql, Tables, LOADED,
+    REJECTED, REPLACED, SUPERSEDED,
 };
 use super::stage::{self, PartWriter};
 use super::{
-    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, PendingCommit,
-    Warehouse, WarehouseError, WauRow,
+    Admission, BatchReport, BatchSink, ErrorClass, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport,
+    PendingCommit, Warehouse, WarehouseError, WauRow,
 };
 use crate::config::WarehouseConfig;
 use crate::contract::{parse_timestamp, Contract};
@@ -311,6 +312,31 @@ pub fn is_serialization_conflict(error: &str) -> bool {
     })
 }
 
+/// How a FAILED statement's text is met. Conflicts are rerun before this is asked.
+pub fn failure_class(error: &str) -> ErrorClass {
+    let lower = error.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    if is_serialization_conflict(error) {
+        ErrorClass::Conflict
+    } else if any(&["does not exist", "permission denied", "not authorized", "must be owner", "access denied"]) {
+        ErrorClass::Fatal
+    } else if any(&[
+        "value too long",
+        "string length exceeds ddl length",
+        "invalid timestamp",
+        "invalid input syntax",
+        "load into table",
+        "out of range",
+        "invalid byte sequence",
+    ]) {
+        ErrorClass::RejectedData
+    } else if any(&["syntax error", "cannot process query string larger", "is longer than"]) {
+        ErrorClass::Misuse
+    } else {
+        ErrorClass::Transient
+    }
+}
+
 /// A failed call worth repeating as is: throttling, too many active statements, a server error.
 pub fn is_transient(code: Option<&str>, http_status: Option<u16>) -> bool {
     matches!(
@@ -368,8 +394,25 @@ enum RunError {
     Conflict(String),
     Failed(String),
     Aborted(String),
-    /// A Data API call failed (after its retries).
-    Call(String),
+    /// A Data API call failed (after its retries, when it was transient).
+    Call {
+        text: String,
+        transient: bool,
+    },
+}
+
+impl RunError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            RunError::Conflict(_) => ErrorClass::Conflict,
+            RunError::Failed(text) => failure_class(text),
+            RunError::Aborted(_) => ErrorClass::Transient,
+            RunError::Call { transient: true, .. } => ErrorClass::Transient,
+            // Refused outright (denied, unknown workgroup or database, invalid request):
+            // asking again cannot help.
+            RunError::Call { transient: false, .. } => ErrorClass::Fatal,
+        }
+    }
 }
 
 impl std::fmt::Display for RunError {
@@ -378,7 +421,7 @@ impl std::fmt::Display for RunError {
             RunError::Conflict(e) => write!(f, "serialization conflict, retries exhausted: {e}"),
             RunError::Failed(e) => write!(f, "failed: {e}"),
             RunError::Aborted(e) => write!(f, "aborted: {e}"),
-            RunError::Call(e) => write!(f, "{e}"),
+            RunError::Call { text, .. } => write!(f, "{text}"),
         }
     }
 }
@@ -580,7 +623,7 @@ impl DataApi {
             [one] => headline(one),
             many => format!("batch of {} statements", many.len()),
         };
-        WarehouseError::Other(format!("redshift {op}: {what}: {e}"))
+        WarehouseError::classified(e.class(), format!("redshift {op}: {what}: {e}"))
     }
 
     async fn attempt(
@@ -632,7 +675,9 @@ impl DataApi {
             }
         };
         let what = if batch { "BatchExecuteStatement" } else { "ExecuteStatement" };
-        self.retrying(what, op, call).await.map_err(|e| RunError::Call(format!("{what}: {}", e.text)))
+        self.retrying(what, op, call)
+            .await
+            .map_err(|e| RunError::Call { text: format!("{what}: {}", e.text), transient: e.transient })
     }
 
     /// One Data API call, retried with backoff while its errors are transient.
@@ -659,7 +704,7 @@ impl DataApi {
             self.client.describe_statement().id(id).send().await.map_err(call_error)
         })
         .await
-        .map_err(|e| RunError::Call(format!("DescribeStatement {id}: {}", e.text)))
+        .map_err(|e| RunError::Call { text: format!("DescribeStatement {id}: {}", e.text), transient: e.transient })
     }
 
     /// Polls until FINISHED, FAILED or ABORTED, backing off from 20 ms to 250 ms: a query
@@ -1391,7 +1436,8 @@ fn admission_query(sql: &Sql<'_>, file: &FileMeta) -> Result<String, String> {
     let text = format!(
         "SELECT 0 AS kind, status, batch_id FROM {files} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}'\n\
          UNION ALL\n\
-         SELECT 1 AS kind, NULL, COUNT(*) FROM {files} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN ('{LOADED}', '{REJECTED}') AND sequencer > :sequencer"
+         SELECT 1 AS kind, NULL, COUNT(*) FROM {files} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN {counting} AND sequencer > :sequencer",
+        counting = counts_for_order_sql()
     );
     render(
         &text,
@@ -1421,19 +1467,6 @@ fn read_admission(rows: &[Vec<Cell>]) -> (Option<FileStatus>, i64) {
         }
     }
     (existing.and_then(|(_, s)| s), newer)
-}
-
-fn same_version(a: &FileMeta, b: &FileMeta) -> bool {
-    a.bucket == b.bucket && a.key == b.key && a.version == b.version
-}
-
-/// `other`, recorded with `status`, is a newer version of `file`'s key (the shared `newer_version_exists`).
-fn newer_version(other: &FileMeta, status: FileStatus, file: &FileMeta) -> bool {
-    other.bucket == file.bucket
-        && other.key == file.key
-        && other.version != file.version
-        && matches!(status, FileStatus::Loaded | FileStatus::Rejected)
-        && other.sequencer > file.sequencer
 }
 
 impl RedshiftSink {
@@ -1604,7 +1637,7 @@ impl BatchSink for RedshiftSink {
         // The batch committing is part of the ledger as this writer sees it, newer than what the
         // query saw.
         let recorded = flying.iter().find(|(m, _)| same_version(m, file)).map(|(_, s)| *s).or(recorded);
-        let newer_in_flight = flying.iter().any(|(m, status)| newer_version(m, *status, file));
+        let newer_in_flight = flying.iter().any(|(m, status)| is_newer(m, *status, file));
         let batch = self.batch.get_or_insert_with(|| OpenBatch {
             id: new_batch_id(),
             now: timestamp_text(Utc::now()),
@@ -1615,44 +1648,44 @@ impl BatchSink for RedshiftSink {
         // The open batch is part of the ledger as this writer sees it; its rows are the newest.
         let in_batch = batch.entries.iter().position(|e| same_version(&e.meta, file));
         let existing = in_batch.map(|i| batch.entries[i].status).or(recorded);
-        if let (Some(status), false) = (existing, force) {
-            return Ok(Admission::Duplicate(status));
-        }
-        let newer_in_batch = batch.entries.iter().any(|e| newer_version(&e.meta, e.status, file));
-        if newer_recorded > 0 || newer_in_batch || newer_in_flight {
-            if let Some(status) = existing {
-                return Ok(Admission::Duplicate(status));
+        let newer_in_batch = batch.entries.iter().any(|e| is_newer(&e.meta, e.status, file));
+        match ledger::admit(existing, newer_recorded > 0 || newer_in_batch || newer_in_flight, force) {
+            Verdict::Duplicate(status) => Ok(Admission::Duplicate(status)),
+            Verdict::Superseded => {
+                batch.entries.push(Entry {
+                    meta: file.clone(),
+                    status: FileStatus::Superseded,
+                    rows_read: 0,
+                    rows_loaded: 0,
+                    rows_rejected: 0,
+                    reason: None,
+                    merged_at: Some(batch.now.clone()),
+                    replaces: false,
+                    parts: Vec::new(),
+                    staged_rows: 0,
+                    staged_bytes: 0,
+                    rejects: Vec::new(),
+                    reject_parts: Vec::new(),
+                });
+                Ok(Admission::Superseded)
             }
-            batch.entries.push(Entry {
-                meta: file.clone(),
-                status: FileStatus::Superseded,
-                rows_read: 0,
-                rows_loaded: 0,
-                rows_rejected: 0,
-                reason: None,
-                merged_at: Some(batch.now.clone()),
-                replaces: false,
-                parts: Vec::new(),
-                staged_rows: 0,
-                staged_bytes: 0,
-                rejects: Vec::new(),
-                reject_parts: Vec::new(),
-            });
-            return Ok(Admission::Superseded);
-        }
-        let mut replaces = recorded.is_some();
-        if let Some(i) = in_batch {
-            // `force` on a version this batch already holds: the earlier copy never reaches the warehouse.
-            let earlier = batch.entries.remove(i);
-            replaces |= earlier.replaces;
-            batch.held = batch.held.minus(Held::of(&earlier.rejects));
-            let objects: Vec<String> = earlier.objects().collect();
-            if !objects.is_empty() {
-                self.inner.block_on(self.inner.delete(objects));
+            Verdict::Load | Verdict::Reload => {
+                let mut replaces = recorded.is_some();
+                if let Some(i) = in_batch {
+                    // `force` on a version this batch already holds: the earlier copy never
+                    // reaches the warehouse.
+                    let earlier = batch.entries.remove(i);
+                    replaces |= earlier.replaces;
+                    batch.held = batch.held.minus(Held::of(&earlier.rejects));
+                    let objects: Vec<String> = earlier.objects().collect();
+                    if !objects.is_empty() {
+                        self.inner.block_on(self.inner.delete(objects));
+                    }
+                }
+                self.file = Some(OpenFile::new(file.clone(), replaces, self.part_bytes));
+                Ok(Admission::Load)
             }
         }
-        self.file = Some(OpenFile::new(file.clone(), replaces, self.part_bytes));
-        Ok(Admission::Load)
     }
 
     fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError> {
@@ -1817,7 +1850,7 @@ impl Drop for RedshiftSink {
 /// The batch's ledger rows as the temporary table [`BATCH_FILES`] holds them: the ledger's
 /// columns, then whether the row replaces an earlier load of its version (a forced replay).
 fn batch_files_columns() -> Vec<&'static str> {
-    let mut cols = column_names(&ledger::COLUMNS);
+    let mut cols = column_names(&ledger_table::COLUMNS);
     cols.push("replaces");
     cols
 }
@@ -1846,7 +1879,7 @@ fn ledger_values(e: &Entry, batch: &OpenBatch) -> Vec<Lit> {
         Lit::Int(e.rows_loaded as i64),
         Lit::Int(e.rows_rejected as i64),
         Lit::Str(e.status.as_str().into()),
-        Lit::opt(e.reason.as_deref().map(|r| fit(r, ledger::REASON.width())).as_deref()),
+        Lit::opt(e.reason.as_deref().map(|r| fit(r, ledger_table::REASON.width())).as_deref()),
         Lit::Int(batch.id),
         Lit::Str(timestamp_text(m.event_time)),
         Lit::Str(batch.now.clone()),
@@ -1863,11 +1896,11 @@ fn reject_values(m: &FileMeta, r: &Reject, batch_id: i64, now: &str) -> Vec<Lit>
         Lit::Str(m.version.clone()),
         Lit::Int(batch_id),
         Lit::Int(r.line as i64),
-        Lit::opt(r.column.as_deref().map(|c| fit(c, rejects::COLUMN_NAME.width())).as_deref()),
-        Lit::Str(fit(r.rule, rejects::RULE.width()).into()),
-        Lit::Str(fit(&r.reason, rejects::REASON.width()).into()),
-        Lit::opt(r.value.as_deref().map(|v| fit(v, rejects::VALUE.width())).as_deref()),
-        Lit::opt(r.raw.as_deref().map(|v| fit(v, rejects::RAW_LINE.width())).as_deref()),
+        Lit::opt(r.column.as_deref().map(|c| fit(c, rejects_table::COLUMN_NAME.width())).as_deref()),
+        Lit::Str(fit(r.rule, rejects_table::RULE.width()).into()),
+        Lit::Str(fit(&r.reason, rejects_table::REASON.width()).into()),
+        Lit::opt(r.value.as_deref().map(|v| fit(v, rejects_table::VALUE.width())).as_deref()),
+        Lit::opt(r.raw.as_deref().map(|v| fit(v, rejects_table::RAW_LINE.width())).as_deref()),
         Lit::Int(m.contract_version as i64),
         Lit::Str(now.to_string()),
     ]
@@ -1941,9 +1974,9 @@ fn plan_commit(sql: &Sql<'_>, staging: &StagingLocation, b: &OpenBatch, role: &s
         b.entries.iter().flat_map(|e| e.rejects.iter().map(move |r| reject_values(&e.meta, r, b.id, &b.now))).collect();
     let spilled: Vec<String> = b.entries.iter().flat_map(|e| e.reject_parts.iter().cloned()).collect();
     let rejects = if spilled.is_empty() {
-        RowSet::new(&t.rejects, column_names(&rejects::COLUMNS), reject_rows)
+        RowSet::new(&t.rejects, column_names(&rejects_table::COLUMNS), reject_rows)
     } else {
-        RowSet::copy_only(&t.rejects, column_names(&rejects::COLUMNS), reject_rows)
+        RowSet::copy_only(&t.rejects, column_names(&rejects_table::COLUMNS), reject_rows)
     };
     // The first routing that fits, measured on the statements themselves.
     for (ledger_by_values, rejects_by_values) in [(true, true), (true, false), (false, false)] {
@@ -1987,7 +2020,7 @@ fn commit_statements(
     let replaces = b.entries.iter().any(|e| e.replaces);
     let mut uploads = Vec::new();
     let mut statements = vec![sql.lock_writers()];
-    let mut batch_files_ddl = sql.own_columns_ddl(&ledger::COLUMNS, false);
+    let mut batch_files_ddl = sql.own_columns_ddl(&ledger_table::COLUMNS, false);
     batch_files_ddl.push(format!("replaces {}", sql.own_type(OwnType::Int)));
     statements.push(format!("CREATE TEMP TABLE {BATCH_FILES} ({})", batch_files_ddl.join(", ")));
     if ledger_by_values {
@@ -2006,7 +2039,7 @@ fn commit_statements(
     }
     // The shared `insert_ledger` guard: a version recorded meanwhile by another writer is skipped.
     let ledger_insert = statements.len();
-    let ledger_cols = column_names(&ledger::COLUMNS).join(", ");
+    let ledger_cols = column_names(&ledger_table::COLUMNS).join(", ");
     statements.push(format!(
         "INSERT INTO {files} ({ledger_cols})\n\
          SELECT {ledger_cols} FROM {BATCH_FILES} b\n\
@@ -2016,7 +2049,8 @@ fn commit_statements(
     // (versions within the batch were settled in memory).
     statements.push(format!(
         "UPDATE {files} SET status = '{SUPERSEDED}', merged_at = NULL WHERE status = '{LOADED}' AND batch_id <> {id}\n\
-         \x20 AND EXISTS (SELECT 1 FROM {files} n WHERE n.batch_id = {id} AND n.status IN ('{LOADED}', '{REJECTED}') AND n.bucket = {files}.bucket AND n.key = {files}.key AND n.version <> {files}.version AND {files}.sequencer <= n.sequencer)"
+         \x20 AND EXISTS (SELECT 1 FROM {files} n WHERE n.batch_id = {id} AND n.status IN {counting} AND n.bucket = {files}.bucket AND n.key = {files}.key AND n.version <> {files}.version AND {files}.sequencer <= n.sequencer)",
+        counting = counts_for_order_sql()
     ));
     if !parts.is_empty() {
         let manifest_key = staging.key(id, "manifest.json");
@@ -2050,6 +2084,29 @@ fn commit_statements(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_classified_by_what_retrying_can_change() {
+        use ErrorClass::*;
+        for (text, class) in [
+            ("ERROR: could not complete because of conflict with concurrent transaction", Conflict),
+            ("ERROR: 1023 DETAIL: Serializable isolation violation on table - 100345", Conflict),
+            ("ERROR: relation \"wau_ingest_files\" does not exist", Fatal),
+            ("ERROR: database \"wau\" does not exist", Fatal),
+            ("ERROR: permission denied for relation wau_ingest_files", Fatal),
+            ("ERROR: value too long for type character varying(64)", RejectedData),
+            ("ERROR: Load into table 'wau_audit_logs_staging' failed. String length exceeds DDL length", RejectedData),
+            ("ERROR: syntax error at or near \"FROM\"", Misuse),
+            ("ERROR: connection reset by peer", Transient),
+        ] {
+            assert_eq!(failure_class(text), class, "{text}");
+        }
+        let call = |transient| RunError::Call { text: "AccessDeniedException".into(), transient };
+        assert_eq!((call(false).class(), call(true).class()), (Fatal, Transient));
+        assert_eq!(RunError::Aborted("cancelled".into()).class(), Transient);
+        assert!(Conflict.retryable() && Transient.retryable());
+        assert!(!Fatal.retryable() && !Misuse.retryable() && !RejectedData.retryable());
+    }
 
     #[test]
     fn string_literals_mean_the_same_text_with_or_without_backslash_escapes() {
@@ -2317,7 +2374,7 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(rows.len(), 2000);
-        assert_eq!(rows[0].len(), rejects::COLUMNS.len());
+        assert_eq!(rows[0].len(), rejects_table::COLUMNS.len());
         assert_eq!(
             (&rows[0][0], &rows[0][1], &rows[0][3], &rows[0][4], &rows[0][6]),
             ("b", "a.csv", "42", "2", "format")
@@ -2350,7 +2407,7 @@ mod tests {
         assert_eq!(copies.len(), 1);
         assert!(copies[0].starts_with(&format!(
             "COPY wau_ingest_rejects ({}) FROM 's3://b/staging/42/rejects.manifest.json'",
-            column_names(&rejects::COLUMNS).join(", ")
+            column_names(&rejects_table::COLUMNS).join(", ")
         )));
         // The removal of rejects whose version got no ledger row comes after the COPY.
         let copy_at = s.iter().position(|x| x == copies[0]).unwrap();
@@ -2374,7 +2431,7 @@ mod tests {
         assert!(manifest["entries"].as_array().unwrap().iter().all(|e| e["mandatory"] == true));
         let rows = gunzip_rows(&p.uploads[1].1);
         assert_eq!(rows.len(), 3, "the last part holds the in-memory rejects only");
-        assert!(rows.iter().all(|r| r.len() == rejects::COLUMNS.len() && &r[1] == "b.csv" && &r[3] == "42"));
+        assert!(rows.iter().all(|r| r.len() == rejects_table::COLUMNS.len() && &r[1] == "b.csv" && &r[3] == "42"));
         assert!(s.len() <= MAX_BATCH_STATEMENTS);
     }
 
@@ -2429,7 +2486,7 @@ mod tests {
         };
         let set = RowSet::copy_only(
             "t",
-            column_names(&rejects::COLUMNS),
+            column_names(&rejects_table::COLUMNS),
             batch.entries[0]
                 .rejects
                 .iter()

@@ -5,6 +5,7 @@
 //! parameters). Only true engine differences — DDL types, table options, view date functions,
 //! the bulk-load route — live behind [`Dialect`].
 
+use super::ledger::counts_for_order_sql;
 use crate::contract::{Column, ColumnType, Contract};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +90,7 @@ pub fn column_names(cols: &[OwnColumn]) -> Vec<&'static str> {
 }
 
 /// The ledger, `wau_ingest_files`: one row per recorded file version (see DESIGN.md, Tables).
-pub mod ledger {
+pub mod ledger_table {
     use super::OwnColumn;
     pub const BUCKET: OwnColumn = OwnColumn::text("bucket", 1024, true);
     /// S3 keys are at most 1,024 bytes.
@@ -127,19 +128,19 @@ pub mod ledger {
 }
 
 /// The rejects table, `wau_ingest_rejects`: one row per rejected row or file.
-pub mod rejects {
+pub mod rejects_table {
     use super::OwnColumn;
-    pub const BUCKET: OwnColumn = super::ledger::BUCKET;
-    pub const KEY: OwnColumn = super::ledger::KEY;
-    pub const VERSION: OwnColumn = super::ledger::VERSION;
-    pub const BATCH_ID: OwnColumn = super::ledger::BATCH_ID;
+    pub const BUCKET: OwnColumn = super::ledger_table::BUCKET;
+    pub const KEY: OwnColumn = super::ledger_table::KEY;
+    pub const VERSION: OwnColumn = super::ledger_table::VERSION;
+    pub const BATCH_ID: OwnColumn = super::ledger_table::BATCH_ID;
     pub const LINE: OwnColumn = OwnColumn::int("line", true);
     pub const COLUMN_NAME: OwnColumn = OwnColumn::text("column_name", 128, false);
     pub const RULE: OwnColumn = OwnColumn::text("rule", 32, true);
     pub const REASON: OwnColumn = OwnColumn::text("reason", 1024, true);
     pub const VALUE: OwnColumn = OwnColumn::text("value", 1024, false);
     pub const RAW_LINE: OwnColumn = OwnColumn::text("raw_line", 4096, false);
-    pub const CONTRACT_VERSION: OwnColumn = super::ledger::CONTRACT_VERSION;
+    pub const CONTRACT_VERSION: OwnColumn = super::ledger_table::CONTRACT_VERSION;
     pub const REJECTED_AT: OwnColumn = OwnColumn::time("rejected_at", true);
     pub const COLUMNS: [OwnColumn; 12] = [
         BUCKET,
@@ -287,8 +288,8 @@ impl<'a> Sql<'a> {
         let mut out = Vec::new();
         let mut target_cols = self.contract_columns_ddl();
         target_cols.extend([
-            format!("_file_key {} NOT NULL", self.text(ledger::KEY.width())),
-            format!("_file_version {} NOT NULL", self.text(ledger::VERSION.width())),
+            format!("_file_key {} NOT NULL", self.text(ledger_table::KEY.width())),
+            format!("_file_version {} NOT NULL", self.text(ledger_table::VERSION.width())),
             format!("_line {int} NOT NULL"),
             format!("_loaded_at {ts} NOT NULL"),
         ]);
@@ -309,8 +310,8 @@ impl<'a> Sql<'a> {
         ));
         let mut staging_cols = self.contract_columns_ddl();
         staging_cols.extend([
-            format!("_file_key {} NOT NULL", self.text(ledger::KEY.width())),
-            format!("_file_version {} NOT NULL", self.text(ledger::VERSION.width())),
+            format!("_file_key {} NOT NULL", self.text(ledger_table::KEY.width())),
+            format!("_file_version {} NOT NULL", self.text(ledger_table::VERSION.width())),
             format!("_line {int} NOT NULL"),
             format!("_batch_id {int} NOT NULL"),
         ]);
@@ -320,7 +321,7 @@ impl<'a> Sql<'a> {
             staging_cols.join(",\n  "),
             self.table_options()
         ));
-        for (table, cols) in [(&t.files, &ledger::COLUMNS[..]), (&t.rejects, &rejects::COLUMNS[..])] {
+        for (table, cols) in [(&t.files, &ledger_table::COLUMNS[..]), (&t.rejects, &rejects_table::COLUMNS[..])] {
             out.push(format!(
                 "CREATE TABLE IF NOT EXISTS {table} (\n  {}\n)",
                 self.own_columns_ddl(cols, true).join(",\n  ")
@@ -399,17 +400,18 @@ impl<'a> Sql<'a> {
         )
     }
 
-    /// Is a newer version of this key already recorded?
+    /// Is a newer version of this key already recorded? (`ledger::is_newer`, in SQL.)
     pub fn newer_version_exists(&self) -> String {
         format!(
-            "SELECT COUNT(*) FROM {} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN ('{LOADED}', '{REJECTED}') AND sequencer > :sequencer",
-            self.t.files
+            "SELECT COUNT(*) FROM {} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN {} AND sequencer > :sequencer",
+            self.t.files,
+            counts_for_order_sql()
         )
     }
 
     /// The ledger row of a file, guarded so a redelivered file can never be recorded twice.
     pub fn insert_ledger(&self) -> String {
-        let names = column_names(&ledger::COLUMNS);
+        let names = column_names(&ledger_table::COLUMNS);
         let params: Vec<String> = names.iter().map(|n| format!(":{n}")).collect();
         format!(
             "INSERT INTO {0} ({1})\n\
@@ -461,7 +463,7 @@ impl<'a> Sql<'a> {
     }
 
     pub fn insert_reject(&self) -> String {
-        let names = column_names(&rejects::COLUMNS);
+        let names = column_names(&rejects_table::COLUMNS);
         let params: Vec<String> = names.iter().map(|n| format!(":{n}")).collect();
         format!("INSERT INTO {} ({})\nVALUES ({})", self.t.rejects, names.join(", "), params.join(", "))
     }

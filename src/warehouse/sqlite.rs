@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rusqlite::{Connection, Statement, ToSql};
 
+use super::ledger::{self, Verdict};
 use super::sql::{Dialect, MergeStepKind, Sql, Tables, LOADED, REJECTED, SUPERSEDED};
 use super::{
     Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse,
@@ -392,7 +393,7 @@ impl BatchSink for SqliteSink {
         };
         let existing = existing.as_deref().and_then(FileStatus::parse);
         if let (Some(status), false) = (existing, force) {
-            return Ok(Admission::Duplicate(status));
+            return Ok(Admission::Duplicate(status)); // no need to ask for a newer version
         }
         let newer: i64 = {
             let mut stmt = self.conn.prepare_cached(&self.sql().newer_version_exists())?;
@@ -400,24 +401,25 @@ impl BatchSink for SqliteSink {
             let mut rows = stmt.raw_query();
             rows.next()?.map(|r| r.get(0)).transpose()?.unwrap_or(0)
         };
-        if newer > 0 {
-            if let Some(status) = existing {
-                return Ok(Admission::Duplicate(status));
+        match ledger::admit(existing, newer > 0, force) {
+            Verdict::Duplicate(status) => return Ok(Admission::Duplicate(status)),
+            Verdict::Superseded => {
+                let summary = FileSummary {
+                    status: FileStatus::Superseded,
+                    rows_read: 0,
+                    rows_loaded: 0,
+                    rows_rejected: 0,
+                    reason: None,
+                };
+                let now = self.batch().now.clone();
+                self.record(file, &summary, Some(&now))?;
+                self.batch.as_mut().expect("open").files += 1;
+                return Ok(Admission::Superseded);
             }
-            let summary = FileSummary {
-                status: FileStatus::Superseded,
-                rows_read: 0,
-                rows_loaded: 0,
-                rows_rejected: 0,
-                reason: None,
-            };
-            let now = self.batch().now.clone();
-            self.record(file, &summary, Some(&now))?;
-            self.batch.as_mut().expect("open").files += 1;
-            return Ok(Admission::Superseded);
-        }
-        if existing.is_some() {
-            exec_named(&self.conn, &self.sql().replace_version(), &id)?;
+            Verdict::Reload => {
+                exec_named(&self.conn, &self.sql().replace_version(), &id)?;
+            }
+            Verdict::Load => {}
         }
         self.conn.execute_batch("SAVEPOINT file")?;
         self.file = Some(file.clone());
