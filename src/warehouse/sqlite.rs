@@ -13,7 +13,7 @@ use chrono::Utc;
 use rusqlite::{Connection, Statement, ToSql};
 
 use super::ledger::{self, Verdict};
-use super::sql::{Dialect, MergeStepKind, Sql, Tables, LOADED, REJECTED, SUPERSEDED};
+use super::sql::{Dialect, MergeStepKind, Sql, Tables};
 use super::{
     Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse,
     WarehouseError, WauRow,
@@ -106,11 +106,7 @@ impl SqliteWarehouse {
         let sql = self.sql();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
-            let pending: i64 = conn.query_row(
-                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL", self.tables.files),
-                [],
-                |r| r.get(0),
-            )?;
+            let pending: i64 = conn.query_row(&sql.unmerged_count(), [], |r| r.get(0))?;
             if pending == 0 {
                 return Ok(MergeReport::default());
             }
@@ -124,11 +120,7 @@ impl SqliteWarehouse {
                     }
                 }
             }
-            let files: i64 = conn.query_row(
-                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL AND status = '{LOADED}'", self.tables.files),
-                [],
-                |r| r.get(0),
-            )?;
+            let files: i64 = conn.query_row(&sql.unmerged_loaded_count(), [], |r| r.get(0))?;
             let now = now_text();
             // Statements in order; the target's delete and insert counts feed the history row.
             let (mut deleted, mut inserted) = (0i64, 0i64);
@@ -219,10 +211,10 @@ impl Warehouse for SqliteWarehouse {
     }
 
     fn recorded_sequencers(&self, bucket: &str) -> Result<HashSet<(String, String)>, WarehouseError> {
-        let sql = format!("SELECT key, sequencer FROM {} WHERE bucket = ?1", self.tables.files);
+        let sql = self.sql().recorded_sequencers();
         self.with_reader(|c| {
             let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map(&[(":bucket", &bucket)], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -270,19 +262,7 @@ impl Warehouse for SqliteWarehouse {
     }
 
     fn totals(&self) -> Result<LedgerTotals, WarehouseError> {
-        let t = &self.tables;
-        let sql = format!(
-            "SELECT
-               COALESCE(SUM(status = '{LOADED}'), 0), COALESCE(SUM(status = '{REJECTED}'), 0), COALESCE(SUM(status = '{SUPERSEDED}'), 0),
-               COALESCE(SUM(rows_read), 0), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0),
-               COALESCE(SUM(rows_read <> rows_loaded + rows_rejected), 0),
-               (SELECT COUNT(*) FROM {target}), (SELECT COUNT(*) FROM {staging}), (SELECT COUNT(*) FROM {rejects})
-             FROM {files} WHERE status <> 'replaced'",
-            target = t.target,
-            staging = t.staging,
-            rejects = t.rejects,
-            files = t.files
-        );
+        let sql = self.sql().totals();
         self.with_reader(|c| {
             Ok(c.query_row(&sql, [], |r| {
                 let g = |i| r.get::<_, i64>(i).map(|v| v as u64);
