@@ -410,10 +410,15 @@ def test_parse_copy():
     spec = emu.parse_copy("COPY s.t (a, b) FROM 's3://bkt/dir/manifest' IAM_ROLE 'arn:x' FORMAT AS CSV QUOTE AS '\"'"
                           " DELIMITER ',' GZIP MANIFEST IGNOREHEADER 2 EMPTYASNULL ACCEPTINVCHARS COMPUPDATE OFF;")
     assert (spec.table, spec.columns, spec.source) == ("s.t", "(a, b)", "s3://bkt/dir/manifest")
-    assert (spec.csv, spec.gzip, spec.manifest, spec.ignore_header, spec.null) == (True, True, True, 2, "")
-    assert spec.postgres_copy() == "COPY s.t (a, b) FROM STDIN WITH (FORMAT csv, DELIMITER ',', QUOTE '\"', NULL '')"
-    plain = emu.parse_copy("copy t from 's3://b/k' iam_role default")
-    assert plain.postgres_copy() == "COPY t FROM STDIN WITH (FORMAT text, DELIMITER '|')"
+    assert (spec.csv, spec.gzip, spec.manifest, spec.ignore_header) == (True, True, True, 2)
+    assert (spec.null, spec.empty_as_null, spec.blanks_as_null) == (None, True, False)
+    # Redshift's NULL string is \N in CSV too (not PostgreSQL CSV's unquoted empty field)
+    assert spec.postgres_copy("tmp", "(c0, c1)") == \
+        "COPY tmp (c0, c1) FROM STDIN WITH (FORMAT csv, DELIMITER ',', QUOTE '\"', NULL '\\N')"
+    plain = emu.parse_copy("copy t from 's3://b/k' iam_role default BLANKSASNULL NULL AS 'nil'")
+    assert plain.postgres_copy() == "COPY t FROM STDIN WITH (FORMAT text, DELIMITER '|', NULL 'nil')"
+    assert (plain.null, plain.empty_as_null, plain.blanks_as_null) == ("nil", False, True)
+    assert emu.parse_copy("COPY t FROM 's3://b/k' IAM_ROLE default CSV NULL AS ''").empty_as_null  # = EMPTYASNULL
     assert emu.parse_copy("COPY t FROM STDIN") is None
     assert emu.parse_copy("COPY t FROM '/tmp/file.csv'") is None
     with pytest.raises(emu.StatementError, match="FORMAT PARQUET is not emulated"):
@@ -430,14 +435,13 @@ def test_typed_fields():
     assert emu._field(25, None) == {"isNull": True}
 
 
-def test_a_batch_sees_one_snapshot_and_a_conflict_is_error_1023():
-    """Two transactions that each read what the other writes: PostgreSQL aborts one at
-    SERIALIZABLE, and the emulator reports it the way Redshift does."""
-    pg_dsn = PG_DSN
-    with psycopg.connect(pg_dsn, autocommit=True) as c:
+def test_conflicts_are_worded_as_redshift_words_them_at_each_isolation_level():
+    """A real PostgreSQL serialization failure: error 1023 on a SERIALIZABLE database, the
+    snapshot-isolation conflict text on a SNAPSHOT one."""
+    with psycopg.connect(PG_DSN, autocommit=True) as c:
         c.execute("DROP TABLE IF EXISTS iso_t; CREATE TABLE iso_t (k int, v int)")
-    a = psycopg.connect(pg_dsn)
-    b = psycopg.connect(pg_dsn)
+    a = psycopg.connect(PG_DSN)
+    b = psycopg.connect(PG_DSN)
     for conn in (a, b):
         conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
     try:
@@ -448,10 +452,176 @@ def test_a_batch_sees_one_snapshot_and_a_conflict_is_error_1023():
         a.commit()
         with pytest.raises(psycopg.errors.SerializationFailure) as failure:
             b.commit()
-        text = emu._error_text(failure.value)
-        assert text.startswith("ERROR: 1023") and "Serializable isolation violation" in text, text
+        text = emu._error_text(failure.value, "serializable")
+        assert text.startswith("ERROR: 1023 DETAIL: Serializable isolation violation on table"), text
+        text = emu._error_text(failure.value, "repeatable read")
+        assert text.startswith("ERROR: could not complete because of conflict with concurrent transaction"), text
+        assert "1023" not in text and "erializ" not in text.split("(emulated")[0]
     finally:
         a.close()
         b.close()
-        with psycopg.connect(pg_dsn, autocommit=True) as c:
+        with psycopg.connect(PG_DSN, autocommit=True) as c:
             c.execute("DROP TABLE IF EXISTS iso_t")
+
+
+# ------------------------------------------------------------------------------------------
+# isolation: SNAPSHOT by default, SERIALIZABLE on request, per database
+
+def in_db(database: str) -> dict:
+    return {"Database": database, "WorkgroupName": "wau-test"}
+
+
+def run_in(rd, database: str, sql: str) -> dict:
+    return wait_done(rd, rd.execute_statement(Sql=sql, **in_db(database))["Id"])
+
+
+def run_ok_in(rd, database: str, sql: str) -> dict:
+    d = run_in(rd, database, sql)
+    assert d["Status"] == "FINISHED", f"{sql!r}: {d.get('Error')}"
+    return d
+
+
+def pg_rows_in(database: str, sql: str) -> list[tuple]:
+    with psycopg.connect(PG_DSN, dbname=database) as conn:
+        return conn.execute(sql).fetchall()
+
+
+class Barrier:
+    """An advisory lock the test holds: a statement ``barrier.sql`` waits there until release(),
+    so that concurrent batches interleave in the order a test chooses, not by timing luck."""
+
+    def __init__(self, database: str):
+        self.key = uuid.uuid4().int % (1 << 31)
+        self.conn = psycopg.connect(PG_DSN, dbname=database, autocommit=True)
+        self.conn.execute("SELECT pg_advisory_lock(%s)", [self.key])
+        self.sql = f"SELECT pg_advisory_xact_lock_shared({self.key})"
+
+    def waiting(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                 " AND classid = 0 AND objid = %s AND objsubid = 1", [self.key]).fetchone()[0]
+
+    def waiting_for_table(self, table: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'relation' AND NOT granted"
+                                 " AND relation = %s::regclass", [table]).fetchone()[0]
+
+    def release(self):
+        self.conn.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+        self.conn.close()
+
+
+def race(rd, database: str, first: list[str], second: list[str], barrier: Barrier, second_waits=None) -> tuple[dict, dict]:
+    """Runs ``first`` until it waits at the barrier, then ``second`` until it waits (at the
+    barrier, or where ``second_waits()`` says) or ends, then releases both."""
+    a = rd.batch_execute_statement(Sqls=first, **in_db(database))["Id"]
+    wait_until(20, lambda: barrier.waiting() == 1, "first batch at the barrier")
+    b = rd.batch_execute_statement(Sqls=second, **in_db(database))["Id"]
+    waits = second_waits or (lambda: barrier.waiting() == 2)
+    wait_until(20, lambda: waits() or rd.describe_statement(Id=b)["Status"] in emu.TERMINAL, "second batch waiting")
+    barrier.release()
+    return wait_done(rd, a), wait_done(rd, b)
+
+
+GUARDED_INSERT = "INSERT INTO ledger SELECT 'f1', 'v1' WHERE NOT EXISTS (SELECT 1 FROM ledger WHERE k = 'f1' AND v = 'v1')"
+
+
+def test_snapshot_is_the_default_and_lets_two_not_exists_guards_insert_the_same_row(rd, new_database):
+    """Redshift's SNAPSHOT isolation (PostgreSQL REPEATABLE READ): "concurrent modifications to
+    different rows in the same table complete successfully", so both guarded inserts commit."""
+    db = new_database()
+    run_ok_in(rd, db, "CREATE TABLE ledger (k varchar(64), v varchar(64))")
+    barrier = Barrier(db)
+    a, b = race(rd, db, [GUARDED_INSERT, barrier.sql], [GUARDED_INSERT, barrier.sql], barrier)
+    assert (a["Status"], b["Status"]) == ("FINISHED", "FINISHED"), (a.get("Error"), b.get("Error"))
+    assert pg_rows_in(db, "SELECT k, v FROM ledger") == [("f1", "v1"), ("f1", "v1")]  # the anomaly
+
+
+def test_snapshot_with_a_lock_first_serializes_the_guarded_inserts(rd, new_database):
+    """The product's fix: LOCK a dedicated table as the first statement, before anything takes
+    the snapshot; the second batch waits for the first, then its guard sees the first's row."""
+    db = new_database()
+    run_ok_in(rd, db, "CREATE TABLE ledger (k varchar(64), v varchar(64)); CREATE TABLE writer_lock (x int)")
+    barrier = Barrier(db)
+    batch = ["LOCK writer_lock", GUARDED_INSERT, barrier.sql]
+    a, b = race(rd, db, batch, batch, barrier, second_waits=lambda: barrier.waiting_for_table("writer_lock") == 1)
+    assert (a["Status"], b["Status"]) == ("FINISHED", "FINISHED"), (a.get("Error"), b.get("Error"))
+    assert [s["ResultRows"] for s in (a["SubStatements"][1], b["SubStatements"][1])] == [1, 0]
+    assert pg_rows_in(db, "SELECT k, v FROM ledger") == [("f1", "v1")]
+
+
+def test_serializable_refuses_one_of_two_guarded_inserts_with_error_1023(rd, new_database):
+    db = new_database("SERIALIZABLE")
+    run_ok_in(rd, db, "CREATE TABLE ledger (k varchar(64), v varchar(64))")
+    barrier = Barrier(db)
+    a, b = race(rd, db, [GUARDED_INSERT, barrier.sql], [GUARDED_INSERT, barrier.sql], barrier)
+    assert sorted((a["Status"], b["Status"])) == ["FAILED", "FINISHED"]
+    error = (a if a["Status"] == "FAILED" else b)["Error"]
+    assert error.startswith("ERROR: 1023 DETAIL: Serializable isolation violation on table"), error
+    assert pg_rows_in(db, "SELECT k, v FROM ledger") == [("f1", "v1")]
+
+
+def test_snapshot_conflict_on_the_same_row_is_redshifts_snapshot_error(rd, new_database):
+    db = new_database("SNAPSHOT")
+    run_ok_in(rd, db, "CREATE TABLE t (k int, v int); INSERT INTO t VALUES (1, 0)")
+    barrier = Barrier(db)
+    a, b = race(rd, db, ["UPDATE t SET v = v + 1 WHERE k = 1", barrier.sql],
+                ["SELECT count(*) FROM t", barrier.sql, "UPDATE t SET v = v + 10 WHERE k = 1"], barrier)
+    assert a["Status"] == "FINISHED", a.get("Error")
+    assert b["Status"] == "FAILED"
+    assert b["Error"].startswith("ERROR: could not complete because of conflict with concurrent transaction"), b["Error"]
+    assert "1023" not in b["Error"]
+    assert pg_rows_in(db, "SELECT v FROM t") == [(1,)]
+
+
+@pytest.mark.parametrize("level, text", [
+    ("SNAPSHOT", "ERROR: could not complete because of conflict with concurrent transaction"),
+    ("SERIALIZABLE", "ERROR: 1023 DETAIL: Serializable isolation violation on table")])
+def test_a_deadlock_is_reported_as_the_databases_conflict_error(rd, new_database, level, text):
+    db = new_database(level)
+    run_ok_in(rd, db, "CREATE TABLE a (x int); CREATE TABLE b (x int)")
+    barrier = Barrier(db)
+    first, second = race(rd, db, ["LOCK a", barrier.sql, "LOCK b"], ["LOCK b", barrier.sql, "LOCK a"], barrier)
+    assert sorted((first["Status"], second["Status"])) == ["FAILED", "FINISHED"]
+    error = (first if first["Status"] == "FAILED" else second)["Error"]
+    assert error.startswith(text), error
+    assert "deadlock" in error  # PostgreSQL's own words follow, for whoever debugs it
+
+
+def isolation_of(rd, database: str) -> tuple[str, str, str]:
+    """(stv_db_isolation_level's value, a batch's level, a lone statement's level) in PostgreSQL terms."""
+    view = records(rd, run_ok_in(rd, database, "SELECT isolation_level FROM stv_db_isolation_level"
+                                               " WHERE db_name = current_database()")["Id"])
+    sid = rd.batch_execute_statement(Sqls=["SELECT 1", "SHOW transaction_isolation"], **in_db(database))["Id"]
+    assert wait_done(rd, sid)["Status"] == "FINISHED"
+    lone = records(rd, run_ok_in(rd, database, "SHOW transaction_isolation")["Id"])
+    return view[0][0]["stringValue"], records(rd, f"{sid}:2")[0][0]["stringValue"], lone[0][0]["stringValue"]
+
+
+def test_isolation_level_per_database_and_stv_db_isolation_level(rd, new_database):
+    # Redshift's STV_DB_ISOLATION_LEVEL.isolation_level is character(20): padded as Redshift pads it
+    snapshot, serializable = "Snapshot Isolation".ljust(20), "Serializable".ljust(20)
+    assert isolation_of(rd, "test") == (snapshot, "repeatable read", "repeatable read")  # no setting: SNAPSHOT
+    plain, ser = new_database(), new_database("SERIALIZABLE")
+    assert isolation_of(rd, plain) == (snapshot, "repeatable read", "repeatable read")
+    assert isolation_of(rd, ser) == (serializable, "serializable", "serializable")
+    run_ok(rd, f"ALTER DATABASE {plain} ISOLATION LEVEL SERIALIZABLE")
+    assert isolation_of(rd, plain) == (serializable, "serializable", "serializable")
+    run_ok(rd, f"ALTER DATABASE {plain} ISOLATION LEVEL SNAPSHOT")
+    assert isolation_of(rd, plain) == (snapshot, "repeatable read", "repeatable read")
+    rows = records(rd, run_ok(rd, f"SELECT trim(db_name), trim(isolation_level) FROM stv_db_isolation_level"
+                                  f" WHERE db_name IN ('{plain}', '{ser}') ORDER BY 2")["Id"])
+    assert rows == [[{"stringValue": ser}, {"stringValue": "Serializable"}],
+                    [{"stringValue": plain}, {"stringValue": "Snapshot Isolation"}]]
+    # as on Redshift, neither runs inside a transaction block; unknown options are refused
+    d = wait_done(rd, rd.batch_execute_statement(Sqls=["SELECT 1", f"CREATE DATABASE x{plain}"], **TARGET)["Id"])
+    assert d["Status"] == "FAILED" and "cannot run inside a transaction block" in d["Error"]
+    d = run(rd, f"CREATE DATABASE x{plain} COLLATE CASE_INSENSITIVE")
+    assert d["Status"] == "FAILED" and "not emulated" in d["Error"]
+
+
+def test_parse_database_ddl():
+    assert emu.parse_database_ddl("CREATE DATABASE Wau") == emu.DatabaseDdl("CREATE", "wau", None)
+    assert emu.parse_database_ddl('create database "Wau" with isolation level serializable;') == \
+        emu.DatabaseDdl("CREATE", "Wau", "SERIALIZABLE")
+    assert emu.parse_database_ddl("ALTER DATABASE w ISOLATION LEVEL SNAPSHOT") == emu.DatabaseDdl("ALTER", "w", "SNAPSHOT")
+    assert emu.parse_database_ddl("ALTER DATABASE w RENAME TO v") is None
+    assert emu.parse_database_ddl("SELECT 'CREATE DATABASE x'") is None
