@@ -544,32 +544,40 @@ def run_copy(conn: psycopg.Connection, s3, spec: CopySpec) -> int:
                 index -= n
             return f"row {index}, column {cols[i].name}"
 
-        checks = []  # (column index, kind, SQL true for a row Redshift refuses)
+        # Each column's conversion, refusing what Redshift refuses (a string longer than its column
+        # in bytes, a timestamp with more than 6 fractional digits) by raising LOAD_ERROR_STATE
+        # at the first such row: the one pass over the data is the INSERT itself.
+        converted = []
         for i, col in enumerate(cols):
+            value = _converted(spec, col, f"c{i}")
+            refuse = f"{SCHEMA}.load_error(ctid, {i}, '{{}}')"
             if col.max_bytes is not None:
-                checks.append((i, "length", f"octet_length(c{i}) > {col.max_bytes}"))
+                value = f"CASE WHEN octet_length(c{i}) > {col.max_bytes} THEN {refuse.format('length')} ELSE {value} END"
             elif col.typid in _TIMESTAMP_OIDS:
-                checks.append((i, "timestamp", f"c{i} ~ '[0-9]:[0-9][0-9][.,][0-9]{{7}}'"))
-        if checks:
-            which = " ".join(f"WHEN {sql} THEN {n}" for n, (_, _, sql) in enumerate(checks))
-            bad = cur.execute(f"SELECT ctid::text, CASE {which} END FROM {tmp}"
-                              f" WHERE {' OR '.join(sql for _, _, sql in checks)} ORDER BY ctid LIMIT 1").fetchone()
-            if bad:
-                i, kind, _ = checks[bad[1]]
-                value = cur.execute(f"SELECT c{i} FROM {tmp} WHERE ctid = %s::tid", [bad[0]]).fetchone()[0]
-                raise failed(where_is(bad[0], i), *_LOAD_ERRORS[kind], value)
-        converted = [_converted(spec, col, f"c{i}") for i, col in enumerate(cols)]
+                # LIKE first: a regex costs ~3 us a row, LIKE a tenth of it, and rarely passes
+                value = (f"CASE WHEN (c{i} LIKE '%._______%' OR c{i} LIKE '%,_______%')"
+                         f" AND c{i} ~ '[0-9]:[0-9][0-9][.,][0-9]{{7}}'"
+                         f" THEN CAST({refuse.format('timestamp')} AS {col.typname}) ELSE {value} END")
+            converted.append(value)
         try:
             with conn.transaction():
                 cur.execute(f"INSERT INTO {target} ({', '.join(_ident(c.name) for c in cols)})"
                             f" SELECT {', '.join(converted)} FROM {tmp}")
                 rows = max(cur.rowcount, 0)
-        except (psycopg.errors.DataError, psycopg.errors.NotNullViolation) as e:
+        except psycopg.Error as e:
+            if e.sqlstate == LOAD_ERROR_STATE:
+                ctid, i, kind = (e.diag.message_primary or "").split(" ")
+                i = int(i)
+                value = cur.execute(f"SELECT c{i} FROM {tmp} WHERE ctid = %s::tid", [ctid]).fetchone()[0]
+                raise failed(where_is(ctid, i), *_LOAD_ERRORS[kind], value) from None
+            if not isinstance(e, (psycopg.errors.DataError, psycopg.errors.NotNullViolation)):
+                raise
             message = e.diag.message_primary or str(e)
             code, probe = 1200, None
             if isinstance(e, psycopg.errors.NotNullViolation):
                 code, message = 1213, f"Missing data for not-null field ({message})"
-                probe = [(i, f"({converted[i]}) IS NULL") for i, c in enumerate(cols) if c.name == e.diag.column_name]
+                probe = [(i, f"({_converted(spec, c, f'c{i}')}) IS NULL") for i, c in enumerate(cols)
+                         if c.name == e.diag.column_name]
             elif (m := re.search(r'"((?:[^"]|"")*)"', message)) is not None:
                 v = m.group(1).replace("'", "''")
                 probe = [(i, f"c{i} = '{v}'") for i, c in enumerate(cols) if c.typid not in _STRING_OIDS]
@@ -645,6 +653,11 @@ VARCHAR_OPS_SQL = [f"CREATE FUNCTION {SCHEMA}.varchar_{name}({args}) RETURNS {re
     f"CREATE OPERATOR CLASS {SCHEMA}.varchar_trailing_blanks_hash_ops DEFAULT FOR TYPE varchar USING hash AS"
     f" OPERATOR 1 {SCHEMA}.=, FUNCTION 1 {SCHEMA}.varchar_hash(varchar),"
     f" FUNCTION 2 {SCHEMA}.varchar_hash_extended(varchar, bigint)"]
+# COPY's conversion raises this for the first row Redshift would refuse (one pass over the data).
+LOAD_ERROR_STATE = "RSLOD"
+LOAD_ERROR_SQL = (f"CREATE FUNCTION {SCHEMA}.load_error(row_ctid tid, col integer, kind text) RETURNS text"
+                  " LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION USING ERRCODE = '" + LOAD_ERROR_STATE + "',"
+                  " MESSAGE = row_ctid::text || ' ' || col || ' ' || kind; END$$")
 _PREPARE_LOCK = 0x7265647368696674  # pg_advisory_xact_lock key: one emulator at a time sets a database up
 _BYTES_CHECK = re.compile(r"^rs_(varchar|char)_(\d+)_\d+$")
 
@@ -658,6 +671,8 @@ def prepare_database(conn: psycopg.Connection, varchar_ops: bool = False) -> Non
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         if conn.execute(f"SELECT to_regclass('{SCHEMA}.stv_db_isolation_level')").fetchone()[0] is None:
             conn.execute(ISOLATION_VIEW_SQL)
+        if conn.execute(f"SELECT to_regprocedure('{SCHEMA}.load_error(tid, integer, text)')").fetchone()[0] is None:
+            conn.execute(LOAD_ERROR_SQL)
         if varchar_ops and conn.execute(f"SELECT to_regprocedure('{SCHEMA}.varchar_eq(varchar, varchar)')").fetchone()[0] is None:
             for sql in VARCHAR_OPS_SQL:
                 conn.execute(sql)

@@ -625,3 +625,176 @@ def test_parse_database_ddl():
     assert emu.parse_database_ddl("ALTER DATABASE w ISOLATION LEVEL SNAPSHOT") == emu.DatabaseDdl("ALTER", "w", "SNAPSHOT")
     assert emu.parse_database_ddl("ALTER DATABASE w RENAME TO v") is None
     assert emu.parse_database_ddl("SELECT 'CREATE DATABASE x'") is None
+
+
+# ------------------------------------------------------------------------------------------
+# VARCHAR(n) is n bytes
+
+def test_varchar_length_is_bytes_on_insert_and_update(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.v (id int, a varchar(64), b varchar, c text, d char(4), m varchar(max))")
+    run_ok(rd, f"INSERT INTO {schema}.v (id, a) VALUES (1, '{'é' * 32}')")  # 32 characters, 64 bytes: fits
+    d = run(rd, f"INSERT INTO {schema}.v (id, a) VALUES (2, '{'é' * 33}')")  # 33 characters, 66 bytes
+    assert d["Status"] == "FAILED" and d["Error"] == "ERROR: value too long for type character varying(64)", d.get("Error")
+    d = run(rd, f"UPDATE {schema}.v SET a = a || 'x' WHERE id = 1")
+    assert d["Status"] == "FAILED" and d["Error"] == "ERROR: value too long for type character varying(64)", d.get("Error")
+    for col in ("b", "c"):  # VARCHAR without a length and TEXT are VARCHAR(256)
+        run_ok(rd, f"UPDATE {schema}.v SET {col} = '{'x' * 256}' WHERE id = 1")
+        d = run(rd, f"UPDATE {schema}.v SET {col} = '{'x' * 257}' WHERE id = 1")
+        assert d["Error"] == "ERROR: value too long for type character varying(256)", d.get("Error")
+    run_ok(rd, f"UPDATE {schema}.v SET d = 'éé' WHERE id = 1")  # CHAR(n) is n bytes too
+    d = run(rd, f"UPDATE {schema}.v SET d = 'ééé' WHERE id = 1")
+    assert d["Error"] == "ERROR: value too long for type character(4)", d.get("Error")
+    run_ok(rd, f"UPDATE {schema}.v SET m = repeat('x', 65535) WHERE id = 1")  # VARCHAR(MAX) = VARCHAR(65535)
+    d = run(rd, f"UPDATE {schema}.v SET m = repeat('é', 32768) WHERE id = 1")
+    assert d["Error"] == "ERROR: value too long for type character varying(65535)", d.get("Error")
+    for ddl in (f"CREATE TABLE {schema}.w (a varchar(65536))", f"SELECT 'a'::varchar(70000)"):
+        d = run(rd, ddl)
+        assert d["Status"] == "FAILED" and "length for type varchar cannot exceed 65535" in d["Error"], d.get("Error")
+    assert pg_rows(f"SELECT id, a FROM {schema}.v") == [(1, "é" * 32)]
+
+
+def test_varchar_bytes_hold_for_temp_like_and_create_table_as(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.v (a varchar(8))")
+    sid = rd.batch_execute_statement(Sqls=[
+        f"CREATE TEMP TABLE stage (LIKE {schema}.v)",
+        "INSERT INTO stage VALUES ('ééé')",  # 6 bytes
+        f"CREATE TABLE {schema}.copy AS SELECT a FROM stage",
+        f"CREATE TEMP TABLE other AS SELECT a FROM {schema}.v",
+        "INSERT INTO other VALUES ('éééé')",  # 8 bytes
+    ], **TARGET)["Id"]
+    assert wait_done(rd, sid)["Status"] == "FINISHED"
+    for sqls in (["CREATE TEMP TABLE stage (LIKE {schema}.v)", "INSERT INTO stage VALUES ('ééééé')"],
+                 ["CREATE TEMP TABLE stage AS SELECT a FROM {schema}.v", "INSERT INTO stage VALUES ('ééééé')"],
+                 ["INSERT INTO {schema}.copy VALUES ('ééééé')"]):
+        d = wait_done(rd, rd.batch_execute_statement(Sqls=[s.format(schema=schema) for s in sqls], **TARGET)["Id"])
+        assert d["Status"] == "FAILED", sqls
+        assert d["Error"].startswith("ERROR: value too long for type character varying(8)"), d["Error"]
+    assert pg_rows(f"SELECT a FROM {schema}.copy") == [("ééé",)]
+
+
+def test_translate_char_types():
+    assert emu.translate_char_types("CREATE TABLE t (a VARCHAR(MAX), b character varying ( max ), c char(10))") == \
+        "CREATE TABLE t (a VARCHAR(65535), b character varying(65535), c char(10))"
+    assert emu.translate_char_types("SELECT 'varchar(99999)'") == "SELECT 'varchar(99999)'"
+    with pytest.raises(emu.StatementError, match="cannot exceed 4096"):
+        emu.translate_char_types("CREATE TABLE t (c CHAR(4097))")
+    assert emu.created_table('CREATE TEMP TABLE IF NOT EXISTS s."T x" (LIKE y)') == 's."T x"'
+    assert emu.created_table("create table t as select 1") == "t"
+    assert emu.created_table("ALTER TABLE ONLY s.t ADD COLUMN c varchar(3)") == "s.t"
+    assert emu.created_table("ALTER TABLE s.t DROP COLUMN c") is None
+
+
+# ------------------------------------------------------------------------------------------
+# COPY: what Redshift refuses, and NULL handling as Redshift documents it
+
+COPY_CSV = "IAM_ROLE default FORMAT AS CSV GZIP MANIFEST MAXERROR 0"
+
+
+def copy_files(s3, bucket: str, prefix: str, *texts: str) -> str:
+    """gzip CSV parts and a manifest naming them; the manifest's URL."""
+    entries = []
+    for n, text in enumerate(texts):
+        put_gzip_csv(s3, bucket, f"{prefix}/part-{n}.csv.gz", text)
+        entries.append({"url": f"s3://{bucket}/{prefix}/part-{n}.csv.gz", "mandatory": True})
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest", Body=json.dumps({"entries": entries}).encode())
+    return f"s3://{bucket}/{prefix}/manifest"
+
+
+def test_copy_refuses_a_string_longer_than_its_column_in_bytes(rd, s3, schema, bucket):
+    run_ok(rd, f"CREATE TABLE {schema}.v (id int, a varchar(64))")
+    ok = copy_files(s3, bucket, "ok", f"1,{'é' * 32}\n")
+    assert run_ok(rd, f"COPY {schema}.v FROM '{ok}' {COPY_CSV}")["ResultRows"] == 1
+    bad = copy_files(s3, bucket, "bad", "id,a\n2,a\n", f"id,a\n3,b\n4,{'é' * 33}\n5,c\n")
+    d = run(rd, f"COPY {schema}.v FROM '{bad}' {COPY_CSV} IGNOREHEADER 1")
+    assert d["Status"] == "FAILED"
+    assert "Load into table 'v' failed. Check 'sys_load_error_detail' system table for details." in d["Error"]
+    assert "String length exceeds DDL length" in d["Error"] and "1204" in d["Error"]
+    assert f"s3://{bucket}/bad/part-1.csv.gz line 3, column a" in d["Error"], d["Error"]
+    assert pg_rows(f"SELECT id FROM {schema}.v") == [(1,)]  # nothing of the failed COPY
+    # a table PostgreSQL made itself, without the emulator's constraints, is held to the same
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {schema}.raw (id int, a text)")
+    long = copy_files(s3, bucket, "long", f"1,{'x' * 257}\n")
+    d = run(rd, f"COPY {schema}.raw FROM '{long}' {COPY_CSV}")
+    assert d["Status"] == "FAILED" and "String length exceeds DDL length" in d["Error"]
+
+
+@pytest.mark.parametrize("column_type", ["timestamp", "timestamptz"])
+def test_copy_timestamps_take_at_most_6_fractional_digits(rd, s3, schema, bucket, column_type):
+    run_ok(rd, f"CREATE TABLE {schema}.ts (id int, at {column_type})")
+    ok = copy_files(s3, bucket, "ok", "1,2026-11-27 01:02:03.123456\n2,2026-11-27 01:02:03\n")
+    assert run_ok(rd, f"COPY {schema}.ts FROM '{ok}' {COPY_CSV} TIMEFORMAT 'auto'")["ResultRows"] == 2
+    assert pg_rows(f"SELECT id, to_char(at, 'YYYY-MM-DD HH24:MI:SS.US') FROM {schema}.ts ORDER BY id") == [
+        (1, "2026-11-27 01:02:03.123456"), (2, "2026-11-27 01:02:03.000000")]
+    bad = copy_files(s3, bucket, "bad", "3,2026-11-27 01:02:03.5\n4,2026-11-27 01:02:03.1234567\n")
+    d = run(rd, f"COPY {schema}.ts FROM '{bad}' {COPY_CSV} TIMEFORMAT 'auto'")
+    assert d["Status"] == "FAILED"
+    assert "Invalid timestamp format or value" in d["Error"] and "1206" in d["Error"], d["Error"]
+    assert "line 2, column at" in d["Error"] and "2026-11-27 01:02:03.1234567" in d["Error"]
+    assert pg_rows(f"SELECT count(*) FROM {schema}.ts") == [(2,)]
+
+
+NULLS_TABLE = "(s varchar(10), i int, t timestamp, b boolean, n numeric(6,2))"
+
+
+def copy_nulls(rd, s3, schema, bucket, options: str, text: str, fmt: str = "CSV") -> list[tuple]:
+    table = f"{schema}.n_{uuid.uuid4().hex[:6]}"
+    run_ok(rd, f"CREATE TABLE {table} {NULLS_TABLE.replace('(', '(line int, ', 1)}")
+    s3.put_object(Bucket=bucket, Key=f"{table}.txt", Body=text.encode())
+    run_ok(rd, f"COPY {table} FROM 's3://{bucket}/{table}.txt' IAM_ROLE default {fmt} {options}")
+    return pg_rows(f"SELECT s, i, t::text, b, n::text FROM {table} ORDER BY line")
+
+
+NULLS_CSV = ('1,,,,,\n'            # empty fields
+             '2,\\N,\\N,\\N,\\N,\\N\n'  # the default NULL string
+             '3,"",5,,t,1.5\n'     # a quoted empty string
+             '4,"  ",,,,\n'        # blanks
+             '5,nil,6,,,\n')
+
+
+def test_copy_csv_nulls_by_default_empty_varchar_is_an_empty_string(rd, s3, schema, bucket):
+    """Redshift's CSV NULL string is \\N; an empty CHAR/VARCHAR field loads as '', an empty
+    field of any other type as NULL (PostgreSQL's CSV COPY would take empty as NULL everywhere
+    and refuse \\N for a number)."""
+    assert copy_nulls(rd, s3, schema, bucket, "", NULLS_CSV) == [
+        ("", None, None, None, None),
+        (None, None, None, None, None),
+        ("", 5, None, True, "1.50"),
+        ("  ", None, None, None, None),
+        ("nil", 6, None, None, None)]
+
+
+def test_copy_csv_nulls_with_emptyasnull_blanksasnull_and_null_as(rd, s3, schema, bucket):
+    assert copy_nulls(rd, s3, schema, bucket, "EMPTYASNULL", NULLS_CSV) == [
+        (None, None, None, None, None), (None, None, None, None, None), (None, 5, None, True, "1.50"),
+        ("  ", None, None, None, None), ("nil", 6, None, None, None)]
+    assert copy_nulls(rd, s3, schema, bucket, "BLANKSASNULL", NULLS_CSV) == [
+        ("", None, None, None, None), (None, None, None, None, None), ("", 5, None, True, "1.50"),
+        (None, None, None, None, None), ("nil", 6, None, None, None)]
+    assert copy_nulls(rd, s3, schema, bucket, "NULL AS 'nil'", "1,,,,,\n2,\\N,nil,nil,nil,nil\n5,nil,6,,,\n") == [
+        ("", None, None, None, None), ("\\N", None, None, None, None), (None, 6, None, None, None)]
+    # NULL AS '\N' is the default said out loud; a \N into a number under NULL AS 'nil' is not a number
+    d = run(rd, f"CREATE TABLE {schema}.num (i int)")
+    s3.put_object(Bucket=bucket, Key="num.csv", Body=b"\\N\n")
+    d = run(rd, f"COPY {schema}.num FROM 's3://{bucket}/num.csv' IAM_ROLE default CSV NULL AS 'nil'")
+    assert d["Status"] == "FAILED" and "Load into table 'num' failed" in d["Error"] and "line 1, column i" in d["Error"]
+
+
+def test_copy_delimited_text_nulls(rd, s3, schema, bucket):
+    assert copy_nulls(rd, s3, schema, bucket, "", "1|||||\n2|\\N|\\N|\\N|\\N|\\N\n3|x|7|2026-01-02 03:04:05|f|2\n",
+                      fmt="") == [("", None, None, None, None), (None, None, None, None, None),
+                                  ("x", 7, "2026-01-02 03:04:05", False, "2.00")]
+
+
+def test_copy_load_errors_name_the_file_line_and_column(rd, s3, schema, bucket):
+    run_ok(rd, f"CREATE TABLE {schema}.e (id int NOT NULL, n bigint, v varchar(4))")
+    cases = [("1,2,a\n2,x7,b\n", "line 2, column n", "invalid input syntax for type bigint"),
+             ("1,2,a\n2,3,b\n,4,c\n", "line 3, column id", "Missing data for not-null field"),
+             ("1,2,a\n2,3,b,extra\n", "line 2", "extra data after last expected column")]
+    for n, (text, where, what) in enumerate(cases):
+        url = copy_files(s3, bucket, f"e{n}", text)
+        d = run(rd, f"COPY {schema}.e FROM '{url}' {COPY_CSV}")
+        assert d["Status"] == "FAILED", text
+        assert "Load into table 'e' failed" in d["Error"] and f"part-0.csv.gz {where}" in d["Error"], d["Error"]
+        assert what in d["Error"], d["Error"]
+    assert pg_rows(f"SELECT count(*) FROM {schema}.e") == [(0,)]
