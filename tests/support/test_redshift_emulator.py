@@ -798,3 +798,80 @@ def test_copy_load_errors_name_the_file_line_and_column(rd, s3, schema, bucket):
         assert "Load into table 'e' failed" in d["Error"] and f"part-0.csv.gz {where}" in d["Error"], d["Error"]
         assert what in d["Error"], d["Error"]
     assert pg_rows(f"SELECT count(*) FROM {schema}.e") == [(0,)]
+
+
+# ------------------------------------------------------------------------------------------
+# the 100 KB statement limit
+
+def padded(n_bytes: int, filler: str = "x") -> str:
+    """A statement of exactly n_bytes UTF-8 bytes (filler may be multi-byte)."""
+    head = "SELECT 1 -- "
+    body = filler * ((n_bytes - len(head)) // len(filler.encode()))
+    sql = head + body
+    return sql + " " * (n_bytes - len(sql.encode()))
+
+
+def test_statement_size_limit_is_100_kb_per_statement_and_per_batch(rd):
+    limit = emu.MAX_SQL_BYTES
+    assert limit == 100 * 1024
+    assert run(rd, padded(limit, "é"))["Status"] == "FINISHED"  # bytes, not characters
+    for sql in (padded(limit + 1), padded(limit + 1, "é")):
+        with pytest.raises(ClientError) as e:
+            rd.execute_statement(Sql=sql, **TARGET)
+        assert error_code(e) == "ValidationException" and "100 KB" in str(e.value)
+    with pytest.raises(ClientError) as e:  # one statement of a batch over the limit
+        rd.batch_execute_statement(Sqls=["SELECT 1", padded(limit + 1)], **TARGET)
+    assert error_code(e) == "ValidationException" and "Sqls[2]" in str(e.value) and "100 KB" in str(e.value)
+    with pytest.raises(ClientError) as e:  # each within the limit, together over it
+        rd.batch_execute_statement(Sqls=[padded(60 * 1024), padded(60 * 1024)], **TARGET)
+    assert error_code(e) == "ValidationException" and "together" in str(e.value) and "100 KB" in str(e.value)
+    sid = rd.batch_execute_statement(Sqls=[padded(50 * 1024), padded(50 * 1024)], **TARGET)["Id"]
+    assert wait_done(rd, sid)["Status"] == "FINISHED"
+
+
+# ------------------------------------------------------------------------------------------
+# trailing blanks in VARCHAR comparisons
+
+def test_trailing_blanks_are_insignificant_in_varchar_comparisons(rd, new_database):
+    db = new_database()
+    run_ok_in(rd, db, "CREATE TABLE a (k varchar(8), n int); CREATE TABLE b (k varchar(8), m int);"
+                      " INSERT INTO a VALUES ('x', 1), ('x  ', 2), ('y', 3); INSERT INTO b VALUES ('x ', 10), ('y', 30)")
+
+    def one(sql: str):
+        return [[next(iter(f.values())) for f in row] for row in records(rd, run_ok_in(rd, db, sql)["Id"])]
+
+    assert one("SELECT 'a'::varchar = 'a  '::varchar, 'a'::varchar <> 'a  '::varchar, 'a '::varchar < 'a'::varchar,"
+               " 'a'::varchar = ' a'::varchar") == [[True, False, False, False]]
+    assert one("SELECT n FROM a WHERE k = 'x' ORDER BY n") == [[1], [2]]  # a column against a literal
+    assert one("SELECT n FROM a WHERE k IN ('x ', 'z') ORDER BY n") == [[1], [2]]
+    assert one("SELECT a.n, b.m FROM a JOIN b ON a.k = b.k ORDER BY a.n") == [[1, 10], [2, 10], [3, 30]]
+    assert one("SELECT count(DISTINCT k) FROM a") == [[2]]
+    assert one("SELECT count(*) FROM (SELECT k FROM a GROUP BY k) g") == [[2]]
+    assert one("SELECT n FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.k = a.k) ORDER BY n") == [[1], [2], [3]]
+    assert one("SELECT n, row_number() OVER (PARTITION BY k ORDER BY n) FROM a ORDER BY n") == [[1, 1], [2, 2], [3, 1]]
+    assert one("SELECT octet_length(k) FROM a ORDER BY n") == [[1], [3], [1]]  # the blanks are kept, only compared away
+    # not modelled: values PostgreSQL types as TEXT (text columns, ||, lower(), ::text) compare as PostgreSQL does
+    assert one("SELECT 'a'::text = 'a  '::text, lower('A'::varchar) = 'a '::varchar") == [[False, False]]
+    # and a database the emulator did not create (such as the default one) is PostgreSQL's
+    assert records(rd, run_ok(rd, "SELECT 'a'::varchar = 'a  '::varchar")["Id"]) == [[{"booleanValue": False}]]
+
+
+def test_trailing_blank_varchar_equality_keeps_hash_joins(rd, new_database):
+    db = new_database()
+    run_ok_in(rd, db, "CREATE TABLE s (customer varchar(64), event_id varchar(64), v int);"
+                      " CREATE TABLE t (customer varchar(64), event_id varchar(64), v int);"
+                      " INSERT INTO s SELECT 'c' || (g % 50), 'e' || g, g FROM generate_series(1, 100000) g;"
+                      " INSERT INTO t SELECT 'c' || (g % 50), 'e' || g, g FROM generate_series(50001, 150000) g;"
+                      " ANALYZE s; ANALYZE t")
+    plan = "\n".join(r[0]["stringValue"] for r in records(rd, run_ok_in(
+        rd, db, "EXPLAIN VERBOSE SELECT count(*) FROM s JOIN t ON s.customer = t.customer AND s.event_id = t.event_id")["Id"]))
+    assert "Hash Join" in plan and "Nested Loop" not in plan, plan
+    # the join runs on the trailing-blank equality on varchar (PostgreSQL's own would be text's:
+    # "(s.customer)::text = (t.customer)::text")
+    assert "Hash Cond: ((s.customer = t.customer) AND (s.event_id = t.event_id))" in plan, plan
+    plan = "\n".join(r[0]["stringValue"] for r in records(rd, run_ok_in(
+        rd, db, "EXPLAIN DELETE FROM t WHERE EXISTS (SELECT 1 FROM s WHERE s.customer = t.customer"
+                " AND s.event_id = t.event_id)")["Id"]))
+    assert "Hash" in plan and "Semi Join" in plan and "Nested Loop" not in plan, plan
+    assert records(rd, run_ok_in(rd, db, "SELECT count(*) FROM s JOIN t USING (customer, event_id)")["Id"]) == \
+        [[{"longValue": 50000}]]
