@@ -325,6 +325,18 @@ _DATABASE_DDL = re.compile(
     r"(?P<rest>(?:\s+WITH)?(?:\s+ISOLATION\s+LEVEL\s+(?P<level>SNAPSHOT|SERIALIZABLE))?)?(?P<tail>.*?)[\s;]*$", re.I | re.S)
 
 
+_DROP_DATABASE = re.compile(_LEAD + rf"DROP\s+DATABASE\s+(?:IF\s+EXISTS\s+)?(?P<name>{_IDENT})", re.I)
+
+
+def dropped_database(sql: str) -> str | None:
+    """The database a ``DROP DATABASE`` names, as PostgreSQL spells it."""
+    m = _DROP_DATABASE.match(_mask(sql)[0])
+    if not m:
+        return None
+    name = m.group("name")
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+
+
 @dataclasses.dataclass
 class DatabaseDdl:
     verb: str  # CREATE | ALTER
@@ -1122,6 +1134,10 @@ class Emulator:
             return
         sql = translate_char_types(strip_table_options(st.sql))
         table = created_table(sql)
+        if (dropped := dropped_database(sql)) is not None:  # a database of that name made later is new
+            with self.lock:
+                self.known_dbs.discard(dropped)
+                self.prepared_dbs.discard(dropped)
         with conn.cursor() as cur:
             if params:
                 cur.execute(translate_parameters(sql, params), params)

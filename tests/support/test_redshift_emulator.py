@@ -623,6 +623,16 @@ def test_isolation_level_per_database_and_stv_db_isolation_level(rd, new_databas
     assert d["Status"] == "FAILED" and "not emulated" in d["Error"]
 
 
+def test_a_database_dropped_and_made_again_is_set_up_again(rd, new_database):
+    db = new_database("SERIALIZABLE")
+    assert isolation_of(rd, db)[1] == "serializable"
+    run_ok(rd, f"DROP DATABASE {db}")
+    assert run_in(rd, db, "SELECT current_database()")["Status"] == "FINISHED"  # falls back to the default
+    run_ok(rd, f"CREATE DATABASE {db}")
+    assert isolation_of(rd, db) == ("Snapshot Isolation".ljust(20), "repeatable read", "repeatable read")
+    assert records(rd, run_ok_in(rd, db, "SELECT 'a'::varchar = 'a '::varchar")["Id"]) == [[{"booleanValue": True}]]
+
+
 def test_parse_database_ddl():
     assert emu.parse_database_ddl("CREATE DATABASE Wau") == emu.DatabaseDdl("CREATE", "wau", None)
     assert emu.parse_database_ddl('create database "Wau" with isolation level serializable;') == \
@@ -630,6 +640,7 @@ def test_parse_database_ddl():
     assert emu.parse_database_ddl("ALTER DATABASE w ISOLATION LEVEL SNAPSHOT") == emu.DatabaseDdl("ALTER", "w", "SNAPSHOT")
     assert emu.parse_database_ddl("ALTER DATABASE w RENAME TO v") is None
     assert emu.parse_database_ddl("SELECT 'CREATE DATABASE x'") is None
+    assert emu.dropped_database('DROP DATABASE IF EXISTS "W"') == "W" and emu.dropped_database("drop database W") == "w"
 
 
 # ------------------------------------------------------------------------------------------
