@@ -874,12 +874,15 @@ class Emulator:
             return self._s3
 
     def dsn_for(self, database: str) -> str:
-        """The named PostgreSQL database if it exists, else the default DSN's database."""
+        """The named PostgreSQL database; one that does not exist fails the statement, as on
+        Redshift (never a silent fallback to another database)."""
         if database and database not in self.known_dbs:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
                     self.known_dbs.add(database)
-        return make_conninfo(self.dsn, dbname=database) if database in self.known_dbs else self.dsn
+        if database not in self.known_dbs:
+            raise StatementError(f'FATAL: database "{database}" does not exist')
+        return make_conninfo(self.dsn, dbname=database)
 
     def _set(self, st: Statement, status: str, error: str | None = None) -> None:
         with self.lock:

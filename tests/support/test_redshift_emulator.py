@@ -180,14 +180,19 @@ def test_parameters_bind_as_strings_that_postgres_casts(rd, schema):
                                  {"longValue": 84}, {"stringValue": "50%"}]]
 
 
-def test_database_maps_to_an_existing_postgres_database_else_the_default(rd):
-    def current_database(database: str) -> str:
+def test_database_maps_to_an_existing_postgres_database_and_an_unknown_one_fails(rd):
+    def current_database(database: str) -> dict:
         sid = rd.execute_statement(Sql="SELECT current_database()", Database=database, ClusterIdentifier="c",
                                    DbUser="awsuser")["Id"]
-        assert wait_done(rd, sid)["Status"] == "FINISHED"
-        return records(rd, sid)[0][0]["stringValue"]
-    assert current_database("postgres") == "postgres"
-    assert current_database(f"no_such_db_{uuid.uuid4().hex[:8]}") == "test"
+        return wait_done(rd, sid) | {"Id": sid}
+    known = current_database("postgres")
+    assert known["Status"] == "FINISHED"
+    assert records(rd, known["Id"])[0][0]["stringValue"] == "postgres"
+    # As on Redshift: a database that does not exist fails the statement, never another database.
+    name = f"no_such_db_{uuid.uuid4().hex[:8]}"
+    unknown = current_database(name)
+    assert unknown["Status"] == "FAILED"
+    assert f'database "{name}" does not exist' in unknown["Error"], unknown["Error"]
 
 
 def test_failed_statement_reports_postgres_error(rd, schema):
@@ -627,7 +632,8 @@ def test_a_database_dropped_and_made_again_is_set_up_again(rd, new_database):
     db = new_database("SERIALIZABLE")
     assert isolation_of(rd, db)[1] == "serializable"
     run_ok(rd, f"DROP DATABASE {db}")
-    assert run_in(rd, db, "SELECT current_database()")["Status"] == "FINISHED"  # falls back to the default
+    gone = run_in(rd, db, "SELECT current_database()")
+    assert gone["Status"] == "FAILED" and "does not exist" in gone["Error"], gone
     run_ok(rd, f"CREATE DATABASE {db}")
     assert isolation_of(rd, db) == ("Snapshot Isolation".ljust(20), "repeatable read", "repeatable read")
     assert records(rd, run_ok_in(rd, db, "SELECT 'a'::varchar = 'a '::varchar")["Id"]) == [[{"booleanValue": True}]]
