@@ -2094,13 +2094,13 @@ impl RedshiftWarehouse {
     /// One BatchExecuteStatement, submitted once and never rerun: the error text Redshift gave.
     pub fn try_batch_once(&self, sqls: &[String]) -> Result<(), String> {
         self.inner.block_on(self.inner.api.attempt("selftest", sqls, true, None)).map(|_| ()).map_err(|e| match e {
-            RunError::Conflict(t) | RunError::Failed(t) | RunError::Aborted(t) | RunError::Call(t) => t,
+            RunError::Conflict(t) | RunError::Failed(t) | RunError::Aborted(t) | RunError::Call { text: t, .. } => t,
         })
     }
 
     /// The COPY the product would run for `sql`'s staging table from the manifest at `manifest_url`.
     pub fn copy_staging_sql(&self, sql: &Sql<'_>, manifest_url: &str) -> String {
-        self.inner.copy_role_clause(sql.copy_staging(manifest_url, &self.inner.copy_role))
+        sql.copy_staging(manifest_url, &self.inner.copy_role)
     }
 
     /// Uploads `body` as `<staging_uri><name>`; returns its `s3://` URL.
