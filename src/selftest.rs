@@ -561,6 +561,22 @@ impl<'a> Scratch<'a> {
 // ------------------------------------------------------------------------------------------
 // The checks
 
+/// What to change when a COPY could not reach its staging objects; None for other failures.
+fn staging_trouble(error: &str) -> Option<&'static str> {
+    if error.contains("uploading s3://") {
+        Some("the service cannot write under warehouse.staging_uri: allow it s3:PutObject, s3:ListBucket and s3:DeleteObject there")
+    } else if error.to_ascii_lowercase().contains("access denied") || error.contains("AccessDenied") {
+        Some("COPY cannot read the staging objects: warehouse.copy_role_arn must name a role associated with the workgroup/cluster that may s3:GetObject under warehouse.staging_uri")
+    } else {
+        None
+    }
+}
+
+/// What to change when a COPY check could not load: the staging access, or `otherwise`.
+fn copy_advice(error: &str, otherwise: &str) -> String {
+    staging_trouble(error).unwrap_or(otherwise).to_string()
+}
+
 /// 1. Which isolation level the database runs (both are supported; informational).
 fn isolation_level(x: &Scratch) -> Check {
     const NAME: &str = "isolation_level";
@@ -738,7 +754,10 @@ fn copy_fractional_seconds(x: &Scratch) -> Check {
         return Check::fail(
             NAME,
             format!("the COPY of {stored:?} failed: {e}"),
-            "the COPY options of Sql::copy_staging (TIMEFORMAT 'YYYY-MM-DD HH:MI:SS') refuse fractional seconds here: change its TIMEFORMAT (e.g. 'auto') and rerun selftest",
+            copy_advice(
+                &e,
+                "the COPY options of Sql::copy_staging (TIMEFORMAT 'YYYY-MM-DD HH:MI:SS') refuse fractional seconds here: change its TIMEFORMAT (e.g. 'auto') and rerun selftest",
+            ),
         );
     }
     let sql = format!(
@@ -776,7 +795,7 @@ fn copy_null_and_empty(x: &Scratch) -> Check {
         return Check::fail(
             NAME,
             format!("the COPY failed: {e}"),
-            "see the error: the product's COPY must load these fields",
+            copy_advice(&e, "see the error: the product's COPY must load these fields"),
         );
     }
     let got = match x.probe_values(key) {
@@ -839,7 +858,9 @@ fn varchar_bytes(x: &Scratch) -> Check {
     let probe = x.contract.columns.iter().find(|c| c.name == PROBE_COLUMN).expect("the probe column");
     let contract_agrees = check_value(probe, &fits).is_ok() && check_value(probe, &over).is_err();
     let mut advice = Vec::new();
-    if insert_fits.is_err() || copy_fits.is_err() {
+    if let Some(trouble) = copy_fits.as_ref().err().and_then(|e| staging_trouble(e)) {
+        advice.push(trouble);
+    } else if insert_fits.is_err() || copy_fits.is_err() {
         advice.push("VARCHAR(n) did not hold n bytes of multi-byte text: the product's DDL (VARCHAR(max_length)) is too narrow here; widen it");
     }
     if insert_over.is_ok() || copy_over.is_ok() {
