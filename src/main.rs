@@ -206,7 +206,12 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    // selftest provokes conflicts on purpose: the runner's warnings about them are its report's business.
+    let level = match cli.command {
+        Command::Run { .. } => "info",
+        Command::Selftest { .. } => "error",
+        _ => "warn",
+    };
     init_logging(cli.log_format, level);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the runtime");
     let code = match runtime.block_on(dispatch(cli)) {

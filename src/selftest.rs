@@ -55,7 +55,7 @@ const RACE_ATTEMPTS: usize = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum SelftestError {
     #[error("selftest needs warehouse.kind = \"redshift\" (the configuration says {0:?})")]
-    NotRedshift(WarehouseKind),
+    NotRedshift(String),
     #[error("the redshift warehouse configuration is not usable: {0}")]
     Config(String),
     #[error("cannot run a statement on redshift (credentials, permissions or the workgroup/cluster name?): {0}")]
@@ -200,7 +200,7 @@ impl fmt::Display for Report {
 pub async fn run(setup: &Setup) -> Result<Report, SelftestError> {
     let cfg = &setup.config.warehouse;
     if cfg.kind != WarehouseKind::Redshift {
-        return Err(SelftestError::NotRedshift(cfg.kind));
+        return Err(SelftestError::NotRedshift(format!("{:?}", cfg.kind).to_lowercase()));
     }
     let contract = probe_contract(&setup.contract);
     let sdk = setup.sdk().await;
