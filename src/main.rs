@@ -380,8 +380,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 file.display(),
                 sample.len()
             );
-            print!("{}", toml::to_string(&draft)?);
-            Ok(ExitCode::SUCCESS)
+            for todo in &draft.todo {
+                println!("# TODO: {todo}");
+            }
+            print!("{}", toml::to_string(&draft.contract)?);
+            if draft.todo.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "contract infer: the draft is incomplete ({} to decide; see the TODO lines)",
+                    draft.todo.len()
+                );
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Publish { file, customer, to, gzip } => {
             let cx = Setup::new(config)?;
@@ -555,6 +566,8 @@ fn print_report_of_file(f: &Path, acc: &FileAccount, rejects: &[Reject]) {
     print_reasons(&rejects.iter().map(|r| reason_line(f, r)).collect::<Vec<_>>());
 }
 
+/// The header and up to `max_rows` records of a sample (gzip by extension), read by the `csv`
+/// crate: quoted fields, CRLF and a BOM as the validator sees them.
 fn read_sample(file: &Path, max_rows: usize) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let reader: Box<dyn std::io::Read> = if file.extension().is_some_and(|e| e == "gz") {
@@ -562,50 +575,22 @@ fn read_sample(file: &Path, max_rows: usize) -> anyhow::Result<(Vec<String>, Vec
     } else {
         Box::new(f)
     };
-    let mut lines = std::io::BufReader::new(reader);
-    let mut text = String::new();
-    use std::io::BufRead;
-    let mut rows = Vec::new();
-    let mut headers = Vec::new();
-    // A small CSV splitter is enough for a sample; quoted fields are honoured.
-    let mut first = true;
-    while rows.len() < max_rows && lines.read_line(&mut text)? > 0 {
-        if text.matches('"').count() % 2 == 1 {
-            continue; // a quoted newline: keep reading into the same record
-        }
-        let fields = split_csv_line(text.trim_end_matches(['\r', '\n']));
-        text.clear();
-        if first {
-            headers = fields;
-            first = false;
-        } else {
-            rows.push(fields);
-        }
-    }
-    if headers.is_empty() {
+    let mut csv = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(reader);
+    let headers: Vec<String> = csv
+        .headers()
+        .with_context(|| format!("reading the header of {}", file.display()))?
+        .iter()
+        .map(|h| h.trim_start_matches('\u{feff}').to_string())
+        .collect();
+    if headers.iter().all(|h| h.trim().is_empty()) {
         anyhow::bail!("{} is empty", file.display());
     }
-    Ok((headers, rows))
-}
-
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
+    let mut rows = Vec::new();
+    for record in csv.records().take(max_rows) {
+        let record = record.with_context(|| format!("reading {}", file.display()))?;
+        rows.push(record.iter().map(str::to_string).collect());
     }
-    out.push(cur);
-    out
+    Ok((headers, rows))
 }
 
 async fn run_demo(dir: &Path) -> anyhow::Result<ExitCode> {
