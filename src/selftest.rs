@@ -323,13 +323,9 @@ fn random_hex() -> String {
 fn probe_contract(contract: &Contract) -> Contract {
     let mut c = contract.clone();
     c.columns.retain(|col| col.name != PROBE_COLUMN);
-    c.columns.push(Column {
-        name: PROBE_COLUMN.into(),
-        ty: ColumnType::String,
-        required: false,
-        max_length: Some(PROBE_BYTES),
-        format: None,
-    });
+    let mut probe = Column::new(PROBE_COLUMN, ColumnType::String);
+    probe.max_length = Some(PROBE_BYTES);
+    c.columns.push(probe);
     c
 }
 
