@@ -19,7 +19,7 @@ use wau_ingest::replay::{self, Filter};
 use wau_ingest::validate::{FileAccount, Reject};
 use wau_ingest::warehouse::sql::{Dialect, Sql, Tables};
 use wau_ingest::warehouse::{LedgerTotals, Warehouse};
-use wau_ingest::{demo, http, run, Setup};
+use wau_ingest::{demo, http, run, selftest, Setup};
 
 #[derive(Parser)]
 #[command(name = "wau-ingest", version, about = "Exactly-once ingestion of WAU audit-log CSVs into the warehouse")]
@@ -126,6 +126,13 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// Check, in a scratch schema of the configured Redshift warehouse, every assumption the
+    /// product makes of Redshift (run once before the first deployment). Exit 0 when all pass,
+    /// 1 when any fails, 2 when it could not run.
+    Selftest {
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
     /// Probe /healthz (and /readyz with --ready) of a running service; exit 0 when healthy.
     Healthcheck {
         #[arg(long)]
@@ -164,6 +171,12 @@ enum CatalogCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum PrintDialect {
     Sqlite,
     Postgres,
@@ -193,7 +206,12 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    // selftest provokes conflicts on purpose: the runner's warnings about them are its report's business.
+    let level = match cli.command {
+        Command::Run { .. } => "info",
+        Command::Selftest { .. } => "error",
+        _ => "warn",
+    };
     init_logging(cli.log_format, level);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the runtime");
     let code = match runtime.block_on(dispatch(cli)) {
@@ -343,6 +361,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { dir } => run_demo(&dir).await,
+        Command::Selftest { format } => {
+            let outcome = selftest::run(&Setup::new(config)?).await;
+            let code = outcome.as_ref().map_or(2, |r| r.exit_code());
+            match (format, outcome) {
+                (ReportFormat::Text, Ok(report)) => println!("{report}"),
+                (ReportFormat::Text, Err(e)) => eprintln!("selftest could not run: {e}"),
+                (ReportFormat::Json, Ok(report)) => println!("{}", serde_json::to_string_pretty(&report)?),
+                (ReportFormat::Json, Err(e)) => println!("{}", serde_json::json!({ "error": e.to_string() })),
+            }
+            Ok(ExitCode::from(code))
+        }
         Command::Contract { command: ContractCommand::Infer { file, name, rows } } => {
             let (headers, sample) = read_sample(&file, rows)?;
             let draft = contract::infer(&name, &headers, &sample);

@@ -1939,6 +1939,62 @@ fn commit_statements(
     Ok(Plan { uploads, statements, ledger_insert })
 }
 
+// selftest's access: the statement runner and the staging location, for `wau-ingest selftest`
+// (`crate::selftest`), which checks on a real workgroup what the product assumes of Redshift.
+impl RedshiftWarehouse {
+    /// One BatchExecuteStatement (one transaction) through the product's runner: a
+    /// serialization conflict reruns it, as it does a commit. Rows affected per statement.
+    pub fn run_batch(&self, sqls: &[String]) -> Result<Vec<i64>, WarehouseError> {
+        let done = self.inner.block_on(self.inner.api.run("selftest", sqls, true, None))?;
+        Ok(done.subs.iter().map(|s| s.result_rows).collect())
+    }
+
+    /// One BatchExecuteStatement, submitted once and never rerun: the error text Redshift gave.
+    pub fn try_batch_once(&self, sqls: &[String]) -> Result<(), String> {
+        self.inner.block_on(self.inner.api.attempt("selftest", sqls, true, None)).map(|_| ()).map_err(|e| match e {
+            RunError::Conflict(t) | RunError::Failed(t) | RunError::Aborted(t) | RunError::Call { text: t, .. } => t,
+        })
+    }
+
+    /// The COPY the product would run for `sql`'s staging table from the manifest at `manifest_url`.
+    pub fn copy_staging_sql(&self, sql: &Sql<'_>, manifest_url: &str) -> String {
+        sql.copy_staging(manifest_url, &self.inner.copy_role)
+    }
+
+    /// Uploads `body` as `<staging_uri><name>`; returns its `s3://` URL.
+    pub fn put_staging(&self, name: &str, body: Vec<u8>) -> Result<String, WarehouseError> {
+        let key = format!("{}{name}", self.inner.staging.prefix);
+        self.inner.block_on(self.inner.put(&key, body))?;
+        Ok(self.inner.staging.url(&key))
+    }
+
+    /// Deletes every object under `<staging_uri><prefix>`; how many there were.
+    pub fn delete_staging_prefix(&self, prefix: &str) -> Result<usize, WarehouseError> {
+        let (inner, bucket) = (&self.inner, &self.inner.staging.bucket);
+        let full = format!("{}{prefix}", inner.staging.prefix);
+        let failed = |what: &str, e: String| WarehouseError::Other(format!("{what} s3://{bucket}/{full}: {e}"));
+        inner.block_on(async {
+            let mut keys = Vec::new();
+            let mut pages = inner.s3.list_objects_v2().bucket(bucket).prefix(&full).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| failed("listing", DisplayErrorContext(&e).to_string()))?;
+                keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            }
+            for key in &keys {
+                inner
+                    .s3
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| failed("deleting an object under", DisplayErrorContext(&e).to_string()))?;
+            }
+            Ok(keys.len())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
