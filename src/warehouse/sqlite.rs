@@ -286,10 +286,16 @@ impl Warehouse for SqliteWarehouse {
 struct OpenBatch {
     batch_id: i64,
     now: String,
+    /// What the batch's ledger rows say so far (the commit's report).
     files: u64,
+    rows_loaded: u64,
+    rows_rejected: u64,
+    /// Rows and bytes written, the open file's included (the flush policy's measure).
     rows: u64,
     bytes: u64,
-    rows_rejected: u64,
+    /// The open file's share of `rows` and `bytes`, given back when it is dropped.
+    file_rows: u64,
+    file_bytes: u64,
 }
 
 pub struct SqliteSink {
@@ -302,6 +308,14 @@ pub struct SqliteSink {
 }
 
 impl SqliteSink {
+    /// The open file's rows leave the batch (discarded or abandoned): so do they from `pending`.
+    fn drop_file_share(&mut self) {
+        if let Some(b) = self.batch.as_mut() {
+            b.rows -= std::mem::take(&mut b.file_rows);
+            b.bytes -= std::mem::take(&mut b.file_bytes);
+        }
+    }
+
     fn new(conn: Connection, contract: Contract, tables: Tables) -> SqliteSink {
         let insert_staging = Sql::new(Dialect::Sqlite, &contract, &tables).insert_staging();
         SqliteSink { conn, contract, tables, insert_staging, batch: None, file: None }
@@ -357,7 +371,17 @@ impl BatchSink for SqliteSink {
         if self.batch.is_none() {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             let batch_id: i64 = self.conn.query_row(&self.sql().next_batch_id(), [], |r| r.get(0))?;
-            self.batch = Some(OpenBatch { batch_id, now: now_text(), files: 0, rows: 0, bytes: 0, rows_rejected: 0 });
+            self.batch = Some(OpenBatch {
+                batch_id,
+                now: now_text(),
+                files: 0,
+                rows_loaded: 0,
+                rows_rejected: 0,
+                rows: 0,
+                bytes: 0,
+                file_rows: 0,
+                file_bytes: 0,
+            });
         }
         let id: [(&str, &dyn ToSql); 4] = [
             (":bucket", &file.bucket),
@@ -397,6 +421,29 @@ impl BatchSink for SqliteSink {
                 return Ok(Admission::Superseded);
             }
             Verdict::Reload => {
+                let batch_id = self.batch().batch_id;
+                let in_batch: [(&str, &dyn ToSql); 4] = [
+                    (":batch_id", &batch_id),
+                    (":bucket", &file.bucket),
+                    (":key", &file.key),
+                    (":version", &file.version),
+                ];
+                let [counts, forget @ ..] = self.sql().forget_batch_version();
+                let earlier: Option<(i64, i64)> = {
+                    use rusqlite::OptionalExtension;
+                    self.conn.query_row(&counts, in_batch.as_slice(), |r| Ok((r.get(0)?, r.get(1)?))).optional()?
+                };
+                for statement in forget {
+                    exec_named(&self.conn, &statement, &in_batch)?;
+                }
+                if let Some((loaded, rejected)) = earlier {
+                    // The copy earlier in this batch leaves it: so does its share of the report.
+                    let b = self.batch.as_mut().expect("open");
+                    b.files -= 1;
+                    b.rows_loaded -= loaded as u64;
+                    b.rows_rejected -= rejected as u64;
+                    b.rows = b.rows.saturating_sub(loaded as u64);
+                }
                 exec_named(&self.conn, &self.sql().replace_version(), &id)?;
             }
             Verdict::Load => {}
@@ -424,6 +471,8 @@ impl BatchSink for SqliteSink {
         let b = self.batch.as_mut().expect("open");
         b.rows += chunk.len() as u64;
         b.bytes += chunk.bytes as u64;
+        b.file_rows += chunk.len() as u64;
+        b.file_bytes += chunk.bytes as u64;
         Ok(())
     }
 
@@ -459,6 +508,7 @@ impl BatchSink for SqliteSink {
     fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
         self.open_file()?;
         self.conn.execute_batch("ROLLBACK TO file")?;
+        self.drop_file_share();
         Ok(())
     }
 
@@ -483,13 +533,17 @@ impl BatchSink for SqliteSink {
         self.file = None;
         let b = self.batch.as_mut().expect("open");
         b.files += 1;
+        b.rows_loaded += summary.rows_loaded;
         b.rows_rejected += summary.rows_rejected;
+        b.file_rows = 0;
+        b.file_bytes = 0;
         Ok(true)
     }
 
     fn abandon_file(&mut self) -> Result<(), WarehouseError> {
         if self.file.take().is_some() {
             self.conn.execute_batch("ROLLBACK TO file; RELEASE file")?;
+            self.drop_file_share();
         }
         Ok(())
     }
@@ -511,7 +565,7 @@ impl BatchSink for SqliteSink {
         Ok((b.files > 0).then_some(BatchReport {
             batch_id: b.batch_id,
             files: b.files,
-            rows_loaded: b.rows,
+            rows_loaded: b.rows_loaded,
             rows_rejected: b.rows_rejected,
         }))
     }
