@@ -360,7 +360,7 @@ impl RunError {
 impl std::fmt::Display for RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RunError::Conflict(e) => write!(f, "serialization conflict, retries exhausted: {e}"),
+            RunError::Conflict(e) => write!(f, "concurrency conflict: {e}"),
             RunError::Failed(e) => write!(f, "failed: {e}"),
             RunError::Aborted(e) => write!(f, "aborted: {e}"),
             RunError::Call { text, .. } => write!(f, "{text}"),
@@ -546,7 +546,7 @@ impl DataApi {
             .when(|e| matches!(e, RunError::Conflict(_)))
             .notify(|e, after| {
                 self.metrics.retry("data_api_statement");
-                warn!(operation = op, retry_in_ms = after.as_millis() as u64, error = %e, "redshift statement rerun after a serialization conflict");
+                warn!(operation = op, retry_in_ms = after.as_millis() as u64, error = %e, "redshift statement rerun after a concurrency conflict");
             })
             .await;
         self.metrics.statement(op, started.elapsed().as_secs_f64());
@@ -559,7 +559,8 @@ impl DataApi {
             [one] => headline(one),
             many => format!("batch of {} statements", many.len()),
         };
-        WarehouseError::classified(e.class(), format!("redshift {op}: {what}: {e}"))
+        let reruns = if matches!(e, RunError::Conflict(_)) { " (reruns exhausted)" } else { "" };
+        WarehouseError::classified(e.class(), format!("redshift {op}: {what}{reruns}: {e}"))
     }
 
     async fn attempt(
