@@ -61,6 +61,14 @@ impl Isolation {
             Isolation::Serializable => "SERIALIZABLE",
         }
     }
+
+    /// How `STV_DB_ISOLATION_LEVEL` names the level.
+    pub fn reported(self) -> &'static str {
+        match self {
+            Isolation::Snapshot => "Snapshot Isolation",
+            Isolation::Serializable => "Serializable",
+        }
+    }
 }
 
 pub struct Case {
@@ -168,6 +176,15 @@ impl Case {
             Some(i) => format!("CREATE DATABASE {} ISOLATION LEVEL {}", case.database, i.sql()),
         };
         case.statement("test", &create).await;
+        if let Some(i) = isolation {
+            let level = case
+                .query(&format!(
+                    "SELECT TRIM(isolation_level) FROM stv_db_isolation_level WHERE TRIM(db_name) = '{}'",
+                    case.database
+                ))
+                .await;
+            assert_eq!(level, [[Some(i.reported().to_string())]], "{} is at {i:?} isolation", case.database);
+        }
         case
     }
 
