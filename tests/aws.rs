@@ -408,6 +408,9 @@ async fn four_processes_with_every_file_notified_twice(isolation: Isolation) {
         .map(|i| Version { key: key(i), rows: rows(i * 1000 + SCALE_ROWS / 2, SCALE_ROWS, &format!("s{i}v2")) })
         .collect();
     let queued = (KEYS * 2 / 3) as usize;
+    // As a deployment does before it scales out: `run` migrates too, but four of them creating
+    // the tables at once on a fresh database race in PostgreSQL's catalog.
+    assert_eq!(case.cli(&["migrate"]).0, 0, "migrate");
     let mut ids = put_notified_twice(&case, &first[..queued], 10).await;
     let settings = [("WAU_INGEST_BATCH_MAX_ROWS", "400"), ("WAU_INGEST_MERGE_INTERVAL_SECS", "1")];
     let mut procs: Vec<Service> = (0..PROCESSES).map(|p| case.spawn_run(&format!("p{p}.log"), &settings)).collect();
@@ -442,14 +445,17 @@ async fn four_processes_with_every_file_notified_twice(isolation: Isolation) {
     })
     .await;
     let settle_time = began.elapsed();
-    for (p, svc) in procs.iter_mut().enumerate() {
-        signal(svc, "TERM");
-        let exit = wait_exit(&mut svc.0, Duration::from_secs(30));
-        assert!(exit.is_some_and(|s| s.success()), "process {p} exits cleanly: {exit:?}\n{}", logs());
-    }
-
     // Everything that should hold, checked together so a failure reports every count.
     let mut wrong: Vec<String> = Vec::new();
+    for (p, svc) in procs.iter_mut().enumerate() {
+        if svc.try_wait().unwrap().is_none() {
+            signal(svc, "TERM");
+        }
+        let exit = wait_exit(&mut svc.0, Duration::from_secs(30));
+        if !exit.is_some_and(|s| s.success()) {
+            wrong.push(format!("process {p} did not exit cleanly: {exit:?} (p{p}.log)"));
+        }
+    }
     if !settled {
         wrong.push(format!("did not settle within 120 s (queue depth {})", case.queue_depth(&case.queue_url).await));
     }
@@ -562,9 +568,14 @@ async fn four_processes_with_every_file_notified_twice(isolation: Isolation) {
     eprintln!("scale-out: {summary}");
     assert!(
         wrong.is_empty(),
-        "{summary}\n{} violations, the first:\n{}",
+        "{summary}\n{} violations, the first:\n{}\nthe first errors and warnings logged:\n{}",
         wrong.len(),
-        wrong[..wrong.len().min(20)].join("\n")
+        wrong[..wrong.len().min(20)].join("\n"),
+        all.lines()
+            .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("\"level\":\"WARN\""))
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(loaders >= 2, "at least two processes loaded files: {summary}");
 }
