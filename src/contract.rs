@@ -45,6 +45,14 @@ pub enum UnknownColumns {
     Reject,
 }
 
+/// The widest VARCHAR Redshift has, in bytes: what a string column without `max_length` holds.
+pub const MAX_VARCHAR_BYTES: usize = 65_535;
+
+/// Fractional-second digits a stored timestamp keeps: Redshift's COPY takes "up to a
+/// microsecond" and refuses more, so finer digits are cut off (truncated, never rounded:
+/// rounding could carry a value into the next second, day or year). Every engine stores the same.
+pub const MAX_FRACTION_DIGITS: usize = 6;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Column {
@@ -53,6 +61,7 @@ pub struct Column {
     pub ty: ColumnType,
     #[serde(default)]
     pub required: bool,
+    /// The most UTF-8 bytes a value may have (Redshift VARCHAR lengths are bytes; `é` takes 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,7 +119,7 @@ impl ValueError {
     pub fn describe(&self) -> String {
         match self {
             ValueError::Required => "a value is required".into(),
-            ValueError::MaxLength { max, len } => format!("{len} characters, at most {max} allowed"),
+            ValueError::MaxLength { max, len } => format!("{len} bytes, at most {max} allowed"),
             ValueError::Type { expected } => format!("not a valid {}", type_name(*expected)),
             ValueError::Format { expected } => format!("not a valid {}", format_name(*expected)),
             ValueError::Nul => "contains a NUL character, which the warehouse cannot store".into(),
@@ -133,6 +142,14 @@ fn format_name(f: Format) -> &'static str {
     match f {
         Format::Email => "email address",
         Format::Ip => "IP address",
+    }
+}
+
+impl Column {
+    /// The most bytes a string value of this column may have: `max_length`, else the widest
+    /// VARCHAR. Checked at validation, so no value reaches a warehouse that refuses it.
+    pub fn max_bytes(&self) -> usize {
+        self.max_length.unwrap_or(MAX_VARCHAR_BYTES)
     }
 }
 
@@ -168,6 +185,17 @@ impl Contract {
             }
             if seen.insert(c.name.as_str(), i).is_some() {
                 return Err(invalid(format!("column {} appears twice", c.name)));
+            }
+            match (c.ty, c.max_length) {
+                (ColumnType::String, Some(n)) if n == 0 || n > MAX_VARCHAR_BYTES => {
+                    return Err(invalid(format!(
+                        "column {}: max_length {n} is outside 1..={MAX_VARCHAR_BYTES} bytes (Redshift's widest VARCHAR)",
+                        c.name
+                    )));
+                }
+                (ColumnType::String, _) => {}
+                (_, Some(_)) => return Err(invalid(format!("column {}: max_length applies to strings only", c.name))),
+                (_, None) => {}
             }
             if c.format.is_some() && c.ty != ColumnType::String {
                 return Err(invalid(format!("column {}: a format applies to strings only", c.name)));
@@ -259,13 +287,10 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
     if v.is_empty() {
         return if col.required { Err(ValueError::Required) } else { Ok(false) };
     }
-    if let Some(max) = col.max_length {
-        // A string of at most `max` bytes has at most `max` characters: count only when needed.
+    if col.ty == ColumnType::String {
+        let max = col.max_bytes();
         if v.len() > max {
-            let len = v.chars().count();
-            if len > max {
-                return Err(ValueError::MaxLength { max, len });
-            }
+            return Err(ValueError::MaxLength { max, len: v.len() });
         }
     }
     let bad_type = ValueError::Type { expected: col.ty };
@@ -353,6 +378,7 @@ fn fast_utc_timestamp(v: &str, out: &mut String) -> bool {
             return false;
         }
         nanos = frac.iter().fold(0u32, |acc, c| acc * 10 + (c - b'0') as u32) * 10u32.pow(9 - frac.len() as u32);
+        nanos -= nanos % 10u32.pow(9 - MAX_FRACTION_DIGITS as u32);
     }
     if NaiveDate::from_ymd_opt(y as i32, mo, d).is_none() || h > 23 || mi > 59 || s > 59 {
         return false;
@@ -362,14 +388,8 @@ fn fast_utc_timestamp(v: &str, out: &mut String) -> bool {
     out.push(' ');
     out.push_str(&v[11..19]);
     if nanos != 0 {
-        // As chrono's `%.f`: 3, 6 or 9 digits, the fewest that hold the value.
-        let digits = if nanos % 1_000_000 == 0 {
-            3
-        } else if nanos % 1_000 == 0 {
-            6
-        } else {
-            9
-        };
+        // As chrono's `%.f`: 3 or 6 digits, the fewest that hold the (truncated) value.
+        let digits = if nanos % 1_000_000 == 0 { 3 } else { 6 };
         let mut buf = [b'0'; 9];
         let mut n = nanos;
         for d in buf.iter_mut().rev() {
@@ -403,7 +423,12 @@ pub fn parse_timestamp(v: &str) -> Option<DateTime<Utc>> {
     None
 }
 
+/// The stored form: UTC, `YYYY-MM-DD HH:MM:SS` and 3 or 6 fractional digits when there are
+/// any, cut to [`MAX_FRACTION_DIGITS`].
 pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    use chrono::Timelike;
+    let step = 10u32.pow(9 - MAX_FRACTION_DIGITS as u32);
+    let t = t.with_nanosecond(t.nanosecond() - t.nanosecond() % step).unwrap_or(t);
     t.format("%Y-%m-%d %H:%M:%S%.f").to_string()
 }
 
@@ -434,7 +459,7 @@ pub fn infer(name: &str, headers: &[String], rows: &[Vec<String>]) -> Contract {
                     })
             })
             .unwrap_or(ColumnType::String);
-        let max_len = non_empty.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+        let max_len = non_empty.iter().map(|v| v.len()).max().unwrap_or(0);
         let format = if ty == ColumnType::String && !non_empty.is_empty() {
             if non_empty.iter().all(|v| is_email(v)) {
                 Some(Format::Email)
@@ -450,7 +475,8 @@ pub fn infer(name: &str, headers: &[String], rows: &[Vec<String>]) -> Contract {
             name: col_name,
             ty,
             required: !rows.is_empty() && non_empty.len() == values.len(),
-            max_length: (ty == ColumnType::String).then(|| (max_len.max(1) * 2).next_power_of_two()),
+            max_length: (ty == ColumnType::String)
+                .then(|| (max_len.max(1) * 2).next_power_of_two().min(MAX_VARCHAR_BYTES)),
             format,
         });
     }
@@ -524,10 +550,39 @@ mod tests {
     }
 
     #[test]
-    fn max_length_counts_characters() {
-        let c = col(ColumnType::String, true, Some(3), None);
-        assert_eq!(check_value(&c, "äöü"), Ok(Some("äöü".into())));
-        assert_eq!(check_value(&c, "abcd"), Err(ValueError::MaxLength { max: 3, len: 4 }));
+    fn max_length_counts_bytes_as_redshift_varchar_does() {
+        let c = col(ColumnType::String, true, Some(6), None);
+        assert_eq!(check_value(&c, "äöü"), Ok(Some("äöü".into())), "3 characters, 6 bytes");
+        assert_eq!(check_value(&c, "äöüa"), Err(ValueError::MaxLength { max: 6, len: 7 }));
+        assert_eq!(check_value(&c, "abcdefg"), Err(ValueError::MaxLength { max: 6, len: 7 }));
+        let e = col(ColumnType::String, true, Some(64), None);
+        assert!(check_value(&e, &"é".repeat(32)).is_ok());
+        assert_eq!(check_value(&e, &"é".repeat(33)).unwrap_err().describe(), "66 bytes, at most 64 allowed");
+    }
+
+    #[test]
+    fn a_string_without_max_length_still_fits_the_widest_varchar() {
+        let c = col(ColumnType::String, true, None, None);
+        assert!(check_value(&c, &"x".repeat(MAX_VARCHAR_BYTES)).is_ok());
+        assert_eq!(
+            check_value(&c, &"€".repeat(MAX_VARCHAR_BYTES / 3 + 1)),
+            Err(ValueError::MaxLength { max: MAX_VARCHAR_BYTES, len: 65_538 })
+        );
+    }
+
+    #[test]
+    fn max_length_beyond_the_widest_varchar_or_on_a_non_string_is_refused() {
+        let text = include_str!("../contracts/wau_audit_log.toml");
+        let wide = text.replacen("max_length = 512", "max_length = 65536", 1);
+        assert!(Contract::parse(&wide, "t").unwrap_err().to_string().contains("outside 1..=65535 bytes"));
+        let zero = text.replacen("max_length = 512", "max_length = 0", 1);
+        assert!(Contract::parse(&zero, "t").is_err());
+        let on_time = text.replacen(
+            "type = \"timestamp\"\nrequired = true",
+            "type = \"timestamp\"\nrequired = true\nmax_length = 8",
+            1,
+        );
+        assert!(Contract::parse(&on_time, "t").unwrap_err().to_string().contains("strings only"));
     }
 
     #[test]
@@ -555,6 +610,14 @@ mod tests {
         assert_eq!(ok("2026-11-23 10:00:00"), "2026-11-23 10:00:00");
         assert_eq!(ok("2026-11-23 05:00:00-0500"), "2026-11-23 10:00:00");
         assert_eq!(ok("2026-11-23T10:00:00.250Z"), "2026-11-23 10:00:00.250");
+        // At most microseconds, as COPY takes them: finer digits are cut, never rounded.
+        assert_eq!(ok("2026-11-23T10:00:00.123456Z"), "2026-11-23 10:00:00.123456");
+        assert_eq!(ok("2026-11-23T10:00:00.123456789Z"), "2026-11-23 10:00:00.123456");
+        assert_eq!(ok("2026-11-23T10:00:00.1234567"), "2026-11-23 10:00:00.123456");
+        assert_eq!(ok("2026-11-23T10:00:00.000000999Z"), "2026-11-23 10:00:00");
+        assert_eq!(ok("2026-12-31T23:59:59.999999999Z"), "2026-12-31 23:59:59.999999");
+        assert_eq!(ok("2026-11-23T11:00:00.123456789+01:00"), "2026-11-23 10:00:00.123456");
+        assert_eq!(ok("2026-11-23T11:00:00.000000999+01:00"), "2026-11-23 10:00:00");
         assert_eq!(check_value(&t, "23/11/2026").unwrap_err().rule(), "type");
         assert_eq!(check_value(&t, "2026-11-23").unwrap_err().rule(), "type");
     }

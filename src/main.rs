@@ -264,8 +264,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "-- wau-ingest merge, contract {} v{}: one transaction, statements end with ';'",
                     contract.name, contract.version
                 );
-                for s in Sql::new(Dialect::Redshift, &contract, &tables).merge() {
-                    println!("{s};");
+                for step in Sql::new(Dialect::Redshift, &contract, &tables).merge() {
+                    println!("{};", step.sql);
                 }
                 return Ok(ExitCode::SUCCESS);
             }

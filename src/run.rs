@@ -66,12 +66,18 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     let w = warehouse.clone();
     tokio::task::spawn_blocking(move || w.migrate()).await??;
 
-    // /readyz: the store answers and the warehouse takes a query.
+    // Set while the ingest loop backs off after a failure: /readyz then says why.
+    let backing_off: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    // /readyz: the ingest loop is not backing off, the store answers, the warehouse takes a query.
     let ready: http::ReadyCheck = {
-        let (store, warehouse) = (store.clone(), warehouse.clone());
+        let (store, warehouse, backing_off) = (store.clone(), warehouse.clone(), backing_off.clone());
         Arc::new(move || {
             let (store, w) = (store.clone(), warehouse.clone());
+            let waiting = backing_off.lock().expect("readiness lock").clone();
             Box::pin(async move {
+                if let Some(reason) = waiting {
+                    return Err(format!("backing off after a failure: {reason}"));
+                }
                 store.ping().await.map_err(|e| format!("store: {e}"))?;
                 tokio::task::spawn_blocking(move || w.ping())
                     .await
@@ -115,6 +121,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         .with_jitter()
         .without_max_times();
     let mut backoff = backoff_builder.build();
+    let mut stopped_by: Option<anyhow::Error> = None;
     loop {
         let deadline = pipeline.flush_deadline();
         let commit_ended = pipeline.commit_ended();
@@ -139,8 +146,20 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
             },
         };
         match step {
-            Ok(()) => backoff = backoff_builder.build(),
+            Ok(()) => {
+                backoff = backoff_builder.build();
+                *backing_off.lock().expect("readiness lock") = None;
+            }
             Err(IngestError::Shutdown) => break,
+            Err(IngestError::Warehouse(e)) if !e.class().retryable() => {
+                // A missing table, a wrong database, denied credentials, data the warehouse
+                // refuses: no retry changes it. Stop (exit non-zero) with the reason, after the
+                // drain below gives every delivery back.
+                error!(error = %e, class = e.class().as_str(), "the warehouse refuses the service; stopping");
+                stopped_by = Some(anyhow::anyhow!("stopped: the warehouse failed ({}): {e}", e.class().as_str()));
+                cancel.cancel();
+                break;
+            }
             Err(e) if !pipeline.writer_alive() => {
                 // A panic in the writer is a bug, not weather: stop (exit non-zero) so the
                 // orchestrator restarts a clean process; nothing uncommitted was acknowledged.
@@ -152,6 +171,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
             Err(e) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest step failed; backing off");
+                *backing_off.lock().expect("readiness lock") = Some(e.to_string());
                 metrics.retry(if matches!(e, IngestError::Retry { .. }) {
                     "source_receive"
                 } else {
@@ -178,7 +198,10 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     http_stop.cancel();
     let _ = http_task.await;
     info!("stopped");
-    Ok(())
+    match stopped_by {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Runs the merge every `interval_secs`; shutdown interrupts a merge in progress (it rolls back).

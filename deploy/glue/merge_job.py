@@ -20,8 +20,16 @@ SQL file format:
   * text after the last `;` that is not a comment is an error (a truncated file must not run);
   * 1 to 40 statements (the BatchExecuteStatement limit), each under 100 KB.
 
-Exit status: 0 when the batch FINISHED; 1 when it FAILED, was ABORTED or timed out (Glue
-then marks the run FAILED and retries it once, MaxRetries 1); 2 on a bad argument or SQL file.
+A batch that fails on a concurrency conflict (Redshift's `1023 … Serializable isolation
+violation`, or `could not complete because of conflict with concurrent transaction`) is
+submitted again, up to MAX_CONFLICT_RETRIES times with growing pauses, as the service's own
+runner does (`is_serialization_conflict` in src/warehouse/redshift.rs: the same rule). The
+merge SQL begins with `LOCK wau_ingest_lock`, so it waits for the service's commits rather
+than conflicting with them; the retry covers what the lock cannot (other writers of the tables).
+
+Exit status: 0 when the batch FINISHED; 1 when it FAILED (after the conflict retries), was
+ABORTED or timed out (Glue then marks the run FAILED and retries it once, MaxRetries 1); 2 on a
+bad argument or SQL file.
 """
 
 import datetime
@@ -32,7 +40,20 @@ import time
 MAX_STATEMENTS = 40
 MAX_STATEMENT_BYTES = 100 * 1024
 TERMINAL_STATES = ("FINISHED", "FAILED", "ABORTED")
+MAX_CONFLICT_RETRIES = 6
+CONFLICT_PAUSE_SECS = (1, 2, 4, 8, 15, 30)
 REQUIRED_ARGS = ("merge_sql_uri", "workgroup_name", "database")
+
+
+def is_conflict(error):
+    """A FAILED batch worth submitting again: a concurrency abort (the Rust rule, twin of
+    `is_serialization_conflict`): any `serializ…` text, Redshift's snapshot-isolation text,
+    a deadlock, or the error number 1023 standing alone."""
+    lower = (error or "").lower()
+    if ("serializ" in lower or "conflict with concurrent transaction" in lower
+            or "deadlock detected" in lower):
+        return True
+    return re.search(r"(?<![0-9A-Za-z])1023(?![0-9A-Za-z])", error or "") is not None
 
 
 class MergeSqlError(ValueError):
@@ -192,28 +213,37 @@ def run(argv, s3=None, data_api=None, sleep=time.sleep, clock=time.monotonic, ou
         print(f"merge job: s3://{bucket}/{key}: {error}", file=sys.stderr)
         return 2
 
-    batch = data_api.batch_execute_statement(
-        WorkgroupName=args["workgroup_name"],
-        Database=args["database"],
-        Sqls=statements,
-        StatementName="wau-ingest-merge",
-    )
-    statement_id = batch["Id"]
-    print(
-        f"merge job: submitted {len(statements)} statements from s3://{bucket}/{key} "
-        f"to {args['workgroup_name']}/{args['database']} as {statement_id}",
-        file=out,
-    )
+    for attempt in range(MAX_CONFLICT_RETRIES + 1):
+        batch = data_api.batch_execute_statement(
+            WorkgroupName=args["workgroup_name"],
+            Database=args["database"],
+            Sqls=statements,
+            StatementName="wau-ingest-merge",
+        )
+        statement_id = batch["Id"]
+        print(
+            f"merge job: submitted {len(statements)} statements from s3://{bucket}/{key} "
+            f"to {args['workgroup_name']}/{args['database']} as {statement_id}",
+            file=out,
+        )
 
-    description = wait_for(data_api, statement_id, timeout_secs, sleep=sleep, clock=clock)
-    if description is None:
-        print(f"merge job: {statement_id} not finished after {timeout_secs:.0f} s; cancelling",
-              file=sys.stderr)
-        try:
-            data_api.cancel_statement(Id=statement_id)
-        except Exception as error:  # the run fails either way; say why cancelling failed
-            print(f"merge job: cancel {statement_id} failed: {error}", file=sys.stderr)
-        return 1
+        description = wait_for(data_api, statement_id, timeout_secs, sleep=sleep, clock=clock)
+        if description is None:
+            print(f"merge job: {statement_id} not finished after {timeout_secs:.0f} s; cancelling",
+                  file=sys.stderr)
+            try:
+                data_api.cancel_statement(Id=statement_id)
+            except Exception as error:  # the run fails either way; say why cancelling failed
+                print(f"merge job: cancel {statement_id} failed: {error}", file=sys.stderr)
+            return 1
+        if (description["Status"] == "FAILED" and is_conflict(description.get("Error"))
+                and attempt < MAX_CONFLICT_RETRIES):
+            pause = CONFLICT_PAUSE_SECS[min(attempt, len(CONFLICT_PAUSE_SECS) - 1)]
+            print(f"merge job: {statement_id} hit a concurrency conflict "
+                  f"({description.get('Error')}); submitting again in {pause} s", file=out)
+            sleep(pause)
+            continue
+        break
 
     status = description["Status"]
     report(description, out)

@@ -6,6 +6,7 @@
 //! nothing may be acknowledged, before `commit` returns. Implementations: [`sqlite`] (embedded) and
 //! [`redshift`] (the Redshift Data API with COPY from S3 staging).
 
+pub mod ledger;
 pub mod redshift;
 pub mod sql;
 pub mod sqlite;
@@ -19,8 +20,73 @@ use crate::validate::{Reject, RowChunk};
 pub enum WarehouseError {
     #[error("warehouse: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A failure the warehouse classified (see [`ErrorClass`]).
+    #[error("warehouse: {message}")]
+    Classified { class: ErrorClass, message: String },
+    /// Not classified: met like a transient failure (back off, try again).
     #[error("warehouse: {0}")]
     Other(String),
+}
+
+/// How a warehouse failure is met: the small set callers branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Throttling, a server error, a lost connection, an interrupted statement: back off and
+    /// try again; nothing was committed.
+    Transient,
+    /// A concurrency conflict that outlived its reruns: back off and try again.
+    Conflict,
+    /// The warehouse refused data the contract accepted (a width, a time format): the batch
+    /// would fail on every retry. A defect: stop and say so.
+    RejectedData,
+    /// The product asked something it must not (SQL the engine does not take, a call out of
+    /// order): a defect: stop and say so.
+    Misuse,
+    /// The service cannot work as configured: a missing table or database, denied
+    /// credentials, an unknown workgroup. Retrying cannot help: stop with the reason.
+    Fatal,
+}
+
+impl ErrorClass {
+    /// Worth backing off and trying again.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorClass::Transient | ErrorClass::Conflict)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Conflict => "conflict",
+            ErrorClass::RejectedData => "rejected data",
+            ErrorClass::Misuse => "misuse",
+            ErrorClass::Fatal => "fatal",
+        }
+    }
+}
+
+impl WarehouseError {
+    pub fn classified(class: ErrorClass, message: impl Into<String>) -> WarehouseError {
+        WarehouseError::Classified { class, message: message.into() }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            WarehouseError::Classified { class, .. } => *class,
+            WarehouseError::Sqlite(e) => sqlite_class(e),
+            WarehouseError::Other(_) => ErrorClass::Transient,
+        }
+    }
+}
+
+/// SQLite: a busy or locked database is weather; a file that cannot be opened or written, or
+/// a missing table, is the deployment's; the rest is the product's.
+fn sqlite_class(e: &rusqlite::Error) -> ErrorClass {
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked | SystemIoFailure | OutOfMemory) => ErrorClass::Transient,
+        Some(CannotOpen | ReadOnly | PermissionDenied | DatabaseCorrupt | NotADatabase | DiskFull) => ErrorClass::Fatal,
+        _ if e.to_string().contains("no such table") => ErrorClass::Fatal,
+        _ => ErrorClass::Misuse,
+    }
 }
 
 /// A file version, fully identified, as the ledger records it.

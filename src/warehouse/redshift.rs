@@ -79,11 +79,15 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
 
-use super::sql::{sql_literal_body, Dialect, Sql, Tables, LOADED, REJECTED, REPLACED, SUPERSEDED};
+use super::ledger::{self, counts_for_order_sql, is_newer, same_version, Verdict};
+use super::sql::{
+    column_names, ledger_table, rejects_table, sql_literal_body, Dialect, MergeStepKind, OwnType, Sql, Tables, LOADED,
+    REJECTED, REPLACED, SUPERSEDED,
+};
 use super::stage::{self, PartWriter};
 use super::{
-    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, PendingCommit,
-    Warehouse, WarehouseError, WauRow,
+    Admission, BatchReport, BatchSink, ErrorClass, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport,
+    PendingCommit, Warehouse, WarehouseError, WauRow,
 };
 use crate::config::WarehouseConfig;
 use crate::contract::{parse_timestamp, Contract};
@@ -96,6 +100,10 @@ pub const MAX_BATCH_STATEMENTS: usize = 40;
 pub const MAX_STATEMENT_BYTES: usize = 100 * 1024;
 /// What statements built here stay under (headroom below [`MAX_STATEMENT_BYTES`]).
 const STATEMENT_BUDGET_BYTES: usize = MAX_STATEMENT_BYTES - 4 * 1024;
+/// What the statements of one BatchExecuteStatement stay under together. The documentation
+/// gives 100 KB for "the statement" without saying whether a batch counts as one; the product
+/// assumes it does (`selftest` measures it), so a batch is never larger than one statement may be.
+pub const BATCH_BUDGET_BYTES: usize = STATEMENT_BUDGET_BYTES;
 /// Uncompressed bytes after which a staging part is cut (gzip makes it several times smaller;
 /// Redshift loads parts of 1 MB–1 GB compressed best).
 pub const DEFAULT_PART_BYTES: usize = 64 << 20;
@@ -107,15 +115,10 @@ pub const DEFAULT_REJECT_MEMORY_BYTES: usize = 8 << 20;
 /// The per-commit temporary table holding the batch's ledger rows.
 const BATCH_FILES: &str = "wau_batch_files";
 /// Serialization conflicts (error 1023) rerun a batch this many more times.
-const CONFLICT_RETRIES: usize = 4;
+const CONFLICT_RETRIES: usize = 6;
 /// Transient Data API / S3 errors are retried this many more times (on top of the SDK's own).
 const TRANSIENT_RETRIES: usize = 5;
 /// Widths (bytes, as Redshift counts them) of the ledger and rejects text columns.
-const REASON_BYTES: usize = 1024;
-const COLUMN_NAME_BYTES: usize = 128;
-const RULE_BYTES: usize = 32;
-const VALUE_BYTES: usize = 1024;
-const RAW_LINE_BYTES: usize = 4096;
 
 // ------------------------------------------------------------------------------------------
 // Values as SQL text
@@ -219,8 +222,11 @@ pub fn render(sql: &str, params: &[(&str, Lit)]) -> Result<String, String> {
     Ok(out)
 }
 
-/// `s` cut to at most `max` bytes at a character boundary (Redshift VARCHAR widths are bytes).
-fn fit(s: &str, max: usize) -> &str {
+/// `s` as a VARCHAR(`max`) holds it: NUL (which no engine stores) replaced by U+FFFD first,
+/// then cut to at most `max` bytes at a character boundary (Redshift VARCHAR widths are bytes),
+/// so the replacement can never push the text past the width.
+fn fit(s: &str, max: usize) -> Cow<'_, str> {
+    let s: Cow<'_, str> = if s.contains('\0') { Cow::Owned(s.replace('\0', "\u{FFFD}")) } else { Cow::Borrowed(s) };
     if s.len() <= max {
         return s;
     }
@@ -228,7 +234,13 @@ fn fit(s: &str, max: usize) -> &str {
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    &s[..end]
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[..end]),
+        Cow::Owned(mut o) => {
+            o.truncate(end);
+            Cow::Owned(o)
+        }
+    }
 }
 
 /// A timestamp as the warehouse's TIMESTAMP columns take it (microseconds, like the Glue job).
@@ -278,11 +290,18 @@ fn csv_line(values: &[Lit], out: &mut Vec<u8>) {
 // ------------------------------------------------------------------------------------------
 // Error classification
 
-/// A FAILED statement worth rerunning whole: Redshift's serializable isolation violation
-/// (`ERROR: 1023 DETAIL: Serializable isolation violation …`) or PostgreSQL's
-/// `could not serialize access …`. "1023" counts only as a number of its own.
+/// A FAILED statement worth rerunning whole: a concurrency abort. Redshift reports them two
+/// ways — `ERROR: 1023 DETAIL: Serializable isolation violation …` and, under SNAPSHOT isolation
+/// or from `INSERT … SELECT … WHERE EXISTS`, `could not complete because of conflict with
+/// concurrent transaction` — and PostgreSQL as `could not serialize access …` or a deadlock.
+/// "1023" counts only as a number of its own. `deploy/glue/merge_job.py` has the same rule
+/// (`is_conflict`); `.ci/deploy-checks` runs it on these texts.
 pub fn is_serialization_conflict(error: &str) -> bool {
-    if error.to_ascii_lowercase().contains("serializ") {
+    let lower = error.to_ascii_lowercase();
+    if lower.contains("serializ")
+        || lower.contains("conflict with concurrent transaction")
+        || lower.contains("deadlock detected")
+    {
         return true;
     }
     let b = error.as_bytes();
@@ -291,6 +310,31 @@ pub fn is_serialization_conflict(error: &str) -> bool {
         let after = b.get(i + 4).copied();
         !before.is_some_and(|c| c.is_ascii_alphanumeric()) && !after.is_some_and(|c| c.is_ascii_alphanumeric())
     })
+}
+
+/// How a FAILED statement's text is met. Conflicts are rerun before this is asked.
+pub fn failure_class(error: &str) -> ErrorClass {
+    let lower = error.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    if is_serialization_conflict(error) {
+        ErrorClass::Conflict
+    } else if any(&["does not exist", "permission denied", "not authorized", "must be owner", "access denied"]) {
+        ErrorClass::Fatal
+    } else if any(&[
+        "value too long",
+        "string length exceeds ddl length",
+        "invalid timestamp",
+        "invalid input syntax",
+        "load into table",
+        "out of range",
+        "invalid byte sequence",
+    ]) {
+        ErrorClass::RejectedData
+    } else if any(&["syntax error", "cannot process query string larger", "is longer than"]) {
+        ErrorClass::Misuse
+    } else {
+        ErrorClass::Transient
+    }
 }
 
 /// A failed call worth repeating as is: throttling, too many active statements, a server error.
@@ -350,8 +394,25 @@ enum RunError {
     Conflict(String),
     Failed(String),
     Aborted(String),
-    /// A Data API call failed (after its retries).
-    Call(String),
+    /// A Data API call failed (after its retries, when it was transient).
+    Call {
+        text: String,
+        transient: bool,
+    },
+}
+
+impl RunError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            RunError::Conflict(_) => ErrorClass::Conflict,
+            RunError::Failed(text) => failure_class(text),
+            RunError::Aborted(_) => ErrorClass::Transient,
+            RunError::Call { transient: true, .. } => ErrorClass::Transient,
+            // Refused outright (denied, unknown workgroup or database, invalid request):
+            // asking again cannot help.
+            RunError::Call { transient: false, .. } => ErrorClass::Fatal,
+        }
+    }
 }
 
 impl std::fmt::Display for RunError {
@@ -360,7 +421,7 @@ impl std::fmt::Display for RunError {
             RunError::Conflict(e) => write!(f, "serialization conflict, retries exhausted: {e}"),
             RunError::Failed(e) => write!(f, "failed: {e}"),
             RunError::Aborted(e) => write!(f, "aborted: {e}"),
-            RunError::Call(e) => write!(f, "{e}"),
+            RunError::Call { text, .. } => write!(f, "{text}"),
         }
     }
 }
@@ -562,7 +623,7 @@ impl DataApi {
             [one] => headline(one),
             many => format!("batch of {} statements", many.len()),
         };
-        WarehouseError::Other(format!("redshift {op}: {what}: {e}"))
+        WarehouseError::classified(e.class(), format!("redshift {op}: {what}: {e}"))
     }
 
     async fn attempt(
@@ -614,7 +675,9 @@ impl DataApi {
             }
         };
         let what = if batch { "BatchExecuteStatement" } else { "ExecuteStatement" };
-        self.retrying(what, op, call).await.map_err(|e| RunError::Call(format!("{what}: {}", e.text)))
+        self.retrying(what, op, call)
+            .await
+            .map_err(|e| RunError::Call { text: format!("{what}: {}", e.text), transient: e.transient })
     }
 
     /// One Data API call, retried with backoff while its errors are transient.
@@ -641,7 +704,7 @@ impl DataApi {
             self.client.describe_statement().id(id).send().await.map_err(call_error)
         })
         .await
-        .map_err(|e| RunError::Call(format!("DescribeStatement {id}: {}", e.text)))
+        .map_err(|e| RunError::Call { text: format!("DescribeStatement {id}: {}", e.text), transient: e.transient })
     }
 
     /// Polls until FINISHED, FAILED or ABORTED, backing off from 20 ms to 250 ms: a query
@@ -784,15 +847,6 @@ impl Inner {
 
     fn sql(&self) -> Sql<'_> {
         Sql::new(Dialect::Redshift, &self.contract, &self.tables)
-    }
-
-    /// A COPY FROM a manifest: `IAM_ROLE default` when no role is configured.
-    fn copy_role_clause(&self, copy: String) -> String {
-        if self.copy_role.is_empty() {
-            copy.replacen("IAM_ROLE ''", "IAM_ROLE default", 1)
-        } else {
-            copy
-        }
     }
 
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), WarehouseError> {
@@ -947,26 +1001,27 @@ impl RedshiftWarehouse {
             return Ok(MergeReport::default());
         }
         let now = timestamp_text(Utc::now());
-        // The report's inputs are read inside the merge's own transaction (its first two
-        // statements), so they describe exactly what this merge published.
+        let params = [("merged_at", Lit::Str(now)), ("rows_deleted", Lit::Null), ("rows_inserted", Lit::Null)];
+        let mut steps = inner.sql().merge().into_iter();
+        let lock =
+            steps.next().filter(|s| s.kind == MergeStepKind::Lock).expect("a Redshift merge begins with the lock");
+        // The report's inputs are read inside the merge's own transaction (after the lock, before
+        // anything changes), so they describe exactly what this merge published.
         let mut statements = vec![
+            lock.sql,
             format!("SELECT COUNT(*) FROM {files} WHERE merged_at IS NULL AND status = '{LOADED}'"),
             inner.sql().unmerged_event_times(),
         ];
-        let first_merge_statement = statements.len();
-        let params = [("merged_at", Lit::Str(now)), ("rows_deleted", Lit::Null), ("rows_inserted", Lit::Null)];
-        for s in inner.sql().merge() {
-            statements.push(render(&s, &params).map_err(WarehouseError::Other)?);
+        let (loaded_at, event_times_at) = (1, 2);
+        let (mut deleted_at, mut inserted_at) = (None, None);
+        for step in steps {
+            match step.kind {
+                MergeStepKind::DeleteTarget => deleted_at = Some(statements.len()),
+                MergeStepKind::InsertWinners => inserted_at = Some(statements.len()),
+                _ => {}
+            }
+            statements.push(render(&step.sql, &params).map_err(WarehouseError::Other)?);
         }
-        let position = |prefix: String| {
-            statements
-                .iter()
-                .skip(first_merge_statement)
-                .position(|s| s.starts_with(&prefix))
-                .map(|i| i + first_merge_statement)
-        };
-        let deleted_at = position(format!("DELETE FROM {} ", inner.tables.target));
-        let inserted_at = position(format!("INSERT INTO {} ", inner.tables.target));
         self.merging.cancelled.store(false, Ordering::SeqCst);
         let done = api.run("merge", &statements, true, Some(&self.merging)).await?;
         let sub = |i: usize| {
@@ -975,9 +1030,9 @@ impl RedshiftWarehouse {
                 .cloned()
                 .ok_or_else(|| WarehouseError::Other(format!("redshift merge {}: no sub-statement {}", done.id, i + 1)))
         };
-        let loaded = api.rows(&sub(0)?.id).await?;
+        let loaded = api.rows(&sub(loaded_at)?.id).await?;
         let event_times = api
-            .rows(&sub(1)?.id)
+            .rows(&sub(event_times_at)?.id)
             .await?
             .iter()
             .filter_map(|r| r.first().and_then(Cell::as_str).and_then(parse_timestamp))
@@ -1381,7 +1436,8 @@ fn admission_query(sql: &Sql<'_>, file: &FileMeta) -> Result<String, String> {
     let text = format!(
         "SELECT 0 AS kind, status, batch_id FROM {files} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}'\n\
          UNION ALL\n\
-         SELECT 1 AS kind, NULL, COUNT(*) FROM {files} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN ('{LOADED}', '{REJECTED}') AND sequencer > :sequencer"
+         SELECT 1 AS kind, NULL, COUNT(*) FROM {files} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN {counting} AND sequencer > :sequencer",
+        counting = counts_for_order_sql()
     );
     render(
         &text,
@@ -1411,19 +1467,6 @@ fn read_admission(rows: &[Vec<Cell>]) -> (Option<FileStatus>, i64) {
         }
     }
     (existing.and_then(|(_, s)| s), newer)
-}
-
-fn same_version(a: &FileMeta, b: &FileMeta) -> bool {
-    a.bucket == b.bucket && a.key == b.key && a.version == b.version
-}
-
-/// `other`, recorded with `status`, is a newer version of `file`'s key (the shared `newer_version_exists`).
-fn newer_version(other: &FileMeta, status: FileStatus, file: &FileMeta) -> bool {
-    other.bucket == file.bucket
-        && other.key == file.key
-        && other.version != file.version
-        && matches!(status, FileStatus::Loaded | FileStatus::Rejected)
-        && other.sequencer > file.sequencer
 }
 
 impl RedshiftSink {
@@ -1493,7 +1536,7 @@ impl RedshiftSink {
         let inner = self.inner.clone();
         let started = Instant::now();
         let mut objects: Vec<String> = b.entries.iter().flat_map(Entry::objects).collect();
-        let plan = plan_commit(&inner.sql(), &inner.staging, &b, |copy| inner.copy_role_clause(copy), &inner.copy_role);
+        let plan = plan_commit(&inner.sql(), &inner.staging, &b, &inner.copy_role);
         if let Ok(plan) = &plan {
             objects.extend(plan.uploads.iter().map(|(k, _)| k.clone()));
         }
@@ -1594,7 +1637,7 @@ impl BatchSink for RedshiftSink {
         // The batch committing is part of the ledger as this writer sees it, newer than what the
         // query saw.
         let recorded = flying.iter().find(|(m, _)| same_version(m, file)).map(|(_, s)| *s).or(recorded);
-        let newer_in_flight = flying.iter().any(|(m, status)| newer_version(m, *status, file));
+        let newer_in_flight = flying.iter().any(|(m, status)| is_newer(m, *status, file));
         let batch = self.batch.get_or_insert_with(|| OpenBatch {
             id: new_batch_id(),
             now: timestamp_text(Utc::now()),
@@ -1605,44 +1648,44 @@ impl BatchSink for RedshiftSink {
         // The open batch is part of the ledger as this writer sees it; its rows are the newest.
         let in_batch = batch.entries.iter().position(|e| same_version(&e.meta, file));
         let existing = in_batch.map(|i| batch.entries[i].status).or(recorded);
-        if let (Some(status), false) = (existing, force) {
-            return Ok(Admission::Duplicate(status));
-        }
-        let newer_in_batch = batch.entries.iter().any(|e| newer_version(&e.meta, e.status, file));
-        if newer_recorded > 0 || newer_in_batch || newer_in_flight {
-            if let Some(status) = existing {
-                return Ok(Admission::Duplicate(status));
+        let newer_in_batch = batch.entries.iter().any(|e| is_newer(&e.meta, e.status, file));
+        match ledger::admit(existing, newer_recorded > 0 || newer_in_batch || newer_in_flight, force) {
+            Verdict::Duplicate(status) => Ok(Admission::Duplicate(status)),
+            Verdict::Superseded => {
+                batch.entries.push(Entry {
+                    meta: file.clone(),
+                    status: FileStatus::Superseded,
+                    rows_read: 0,
+                    rows_loaded: 0,
+                    rows_rejected: 0,
+                    reason: None,
+                    merged_at: Some(batch.now.clone()),
+                    replaces: false,
+                    parts: Vec::new(),
+                    staged_rows: 0,
+                    staged_bytes: 0,
+                    rejects: Vec::new(),
+                    reject_parts: Vec::new(),
+                });
+                Ok(Admission::Superseded)
             }
-            batch.entries.push(Entry {
-                meta: file.clone(),
-                status: FileStatus::Superseded,
-                rows_read: 0,
-                rows_loaded: 0,
-                rows_rejected: 0,
-                reason: None,
-                merged_at: Some(batch.now.clone()),
-                replaces: false,
-                parts: Vec::new(),
-                staged_rows: 0,
-                staged_bytes: 0,
-                rejects: Vec::new(),
-                reject_parts: Vec::new(),
-            });
-            return Ok(Admission::Superseded);
-        }
-        let mut replaces = recorded.is_some();
-        if let Some(i) = in_batch {
-            // `force` on a version this batch already holds: the earlier copy never reaches the warehouse.
-            let earlier = batch.entries.remove(i);
-            replaces |= earlier.replaces;
-            batch.held = batch.held.minus(Held::of(&earlier.rejects));
-            let objects: Vec<String> = earlier.objects().collect();
-            if !objects.is_empty() {
-                self.inner.block_on(self.inner.delete(objects));
+            Verdict::Load | Verdict::Reload => {
+                let mut replaces = recorded.is_some();
+                if let Some(i) = in_batch {
+                    // `force` on a version this batch already holds: the earlier copy never
+                    // reaches the warehouse.
+                    let earlier = batch.entries.remove(i);
+                    replaces |= earlier.replaces;
+                    batch.held = batch.held.minus(Held::of(&earlier.rejects));
+                    let objects: Vec<String> = earlier.objects().collect();
+                    if !objects.is_empty() {
+                        self.inner.block_on(self.inner.delete(objects));
+                    }
+                }
+                self.file = Some(OpenFile::new(file.clone(), replaces, self.part_bytes));
+                Ok(Admission::Load)
             }
         }
-        self.file = Some(OpenFile::new(file.clone(), replaces, self.part_bytes));
-        Ok(Admission::Load)
     }
 
     fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError> {
@@ -1804,39 +1847,13 @@ impl Drop for RedshiftSink {
 // ------------------------------------------------------------------------------------------
 // The commit, as statements
 
-const BATCH_FILES_COLUMNS: [&str; 16] = [
-    "bucket",
-    "key",
-    "version",
-    "sequencer",
-    "size_bytes",
-    "rows_read",
-    "rows_loaded",
-    "rows_rejected",
-    "status",
-    "reason",
-    "batch_id",
-    "event_at",
-    "loaded_at",
-    "merged_at",
-    "contract_version",
-    "replaces",
-];
-
-const REJECT_COLUMNS: [&str; 12] = [
-    "bucket",
-    "key",
-    "version",
-    "batch_id",
-    "line",
-    "column_name",
-    "rule",
-    "reason",
-    "value",
-    "raw_line",
-    "contract_version",
-    "rejected_at",
-];
+/// The batch's ledger rows as the temporary table [`BATCH_FILES`] holds them: the ledger's
+/// columns, then whether the row replaces an earlier load of its version (a forced replay).
+fn batch_files_columns() -> Vec<&'static str> {
+    let mut cols = column_names(&ledger_table::COLUMNS);
+    cols.push("replaces");
+    cols
+}
 
 /// An object to upload before the batch runs: key and body.
 type Upload = (String, Vec<u8>);
@@ -1862,7 +1879,7 @@ fn ledger_values(e: &Entry, batch: &OpenBatch) -> Vec<Lit> {
         Lit::Int(e.rows_loaded as i64),
         Lit::Int(e.rows_rejected as i64),
         Lit::Str(e.status.as_str().into()),
-        Lit::opt(e.reason.as_deref().map(|r| fit(r, REASON_BYTES))),
+        Lit::opt(e.reason.as_deref().map(|r| fit(r, ledger_table::REASON.width())).as_deref()),
         Lit::Int(batch.id),
         Lit::Str(timestamp_text(m.event_time)),
         Lit::Str(batch.now.clone()),
@@ -1879,11 +1896,11 @@ fn reject_values(m: &FileMeta, r: &Reject, batch_id: i64, now: &str) -> Vec<Lit>
         Lit::Str(m.version.clone()),
         Lit::Int(batch_id),
         Lit::Int(r.line as i64),
-        Lit::opt(r.column.as_deref().map(|c| fit(c, COLUMN_NAME_BYTES))),
-        Lit::Str(fit(r.rule, RULE_BYTES).into()),
-        Lit::Str(fit(&r.reason, REASON_BYTES).into()),
-        Lit::opt(r.value.as_deref().map(|v| fit(v, VALUE_BYTES))),
-        Lit::opt(r.raw.as_deref().map(|v| fit(v, RAW_LINE_BYTES))),
+        Lit::opt(r.column.as_deref().map(|c| fit(c, rejects_table::COLUMN_NAME.width())).as_deref()),
+        Lit::Str(fit(r.rule, rejects_table::RULE.width()).into()),
+        Lit::Str(fit(&r.reason, rejects_table::REASON.width()).into()),
+        Lit::opt(r.value.as_deref().map(|v| fit(v, rejects_table::VALUE.width())).as_deref()),
+        Lit::opt(r.raw.as_deref().map(|v| fit(v, rejects_table::RAW_LINE.width())).as_deref()),
         Lit::Int(m.contract_version as i64),
         Lit::Str(now.to_string()),
     ]
@@ -1892,13 +1909,13 @@ fn reject_values(m: &FileMeta, r: &Reject, batch_id: i64, now: &str) -> Vec<Lit>
 /// A row set destined for one table: as `INSERT … VALUES` statements, or as a gzip CSV + COPY.
 struct RowSet {
     table: String,
-    columns: &'static [&'static str],
+    columns: Vec<&'static str>,
     rows: Vec<Vec<Lit>>,
     values: Option<Vec<String>>,
 }
 
 impl RowSet {
-    fn new(table: &str, columns: &'static [&'static str], rows: Vec<Vec<Lit>>) -> RowSet {
+    fn new(table: &str, columns: Vec<&'static str>, rows: Vec<Vec<Lit>>) -> RowSet {
         let head = format!("INSERT INTO {table} ({})", columns.join(", "));
         let rendered: Vec<String> = rows.iter().map(|r| values_row(r)).collect();
         let values = values_statements(&head, &rendered, STATEMENT_BUDGET_BYTES);
@@ -1906,13 +1923,8 @@ impl RowSet {
     }
 
     /// One that can only be loaded by COPY (its VALUES are not rendered).
-    fn copy_only(table: &str, columns: &'static [&'static str], rows: Vec<Vec<Lit>>) -> RowSet {
+    fn copy_only(table: &str, columns: Vec<&'static str>, rows: Vec<Vec<Lit>>) -> RowSet {
         RowSet { table: table.to_string(), columns, rows, values: None }
-    }
-
-    /// Statements it takes as VALUES (`usize::MAX` when it cannot be done so).
-    fn values_cost(&self) -> usize {
-        self.values.as_ref().map_or(usize::MAX, Vec::len)
     }
 
     /// The gzip CSV (none when the set is empty), its manifest, and the COPY that loads it.
@@ -1943,58 +1955,74 @@ impl RowSet {
         }
         let manifest_key = staging.key(batch_id, &format!("{name}.manifest.json"));
         let manifest = stage::manifest(&urls);
-        let copy = format!(
-            "COPY {} ({}) FROM {} IAM_ROLE {} FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS' EMPTYASNULL MAXERROR 0 COMPUPDATE OFF STATUPDATE OFF",
-            self.table,
-            self.columns.join(", "),
-            sql_string(&staging.url(&manifest_key)),
-            if role.is_empty() { "default".to_string() } else { sql_string(role) },
-        );
+        let copy = Sql::copy_manifest(&self.table, &self.columns, &staging.url(&manifest_key), role);
         objects.push((manifest_key, manifest.into_bytes()));
         Ok((objects, copy))
     }
 }
 
-/// The statements of one commit, in order (see the module docs). At most
-/// [`MAX_BATCH_STATEMENTS`]: ledger rows and rejects go in as VALUES while they fit the
-/// budget, else (rejects first) as a staged CSV loaded by COPY. Rejects spilled to staging
-/// put all the batch's rejects in by COPY, the in-memory ones as one more part.
-fn plan_commit(
-    sql: &Sql<'_>,
-    staging: &StagingLocation,
-    b: &OpenBatch,
-    copy_role_clause: impl Fn(String) -> String,
-    role: &str,
-) -> Result<Plan, WarehouseError> {
+/// The statements of one commit, in order (see the module docs): the writers' lock first, then
+/// the rest. At most [`MAX_BATCH_STATEMENTS`] statements and [`BATCH_BUDGET_BYTES`] of text in
+/// all: ledger rows and rejects go in as VALUES while they fit, else (rejects first) as a
+/// staged CSV loaded by COPY. Rejects spilled to staging put all the batch's rejects in by
+/// COPY, the in-memory ones as one more part.
+fn plan_commit(sql: &Sql<'_>, staging: &StagingLocation, b: &OpenBatch, role: &str) -> Result<Plan, WarehouseError> {
     let t = sql.t;
-    let (files, id) = (&t.files, b.id);
     let ledger =
-        RowSet::new(BATCH_FILES, &BATCH_FILES_COLUMNS, b.entries.iter().map(|e| ledger_values(e, b)).collect());
+        RowSet::new(BATCH_FILES, batch_files_columns(), b.entries.iter().map(|e| ledger_values(e, b)).collect());
     let reject_rows: Vec<Vec<Lit>> =
         b.entries.iter().flat_map(|e| e.rejects.iter().map(move |r| reject_values(&e.meta, r, b.id, &b.now))).collect();
     let spilled: Vec<String> = b.entries.iter().flat_map(|e| e.reject_parts.iter().cloned()).collect();
-    let has_rejects = !reject_rows.is_empty() || !spilled.is_empty();
     let rejects = if spilled.is_empty() {
-        RowSet::new(&t.rejects, &REJECT_COLUMNS, reject_rows)
+        RowSet::new(&t.rejects, column_names(&rejects_table::COLUMNS), reject_rows)
     } else {
-        RowSet::copy_only(&t.rejects, &REJECT_COLUMNS, reject_rows)
+        RowSet::copy_only(&t.rejects, column_names(&rejects_table::COLUMNS), reject_rows)
     };
+    // The first routing that fits, measured on the statements themselves.
+    for (ledger_by_values, rejects_by_values) in [(true, true), (true, false), (false, false)] {
+        if (ledger_by_values && ledger.values.is_none()) || (rejects_by_values && rejects.values.is_none()) {
+            continue;
+        }
+        let plan = commit_statements(sql, staging, b, role, &ledger, ledger_by_values, &rejects, rejects_by_values)?;
+        if plan.statements.len() <= MAX_BATCH_STATEMENTS && batch_bytes(&plan.statements) <= BATCH_BUDGET_BYTES {
+            return Ok(plan);
+        }
+    }
+    Err(WarehouseError::Other(format!(
+        "commit of batch {}: its statements do not fit one BatchExecuteStatement ({} statements, {} KB)",
+        b.id,
+        MAX_BATCH_STATEMENTS,
+        BATCH_BUDGET_BYTES / 1024
+    )))
+}
+
+/// The text a BatchExecuteStatement sends: its statements' bytes together.
+fn batch_bytes(statements: &[String]) -> usize {
+    statements.iter().map(String::len).sum()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn commit_statements(
+    sql: &Sql<'_>,
+    staging: &StagingLocation,
+    b: &OpenBatch,
+    role: &str,
+    ledger: &RowSet,
+    ledger_by_values: bool,
+    rejects: &RowSet,
+    rejects_by_values: bool,
+) -> Result<Plan, WarehouseError> {
+    let t = sql.t;
+    let (files, id) = (&t.files, b.id);
+    let spilled: Vec<String> = b.entries.iter().flat_map(|e| e.reject_parts.iter().cloned()).collect();
+    let has_rejects = !rejects.rows.is_empty() || !spilled.is_empty();
     let parts: Vec<String> = b.entries.iter().flat_map(|e| e.parts.iter().cloned()).collect();
     let replaces = b.entries.iter().any(|e| e.replaces);
-
-    // create + insert ledger + supersede + drop, and the optional ones.
-    let fixed = 4 + replaces as usize + if parts.is_empty() { 0 } else { 2 } + has_rejects as usize;
-    let rejects_cost = if has_rejects { rejects.values_cost() } else { 0 };
-    let ledger_by_values =
-        fixed.saturating_add(ledger.values_cost()).saturating_add(has_rejects as usize) <= MAX_BATCH_STATEMENTS;
-    let ledger_cost = if ledger_by_values { ledger.values_cost() } else { 1 };
-    let rejects_by_values =
-        !has_rejects || fixed.saturating_add(ledger_cost).saturating_add(rejects_cost) <= MAX_BATCH_STATEMENTS;
-
     let mut uploads = Vec::new();
-    let mut statements = vec![format!(
-        "CREATE TEMP TABLE {BATCH_FILES} (bucket VARCHAR(1024), key VARCHAR(1024), version VARCHAR(256), sequencer VARCHAR(64), size_bytes BIGINT, rows_read BIGINT, rows_loaded BIGINT, rows_rejected BIGINT, status VARCHAR(16), reason VARCHAR(1024), batch_id BIGINT, event_at TIMESTAMP, loaded_at TIMESTAMP, merged_at TIMESTAMP, contract_version BIGINT, replaces BIGINT)"
-    )];
+    let mut statements = vec![sql.lock_writers()];
+    let mut batch_files_ddl = sql.own_columns_ddl(&ledger_table::COLUMNS, false);
+    batch_files_ddl.push(format!("replaces {}", sql.own_type(OwnType::Int)));
+    statements.push(format!("CREATE TEMP TABLE {BATCH_FILES} ({})", batch_files_ddl.join(", ")));
     if ledger_by_values {
         statements.extend(ledger.values.clone().unwrap_or_default());
     } else {
@@ -2011,7 +2039,7 @@ fn plan_commit(
     }
     // The shared `insert_ledger` guard: a version recorded meanwhile by another writer is skipped.
     let ledger_insert = statements.len();
-    let ledger_cols = &BATCH_FILES_COLUMNS[..BATCH_FILES_COLUMNS.len() - 1].join(", ");
+    let ledger_cols = column_names(&ledger_table::COLUMNS).join(", ");
     statements.push(format!(
         "INSERT INTO {files} ({ledger_cols})\n\
          SELECT {ledger_cols} FROM {BATCH_FILES} b\n\
@@ -2021,13 +2049,14 @@ fn plan_commit(
     // (versions within the batch were settled in memory).
     statements.push(format!(
         "UPDATE {files} SET status = '{SUPERSEDED}', merged_at = NULL WHERE status = '{LOADED}' AND batch_id <> {id}\n\
-         \x20 AND EXISTS (SELECT 1 FROM {files} n WHERE n.batch_id = {id} AND n.status IN ('{LOADED}', '{REJECTED}') AND n.bucket = {files}.bucket AND n.key = {files}.key AND n.version <> {files}.version AND {files}.sequencer <= n.sequencer)"
+         \x20 AND EXISTS (SELECT 1 FROM {files} n WHERE n.batch_id = {id} AND n.status IN {counting} AND n.bucket = {files}.bucket AND n.key = {files}.key AND n.version <> {files}.version AND {files}.sequencer <= n.sequencer)",
+        counting = counts_for_order_sql()
     ));
     if !parts.is_empty() {
         let manifest_key = staging.key(id, "manifest.json");
         let urls: Vec<String> = parts.iter().map(|k| staging.url(k)).collect();
         uploads.push((manifest_key.clone(), stage::manifest(&urls).into_bytes()));
-        statements.push(copy_role_clause(sql.copy_staging(&staging.url(&manifest_key), role)));
+        statements.push(sql.copy_staging(&staging.url(&manifest_key), role));
         let st = &t.staging;
         statements.push(format!(
             "DELETE FROM {st} WHERE _batch_id = {id}\n\
@@ -2049,16 +2078,35 @@ fn plan_commit(
         ));
     }
     statements.push(format!("DROP TABLE {BATCH_FILES}"));
-    debug_assert!(statements.len() <= MAX_BATCH_STATEMENTS, "{} statements", statements.len());
-    if statements.len() > MAX_BATCH_STATEMENTS {
-        return Err(WarehouseError::Other(format!("commit of batch {id} needs {} statements", statements.len())));
-    }
     Ok(Plan { uploads, statements, ledger_insert })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_classified_by_what_retrying_can_change() {
+        use ErrorClass::*;
+        for (text, class) in [
+            ("ERROR: could not complete because of conflict with concurrent transaction", Conflict),
+            ("ERROR: 1023 DETAIL: Serializable isolation violation on table - 100345", Conflict),
+            ("ERROR: relation \"wau_ingest_files\" does not exist", Fatal),
+            ("ERROR: database \"wau\" does not exist", Fatal),
+            ("ERROR: permission denied for relation wau_ingest_files", Fatal),
+            ("ERROR: value too long for type character varying(64)", RejectedData),
+            ("ERROR: Load into table 'wau_audit_logs_staging' failed. String length exceeds DDL length", RejectedData),
+            ("ERROR: syntax error at or near \"FROM\"", Misuse),
+            ("ERROR: connection reset by peer", Transient),
+        ] {
+            assert_eq!(failure_class(text), class, "{text}");
+        }
+        let call = |transient| RunError::Call { text: "AccessDeniedException".into(), transient };
+        assert_eq!((call(false).class(), call(true).class()), (Fatal, Transient));
+        assert_eq!(RunError::Aborted("cancelled".into()).class(), Transient);
+        assert!(Conflict.retryable() && Transient.retryable());
+        assert!(!Fatal.retryable() && !Misuse.retryable() && !RejectedData.retryable());
+    }
 
     #[test]
     fn string_literals_mean_the_same_text_with_or_without_backslash_escapes() {
@@ -2095,7 +2143,7 @@ mod tests {
             ("rows_deleted", Lit::Null),
             ("rows_inserted", Lit::Null),
         ];
-        let merge: Vec<String> = sql.merge().iter().map(|s| render(s, &params).unwrap()).collect();
+        let merge: Vec<String> = sql.merge().iter().map(|s| render(&s.sql, &params).unwrap()).collect();
         assert!(merge.iter().all(|s| !s.contains(":merged_at") && !s.contains(":rows_")));
         let history = merge.iter().find(|s| s.starts_with("INSERT INTO wau_ingest_merges")).unwrap();
         assert!(
@@ -2135,6 +2183,10 @@ mod tests {
         assert!(is_serialization_conflict("ERROR: 1023 DETAIL: Serializable isolation violation on table - 100345, transactions forming the cycle are: 1, 2"));
         assert!(is_serialization_conflict("ERROR: could not serialize access due to concurrent update"));
         assert!(is_serialization_conflict("statement 3 of 9 (INSERT …): ERROR:1023"));
+        assert!(is_serialization_conflict(
+            "ERROR: could not complete because of conflict with concurrent transaction [sub-statement x:4]"
+        ));
+        assert!(is_serialization_conflict("ERROR: deadlock detected DETAIL: Process 1 waits for AccessExclusiveLock"));
         assert!(!is_serialization_conflict("ERROR: value too long for type character varying(1024)"));
         assert!(!is_serialization_conflict("ERROR: relation \"t10234\" does not exist"));
         assert!(!is_serialization_conflict("ERROR: syntax error at or near \"FROM\""));
@@ -2152,6 +2204,10 @@ mod tests {
         assert_eq!(fit("abcdef", 3), "abc");
         assert_eq!(fit("ééé", 5), "éé"); // é is 2 bytes: 5 bytes hold two
         assert_eq!(fit("€", 2), "");
+        // NUL is replaced before the cut: three bytes of U+FFFD never pass the width.
+        assert_eq!(fit("ab\0", 3), "ab");
+        assert_eq!(fit("ab\0", 5), "ab\u{FFFD}");
+        assert_eq!(fit("\0\0", 4), "\u{FFFD}");
     }
 
     #[test]
@@ -2240,44 +2296,63 @@ mod tests {
             next_part: 0,
             held: Held::default(),
         };
-        plan_commit(
-            &sql,
-            &StagingLocation::parse("s3://b/staging/").unwrap(),
-            &batch,
-            |s| s,
-            "arn:aws:iam::1:role/copy",
-        )
-        .unwrap()
+        plan_commit(&sql, &StagingLocation::parse("s3://b/staging/").unwrap(), &batch, "arn:aws:iam::1:role/copy")
+            .unwrap()
     }
 
     #[test]
     fn a_small_commit_is_literal_statements_and_one_copy() {
         let p = plan(vec![entry("a.csv", 2, 100), entry("b.csv", 0, 0)]);
         let s = &p.statements;
-        assert_eq!(s.len(), 9, "{s:#?}");
-        assert!(s[0].starts_with("CREATE TEMP TABLE wau_batch_files ("));
+        assert_eq!(s.len(), 10, "{s:#?}");
+        assert_eq!(s[0], "LOCK wau_ingest_lock", "the lock before anything takes the snapshot");
+        assert!(s[1].starts_with("CREATE TEMP TABLE wau_batch_files ("));
         assert!(
-            s[1].starts_with("INSERT INTO wau_batch_files (bucket, key, version,")
-                && s[1].contains("'a.csv'")
-                && s[1].contains("'b.csv'")
+            s[2].starts_with("INSERT INTO wau_batch_files (bucket, key, version,")
+                && s[2].contains("'a.csv'")
+                && s[2].contains("'b.csv'")
         );
-        assert_eq!(p.ledger_insert, 2);
-        assert!(s[2].starts_with("INSERT INTO wau_ingest_files (bucket,") && s[2].contains("WHERE NOT EXISTS"));
+        assert_eq!(p.ledger_insert, 3);
+        assert!(s[3].starts_with("INSERT INTO wau_ingest_files (bucket,") && s[3].contains("WHERE NOT EXISTS"));
         assert!(
-            s[3].starts_with("UPDATE wau_ingest_files SET status = 'superseded'") && s[3].contains("n.batch_id = 42")
+            s[4].starts_with("UPDATE wau_ingest_files SET status = 'superseded'") && s[4].contains("n.batch_id = 42")
         );
         assert!(
-            s[4].starts_with("COPY wau_audit_logs_staging (")
-                && s[4].contains("FROM 's3://b/staging/42/manifest.json'")
+            s[5].starts_with("COPY wau_audit_logs_staging (")
+                && s[5].contains("FROM 's3://b/staging/42/manifest.json'")
         );
-        assert!(s[5].starts_with("DELETE FROM wau_audit_logs_staging WHERE _batch_id = 42"));
-        assert!(s[6].starts_with("INSERT INTO wau_ingest_rejects (") && s[6].matches("'format'").count() == 2);
-        assert!(s[7].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42"));
-        assert_eq!(s[8], "DROP TABLE wau_batch_files");
+        assert!(s[6].starts_with("DELETE FROM wau_audit_logs_staging WHERE _batch_id = 42"));
+        assert!(s[7].starts_with("INSERT INTO wau_ingest_rejects (") && s[7].matches("'format'").count() == 2);
+        assert!(s[8].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42"));
+        assert_eq!(s[9], "DROP TABLE wau_batch_files");
         assert_eq!(p.uploads.len(), 1, "only the manifest");
         let manifest: serde_json::Value = serde_json::from_slice(&p.uploads[0].1).unwrap();
         assert_eq!(manifest["entries"].as_array().unwrap().len(), 2);
-        assert!(s.iter().all(|x| x.len() < MAX_STATEMENT_BYTES));
+        assert!(batch_bytes(s) <= BATCH_BUDGET_BYTES);
+    }
+
+    #[test]
+    fn every_commit_fits_one_batch_by_count_and_by_bytes() {
+        // Rejects of ~2.3 KB rendered: from a few (VALUES) to many (COPY), the whole batch's text
+        // stays under the budget, not only each statement's.
+        for (files, rejects) in [(1, 0), (2, 10), (1, 40), (1, 41), (3, 100), (1, 2000), (400, 1)] {
+            let entries = (0..files).map(|i| entry(&format!("csv/acme/{i}.csv"), rejects, 2000)).collect();
+            let p = plan(entries);
+            let s = &p.statements;
+            assert_eq!(s[0], "LOCK wau_ingest_lock");
+            assert!(s.len() <= MAX_BATCH_STATEMENTS, "{files} files × {rejects}: {} statements", s.len());
+            assert!(batch_bytes(s) <= BATCH_BUDGET_BYTES, "{files} files × {rejects}: {} bytes", batch_bytes(s));
+            let by_values = s.iter().any(|x| x.starts_with("INSERT INTO wau_ingest_rejects ("));
+            let by_copy = s.iter().any(|x| x.starts_with("COPY wau_ingest_rejects ("));
+            assert!(!(by_values && by_copy), "one route for a batch's rejects");
+            assert_eq!(by_values || by_copy, rejects > 0);
+        }
+        // Rejects of ~2.6 KB: 30 fit beside the rest as VALUES, 40 (fewer than 40 statements,
+        // more than 100 KB) do not.
+        let p = plan(vec![entry("a.csv", 30, 2000)]);
+        assert!(p.statements.iter().any(|x| x.starts_with("INSERT INTO wau_ingest_rejects (")));
+        let p = plan(vec![entry("a.csv", 40, 2000)]);
+        assert!(p.statements.iter().any(|x| x.starts_with("COPY wau_ingest_rejects (")));
     }
 
     #[test]
@@ -2299,7 +2374,7 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(rows.len(), 2000);
-        assert_eq!(rows[0].len(), REJECT_COLUMNS.len());
+        assert_eq!(rows[0].len(), rejects_table::COLUMNS.len());
         assert_eq!(
             (&rows[0][0], &rows[0][1], &rows[0][3], &rows[0][4], &rows[0][6]),
             ("b", "a.csv", "42", "2", "format")
@@ -2332,7 +2407,7 @@ mod tests {
         assert_eq!(copies.len(), 1);
         assert!(copies[0].starts_with(&format!(
             "COPY wau_ingest_rejects ({}) FROM 's3://b/staging/42/rejects.manifest.json'",
-            REJECT_COLUMNS.join(", ")
+            column_names(&rejects_table::COLUMNS).join(", ")
         )));
         // The removal of rejects whose version got no ledger row comes after the COPY.
         let copy_at = s.iter().position(|x| x == copies[0]).unwrap();
@@ -2356,7 +2431,7 @@ mod tests {
         assert!(manifest["entries"].as_array().unwrap().iter().all(|e| e["mandatory"] == true));
         let rows = gunzip_rows(&p.uploads[1].1);
         assert_eq!(rows.len(), 3, "the last part holds the in-memory rejects only");
-        assert!(rows.iter().all(|r| r.len() == REJECT_COLUMNS.len() && &r[1] == "b.csv" && &r[3] == "42"));
+        assert!(rows.iter().all(|r| r.len() == rejects_table::COLUMNS.len() && &r[1] == "b.csv" && &r[3] == "42"));
         assert!(s.len() <= MAX_BATCH_STATEMENTS);
     }
 
@@ -2411,7 +2486,7 @@ mod tests {
         };
         let set = RowSet::copy_only(
             "t",
-            &REJECT_COLUMNS,
+            column_names(&rejects_table::COLUMNS),
             batch.entries[0]
                 .rejects
                 .iter()
@@ -2447,11 +2522,11 @@ mod tests {
             (0..3000).map(|i| entry(&format!("csv/acme/{i:05}-{}.csv", "k".repeat(900)), 1, 10)).collect();
         let p = plan(entries);
         assert!(p.statements.len() <= MAX_BATCH_STATEMENTS, "{}", p.statements.len());
-        assert!(p.statements[1].starts_with("COPY wau_batch_files ("));
-        // The rejects take what the ledger left of the batch (here exactly the rest, as VALUES).
-        assert_eq!(p.statements.len(), MAX_BATCH_STATEMENTS);
-        assert!(p.statements.iter().any(|s| s.starts_with("INSERT INTO wau_ingest_rejects (")));
-        assert_eq!(p.ledger_insert, 2);
+        assert!(batch_bytes(&p.statements) <= BATCH_BUDGET_BYTES);
+        assert!(p.statements[2].starts_with("COPY wau_batch_files ("));
+        // 3,000 rejects do not fit beside it either.
+        assert!(p.statements.iter().any(|s| s.starts_with("COPY wau_ingest_rejects (")));
+        assert_eq!(p.ledger_insert, 3);
     }
 
     #[test]
@@ -2461,6 +2536,6 @@ mod tests {
         let p = plan(vec![e]);
         let replace = p.statements.iter().position(|s| s.contains("SET status = 'replaced'")).unwrap();
         assert!(replace < p.ledger_insert);
-        assert!(p.statements[1].ends_with(", 1)"), "the replaces flag: {}", p.statements[1]);
+        assert!(p.statements[2].ends_with(", 1)"), "the replaces flag: {}", p.statements[2]);
     }
 }

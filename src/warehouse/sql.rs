@@ -5,6 +5,7 @@
 //! parameters). Only true engine differences — DDL types, table options, view date functions,
 //! the bulk-load route — live behind [`Dialect`].
 
+use super::ledger::counts_for_order_sql;
 use crate::contract::{Column, ColumnType, Contract};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub struct Tables {
     pub rejects: String,
     pub merges: String,
     pub wau_view: String,
+    /// Holds no rows: every writer (commit, merge) takes `LOCK` on it first, see [`Sql::lock_writers`].
+    pub lock: String,
 }
 
 impl Tables {
@@ -34,6 +37,7 @@ impl Tables {
             rejects: "wau_ingest_rejects".into(),
             merges: "wau_ingest_merges".into(),
             wau_view: "wau_weekly_active_users".into(),
+            lock: "wau_ingest_lock".into(),
         }
     }
 }
@@ -44,8 +48,147 @@ pub const REJECTED: &str = "rejected";
 pub const SUPERSEDED: &str = "superseded";
 pub const REPLACED: &str = "replaced";
 
+/// The type of a column of the product's own tables; text widths are bytes (Redshift VARCHAR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnType {
+    Text(usize),
+    Int,
+    Time,
+}
+
+/// One column of the ledger or the rejects table: the single source of their DDL, insert
+/// lists and widths, for every engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnColumn {
+    pub name: &'static str,
+    pub ty: OwnType,
+    pub not_null: bool,
+}
+
+impl OwnColumn {
+    const fn text(name: &'static str, width: usize, not_null: bool) -> OwnColumn {
+        OwnColumn { name, ty: OwnType::Text(width), not_null }
+    }
+    const fn int(name: &'static str, not_null: bool) -> OwnColumn {
+        OwnColumn { name, ty: OwnType::Int, not_null }
+    }
+    const fn time(name: &'static str, not_null: bool) -> OwnColumn {
+        OwnColumn { name, ty: OwnType::Time, not_null }
+    }
+    /// The most bytes a value of this text column may have (0 for other types).
+    pub const fn width(&self) -> usize {
+        match self.ty {
+            OwnType::Text(n) => n,
+            _ => 0,
+        }
+    }
+}
+
+/// The names of `cols`, in order.
+pub fn column_names(cols: &[OwnColumn]) -> Vec<&'static str> {
+    cols.iter().map(|c| c.name).collect()
+}
+
+/// The ledger, `wau_ingest_files`: one row per recorded file version (see DESIGN.md, Tables).
+pub mod ledger_table {
+    use super::OwnColumn;
+    pub const BUCKET: OwnColumn = OwnColumn::text("bucket", 1024, true);
+    /// S3 keys are at most 1,024 bytes.
+    pub const KEY: OwnColumn = OwnColumn::text("key", 1024, true);
+    pub const VERSION: OwnColumn = OwnColumn::text("version", 256, true);
+    pub const SEQUENCER: OwnColumn = OwnColumn::text("sequencer", 64, true);
+    pub const SIZE_BYTES: OwnColumn = OwnColumn::int("size_bytes", false);
+    pub const ROWS_READ: OwnColumn = OwnColumn::int("rows_read", true);
+    pub const ROWS_LOADED: OwnColumn = OwnColumn::int("rows_loaded", true);
+    pub const ROWS_REJECTED: OwnColumn = OwnColumn::int("rows_rejected", true);
+    pub const STATUS: OwnColumn = OwnColumn::text("status", 16, true);
+    pub const REASON: OwnColumn = OwnColumn::text("reason", 1024, false);
+    pub const BATCH_ID: OwnColumn = OwnColumn::int("batch_id", true);
+    pub const EVENT_AT: OwnColumn = OwnColumn::time("event_at", false);
+    pub const LOADED_AT: OwnColumn = OwnColumn::time("loaded_at", true);
+    pub const MERGED_AT: OwnColumn = OwnColumn::time("merged_at", false);
+    pub const CONTRACT_VERSION: OwnColumn = OwnColumn::int("contract_version", true);
+    pub const COLUMNS: [OwnColumn; 15] = [
+        BUCKET,
+        KEY,
+        VERSION,
+        SEQUENCER,
+        SIZE_BYTES,
+        ROWS_READ,
+        ROWS_LOADED,
+        ROWS_REJECTED,
+        STATUS,
+        REASON,
+        BATCH_ID,
+        EVENT_AT,
+        LOADED_AT,
+        MERGED_AT,
+        CONTRACT_VERSION,
+    ];
+}
+
+/// The rejects table, `wau_ingest_rejects`: one row per rejected row or file.
+pub mod rejects_table {
+    use super::OwnColumn;
+    pub const BUCKET: OwnColumn = super::ledger_table::BUCKET;
+    pub const KEY: OwnColumn = super::ledger_table::KEY;
+    pub const VERSION: OwnColumn = super::ledger_table::VERSION;
+    pub const BATCH_ID: OwnColumn = super::ledger_table::BATCH_ID;
+    pub const LINE: OwnColumn = OwnColumn::int("line", true);
+    pub const COLUMN_NAME: OwnColumn = OwnColumn::text("column_name", 128, false);
+    pub const RULE: OwnColumn = OwnColumn::text("rule", 32, true);
+    pub const REASON: OwnColumn = OwnColumn::text("reason", 1024, true);
+    pub const VALUE: OwnColumn = OwnColumn::text("value", 1024, false);
+    pub const RAW_LINE: OwnColumn = OwnColumn::text("raw_line", 4096, false);
+    pub const CONTRACT_VERSION: OwnColumn = super::ledger_table::CONTRACT_VERSION;
+    pub const REJECTED_AT: OwnColumn = OwnColumn::time("rejected_at", true);
+    pub const COLUMNS: [OwnColumn; 12] = [
+        BUCKET,
+        KEY,
+        VERSION,
+        BATCH_ID,
+        LINE,
+        COLUMN_NAME,
+        RULE,
+        REASON,
+        VALUE,
+        RAW_LINE,
+        CONTRACT_VERSION,
+        REJECTED_AT,
+    ];
+}
+
 /// Provenance columns staging rows carry after the contract columns.
 pub const STAGING_PROVENANCE: [&str; 4] = ["_file_key", "_file_version", "_line", "_batch_id"];
+
+/// What one statement of [`Sql::merge`] does, so callers find a step by its role, not its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeStepKind {
+    /// `LOCK` of [`Tables::lock`] (not on SQLite).
+    Lock,
+    /// The touched dedupe keys into the temporary key table.
+    CollectKeys,
+    /// An index on the key table (engines with indexes).
+    IndexKeys,
+    /// Every touched key out of the target (its row count: rows deleted).
+    DeleteTarget,
+    /// Each touched key's winner into the target (its row count: rows inserted).
+    InsertWinners,
+    /// Rows of superseded and replaced loads out of staging.
+    DropSuperseded,
+    /// One row of merge history.
+    RecordMerge,
+    /// The ledger rows stamped merged.
+    StampMerged,
+    /// The key table dropped.
+    DropKeys,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeStep {
+    pub kind: MergeStepKind,
+    pub sql: String,
+}
 
 pub struct Sql<'a> {
     pub dialect: Dialect,
@@ -63,12 +206,12 @@ impl<'a> Sql<'a> {
             (Dialect::Sqlite, ColumnType::Integer) => "INTEGER".into(),
             (Dialect::Sqlite, ColumnType::Float) => "REAL".into(),
             (Dialect::Sqlite, _) => "TEXT".into(),
-            (_, ColumnType::String) => match (self.dialect, c.max_length) {
-                // Redshift VARCHAR lengths are bytes; a UTF-8 character takes up to 4.
-                (Dialect::Redshift, Some(n)) => format!("VARCHAR({})", (n * 4).min(65535)),
-                (Dialect::Redshift, None) => "VARCHAR(65535)".into(),
-                (_, Some(n)) => format!("VARCHAR({n})"),
-                (_, None) => "TEXT".into(),
+            // `max_length` is bytes, as Redshift counts VARCHAR lengths; PostgreSQL counts
+            // characters, of which n bytes never hold more than n. Validation checks the bytes.
+            (Dialect::Redshift, ColumnType::String) => format!("VARCHAR({})", c.max_bytes()),
+            (_, ColumnType::String) => match c.max_length {
+                Some(n) => format!("VARCHAR({n})"),
+                None => "TEXT".into(),
             },
             (_, ColumnType::Integer) => "BIGINT".into(),
             (_, ColumnType::Float) => "DOUBLE PRECISION".into(),
@@ -102,6 +245,26 @@ impl<'a> Sql<'a> {
         }
     }
 
+    /// The engine's type of one column of the product's own tables.
+    pub fn own_type(&self, ty: OwnType) -> String {
+        match ty {
+            OwnType::Text(n) => self.text(n),
+            OwnType::Int => self.int().into(),
+            OwnType::Time => self.ts().into(),
+        }
+    }
+
+    /// `name TYPE [NOT NULL]` for each of `cols` (`with_not_null` false: every column nullable,
+    /// as in a temporary table of rows still to be checked).
+    pub fn own_columns_ddl(&self, cols: &[OwnColumn], with_not_null: bool) -> Vec<String> {
+        cols.iter()
+            .map(|c| {
+                let nn = if with_not_null && c.not_null { " NOT NULL" } else { "" };
+                format!("{} {}{nn}", c.name, self.own_type(c.ty))
+            })
+            .collect()
+    }
+
     fn contract_columns_ddl(&self) -> Vec<String> {
         self.contract
             .columns
@@ -125,8 +288,8 @@ impl<'a> Sql<'a> {
         let mut out = Vec::new();
         let mut target_cols = self.contract_columns_ddl();
         target_cols.extend([
-            format!("_file_key {} NOT NULL", self.text(1024)),
-            format!("_file_version {} NOT NULL", self.text(256)),
+            format!("_file_key {} NOT NULL", self.text(ledger_table::KEY.width())),
+            format!("_file_version {} NOT NULL", self.text(ledger_table::VERSION.width())),
             format!("_line {int} NOT NULL"),
             format!("_loaded_at {ts} NOT NULL"),
         ]);
@@ -147,8 +310,8 @@ impl<'a> Sql<'a> {
         ));
         let mut staging_cols = self.contract_columns_ddl();
         staging_cols.extend([
-            format!("_file_key {} NOT NULL", self.text(1024)),
-            format!("_file_version {} NOT NULL", self.text(256)),
+            format!("_file_key {} NOT NULL", self.text(ledger_table::KEY.width())),
+            format!("_file_version {} NOT NULL", self.text(ledger_table::VERSION.width())),
             format!("_line {int} NOT NULL"),
             format!("_batch_id {int} NOT NULL"),
         ]);
@@ -158,18 +321,19 @@ impl<'a> Sql<'a> {
             staging_cols.join(",\n  "),
             self.table_options()
         ));
-        out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  bucket {} NOT NULL,\n  key {} NOT NULL,\n  version {} NOT NULL,\n  sequencer {} NOT NULL,\n  size_bytes {int},\n  rows_read {int} NOT NULL,\n  rows_loaded {int} NOT NULL,\n  rows_rejected {int} NOT NULL,\n  status {} NOT NULL,\n  reason {},\n  batch_id {int} NOT NULL,\n  event_at {ts},\n  loaded_at {ts} NOT NULL,\n  merged_at {ts},\n  contract_version {int} NOT NULL\n)",
-            t.files, self.text(1024), self.text(1024), self.text(256), self.text(64), self.text(16), self.text(1024)
-        ));
-        out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  bucket {} NOT NULL,\n  key {} NOT NULL,\n  version {} NOT NULL,\n  batch_id {int} NOT NULL,\n  line {int} NOT NULL,\n  column_name {},\n  rule {} NOT NULL,\n  reason {} NOT NULL,\n  value {},\n  raw_line {},\n  contract_version {int} NOT NULL,\n  rejected_at {ts} NOT NULL\n)",
-            t.rejects, self.text(1024), self.text(1024), self.text(256), self.text(128), self.text(32), self.text(1024), self.text(1024), self.text(4096)
-        ));
+        for (table, cols) in [(&t.files, &ledger_table::COLUMNS[..]), (&t.rejects, &rejects_table::COLUMNS[..])] {
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {table} (\n  {}\n)",
+                self.own_columns_ddl(cols, true).join(",\n  ")
+            ));
+        }
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (\n  merged_at {ts} NOT NULL,\n  batch_watermark {int} NOT NULL,\n  files {int} NOT NULL,\n  rows_deleted {int},\n  rows_inserted {int}\n)",
             t.merges
         ));
+        if self.dialect != Dialect::Sqlite {
+            out.push(format!("CREATE TABLE IF NOT EXISTS {} (writer {int})", t.lock));
+        }
         if self.dialect != Dialect::Redshift {
             let key = self.contract.dedupe_key.join(", ");
             if self.dialect != Dialect::Sqlite {
@@ -236,21 +400,26 @@ impl<'a> Sql<'a> {
         )
     }
 
-    /// Is a newer version of this key already recorded?
+    /// Is a newer version of this key already recorded? (`ledger::is_newer`, in SQL.)
     pub fn newer_version_exists(&self) -> String {
         format!(
-            "SELECT COUNT(*) FROM {} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN ('{LOADED}', '{REJECTED}') AND sequencer > :sequencer",
-            self.t.files
+            "SELECT COUNT(*) FROM {} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN {} AND sequencer > :sequencer",
+            self.t.files,
+            counts_for_order_sql()
         )
     }
 
     /// The ledger row of a file, guarded so a redelivered file can never be recorded twice.
     pub fn insert_ledger(&self) -> String {
+        let names = column_names(&ledger_table::COLUMNS);
+        let params: Vec<String> = names.iter().map(|n| format!(":{n}")).collect();
         format!(
-            "INSERT INTO {0} (bucket, key, version, sequencer, size_bytes, rows_read, rows_loaded, rows_rejected, status, reason, batch_id, event_at, loaded_at, merged_at, contract_version)\n\
-             SELECT :bucket, :key, :version, :sequencer, :size_bytes, :rows_read, :rows_loaded, :rows_rejected, :status, :reason, :batch_id, :event_at, :loaded_at, :merged_at, :contract_version\n\
+            "INSERT INTO {0} ({1})\n\
+             SELECT {2}\n\
              WHERE NOT EXISTS (SELECT 1 FROM {0} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}')",
-            self.t.files
+            self.t.files,
+            names.join(", "),
+            params.join(", ")
         )
     }
 
@@ -275,21 +444,28 @@ impl<'a> Sql<'a> {
     pub fn copy_staging(&self, manifest_url: &str, iam_role: &str) -> String {
         let mut cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
         cols.extend(STAGING_PROVENANCE);
+        Self::copy_manifest(&self.t.staging, &cols, manifest_url, iam_role)
+    }
+
+    /// Every COPY the product runs (staging rows, spilled rejects, ledger rows): gzip CSV parts
+    /// named by a manifest, `IAM_ROLE default` when no role is given. `NULL AS ''` says what
+    /// NULL is (an empty unquoted field, [`super::stage::csv_field`]) and nothing else: COPY's
+    /// default null string `\N` would turn a value of exactly `\N` into NULL. Timestamps carry
+    /// at most 6 fractional digits (`contract::MAX_FRACTION_DIGITS`), all COPY takes.
+    pub fn copy_manifest(table: &str, columns: &[&str], manifest_url: &str, iam_role: &str) -> String {
+        let role =
+            if iam_role.is_empty() { "default".to_string() } else { format!("'{}'", sql_literal_body(iam_role)) };
         format!(
-            "COPY {} ({}) FROM '{}' IAM_ROLE '{}' FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS' DATEFORMAT 'YYYY-MM-DD' EMPTYASNULL MAXERROR 0 COMPUPDATE OFF STATUPDATE OFF",
-            self.t.staging,
-            cols.join(", "),
+            "COPY {table} ({}) FROM '{}' IAM_ROLE {role} FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS' DATEFORMAT 'YYYY-MM-DD' NULL AS '' MAXERROR 0 COMPUPDATE OFF STATUPDATE OFF",
+            columns.join(", "),
             sql_literal_body(manifest_url),
-            sql_literal_body(iam_role)
         )
     }
 
     pub fn insert_reject(&self) -> String {
-        format!(
-            "INSERT INTO {} (bucket, key, version, batch_id, line, column_name, rule, reason, value, raw_line, contract_version, rejected_at)\n\
-             VALUES (:bucket, :key, :version, :batch_id, :line, :column_name, :rule, :reason, :value, :raw_line, :contract_version, :rejected_at)",
-            self.t.rejects
-        )
+        let names = column_names(&rejects_table::COLUMNS);
+        let params: Vec<String> = names.iter().map(|n| format!(":{n}")).collect();
+        format!("INSERT INTO {} ({})\nVALUES ({})", self.t.rejects, names.join(", "), params.join(", "))
     }
 
     pub fn next_batch_id(&self) -> String {
@@ -322,35 +498,40 @@ impl<'a> Sql<'a> {
     /// inserted: newest sequencer, then latest batch, then last line. Superseded rows then
     /// leave staging and the ledger rows are stamped merged. Running it twice changes nothing
     /// the second time.
-    pub fn merge(&self) -> Vec<String> {
+    pub fn merge(&self) -> Vec<MergeStep> {
         let t = self.t;
         let k = Self::MERGE_KEYS;
         let cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
         let key_cols = self.contract.dedupe_key.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
         let s_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
-        vec![
-            format!(
+        let lock = match self.dialect {
+            Dialect::Sqlite => String::new(),
+            _ => self.lock_writers(),
+        };
+        [
+            (MergeStepKind::Lock, lock),
+            (MergeStepKind::CollectKeys, format!(
                 "CREATE TEMP TABLE {k} AS SELECT DISTINCT {key_cols} FROM {files} f JOIN {st} s ON {join} WHERE f.merged_at IS NULL",
                 files = t.files,
                 st = t.staging,
                 join = self.staging_joins_ledger("s", "f"),
-            ),
+            )),
             // Engines with indexes probe the key set by index (Redshift joins by hash and has none).
-            match self.dialect {
+            (MergeStepKind::IndexKeys, match self.dialect {
                 Dialect::Redshift => String::new(),
                 _ => format!("CREATE INDEX {k}_key ON {k} ({})", self.contract.dedupe_key.join(", ")),
-            },
+            }),
             // The `IN` on the key's first column lets an engine with indexes visit only the
             // touched customers' rows instead of the whole target; EXISTS decides.
-            format!(
+            (MergeStepKind::DeleteTarget, format!(
                 "DELETE FROM {target} WHERE {first} IN (SELECT {first} FROM {k}) AND EXISTS (SELECT 1 FROM {k} k WHERE {km})",
                 target = t.target,
                 first = self.contract.dedupe_key[0],
                 km = self.key_match("k", &t.target)
-            ),
+            )),
             // Written as CROSS JOIN + WHERE (plain inner-join semantics everywhere) because
             // SQLite then walks from the touched keys instead of through all of staging.
-            format!(
+            (MergeStepKind::InsertWinners, format!(
                 "INSERT INTO {target} ({cols}, _file_key, _file_version, _line, _loaded_at)\n\
                  SELECT {cols}, _file_key, _file_version, _line, :merged_at FROM (\n\
                  \x20 SELECT {s_cols}, s._file_key, s._file_version, s._line,\n\
@@ -365,27 +546,39 @@ impl<'a> Sql<'a> {
                 files = t.files,
                 km = self.key_match("k", "s"),
                 join = self.staging_joins_ledger("s", "f"),
-            ),
+            )),
             // Only the batches that hold superseded or replaced loads are visited.
-            format!(
+            (MergeStepKind::DropSuperseded, format!(
                 "DELETE FROM {st} WHERE _batch_id IN (SELECT batch_id FROM {files} WHERE merged_at IS NULL AND status IN ('{SUPERSEDED}', '{REPLACED}'))\n\
                  \x20 AND EXISTS (SELECT 1 FROM {files} f WHERE {join} AND f.merged_at IS NULL AND f.status IN ('{SUPERSEDED}', '{REPLACED}'))",
                 st = t.staging,
                 files = t.files,
                 join = self.staging_joins_ledger(&t.staging, "f"),
-            ),
-            format!(
+            )),
+            (MergeStepKind::RecordMerge, format!(
                 "INSERT INTO {merges} (merged_at, batch_watermark, files, rows_deleted, rows_inserted)\n\
                  SELECT :merged_at, COALESCE(MAX(batch_id), 0), COUNT(*), :rows_deleted, :rows_inserted FROM {files} WHERE merged_at IS NULL",
                 merges = t.merges,
                 files = t.files
-            ),
-            format!("UPDATE {} SET merged_at = :merged_at WHERE merged_at IS NULL", t.files),
-            format!("DROP TABLE {k}"),
+            )),
+            (MergeStepKind::StampMerged, format!("UPDATE {} SET merged_at = :merged_at WHERE merged_at IS NULL", t.files)),
+            (MergeStepKind::DropKeys, format!("DROP TABLE {k}")),
         ]
         .into_iter()
-        .filter(|s| !s.is_empty())
+        .filter(|(_, sql)| !sql.is_empty())
+        .map(|(kind, sql)| MergeStep { kind, sql })
         .collect()
+    }
+
+    /// The first statement of every writing transaction on Redshift and PostgreSQL (commits and
+    /// merges, in the service and in the Glue job). Under SNAPSHOT isolation, Redshift's default,
+    /// two transactions that insert the same new ledger row both pass the `WHERE NOT EXISTS`
+    /// guard; the lock makes the second wait until the first has committed. It must come before
+    /// anything that takes the transaction's snapshot (a SELECT, DML, CREATE TABLE), so that the
+    /// waiting writer's snapshot already holds the first one's rows. SQLite needs none: a batch
+    /// holds the database's write lock from `BEGIN IMMEDIATE`.
+    pub fn lock_writers(&self) -> String {
+        format!("LOCK {}", self.t.lock)
     }
 
     pub fn report(&self) -> String {
@@ -426,7 +619,7 @@ mod tests {
         );
         assert!(!lite.contains("wau_audit_logs_key ON"), "no second index on a keyed table");
         let rs = Sql::new(Dialect::Redshift, &c, &t).migrate().join("\n");
-        assert!(rs.contains("customer VARCHAR(256) NOT NULL"), "{rs}");
+        assert!(rs.contains("customer VARCHAR(64) NOT NULL"), "{rs}");
         assert!(rs.contains("event_time TIMESTAMP NOT NULL"));
         assert!(rs.contains(") DISTSTYLE AUTO SORTKEY (event_time)"));
         assert!(!rs.contains("CREATE INDEX"));
@@ -442,11 +635,15 @@ mod tests {
         let a = Sql::new(Dialect::Sqlite, &c, &t);
         let b = Sql::new(Dialect::Redshift, &c, &t);
         let p = Sql::new(Dialect::Postgres, &c, &t);
-        // The one difference: an index on the temporary key set where the engine has indexes.
-        let without_index =
-            |m: Vec<String>| m.into_iter().filter(|s| !s.starts_with("CREATE INDEX")).collect::<Vec<_>>();
-        assert_eq!(without_index(a.merge()), b.merge());
-        assert_eq!(a.merge(), p.merge());
+        // The differences: the writers' lock (not on SQLite, whose batch holds the write lock)
+        // and an index on the temporary key set where the engine has indexes.
+        let without = |m: Vec<MergeStep>, skip: &[MergeStepKind]| {
+            m.into_iter().filter(|s| !skip.contains(&s.kind)).map(|s| s.sql).collect::<Vec<_>>()
+        };
+        use MergeStepKind::{IndexKeys, Lock};
+        assert_eq!(without(a.merge(), &[IndexKeys]), without(b.merge(), &[Lock]));
+        assert_eq!(without(a.merge(), &[]), without(p.merge(), &[Lock]));
+        assert!(a.merge().iter().all(|s| s.kind != Lock));
         assert_eq!(a.insert_ledger(), b.insert_ledger());
         assert_eq!(a.supersede_older(), b.supersede_older());
     }
@@ -454,7 +651,7 @@ mod tests {
     #[test]
     fn merge_deletes_touched_keys_then_inserts_winners() {
         let (c, t, d) = sql_for(Dialect::Sqlite);
-        let m = Sql::new(d, &c, &t).merge();
+        let m: Vec<String> = Sql::new(d, &c, &t).merge().into_iter().map(|s| s.sql).collect();
         assert_eq!(m.len(), 8);
         assert_eq!(
             m[0],
@@ -476,13 +673,27 @@ mod tests {
     }
 
     #[test]
+    fn every_writer_takes_the_lock_before_its_snapshot() {
+        for d in [Dialect::Redshift, Dialect::Postgres] {
+            let (c, t, _) = sql_for(d);
+            let sql = Sql::new(d, &c, &t);
+            let m = sql.merge();
+            assert_eq!(m[0], MergeStep { kind: MergeStepKind::Lock, sql: "LOCK wau_ingest_lock".into() });
+            assert!(m[1..].iter().all(|s| s.kind != MergeStepKind::Lock));
+            assert!(sql.migrate().contains(&"CREATE TABLE IF NOT EXISTS wau_ingest_lock (writer BIGINT)".to_string()));
+        }
+    }
+
+    #[test]
     fn copy_reads_the_manifest_in_the_staging_column_order() {
         let (c, t, d) = sql_for(Dialect::Redshift);
         let s = Sql::new(d, &c, &t).copy_staging("s3://b/staging/7/manifest.json", "arn:aws:iam::1:role/it's");
         assert!(s.starts_with("COPY wau_audit_logs_staging (customer, event_id, event_time, user_id, user_email, event_type, source_ip, user_agent, _file_key, _file_version, _line, _batch_id) FROM 's3://b/staging/7/manifest.json'"), "{s}");
         assert!(s.contains("IAM_ROLE 'arn:aws:iam::1:role/it''s'"));
         assert!(s.contains("FORMAT AS CSV GZIP MANIFEST TIMEFORMAT 'YYYY-MM-DD HH:MI:SS'"));
-        assert!(s.contains("EMPTYASNULL MAXERROR 0"));
+        assert!(s.contains("NULL AS '' MAXERROR 0"), "{s}");
+        let d = Sql::copy_manifest("t", &["a"], "s3://b/m.json", "");
+        assert!(d.contains("IAM_ROLE default FORMAT AS CSV"), "{d}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::time::Duration;
 use chrono::Utc;
 use rusqlite::{Connection, Statement, ToSql};
 
-use super::sql::{Dialect, Sql, Tables, LOADED, REJECTED, SUPERSEDED};
+use super::ledger::{self, Verdict};
+use super::sql::{Dialect, MergeStepKind, Sql, Tables, LOADED, REJECTED, SUPERSEDED};
 use super::{
     Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse,
     WarehouseError, WauRow,
@@ -131,17 +132,18 @@ impl SqliteWarehouse {
             let now = now_text();
             // Statements in order; the target's delete and insert counts feed the history row.
             let (mut deleted, mut inserted) = (0i64, 0i64);
-            for stmt in sql.merge() {
+            for step in sql.merge() {
+                let stmt = step.sql;
                 let started = std::time::Instant::now();
                 let n = exec_named(
                     conn,
                     &stmt,
                     &[(":merged_at", &now), (":rows_deleted", &deleted), (":rows_inserted", &inserted)],
                 )? as i64;
-                if stmt.starts_with(&format!("DELETE FROM {} ", self.tables.target)) {
-                    deleted = n;
-                } else if stmt.starts_with(&format!("INSERT INTO {} ", self.tables.target)) {
-                    inserted = n;
+                match step.kind {
+                    MergeStepKind::DeleteTarget => deleted = n,
+                    MergeStepKind::InsertWinners => inserted = n,
+                    _ => {}
                 }
                 tracing::debug!(rows = n, ms = started.elapsed().as_millis() as u64, sql = %stmt.lines().next().unwrap_or(""), "merge statement");
             }
@@ -391,7 +393,7 @@ impl BatchSink for SqliteSink {
         };
         let existing = existing.as_deref().and_then(FileStatus::parse);
         if let (Some(status), false) = (existing, force) {
-            return Ok(Admission::Duplicate(status));
+            return Ok(Admission::Duplicate(status)); // no need to ask for a newer version
         }
         let newer: i64 = {
             let mut stmt = self.conn.prepare_cached(&self.sql().newer_version_exists())?;
@@ -399,24 +401,25 @@ impl BatchSink for SqliteSink {
             let mut rows = stmt.raw_query();
             rows.next()?.map(|r| r.get(0)).transpose()?.unwrap_or(0)
         };
-        if newer > 0 {
-            if let Some(status) = existing {
-                return Ok(Admission::Duplicate(status));
+        match ledger::admit(existing, newer > 0, force) {
+            Verdict::Duplicate(status) => return Ok(Admission::Duplicate(status)),
+            Verdict::Superseded => {
+                let summary = FileSummary {
+                    status: FileStatus::Superseded,
+                    rows_read: 0,
+                    rows_loaded: 0,
+                    rows_rejected: 0,
+                    reason: None,
+                };
+                let now = self.batch().now.clone();
+                self.record(file, &summary, Some(&now))?;
+                self.batch.as_mut().expect("open").files += 1;
+                return Ok(Admission::Superseded);
             }
-            let summary = FileSummary {
-                status: FileStatus::Superseded,
-                rows_read: 0,
-                rows_loaded: 0,
-                rows_rejected: 0,
-                reason: None,
-            };
-            let now = self.batch().now.clone();
-            self.record(file, &summary, Some(&now))?;
-            self.batch.as_mut().expect("open").files += 1;
-            return Ok(Admission::Superseded);
-        }
-        if existing.is_some() {
-            exec_named(&self.conn, &self.sql().replace_version(), &id)?;
+            Verdict::Reload => {
+                exec_named(&self.conn, &self.sql().replace_version(), &id)?;
+            }
+            Verdict::Load => {}
         }
         self.conn.execute_batch("SAVEPOINT file")?;
         self.file = Some(file.clone());
@@ -732,7 +735,7 @@ mod tests {
         let (_d, w) = setup();
         let conn = open(w.path()).unwrap();
         let sql = w.sql();
-        let merge = sql.merge();
+        let merge: Vec<String> = sql.merge().into_iter().map(|s| s.sql).collect();
         conn.execute_batch(&merge[0]).unwrap();
         conn.execute_batch(&merge[1]).unwrap();
         for stmt in &merge[2..merge.len() - 1] {

@@ -1,0 +1,112 @@
+//! The ledger's rules, once, for every engine: when a version is a duplicate, when it is
+//! superseded, when it loads, and how the versions of one key are ordered.
+//!
+//! Engines gather what they know of a version — its newest recorded status and whether a newer
+//! version of its key is recorded, from the ledger and from what the writer holds uncommitted —
+//! and [`admit`] decides. The SQL forms of the same rules (`Sql::newer_version_exists`,
+//! `Sql::supersede_older` and their set-wise Redshift forms) are built from [`COUNTS_FOR_ORDER`]
+//! and the same comparison: a version is newer than another when its sequencer is greater.
+//! Pure: no I/O, no engine.
+
+use super::{FileMeta, FileStatus};
+
+/// What a writer should do with a version it is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Already recorded with this status: count it as a duplicate, do nothing.
+    Duplicate(FileStatus),
+    /// A newer version of the key is recorded: record this one superseded, load nothing.
+    Superseded,
+    /// Unknown version: load it.
+    Load,
+    /// A forced replay of a recorded version: mark the earlier load replaced, load it again.
+    Reload,
+}
+
+/// The decision for one version. `recorded`: the status of the newest load of this very version
+/// that counts (a `replaced` load does not); `newer_recorded`: a newer version of its key is
+/// recorded ([`is_newer`]); `force`: `replay --force`.
+///
+/// A recorded version is a duplicate unless forced; a forced one still is when a newer version
+/// exists (reloading it would not change the target: the newer version wins). An unknown
+/// version older than a recorded one is superseded on arrival.
+pub fn admit(recorded: Option<FileStatus>, newer_recorded: bool, force: bool) -> Verdict {
+    match (recorded, newer_recorded, force) {
+        (Some(status), _, false) | (Some(status), true, true) => Verdict::Duplicate(status),
+        (None, true, _) => Verdict::Superseded,
+        (Some(_), false, true) => Verdict::Reload,
+        (None, false, _) => Verdict::Load,
+    }
+}
+
+/// The statuses a version must have to count in the version order: a loaded or rejected
+/// version supersedes older ones; a superseded or replaced one does not.
+pub const COUNTS_FOR_ORDER: [FileStatus; 2] = [FileStatus::Loaded, FileStatus::Rejected];
+
+/// `other`, recorded as `status`, is a newer version of `file`'s key. The order is the
+/// sequencer's (byte-wise string order, as SQL compares it); two versions with the same
+/// sequencer do not supersede each other on arrival. `Sql::newer_version_exists` is this in SQL.
+pub fn is_newer(other: &FileMeta, status: FileStatus, file: &FileMeta) -> bool {
+    other.bucket == file.bucket
+        && other.key == file.key
+        && other.version != file.version
+        && COUNTS_FOR_ORDER.contains(&status)
+        && other.sequencer > file.sequencer
+}
+
+/// The same file version (bucket, key and version; never the key alone).
+pub fn same_version(a: &FileMeta, b: &FileMeta) -> bool {
+    a.bucket == b.bucket && a.key == b.key && a.version == b.version
+}
+
+/// The SQL list of [`COUNTS_FOR_ORDER`], `('loaded', 'rejected')`.
+pub fn counts_for_order_sql() -> String {
+    let names: Vec<String> = COUNTS_FOR_ORDER.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!("({})", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FileStatus::*;
+
+    fn meta(key: &str, version: &str, sequencer: &str) -> FileMeta {
+        FileMeta {
+            bucket: "b".into(),
+            key: key.into(),
+            version: version.into(),
+            sequencer: sequencer.into(),
+            size: 1,
+            event_time: chrono::Utc::now(),
+            contract_version: 1,
+        }
+    }
+
+    #[test]
+    fn every_case_of_admission() {
+        assert_eq!(admit(None, false, false), Verdict::Load);
+        assert_eq!(admit(None, false, true), Verdict::Load);
+        assert_eq!(admit(None, true, false), Verdict::Superseded);
+        assert_eq!(admit(None, true, true), Verdict::Superseded);
+        for s in [Loaded, Rejected, Superseded] {
+            assert_eq!(admit(Some(s), false, false), Verdict::Duplicate(s));
+            assert_eq!(admit(Some(s), true, false), Verdict::Duplicate(s));
+            assert_eq!(admit(Some(s), true, true), Verdict::Duplicate(s), "a newer version wins anyway");
+            assert_eq!(admit(Some(s), false, true), Verdict::Reload);
+        }
+    }
+
+    #[test]
+    fn the_version_order_is_the_sequencers_among_counting_versions() {
+        let old = meta("k", "v1", "0001");
+        let new = meta("k", "v2", "0002");
+        assert!(is_newer(&new, Loaded, &old) && is_newer(&new, Rejected, &old));
+        assert!(!is_newer(&new, Superseded, &old), "a superseded version orders nothing");
+        assert!(!is_newer(&old, Loaded, &new));
+        assert!(!is_newer(&meta("k", "v3", "0001"), Loaded, &old), "an equal sequencer is not newer");
+        assert!(!is_newer(&meta("other", "v2", "0002"), Loaded, &old), "another key");
+        assert!(!is_newer(&meta("k", "v1", "0009"), Loaded, &old), "the same version");
+        assert!(same_version(&old, &meta("k", "v1", "0009")) && !same_version(&old, &new));
+        assert_eq!(counts_for_order_sql(), "('loaded', 'rejected')");
+    }
+}
