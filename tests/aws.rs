@@ -427,7 +427,7 @@ async fn four_processes_with_every_file_notified_twice(isolation: Isolation) {
     let current: Vec<String> = by_key.values().map(|vs| format!("'{}'", vs.last().unwrap())).collect();
     let logs = || (0..PROCESSES).map(|p| case.log(&format!("p{p}.log"))).collect::<Vec<_>>().join("\n");
 
-    let settled = eventually(Duration::from_secs(120), || async {
+    let settled = eventually(Duration::from_secs(180), || async {
         case.queue_depth(&case.queue_url).await == 0
             && case
                 .count_or_zero(
@@ -457,7 +457,7 @@ async fn four_processes_with_every_file_notified_twice(isolation: Isolation) {
         }
     }
     if !settled {
-        wrong.push(format!("did not settle within 120 s (queue depth {})", case.queue_depth(&case.queue_url).await));
+        wrong.push(format!("did not settle within 180 s (queue depth {})", case.queue_depth(&case.queue_url).await));
     }
     let twice = case
         .query("SELECT key, version, COUNT(*) FROM wau_ingest_files GROUP BY bucket, key, version HAVING COUNT(*) > 1")
