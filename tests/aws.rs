@@ -570,6 +570,9 @@ async fn four_processes_with_every_file_notified_twice(isolation: Isolation) {
         lines_with("merge failed"),
     );
     eprintln!("scale-out: {summary}");
+    for l in all.lines().filter(|l| l.contains("\"level\":\"ERROR\"")).take(5) {
+        eprintln!("scale-out error logged: {l}");
+    }
     assert!(
         wrong.is_empty(),
         "{summary}\n{} violations, the first:\n{}\nthe first errors and warnings logged:\n{}",
