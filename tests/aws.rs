@@ -11,10 +11,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use aws_stack::{csv, eventually, Case, PrivateEmulator};
-use support::{expected_target, free_port, signal, wait_exit, Version};
+use aws_stack::{csv, eventually, Case, Isolation, PrivateEmulator};
+use support::{expected_target, free_port, signal, wait_exit, Service, Version};
 
 const CUSTOMER: &str = "acme";
 
@@ -252,10 +252,11 @@ async fn assert_exact(case: &Case, written: &[Version]) {
     assert_same_target(&case.target().await, &expected_target(CUSTOMER, written));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkill_at_many_moments_then_restart_leaves_the_target_exact() {
+/// SIGKILL right after start, then as the ledger passes each threshold; a last run settles and
+/// the target is exact.
+async fn sigkill_at_many_moments_then_restart(isolation: Isolation) {
     let Some(sdk) = aws_stack::stack().await else { return };
-    let case = Case::new(&sdk, true, 50).await;
+    let case = Case::with_isolation(&sdk, true, 50, isolation).await;
     let written = versions(200);
     for v in &written {
         put_version(&case, v).await;
@@ -282,6 +283,16 @@ async fn sigkill_at_many_moments_then_restart_leaves_the_target_exact() {
     signal(&svc, "TERM");
     assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
     assert_exact(&case, &written).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_many_moments_then_restart_leaves_the_target_exact_serializable() {
+    sigkill_at_many_moments_then_restart(Isolation::Serializable).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_many_moments_then_restart_leaves_the_target_exact_snapshot() {
+    sigkill_at_many_moments_then_restart(Isolation::Snapshot).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -335,6 +346,257 @@ async fn two_processes_on_one_queue_load_each_file_once() {
         assert!(wait_exit(&mut svc.0, Duration::from_secs(30)).is_some());
     }
     assert_exact(&case, &written).await;
+}
+
+/// Rows of one scale-out file version: `ROWS` valid rows plus `BAD` whose event_time does not
+/// parse, spread through the file.
+const SCALE_ROWS: u32 = 300;
+const SCALE_BAD: i64 = 3;
+
+fn scale_body(v: &Version) -> String {
+    let mut text = format!("{}\n", wau_ingest::demo::HEADER);
+    for (i, (event_id, user)) in v.rows.iter().enumerate() {
+        if i % (SCALE_ROWS as usize / SCALE_BAD as usize) == 50 {
+            text.push_str(&format!("{CUSTOMER},bad-{i},not a time,{user},,login,,\n"));
+        }
+        text.push_str(&format!("{CUSTOMER},{event_id},2026-11-23T10:00:00Z,{user},,login,,\n"));
+    }
+    text
+}
+
+/// Uploads `vs` `chunk` at a time, each chunk followed by a second notification of every file in
+/// it (the same event, as SQS may deliver it twice), so the two deliveries of a file usually
+/// land in different receives, and so in different processes. Returns each upload's version.
+async fn put_notified_twice(case: &Case, vs: &[Version], chunk: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in vs.chunks(chunk) {
+        for v in c {
+            out.push(case.put_version(&v.key, scale_body(v)).await);
+        }
+        for v in c {
+            case.send_raw(&s3_event(&case.bucket, &v.key, "ObjectCreated:Put").to_string()).await;
+        }
+    }
+    out
+}
+
+fn cell(value: &Option<String>) -> String {
+    value.clone().unwrap_or_default()
+}
+
+fn number(value: &Option<String>) -> i64 {
+    value.as_deref().unwrap_or("0").parse().unwrap()
+}
+
+/// Four `run` processes on one queue; every file notified twice; 48 keys of 300 rows (3 bad), a
+/// quarter of them overwritten; commits of at most 400 rows or a second, merges every second.
+/// Two thirds of the files wait on the queue before the processes start, so their first receives
+/// race; the rest, and the overwrites, arrive while they run. Exactly one ledger row per
+/// version, one staged copy of every row, every file balanced, the target exact.
+async fn four_processes_with_every_file_notified_twice(isolation: Isolation) {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let began = Instant::now();
+    let case = Case::with_isolation(&sdk, true, 50, isolation).await;
+    const KEYS: u32 = 48;
+    const PROCESSES: usize = 4;
+    let key = |i: u32| format!("csv/acme/s{i:03}.csv");
+    let first: Vec<Version> =
+        (0..KEYS).map(|i| Version { key: key(i), rows: rows(i * 1000, SCALE_ROWS, &format!("s{i}v1")) }).collect();
+    // A second version keeps half the first's event ids (new users) and adds as many new ones.
+    let second: Vec<Version> = (0..KEYS)
+        .step_by(4)
+        .map(|i| Version { key: key(i), rows: rows(i * 1000 + SCALE_ROWS / 2, SCALE_ROWS, &format!("s{i}v2")) })
+        .collect();
+    let queued = (KEYS * 2 / 3) as usize;
+    // As a deployment does before it scales out: `run` migrates too, but four of them creating
+    // the tables at once on a fresh database race in PostgreSQL's catalog.
+    assert_eq!(case.cli(&["migrate"]).0, 0, "migrate");
+    let mut ids = put_notified_twice(&case, &first[..queued], 10).await;
+    let settings = [("WAU_INGEST_BATCH_MAX_ROWS", "400"), ("WAU_INGEST_MERGE_INTERVAL_SECS", "1")];
+    let mut procs: Vec<Service> = (0..PROCESSES).map(|p| case.spawn_run(&format!("p{p}.log"), &settings)).collect();
+    ids.extend(put_notified_twice(&case, &first[queued..], 4).await);
+    // An overwrite at least a second after the first version (S3 orders versions by LastModified).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ids.extend(put_notified_twice(&case, &second, 4).await);
+    let written: Vec<Version> = first.iter().chain(&second).cloned().collect();
+    // key → its versions, oldest first; the last is the current one.
+    let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (v, id) in written.iter().zip(&ids) {
+        by_key.entry(v.key.clone()).or_default().push(id.clone());
+    }
+    let current: Vec<String> = by_key.values().map(|vs| format!("'{}'", vs.last().unwrap())).collect();
+    let logs = || (0..PROCESSES).map(|p| case.log(&format!("p{p}.log"))).collect::<Vec<_>>().join("\n");
+
+    let settled = eventually(Duration::from_secs(180), || async {
+        case.queue_depth(&case.queue_url).await == 0
+            && case
+                .count_or_zero(
+                    "SELECT COUNT(*) FROM wau_ingest_files WHERE merged_at IS NULL AND status IN ('loaded', 'superseded')",
+                )
+                .await
+                == 0
+            && case
+                .count_or_zero(&format!(
+                    "SELECT COUNT(DISTINCT key) FROM wau_ingest_files WHERE status = 'loaded' AND version IN ({})",
+                    current.join(", ")
+                ))
+                .await
+                == KEYS as i64
+    })
+    .await;
+    let settle_time = began.elapsed();
+    // Everything that should hold, checked together so a failure reports every count.
+    let mut wrong: Vec<String> = Vec::new();
+    for (p, svc) in procs.iter_mut().enumerate() {
+        if svc.try_wait().unwrap().is_none() {
+            signal(svc, "TERM");
+        }
+        let exit = wait_exit(&mut svc.0, Duration::from_secs(30));
+        if !exit.is_some_and(|s| s.success()) {
+            wrong.push(format!("process {p} did not exit cleanly: {exit:?} (p{p}.log)"));
+        }
+    }
+    if !settled {
+        wrong.push(format!("did not settle within 180 s (queue depth {})", case.queue_depth(&case.queue_url).await));
+    }
+    let twice = case
+        .query("SELECT key, version, COUNT(*) FROM wau_ingest_files GROUP BY bucket, key, version HAVING COUNT(*) > 1")
+        .await;
+    let extra_ledger_rows: i64 = twice.iter().map(|r| number(&r[2]) - 1).sum();
+    for r in &twice {
+        wrong.push(format!("the ledger holds {} {} {} times", cell(&r[0]), cell(&r[1]), cell(&r[2])));
+    }
+    let ledger = case
+        .query("SELECT key, version, status, rows_read, rows_loaded, rows_rejected FROM wau_ingest_files ORDER BY key, batch_id")
+        .await;
+    let staged: BTreeMap<(String, String), (i64, i64)> = case
+        .query(
+            "SELECT _file_key, _file_version, COUNT(*), COUNT(DISTINCT _line) FROM wau_audit_logs_staging GROUP BY _file_key, _file_version",
+        )
+        .await
+        .iter()
+        .map(|r| ((cell(&r[0]), cell(&r[1])), (number(&r[2]), number(&r[3]))))
+        .collect();
+    let double_staged: i64 = staged.values().map(|(n, lines)| n - lines).sum();
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &ledger {
+        let (k, version, status) = (cell(&r[0]), cell(&r[1]), cell(&r[2]));
+        let (read, loaded, rejected) = (number(&r[3]), number(&r[4]), number(&r[5]));
+        if read != loaded + rejected {
+            wrong.push(format!("{k} {version}: rows_read {read} <> rows_loaded {loaded} + rows_rejected {rejected}"));
+        }
+        let Some(versions) = by_key.get(&k) else {
+            wrong.push(format!("the ledger holds {k}, which was never written"));
+            continue;
+        };
+        let (n, lines) = staged.get(&(k.clone(), version.clone())).copied().unwrap_or((0, 0));
+        if Some(&version) == versions.last() {
+            let expected = ("loaded", SCALE_ROWS as i64 + SCALE_BAD, SCALE_ROWS as i64, SCALE_BAD);
+            if (status.as_str(), read, loaded, rejected) != expected {
+                wrong.push(format!(
+                    "{k} {version} (current): {:?}, expected {expected:?}",
+                    (&status, read, loaded, rejected)
+                ));
+            }
+            if (n, lines) != (loaded, loaded) {
+                wrong.push(format!("{k} {version}: {n} rows staged ({lines} distinct lines), rows_loaded {loaded}"));
+            }
+        } else if versions.contains(&version) {
+            if status != "superseded" {
+                wrong.push(format!("{k} {version} (overwritten): status {status}, expected superseded"));
+            }
+            if n != 0 {
+                wrong.push(format!("{k} {version} (overwritten): {n} rows still staged after the merge"));
+            }
+        } else {
+            wrong.push(format!("the ledger holds {k} {version}, a version never written"));
+        }
+        seen.entry(k).or_default().push(version);
+    }
+    for k in by_key.keys().filter(|k| !seen.contains_key(*k)) {
+        wrong.push(format!("{k} is not in the ledger"));
+    }
+    for ((k, version), (n, _)) in &staged {
+        if !seen.get(k).is_some_and(|vs| vs.contains(version)) {
+            wrong.push(format!("{n} rows staged for {k} {version}, which the ledger does not hold"));
+        }
+    }
+    let target_twice = case
+        .count("SELECT COUNT(*) FROM (SELECT customer, event_id FROM wau_audit_logs GROUP BY customer, event_id HAVING COUNT(*) > 1) d")
+        .await;
+    let expected = expected_target(CUSTOMER, &written);
+    let mut target_wrong = 0;
+    if target_twice > 0 {
+        wrong.push(format!("{target_twice} keys are in the target more than once"));
+    } else {
+        let target = case.target().await;
+        let differ = expected.iter().filter(|(k, v)| target.get(*k) != Some(*v)).count();
+        let extra = target.keys().filter(|k| !expected.contains_key(*k)).count();
+        target_wrong = differ + extra;
+        if target_wrong > 0 {
+            wrong.push(format!(
+                "target: {} rows, expected {}; {differ} expected rows missing or different, {extra} extra",
+                target.len(),
+                expected.len()
+            ));
+        }
+    }
+    let dlq = case.queue_depth(&case.dlq_url).await;
+    if dlq != 0 {
+        wrong.push(format!("{dlq} messages in the DLQ"));
+    }
+
+    // How much the processes raced, for the record (and a check that they all took part).
+    let all = logs();
+    let lines_with = |what: &str| all.lines().filter(|l| l.contains(what)).count();
+    // Both deliveries of a file in open batches of two processes at once: the later commit finds
+    // the version recorded (after the lock, or on its rerun after a conflict).
+    let caught = lines_with("recorded by another writer first");
+    let loaders = (0..PROCESSES).filter(|p| case.log(&format!("p{p}.log")).contains("\"outcome\":\"loaded\"")).count();
+    let summary = format!(
+        "{isolation:?}: settled {settled} in {settle_time:.1?}; {} versions written, {} deliveries; ledger {} rows, \
+         {} (key, version) more than once ({extra_ledger_rows} extra rows); staging {} rows, {double_staged} staged \
+         more than once; target keys twice {target_twice}, wrong {target_wrong}; {} batches committed, {caught} \
+         commits found files another process had recorded, {} conflict reruns, {} ingest steps and {} merges \
+         failed; {loaders} of {PROCESSES} processes loaded files",
+        written.len(),
+        2 * written.len(),
+        ledger.len(),
+        twice.len(),
+        staged.values().map(|(n, _)| n).sum::<i64>(),
+        lines_with("\"batch committed\""),
+        lines_with("rerun after a serialization conflict"),
+        lines_with("ingest step failed"),
+        lines_with("merge failed"),
+    );
+    eprintln!("scale-out: {summary}");
+    for l in all.lines().filter(|l| l.contains("\"level\":\"ERROR\"")).take(5) {
+        eprintln!("scale-out error logged: {l}");
+    }
+    assert!(
+        wrong.is_empty(),
+        "{summary}\n{} violations, the first:\n{}\nthe first errors and warnings logged:\n{}",
+        wrong.len(),
+        wrong[..wrong.len().min(20)].join("\n"),
+        all.lines()
+            .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains("\"level\":\"WARN\""))
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The test proves something only if the processes really raced.
+    assert!(loaders >= 2, "at least two processes loaded files: {summary}");
+    assert!(caught >= 1, "duplicate deliveries were in flight in two processes at once: {summary}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_processes_on_one_queue_every_file_notified_twice_snapshot() {
+    four_processes_with_every_file_notified_twice(Isolation::Snapshot).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_processes_on_one_queue_every_file_notified_twice_serializable() {
+    four_processes_with_every_file_notified_twice(Isolation::Serializable).await;
 }
 
 /// Sets how moto advances Glue job runs: `Some(n)` keeps a run going for n GetJobRun calls.

@@ -43,12 +43,42 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos % 100_000)
 }
 
+/// The isolation level a case's database is created with, as Redshift spells it
+/// (`CREATE DATABASE name ISOLATION LEVEL SNAPSHOT | SERIALIZABLE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Redshift Serverless' and new clusters' default (PostgreSQL REPEATABLE READ in the emulator):
+    /// two transactions may both pass a `NOT EXISTS` guard.
+    Snapshot,
+    /// A conflict aborts one of the transactions (Redshift error 1023).
+    Serializable,
+}
+
+impl Isolation {
+    pub fn sql(self) -> &'static str {
+        match self {
+            Isolation::Snapshot => "SNAPSHOT",
+            Isolation::Serializable => "SERIALIZABLE",
+        }
+    }
+
+    /// How `STV_DB_ISOLATION_LEVEL` names the level.
+    pub fn reported(self) -> &'static str {
+        match self {
+            Isolation::Snapshot => "Snapshot Isolation",
+            Isolation::Serializable => "Serializable",
+        }
+    }
+}
+
 pub struct Case {
     pub name: String,
     pub bucket: String,
     pub queue_url: String,
     pub dlq_url: String,
     pub database: String,
+    /// What the database was created with; None: the emulator's default.
+    pub isolation: Option<Isolation>,
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub data: aws_sdk_redshiftdata::Client,
@@ -59,8 +89,28 @@ pub struct Case {
 
 impl Case {
     /// A bucket whose `csv/` creations notify a queue with a DLQ after `max_receives`, and a
-    /// database; `notify` false leaves the bucket without notifications.
+    /// database at the emulator's default isolation; `notify` false leaves the bucket without
+    /// notifications.
     pub async fn new(sdk: &aws_config::SdkConfig, notify: bool, max_receives: u32) -> Case {
+        Case::create(sdk, notify, max_receives, None).await
+    }
+
+    /// As [`Case::new`], with the database created `ISOLATION LEVEL {isolation}`.
+    pub async fn with_isolation(
+        sdk: &aws_config::SdkConfig,
+        notify: bool,
+        max_receives: u32,
+        isolation: Isolation,
+    ) -> Case {
+        Case::create(sdk, notify, max_receives, Some(isolation)).await
+    }
+
+    async fn create(
+        sdk: &aws_config::SdkConfig,
+        notify: bool,
+        max_receives: u32,
+        isolation: Option<Isolation>,
+    ) -> Case {
         let name = unique("wau");
         let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build());
         let sqs = aws_sdk_sqs::Client::new(sdk);
@@ -110,6 +160,7 @@ impl Case {
         }
         let case = Case {
             database: name.clone(),
+            isolation,
             name,
             bucket,
             queue_url,
@@ -120,7 +171,20 @@ impl Case {
             dir: tempfile::tempdir().unwrap(),
             env: Vec::new(),
         };
-        case.statement("test", &format!("CREATE DATABASE {}", case.database)).await;
+        let create = match isolation {
+            None => format!("CREATE DATABASE {}", case.database),
+            Some(i) => format!("CREATE DATABASE {} ISOLATION LEVEL {}", case.database, i.sql()),
+        };
+        case.statement("test", &create).await;
+        if let Some(i) = isolation {
+            let level = case
+                .query(&format!(
+                    "SELECT TRIM(isolation_level) FROM stv_db_isolation_level WHERE TRIM(db_name) = '{}'",
+                    case.database
+                ))
+                .await;
+            assert_eq!(level, [[Some(i.reported().to_string())]], "{} is at {i:?} isolation", case.database);
+        }
         case
     }
 
@@ -191,6 +255,24 @@ impl Case {
             .send()
             .await
             .expect("put object");
+    }
+
+    /// As [`Case::put`]; returns the version the service records for the object
+    /// (`etag:<ETag>` on these unversioned buckets, as `S3Store::resolve` names it).
+    pub async fn put_version(&self, key: &str, body: impl Into<Vec<u8>>) -> String {
+        let out = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body.into()))
+            .send()
+            .await
+            .expect("put object");
+        match out.version_id() {
+            Some(v) if !v.is_empty() && v != "null" => v.to_string(),
+            _ => format!("etag:{}", out.e_tag().expect("ETag").trim_matches('"')),
+        }
     }
 
     pub async fn delete(&self, key: &str) {
