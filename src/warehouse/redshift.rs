@@ -982,9 +982,37 @@ fn status_of(rows: &[Vec<Cell>]) -> Option<FileStatus> {
 }
 
 impl Warehouse for RedshiftWarehouse {
+    /// The lock table first, on its own; then everything else as one batch behind the lock, so
+    /// tasks that start together (autoscaling, a deploy) do not race their DDL.
     fn migrate(&self) -> Result<(), WarehouseError> {
-        let statements = self.inner.sql().migrate();
-        self.inner.block_on(self.inner.api.run("migrate", &statements, true, None)).map(|_| ())
+        let sql = self.inner.sql();
+        let lock_table = sql.lock_table();
+        let mut statements = vec![sql.lock_writers()];
+        statements.extend(sql.migrate().into_iter().filter(|s| *s != lock_table));
+        self.inner.block_on(async {
+            // Two `CREATE TABLE IF NOT EXISTS` of the lock table at once can fail on the
+            // catalog (the loser sees the table half made); a moment later it exists.
+            let mut tries = 0u64;
+            loop {
+                match self.inner.api.run("migrate", std::slice::from_ref(&lock_table), false, None).await {
+                    Ok(_) => break,
+                    Err(e)
+                        if tries >= 3
+                            || !e.class().retryable()
+                                && !e.to_string().contains("already exists")
+                                && !e.to_string().contains("duplicate key") =>
+                    {
+                        return Err(e)
+                    }
+                    Err(e) => {
+                        tries += 1;
+                        warn!(error = %e, "creating the lock table raced another task; trying again");
+                        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                    }
+                }
+            }
+            self.inner.api.run("migrate", &statements, true, None).await.map(|_| ())
+        })
     }
 
     fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError> {
@@ -1917,8 +1945,10 @@ fn commit_statements(
     // A version recorded meanwhile by another writer is skipped.
     let ledger_insert = statements.len();
     statements.push(sql.insert_batch_ledger(BATCH_FILES));
-    // Versions within the batch were settled in memory.
+    // Versions within the batch were settled in memory; against the ledger, both ways: older
+    // versions the batch outdates, and versions of the batch another writer outdated meanwhile.
     statements.push(sql.supersede_older_than_batch(id));
+    statements.push(sql.supersede_batch_versions_already_older(id));
     if !parts.is_empty() {
         let manifest_key = staging.key(id, "manifest.json");
         let urls: Vec<String> = parts.iter().map(|k| staging.url(k)).collect();
@@ -2213,7 +2243,7 @@ mod tests {
     fn a_small_commit_is_literal_statements_and_one_copy() {
         let p = plan(vec![entry("a.csv", 2, 100), entry("b.csv", 0, 0)]);
         let s = &p.statements;
-        assert_eq!(s.len(), 10, "{s:#?}");
+        assert_eq!(s.len(), 11, "{s:#?}");
         assert_eq!(s[0], "LOCK wau_ingest_lock", "the lock before anything takes the snapshot");
         assert!(s[1].starts_with("CREATE TEMP TABLE wau_batch_files ("));
         assert!(
@@ -2227,13 +2257,19 @@ mod tests {
             s[4].starts_with("UPDATE wau_ingest_files SET status = 'superseded'") && s[4].contains("n.batch_id = 42")
         );
         assert!(
-            s[5].starts_with("COPY wau_audit_logs_staging (")
-                && s[5].contains("FROM 's3://b/staging/42/manifest.json'")
+            s[5].starts_with("UPDATE wau_ingest_files SET status = 'superseded', merged_at = NULL WHERE batch_id = 42")
+                && s[5].contains("n.sequencer > wau_ingest_files.sequencer"),
+            "a version of this batch another writer outdated meanwhile: {}",
+            s[5]
         );
-        assert!(s[6].starts_with("DELETE FROM wau_audit_logs_staging WHERE _batch_id = 42"));
-        assert!(s[7].starts_with("INSERT INTO wau_ingest_rejects (") && s[7].matches("'format'").count() == 2);
-        assert!(s[8].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42"));
-        assert_eq!(s[9], "DROP TABLE wau_batch_files");
+        assert!(
+            s[6].starts_with("COPY wau_audit_logs_staging (")
+                && s[6].contains("FROM 's3://b/staging/42/manifest.json'")
+        );
+        assert!(s[7].starts_with("DELETE FROM wau_audit_logs_staging WHERE _batch_id = 42"));
+        assert!(s[8].starts_with("INSERT INTO wau_ingest_rejects (") && s[8].matches("'format'").count() == 2);
+        assert!(s[9].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42"));
+        assert_eq!(s[10], "DROP TABLE wau_batch_files");
         assert_eq!(p.uploads.len(), 1, "only the manifest");
         let manifest: serde_json::Value = serde_json::from_slice(&p.uploads[0].1).unwrap();
         assert_eq!(manifest["entries"].as_array().unwrap().len(), 2);

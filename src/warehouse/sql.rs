@@ -332,7 +332,7 @@ impl<'a> Sql<'a> {
             t.merges
         ));
         if self.dialect != Dialect::Sqlite {
-            out.push(format!("CREATE TABLE IF NOT EXISTS {} (writer {int})", t.lock));
+            out.push(self.lock_table());
         }
         if self.dialect != Dialect::Redshift {
             let key = self.contract.dedupe_key.join(", ");
@@ -604,6 +604,11 @@ impl<'a> Sql<'a> {
     /// anything that takes the transaction's snapshot (a SELECT, DML, CREATE TABLE), so that the
     /// waiting writer's snapshot already holds the first one's rows. SQLite needs none: a batch
     /// holds the database's write lock from `BEGIN IMMEDIATE`.
+    /// The table [`Sql::lock_writers`] locks (Redshift and PostgreSQL).
+    pub fn lock_table(&self) -> String {
+        format!("CREATE TABLE IF NOT EXISTS {} (writer {})", self.t.lock, self.int())
+    }
+
     pub fn lock_writers(&self) -> String {
         format!("LOCK {}", self.t.lock)
     }
@@ -701,6 +706,19 @@ impl<'a> Sql<'a> {
         format!(
             "UPDATE {files} SET status = '{SUPERSEDED}', merged_at = NULL WHERE status = '{LOADED}' AND batch_id <> {batch_id}\n\
              \x20 AND EXISTS (SELECT 1 FROM {files} n WHERE n.batch_id = {batch_id} AND n.status IN {counting} AND n.bucket = {files}.bucket AND n.key = {files}.key AND n.version <> {files}.version AND {files}.sequencer <= n.sequencer)",
+            counting = counts_for_order_sql()
+        )
+    }
+
+    /// The other half of the version order inside a commit: a version batch `batch_id` recorded
+    /// as loaded while a newer version of its key was already recorded (by another writer, after
+    /// this one admitted it) is superseded at once, so the target never holds both. Ties go to
+    /// the later commit, as in [`Sql::supersede_older_than_batch`].
+    pub fn supersede_batch_versions_already_older(&self, batch_id: i64) -> String {
+        let files = &self.t.files;
+        format!(
+            "UPDATE {files} SET status = '{SUPERSEDED}', merged_at = NULL WHERE batch_id = {batch_id} AND status = '{LOADED}'\n\
+             \x20 AND EXISTS (SELECT 1 FROM {files} n WHERE n.batch_id <> {batch_id} AND n.status IN {counting} AND n.bucket = {files}.bucket AND n.key = {files}.key AND n.version <> {files}.version AND n.sequencer > {files}.sequencer)",
             counting = counts_for_order_sql()
         )
     }
