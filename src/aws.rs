@@ -6,6 +6,8 @@
 //! (`scripts/local-aws.sh`). The only setting of our own is path-style S3 addressing.
 
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use crate::config::AwsConfig;
 
@@ -54,6 +56,76 @@ pub fn s3_target(target: &str) -> Result<Option<(String, String)>, String> {
     }
 }
 
+/// A failed call worth repeating as is: throttling, too many active statements, a server error.
+pub fn is_transient(code: Option<&str>, http_status: Option<u16>) -> bool {
+    matches!(
+        code,
+        Some(
+            "ThrottlingException"
+                | "Throttling"
+                | "ThrottledException"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded"
+                | "ActiveStatementsExceededException"
+                | "ActiveSessionsExceededException"
+                | "InternalServerException"
+                | "InternalFailure"
+                | "ServiceUnavailable"
+                | "ServiceUnavailableException"
+                | "RequestTimeout"
+                | "RequestTimeoutException"
+                | "SlowDown"
+        )
+    ) || http_status.is_some_and(|s| s == 429 || s >= 500)
+}
+
+/// A failed SDK call, classified: worth repeating as is, or not.
+#[derive(Debug)]
+pub struct CallError {
+    pub transient: bool,
+    pub text: String,
+}
+
+/// Classifies any AWS SDK crate's error (they share smithy's error and response types).
+pub fn call_error<E>(e: SdkError<E, HttpResponse>) -> CallError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let transient = match &e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(ctx) => is_transient(ctx.err().code(), Some(ctx.raw().status().as_u16())),
+        _ => false,
+    };
+    CallError { transient, text: DisplayErrorContext(&e).to_string() }
+}
+
+/// Retry policies of our own, side by side, each on top of the SDK's own retries (standard mode,
+/// 3 attempts, for throttling and transport errors).
+pub mod retry {
+    use std::time::Duration;
+
+    use backon::ExponentialBuilder;
+
+    /// A Data API or S3 staging call that failed transiently: 5 more tries, 100 ms to 5 s.
+    pub fn transient() -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(5)
+            .with_jitter()
+    }
+
+    /// A Redshift batch aborted by a concurrency conflict: run whole again, 6 more times, 200 ms
+    /// to 5 s (the writers' lock makes these rare; see docs/design.md, Isolation).
+    pub fn conflict() -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(6)
+            .with_jitter()
+    }
+}
+
 /// The HTTP status of a failed SDK call, when the service answered at all. Every SDK crate
 /// shares the smithy error and response types, so this serves S3, SQS, the Data API and Glue.
 pub fn status_of<E>(err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
@@ -63,6 +135,16 @@ pub fn status_of<E>(err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::htt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttling_and_server_errors_are_transient_refusals_are_not() {
+        assert!(is_transient(Some("ThrottlingException"), Some(400)));
+        assert!(is_transient(Some("ActiveStatementsExceededException"), Some(400)));
+        assert!(is_transient(None, Some(503)));
+        assert!(is_transient(Some("InternalServerException"), Some(500)));
+        assert!(!is_transient(Some("ValidationException"), Some(400)));
+        assert!(!is_transient(Some("ResourceNotFoundException"), Some(400)));
+    }
 
     #[test]
     fn s3_uris_with_names_aliases_and_access_point_arns() {

@@ -53,6 +53,21 @@ pub const MAX_VARCHAR_BYTES: usize = 65_535;
 /// rounding could carry a value into the next second, day or year). Every engine stores the same.
 pub const MAX_FRACTION_DIGITS: usize = 6;
 
+/// What a row whose `customer` differs from the customer its object key names gets
+/// (keys matched by `customer_from_key`). In a bucket every customer writes to, one customer's
+/// export must never write, or through newest-wins dedupe overwrite, another customer's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CustomerPolicy {
+    /// The row is rejected (`customer_mismatch`, both values named); the rest of the file loads.
+    #[default]
+    RejectRow,
+    /// The whole file is rejected at its first such row.
+    RejectFile,
+    /// The column is believed (deployments whose keys carry no customer).
+    TrustColumn,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Column {
@@ -66,6 +81,22 @@ pub struct Column {
     pub max_length: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
+    /// Header texts that also name this column (matched as names are: case, surrounding
+    /// whitespace and a BOM ignored), for headers that are not SQL identifiers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Timestamps and dates: the earliest value accepted (inclusive), as a timestamp or date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<String>,
+    /// Timestamps and dates: the latest value accepted (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<String>,
+    /// Timestamps: at most this many seconds after the moment of validation (clock garbage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_future_secs: Option<u64>,
+    /// `min` and `max` in the stored form, set when the contract is checked.
+    #[serde(skip)]
+    bounds: (Option<String>, Option<String>),
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -83,6 +114,9 @@ pub struct Contract {
     pub customer_from_key: Vec<String>,
     #[serde(default)]
     pub unknown_columns: UnknownColumns,
+    /// Rows whose customer differs from the one the object key names: see [`CustomerPolicy`].
+    #[serde(default)]
+    pub customer_policy: CustomerPolicy,
     pub columns: Vec<Column>,
 }
 
@@ -104,6 +138,11 @@ pub enum ValueError {
     /// A NUL character: no warehouse stores it (Redshift's COPY refuses the whole load), so the
     /// row is rejected here instead of blocking every batch it would be in.
     Nul,
+    /// A timestamp or date outside what every engine and the WAU view represent (years
+    /// 1–9999, after conversion to UTC), or outside the column's `min`/`max`/`max_future_secs`.
+    OutOfRange {
+        bound: String,
+    },
 }
 
 impl ValueError {
@@ -114,6 +153,7 @@ impl ValueError {
             ValueError::Type { .. } => "type",
             ValueError::Format { .. } => "format",
             ValueError::Nul => "nul_character",
+            ValueError::OutOfRange { .. } => "out_of_range",
         }
     }
     pub fn describe(&self) -> String {
@@ -123,6 +163,7 @@ impl ValueError {
             ValueError::Type { expected } => format!("not a valid {}", type_name(*expected)),
             ValueError::Format { expected } => format!("not a valid {}", format_name(*expected)),
             ValueError::Nul => "contains a NUL character, which the warehouse cannot store".into(),
+            ValueError::OutOfRange { bound } => format!("out of range: {bound}"),
         }
     }
 }
@@ -146,6 +187,22 @@ fn format_name(f: Format) -> &'static str {
 }
 
 impl Column {
+    /// A column with no rules beyond its type.
+    pub fn new(name: &str, ty: ColumnType) -> Column {
+        Column {
+            name: name.to_string(),
+            ty,
+            required: false,
+            max_length: None,
+            format: None,
+            aliases: Vec::new(),
+            min: None,
+            max: None,
+            max_future_secs: None,
+            bounds: (None, None),
+        }
+    }
+
     /// The most bytes a string value of this column may have: `max_length`, else the widest
     /// VARCHAR. Checked at validation, so no value reaches a warehouse that refuses it.
     pub fn max_bytes(&self) -> usize {
@@ -161,15 +218,39 @@ impl Contract {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Contract, ContractError> {
-        let c: Contract =
+        let mut c: Contract =
             toml::from_str(text).map_err(|source| ContractError::Parse { path: origin.to_string(), source })?;
         c.check()?;
+        c.resolve_bounds()?;
         Ok(c)
     }
 
     /// The contract shipped in the binary (`contracts/wau_audit_log.toml`).
     pub fn builtin() -> Contract {
         Contract::parse(include_str!("../contracts/wau_audit_log.toml"), "builtin").expect("shipped contract is valid")
+    }
+
+    /// `min`/`max` in the stored form (UTC, as [`check_value`] writes values), so a value is
+    /// compared as text: the stored form orders as time does for years 1–9999.
+    fn resolve_bounds(&mut self) -> Result<(), ContractError> {
+        let (name, version) = (self.name.clone(), self.version);
+        for c in &mut self.columns {
+            let stored = |bound: &Option<String>, which: &str| -> Result<Option<String>, ContractError> {
+                let Some(text) = bound else { return Ok(None) };
+                let probe = Column { min: None, max: None, max_future_secs: None, ..c.clone() };
+                match check_value(&probe, text) {
+                    Ok(Some(v)) => Ok(Some(v)),
+                    _ => Err(ContractError::Invalid {
+                        name: name.clone(),
+                        version,
+                        reason: format!("column {}: {which} {text:?} is not a valid {}", c.name, type_name(c.ty)),
+                    }),
+                }
+            };
+            let bounds = (stored(&c.min, "min")?, stored(&c.max, "max")?);
+            c.bounds = bounds;
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), ContractError> {
@@ -186,6 +267,12 @@ impl Contract {
             if seen.insert(c.name.as_str(), i).is_some() {
                 return Err(invalid(format!("column {} appears twice", c.name)));
             }
+            for a in &c.aliases {
+                let a = normalise_header(a);
+                if a.is_empty() || (self.columns.iter().any(|o| o.name == a) && a != c.name) {
+                    return Err(invalid(format!("column {}: alias {a:?} is empty or another column's name", c.name)));
+                }
+            }
             match (c.ty, c.max_length) {
                 (ColumnType::String, Some(n)) if n == 0 || n > MAX_VARCHAR_BYTES => {
                     return Err(invalid(format!(
@@ -196,6 +283,13 @@ impl Contract {
                 (ColumnType::String, _) => {}
                 (_, Some(_)) => return Err(invalid(format!("column {}: max_length applies to strings only", c.name))),
                 (_, None) => {}
+            }
+            let is_time = matches!(c.ty, ColumnType::Timestamp | ColumnType::Date);
+            if (c.min.is_some() || c.max.is_some()) && !is_time {
+                return Err(invalid(format!("column {}: min and max apply to timestamps and dates only", c.name)));
+            }
+            if c.max_future_secs.is_some() && c.ty != ColumnType::Timestamp {
+                return Err(invalid(format!("column {}: max_future_secs applies to timestamps only", c.name)));
             }
             if c.format.is_some() && c.ty != ColumnType::String {
                 return Err(invalid(format!("column {}: a format applies to strings only", c.name)));
@@ -228,6 +322,12 @@ impl Contract {
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The contract column a (normalised) header names: by its name or one of its aliases.
+    pub fn column_for_header(&self, header: &str) -> Option<usize> {
+        self.column_index(header)
+            .or_else(|| self.columns.iter().position(|c| c.aliases.iter().any(|a| normalise_header(a) == header)))
     }
 
     pub fn customer_index(&self) -> usize {
@@ -327,13 +427,73 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
             _ => return Err(bad_type),
         }),
         ColumnType::Timestamp => {
+            let start = out.len();
             if !fast_utc_timestamp(v, out) {
                 out.push_str(&format_timestamp(parse_timestamp(v).ok_or(bad_type)?));
             }
+            if let Err(e) = in_range(col, &out[start..]) {
+                out.truncate(start);
+                return Err(e);
+            }
         }
-        ColumnType::Date => out.push_str(&NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad_type)?.to_string()),
+        ColumnType::Date => {
+            let start = out.len();
+            out.push_str(&NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad_type)?.to_string());
+            if let Err(e) = in_range(col, &out[start..]) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
     }
     Ok(true)
+}
+
+/// The years every engine and the WAU view represent: 0001–9999. The stored form then begins
+/// with four digits and a dash, and orders as time does, so bounds compare as text.
+fn in_range(col: &Column, stored: &str) -> Result<(), ValueError> {
+    let b = stored.as_bytes();
+    let four_digit_year = b.len() >= 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-';
+    if !four_digit_year || &stored[..4] == "0000" {
+        return Err(ValueError::OutOfRange { bound: "years 0001 to 9999 (UTC)".into() });
+    }
+    if let Some(min) = &col.bounds.0 {
+        if stored < min.as_str() {
+            return Err(ValueError::OutOfRange { bound: format!("before the column's min {min}") });
+        }
+    }
+    if let Some(max) = &col.bounds.1 {
+        if stored > max.as_str() {
+            return Err(ValueError::OutOfRange { bound: format!("after the column's max {max}") });
+        }
+    }
+    if let Some(ahead) = col.max_future_secs {
+        let horizon = horizon_text(ahead);
+        if stored > horizon.as_str() {
+            return Err(ValueError::OutOfRange {
+                bound: format!("more than {ahead} s in the future (after {horizon})"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Now plus `ahead` seconds in the stored form, recomputed at most once a second per thread.
+fn horizon_text(ahead: u64) -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<(i64, u64, String)> = const { RefCell::new((i64::MIN, 0, String::new())) };
+    }
+    let now = Utc::now().timestamp();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != now || c.1 != ahead {
+            use chrono::Datelike;
+            let at = DateTime::from_timestamp(now.saturating_add(ahead.min(i64::MAX as u64 / 2) as i64), 0)
+                .filter(|t| t.year() <= 9999);
+            *c = (now, ahead, at.map_or_else(|| "9999-12-31 23:59:59.999999".to_string(), format_timestamp));
+        }
+        c.2.clone()
+    })
 }
 
 /// `str::trim`, skipped when both ends are plainly not whitespace (the usual case).
@@ -441,24 +601,80 @@ fn is_email(v: &str) -> bool {
         && !v.bytes().any(|b| b.is_ascii_whitespace() || b == b',')
 }
 
-/// Drafts a contract from a sample: the narrowest type every non-empty value parses as,
-/// `required` where no value is empty, `max_length` rounded up for strings.
-pub fn infer(name: &str, headers: &[String], rows: &[Vec<String>]) -> Contract {
-    let mut columns = Vec::new();
+/// A drafted contract and what a person must still decide before using it. A draft with
+/// nothing left to decide parses as a contract and accepts every row of its sample.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub contract: Contract,
+    pub todo: Vec<String>,
+}
+
+/// A SQL identifier for a header: lowercase, `[a-z0-9_]`, not starting with a digit.
+fn identifier_for(header: &str, position: usize) -> String {
+    let mut out = String::new();
+    for ch in normalise_header(header).chars() {
+        if ch.is_ascii_alphanumeric() {
+            out.push(ch.to_ascii_lowercase());
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    let out = out.trim_matches('_').to_string();
+    match out.chars().next() {
+        None => format!("column_{}", position + 1),
+        Some(c) if c.is_ascii_digit() => format!("c_{out}"),
+        Some(_) => out,
+    }
+}
+
+/// Only types whose stored form is the text itself, or its one obvious reading: `1`/`0` are
+/// integers, never booleans; a leading zero or sign, or more than 64 bits, keeps a string.
+fn infer_type(non_empty: &[&str]) -> ColumnType {
+    let all = |f: &dyn Fn(&str) -> bool| !non_empty.is_empty() && non_empty.iter().all(|v| f(v));
+    let plain_integer = |v: &str| {
+        let digits = v.strip_prefix('-').unwrap_or(v);
+        !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'))
+            && v.parse::<i64>().is_ok()
+    };
+    let boolean_word = |v: &str| matches!(v.to_ascii_lowercase().as_str(), "true" | "false" | "yes" | "no");
+    let parses = |ty: ColumnType| move |v: &str| check_value(&Column::new("", ty), v).is_ok();
+    if all(&boolean_word) {
+        ColumnType::Boolean
+    } else if all(&plain_integer) {
+        ColumnType::Integer
+    } else if all(&|v: &str| {
+        let digits = v.strip_prefix('-').unwrap_or(v);
+        let leading_zero = digits.len() > 1 && digits.starts_with('0') && digits.as_bytes()[1].is_ascii_digit();
+        // An integer past 64 bits is no float either: its digits would be rounded.
+        let fractional = v.contains(['.', 'e', 'E']);
+        !v.starts_with('+') && !leading_zero && (fractional || plain_integer(v)) && parses(ColumnType::Float)(v)
+    }) {
+        ColumnType::Float
+    } else if all(&parses(ColumnType::Date)) {
+        ColumnType::Date
+    } else if all(&parses(ColumnType::Timestamp)) {
+        ColumnType::Timestamp
+    } else {
+        ColumnType::String
+    }
+}
+
+/// Drafts a contract from a sample: the narrowest safe type of every column, `required` where
+/// no value is empty, `max_length` (bytes) rounded up for strings, an identifier plus the
+/// original header as an alias where the header is not one, and the key columns found by name.
+pub fn infer(name: &str, headers: &[String], rows: &[Vec<String>]) -> Draft {
+    let mut columns: Vec<Column> = Vec::new();
+    let mut todo = Vec::new();
     for (i, h) in headers.iter().enumerate() {
-        let col_name = normalise_header(h);
+        let mut col_name = identifier_for(h, i);
+        while columns.iter().any(|c| c.name == col_name) {
+            col_name.push_str("_2");
+        }
         let values: Vec<&str> = rows.iter().map(|r| r.get(i).map(|s| s.trim()).unwrap_or("")).collect();
         let non_empty: Vec<&str> = values.iter().copied().filter(|v| !v.is_empty()).collect();
-        let ty = [ColumnType::Boolean, ColumnType::Integer, ColumnType::Float, ColumnType::Date, ColumnType::Timestamp]
-            .into_iter()
-            .find(|&ty| {
-                !non_empty.is_empty()
-                    && non_empty.iter().all(|v| {
-                        let probe = Column { name: String::new(), ty, required: false, max_length: None, format: None };
-                        check_value(&probe, v).is_ok()
-                    })
-            })
-            .unwrap_or(ColumnType::String);
+        let ty = infer_type(&non_empty);
         let max_len = non_empty.iter().map(|v| v.len()).max().unwrap_or(0);
         let format = if ty == ColumnType::String && !non_empty.is_empty() {
             if non_empty.iter().all(|v| is_email(v)) {
@@ -471,22 +687,50 @@ pub fn infer(name: &str, headers: &[String], rows: &[Vec<String>]) -> Contract {
         } else {
             None
         };
+        let alias = normalise_header(h);
         columns.push(Column {
-            name: col_name,
-            ty,
             required: !rows.is_empty() && non_empty.len() == values.len(),
             max_length: (ty == ColumnType::String)
                 .then(|| (max_len.max(1) * 2).next_power_of_two().min(MAX_VARCHAR_BYTES)),
             format,
+            aliases: if alias == col_name { Vec::new() } else { vec![h.trim().to_string()] },
+            ..Column::new(&col_name, ty)
         });
     }
     let find = |pred: &dyn Fn(&Column) -> bool| columns.iter().find(|c| pred(c)).map(|c| c.name.clone());
-    let customer = find(&|c| c.name == "customer").unwrap_or_else(|| "customer".into());
-    let event_time =
-        find(&|c| c.name == "event_time").or_else(|| find(&|c| c.ty == ColumnType::Timestamp)).unwrap_or_default();
-    let event_id = find(&|c| c.name == "event_id").or_else(|| find(&|c| c.name.ends_with("_id"))).unwrap_or_default();
-    let user = find(&|c| c.name == "user_id").unwrap_or_else(|| "user_id".into());
-    Contract {
+    let mut role = |role: &str, found: Option<String>, ask: &str| -> String {
+        found.unwrap_or_else(|| {
+            todo.push(format!("no {role} column found: {ask}"));
+            format!("TODO_{role}")
+        })
+    };
+    let customer = role(
+        "customer",
+        find(&|c| c.name == "customer" || c.name == "customer_id" || c.name == "tenant"),
+        "name the column that holds the customer in customer_column",
+    );
+    let event_time = role(
+        "event_time",
+        find(&|c| c.name == "event_time").or_else(|| find(&|c| c.ty == ColumnType::Timestamp)),
+        "name the timestamp column of each event in event_time_column",
+    );
+    let event_id = role(
+        "event_id",
+        find(&|c| c.name == "event_id").or_else(|| find(&|c| c.name.ends_with("_id") && c.name != customer)),
+        "name the column that identifies an event in dedupe_key (with the customer column)",
+    );
+    let user = role("user", find(&|c| c.name == "user_id"), "name the column whose values the WAU view counts");
+    for key in [&customer, &event_time, &event_id, &user] {
+        if let Some(c) = columns.iter_mut().find(|c| &c.name == key) {
+            if !c.required {
+                todo.push(format!(
+                    "{key} is a key column but some sample rows leave it empty: decide whether such rows are rejected"
+                ));
+                c.required = true;
+            }
+        }
+    }
+    let contract = Contract {
         name: name.to_string(),
         version: 1,
         table: "wau_audit_logs".into(),
@@ -496,8 +740,23 @@ pub fn infer(name: &str, headers: &[String], rows: &[Vec<String>]) -> Contract {
         dedupe_key: vec![customer, event_id],
         customer_from_key: vec!["csv/{customer}/**".into()],
         unknown_columns: UnknownColumns::Ignore,
+        customer_policy: CustomerPolicy::RejectRow,
         columns,
+    };
+    if todo.is_empty() {
+        // What the exit status promises: the draft parses, and accepts every row it was made from.
+        if let Err(e) = toml::to_string(&contract)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Contract::parse(&t, "draft").map(|_| ()).map_err(|e| e.to_string()))
+        {
+            todo.push(format!("the draft is not a valid contract: {e}"));
+        } else if let Some((line, col, e)) = rows.iter().enumerate().find_map(|(r, row)| {
+            contract.columns.iter().zip(row).find_map(|(c, v)| check_value(c, v).err().map(|e| (r + 2, c, e)))
+        }) {
+            todo.push(format!("sample line {line}: {}: {}", col.name, e.describe()));
+        }
     }
+    Draft { contract, todo }
 }
 
 /// Header names are matched case-insensitively, ignoring surrounding whitespace and a BOM.
@@ -510,7 +769,7 @@ mod tests {
     use super::*;
 
     fn col(ty: ColumnType, required: bool, max_length: Option<usize>, format: Option<Format>) -> Column {
-        Column { name: "c".into(), ty, required, max_length, format }
+        Column { required, max_length, format, ..Column::new("c", ty) }
     }
 
     #[test]
@@ -568,6 +827,32 @@ mod tests {
             check_value(&c, &"€".repeat(MAX_VARCHAR_BYTES / 3 + 1)),
             Err(ValueError::MaxLength { max: MAX_VARCHAR_BYTES, len: 65_538 })
         );
+    }
+
+    #[test]
+    fn timestamp_and_date_bounds() {
+        let t = col(ColumnType::Timestamp, true, None, None);
+        assert_eq!(check_value(&t, "9999-12-31T23:59:59.999999Z").unwrap().unwrap(), "9999-12-31 23:59:59.999999");
+        assert_eq!(check_value(&t, "0001-01-01T00:00:00Z").unwrap().unwrap(), "0001-01-01 00:00:00");
+        for v in ["9999-12-31T23:30:00-01:00", "0000-12-31T00:00:00Z", "0001-01-01T00:30:00+01:00"] {
+            assert_eq!(check_value(&t, v).unwrap_err().rule(), "out_of_range", "{v}");
+        }
+        let d = col(ColumnType::Date, true, None, None);
+        assert_eq!(check_value(&d, "0000-01-01").unwrap_err().rule(), "out_of_range");
+        let with = |bounds: &str| {
+            let text =
+                include_str!("../contracts/wau_audit_log.toml").replacen("min = \"2000-01-01T00:00:00Z\"", bounds, 1);
+            Contract::parse(&text, "t")
+        };
+        let c = with("min = \"2020-01-01T01:00:00+01:00\"\nmax = \"2025-01-01T00:00:00Z\"").unwrap();
+        let et = &c.columns[c.event_time_index()];
+        assert_eq!(et.bounds, (Some("2020-01-01 00:00:00".into()), Some("2025-01-01 00:00:00".into())));
+        assert_eq!(check_value(et, "2019-12-31T23:59:59Z").unwrap_err().rule(), "out_of_range");
+        assert_eq!(check_value(et, "2025-01-01T00:00:00.000001Z").unwrap_err().rule(), "out_of_range");
+        assert!(check_value(et, "2025-01-01T00:00:00Z").is_ok(), "bounds are inclusive");
+        assert!(check_value(et, "2020-01-01T00:00:00Z").is_ok(), "bounds are inclusive");
+        let bad = with("max = \"2030-01-01\"").unwrap_err().to_string();
+        assert!(bad.contains("max \"2030-01-01\" is not a valid timestamp"), "{bad}");
     }
 
     #[test]
@@ -681,7 +966,9 @@ mod tests {
             vec!["acme".into(), "e1".into(), "2026-11-23T10:00:00Z".into(), "1".into(), "a@b.io".into(), "u".into()],
             vec!["acme".into(), "e2".into(), "2026-11-23 11:00:00".into(), "2".into(), "".into(), "u".into()],
         ];
-        let c = infer("sample", &headers, &rows);
+        let d = infer("sample", &headers, &rows);
+        assert!(d.todo.is_empty(), "{:?}", d.todo);
+        let c = d.contract;
         assert_eq!(c.columns[0].name, "customer");
         assert_eq!(c.columns[2].ty, ColumnType::Timestamp);
         assert_eq!(c.columns[3].ty, ColumnType::Integer);
@@ -692,5 +979,35 @@ mod tests {
         // The draft is itself a valid contract.
         let text = toml::to_string(&c).unwrap();
         Contract::parse(&text, "draft").unwrap();
+    }
+
+    #[test]
+    fn infer_never_guesses_a_type_that_changes_the_data() {
+        let col = |vals: &[&str]| infer_type(vals);
+        assert_eq!(col(&["1", "0", "1"]), ColumnType::Integer, "0/1 are numbers, not booleans");
+        assert_eq!(col(&["true", "False"]), ColumnType::Boolean);
+        assert_eq!(col(&["08123", "10001"]), ColumnType::String, "a leading zero is kept");
+        assert_eq!(col(&["12345678901234567890"]), ColumnType::String, "more than 64 bits");
+        assert_eq!(col(&["+5"]), ColumnType::String);
+        assert_eq!(col(&["-5", "0", "42"]), ColumnType::Integer);
+        assert_eq!(col(&["1.5", "2"]), ColumnType::Float);
+        assert_eq!(col(&["007.5"]), ColumnType::String);
+        assert_eq!(col(&["2026-11-23"]), ColumnType::Date);
+        assert_eq!(col(&[]), ColumnType::String);
+    }
+
+    #[test]
+    fn infer_names_odd_headers_and_says_what_is_missing() {
+        let headers: Vec<String> = ["User Name", "2nd value", "Event Time", "id"].map(String::from).to_vec();
+        let rows = vec![vec!["ann".into(), "x".into(), "2026-11-23T10:00:00Z".into(), "1".into()]];
+        let d = infer("odd", &headers, &rows);
+        let names: Vec<&str> = d.contract.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["user_name", "c_2nd_value", "event_time", "id"]);
+        assert_eq!(d.contract.columns[0].aliases, ["User Name"]);
+        assert!(d.contract.columns[3].aliases.is_empty());
+        assert_eq!(d.contract.column_for_header(&normalise_header(" user name ")), Some(0));
+        assert!(d.todo.iter().any(|t| t.starts_with("no customer column found")), "{:?}", d.todo);
+        assert!(d.todo.iter().any(|t| t.starts_with("no user column found")), "{:?}", d.todo);
+        assert!(d.todo.iter().any(|t| t.starts_with("no event_id column found")), "{:?}", d.todo);
     }
 }

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod publish;
 pub mod replay;
 pub mod run;
+pub mod selftest;
 pub mod source;
 pub mod validate;
 pub mod warehouse;

@@ -306,8 +306,10 @@ mod tests {
         let foreign = dir.path().join("foreign.csv");
         std::fs::write(&foreign, format!("{}\nglobex,e1,2026-11-23T10:00:00Z,u1,,login,,\n", crate::demo::HEADER))
             .unwrap();
-        let err = publish_local(&c, ReadLimits::default(), &foreign, &to, "acme", false).await.unwrap_err();
-        assert!(err.to_string().contains("customer \"globex\" is not \"acme\""), "{err}");
+        // The validator's tenant rule refuses the row before anything is written.
+        let out = publish_local(&c, ReadLimits::default(), &foreign, &to, "acme", false).await.unwrap();
+        let Published::Rejected { rejects, .. } = out else { panic!("{out:?}") };
+        assert_eq!((rejects[0].rule, rejects[0].line), ("customer_mismatch", 2));
         assert_eq!(std::fs::read_dir(&to).unwrap().count(), 0, "nothing published, no .part left");
     }
 }

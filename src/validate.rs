@@ -10,13 +10,16 @@ use std::collections::HashMap;
 use csv_async::{AsyncReaderBuilder, ByteRecord, Terminator, Trim};
 use tokio::io::AsyncRead;
 
-use crate::contract::{check_value_into, normalise_header, Contract, UnknownColumns};
+use crate::contract::{check_value_into, normalise_header, Contract, CustomerPolicy, UnknownColumns};
 
 /// How much of a value and of a raw line a reject row keeps.
 pub const MAX_REJECT_VALUE_CHARS: usize = 256;
 pub const MAX_REJECT_RAW_CHARS: usize = 1024;
 /// Rows per chunk handed to the warehouse writer.
 pub const CHUNK_ROWS: usize = 4096;
+
+/// A row of another customer than the one its object key names (see `CustomerPolicy`).
+pub const CUSTOMER_MISMATCH: &str = "customer_mismatch";
 
 /// Every reject rule, row-level and file-level; the fixed label set of `wau_ingest_rejects_total`.
 pub const RULES: &[&str] = &[
@@ -34,6 +37,8 @@ pub const RULES: &[&str] = &[
     "too_large",
     "unreadable",
     "no_customer",
+    "out_of_range",
+    CUSTOMER_MISMATCH,
 ];
 
 /// Good rows, stored flat in one string: `value(i, c)` is column `c` of row `i` (`None` for an
@@ -168,6 +173,9 @@ struct ColumnMap {
     source: Vec<Option<usize>>,
     /// The customer value for every row when the file lacks the column.
     derived_customer: Option<String>,
+    /// The customer the object key names, which every row's `customer` must be (unless the
+    /// contract trusts the column).
+    key_customer: Option<String>,
     width: usize,
 }
 
@@ -184,7 +192,7 @@ fn map_header(header: &ByteRecord, opts: &Options<'_>) -> Result<ColumnMap, File
         }
     }
     if c.unknown_columns == UnknownColumns::Reject {
-        let mut unknown: Vec<&String> = names.keys().filter(|n| c.column_index(n).is_none()).collect();
+        let mut unknown: Vec<&String> = names.keys().filter(|n| c.column_for_header(n).is_none()).collect();
         if !unknown.is_empty() {
             unknown.sort();
             let list: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
@@ -195,7 +203,10 @@ fn map_header(header: &ByteRecord, opts: &Options<'_>) -> Result<ColumnMap, File
     let mut derived_customer = None;
     let mut missing = Vec::new();
     for col in &c.columns {
-        let idx = names.get(&col.name).copied();
+        let idx = names
+            .get(&col.name)
+            .copied()
+            .or_else(|| col.aliases.iter().find_map(|a| names.get(&crate::contract::normalise_header(a)).copied()));
         if idx.is_none() && col.name == c.customer_column {
             match c.customer_from_key(opts.key) {
                 Some(cust) => derived_customer = Some(cust),
@@ -214,7 +225,13 @@ fn map_header(header: &ByteRecord, opts: &Options<'_>) -> Result<ColumnMap, File
     if !missing.is_empty() {
         return Err(reject("missing_column", format!("missing required column(s) {}", missing.join(", "))));
     }
-    Ok(ColumnMap { source, derived_customer, width: header.len() })
+    let key_customer = match c.customer_policy {
+        CustomerPolicy::TrustColumn => None,
+        CustomerPolicy::RejectRow | CustomerPolicy::RejectFile => {
+            derived_customer.is_none().then(|| c.customer_from_key(opts.key)).flatten()
+        }
+    };
+    Ok(ColumnMap { source, derived_customer, key_customer, width: header.len() })
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -303,6 +320,19 @@ fn check_row(
                 check_value_into(col, text, &mut chunk.text).map_err(|e| (e, text))
             }
         };
+        if let (Ok(true), Some(expected)) = (&checked, &map.key_customer) {
+            let given = &chunk.text[start..];
+            if col.name == opts.contract.customer_column && given != expected.as_str() {
+                let given = given.to_string();
+                chunk.rewind(mark);
+                return Err(reject(
+                    Some(&col.name),
+                    CUSTOMER_MISMATCH,
+                    format!("customer {given:?} in a file under customer {expected:?}'s key {}", opts.key),
+                    Some(&given),
+                ));
+            }
+        }
         match checked {
             Ok(true) => chunk.spans.push((start as u32, chunk.text.len() as u32)),
             Ok(false) => chunk.spans.push(NULL_SPAN),
@@ -374,6 +404,17 @@ where
                     let full = std::mem::replace(&mut chunk, RowChunk::new(ncols));
                     sink.rows(full).await.map_err(ValidateError::Sink)?;
                 }
+            }
+            Err(r) if r.rule == CUSTOMER_MISMATCH && opts.contract.customer_policy == CustomerPolicy::RejectFile => {
+                // Nothing of a file that writes another customer's rows loads; the rest of it
+                // is counted, so the accounting says how many rows the verdict covers.
+                account.file_reject = Some(FileReject { rule: r.rule, reason: r.reason, line: r.line });
+                while let Ok(true) = reader.read_byte_record(&mut record).await {
+                    account.rows_read += 1;
+                }
+                account.rows_loaded = 0;
+                account.rows_rejected = account.rows_read;
+                return Ok(account);
             }
             Err(r) => {
                 account.rows_rejected += 1;
@@ -628,6 +669,58 @@ mod tests {
         assert_eq!(row(&sink.rows, 0)[0].as_deref(), Some("globex"));
         let (acc, _) = run_on("w47.csv", data.as_bytes()).await;
         assert_eq!(acc.file_reject.unwrap().rule, "no_customer");
+    }
+
+    #[tokio::test]
+    async fn a_row_of_another_customer_than_the_key_names_is_rejected_by_default() {
+        let data = format!(
+            "{HEADER}\nacme,e1,2026-11-23T10:00:00Z,u1,,login,,\nglobex,e2,2026-11-23T10:00:00Z,u2,,login,,\n acme ,e3,2026-11-23T10:00:00Z,u3,,login,,\n"
+        );
+        let (acc, sink) = run_on("csv/acme/w47.csv", data.as_bytes()).await;
+        assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (3, 2, 1));
+        let r = &sink.rejects[0];
+        assert_eq!((r.line, r.column.as_deref(), r.rule), (3, Some("customer"), "customer_mismatch"));
+        assert_eq!(r.reason, "customer \"globex\" in a file under customer \"acme\"'s key csv/acme/w47.csv");
+        assert_eq!(r.value.as_deref(), Some("globex"));
+        // A key that names no customer checks nothing.
+        let (acc, _) = run_on("w47.csv", data.as_bytes()).await;
+        assert_eq!(acc.rows_loaded, 3);
+
+        let mut whole = Contract::builtin();
+        whole.customer_policy = CustomerPolicy::RejectFile;
+        let mut sink = CollectSink::default();
+        let opts = Options { contract: &whole, key: "csv/acme/w47.csv" };
+        let acc = validate_stream(data.as_bytes(), &opts, &mut sink).await.unwrap();
+        let verdict = acc.file_reject.clone().expect("the file is rejected whole");
+        assert_eq!((verdict.rule, verdict.line), ("customer_mismatch", 3));
+        assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (3, 0, 3));
+
+        let mut trusting = Contract::builtin();
+        trusting.customer_policy = CustomerPolicy::TrustColumn;
+        let mut sink = CollectSink::default();
+        let opts = Options { contract: &trusting, key: "csv/acme/w47.csv" };
+        let acc = validate_stream(data.as_bytes(), &opts, &mut sink).await.unwrap();
+        assert_eq!((acc.rows_loaded, acc.rows_rejected), (3, 0));
+        assert_eq!(row(&sink.rows, 1)[0].as_deref(), Some("globex"));
+    }
+
+    #[tokio::test]
+    async fn timestamps_outside_the_calendar_or_the_contract_are_out_of_range() {
+        let data = format!(
+            "{HEADER}\n\
+             acme,e1,9999-12-31T23:30:00-01:00,u1,,login,,\n\
+             acme,e2,0000-06-01T00:00:00Z,u1,,login,,\n\
+             acme,e3,1999-12-31T23:59:59Z,u1,,login,,\n\
+             acme,e4,2999-01-01T00:00:00Z,u1,,login,,\n\
+             acme,e5,2000-01-01T00:00:00Z,u1,,login,,\n"
+        );
+        let (acc, sink) = run_on("csv/acme/w.csv", data.as_bytes()).await;
+        assert_eq!((acc.rows_loaded, acc.rows_rejected), (1, 4));
+        let got: Vec<(u64, &str)> = sink.rejects.iter().map(|r| (r.line, r.rule)).collect();
+        assert_eq!(got, [(2, "out_of_range"), (3, "out_of_range"), (4, "out_of_range"), (5, "out_of_range")]);
+        assert!(sink.rejects[0].reason.contains("years 0001 to 9999"), "{}", sink.rejects[0].reason);
+        assert!(sink.rejects[2].reason.contains("before the column's min 2000-01-01 00:00:00"));
+        assert!(sink.rejects[3].reason.contains("more than 86400 s in the future"));
     }
 
     #[tokio::test]

@@ -2,6 +2,10 @@
 //! COPY from the moto S3 server). Each test makes its own PostgreSQL database (through the
 //! Data API) and its own S3 bucket.
 //!
+//! What every engine must do is checked by `tests/conformance.rs` (SQLite and this warehouse at
+//! both isolation levels); here is what is particular to this one: staging objects, statement
+//! metrics, the commit in flight, the spilling of rejects.
+//!
 //! Needs the local stack: `eval "$(scripts/local-aws.sh up)"` (sets AWS_ENDPOINT_URL_S3 and
 //! AWS_ENDPOINT_URL_REDSHIFT_DATA). Without it the tests skip loudly, or fail when `CI` is set.
 
@@ -14,10 +18,8 @@ use wau_ingest::config::{WarehouseConfig, WarehouseKind};
 use wau_ingest::contract::Contract;
 use wau_ingest::metrics::Metrics;
 use wau_ingest::validate::{Reject, RowChunk};
-use wau_ingest::warehouse::redshift::{Cell, RedshiftWarehouse};
-use wau_ingest::warehouse::{
-    Admission, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse, WauRow,
-};
+use wau_ingest::warehouse::redshift::RedshiftWarehouse;
+use wau_ingest::warehouse::{Admission, BatchSink, FileMeta, FileStatus, FileSummary, Warehouse};
 
 struct Stack {
     w: RedshiftWarehouse,
@@ -174,140 +176,67 @@ fn reject(line: u64, value: &str, raw: &str) -> Reject {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_twice_and_ping() {
+async fn statements_are_timed_by_operation() {
     let Some(s) = stack(1 << 20).await else { return };
     s.w.migrate().unwrap();
-    s.w.ping().unwrap();
-    assert_eq!(s.w.totals().unwrap(), LedgerTotals::default());
-    assert_eq!(s.w.merge().unwrap(), MergeReport::default(), "nothing to merge");
-    assert_eq!(
-        s.strings("SELECT COUNT(*) FROM wau_ingest_merges"),
-        vec![vec!["0".to_string()]],
-        "an idle merge records nothing"
-    );
     assert!(s.metrics.render().contains("wau_ingest_statement_seconds_count{operation=\"migrate\"} 2"));
+    let mut sink = s.w.sink().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]);
+    sink.commit().unwrap().unwrap();
+    s.w.merge().unwrap();
+    let metrics = s.metrics.render();
+    assert!(metrics.contains("wau_ingest_statement_seconds_count{operation=\"load\"} 1"), "{metrics}");
+    // Two Data API statements: the check for unmerged files, then the merge's batch.
+    assert!(metrics.contains("wau_ingest_statement_seconds_count{operation=\"merge\"} 2"), "{metrics}");
 }
 
+/// Rows go to gzip parts uploaded as they are cut, one file's rows to parts of its own: a file
+/// abandoned or discarded takes exactly its parts along, a commit or a rollback all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_of_two_files_commits_rows_and_rejects_then_cleans_its_staging() {
+async fn staging_parts_are_cut_as_rows_come_and_go_with_their_file() {
     // Tiny parts: every row cuts a part, so a file spans several.
     let Some(s) = stack(50).await else { return };
     let mut sink = s.w.sink().unwrap();
-    let (a, b) = (meta("csv/acme/a.csv", "va", "1"), meta("csv/acme/b.csv", "vb", "1"));
-    // Text that breaks naive literals on one engine or the other.
-    let tricky_raw = r#"acme,e9,2026-11-23T10:00:00Z,u9,it's\not@mail\,login,,"ua \"x\""\"#;
-    let tricky_value = r"it's\not@mail\";
-
-    assert_eq!(sink.admit(&a, false).unwrap(), Admission::Load);
+    assert_eq!(sink.admit(&meta("a.csv", "va", "1"), false).unwrap(), Admission::Load);
     sink.write_rows(&chunk(&[("acme", "e1", "u1"), ("acme", "e2", "u2"), ("acme", "e3", "u1")])).unwrap();
-    sink.write_rejects(&[reject(5, tricky_value, tricky_raw)]).unwrap();
+    sink.write_rejects(&[reject(5, "x", "y")]).unwrap();
     assert!(sink.finish_file(&loaded(3, 1)).unwrap());
-    assert_eq!(sink.admit(&b, false).unwrap(), Admission::Load);
+    assert_eq!(sink.admit(&meta("b.csv", "vb", "1"), false).unwrap(), Admission::Load);
     sink.write_rows(&chunk(&[("acme", "e4", "u3")])).unwrap();
-    sink.write_rejects(&[reject(3, "x", "acme,e5"), reject(4, "y", "acme,e6")]).unwrap();
-    assert!(sink.finish_file(&loaded(1, 2)).unwrap());
-    assert_eq!(sink.pending().0, 4);
+    assert!(sink.finish_file(&loaded(1, 0)).unwrap());
+    let kept = s.staging_objects().await;
+    assert_eq!(kept.len(), 4, "parts are uploaded as they are cut, one file's rows to its own parts: {kept:?}");
 
-    assert_eq!(
-        s.staging_objects().await.len(),
-        4,
-        "parts are uploaded as they are cut, one file's rows to its own parts"
-    );
-    assert_eq!(s.w.lookup("central", &a.key, "va").unwrap(), None, "nothing is visible before commit");
-    assert_eq!(s.w.totals().unwrap(), LedgerTotals::default());
+    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e5", "u1"), ("acme", "e6", "u2")])).unwrap();
+    assert_eq!(s.staging_objects().await.len(), 6);
+    sink.abandon_file().unwrap();
+    assert_eq!(s.staging_objects().await, kept, "an abandoned file's parts are deleted, nothing else");
 
-    let report = sink.commit().unwrap().expect("a report");
-    assert_eq!((report.files, report.rows_loaded, report.rows_rejected), (2, 4, 3));
-    assert_eq!(s.w.lookup("central", &a.key, "va").unwrap(), Some(FileStatus::Loaded));
-    assert_eq!(s.w.lookup_stamp("central", &b.key, "1", 100).unwrap(), Some(FileStatus::Loaded));
-    assert_eq!(
-        s.w.recorded_sequencers("central").unwrap(),
-        [(a.key.clone(), "1".to_string()), (b.key.clone(), "1".to_string())].into_iter().collect()
-    );
-    let t = s.w.totals().unwrap();
-    assert_eq!(
-        t,
-        LedgerTotals {
-            files_loaded: 2,
-            rows_read: 7,
-            rows_loaded: 4,
-            rows_rejected: 3,
-            staging_rows: 4,
-            reject_rows: 3,
-            ..LedgerTotals::default()
-        }
-    );
-    assert_eq!(
-        s.strings("SELECT _file_key, event_id, user_id, _line, user_agent, user_email FROM wau_audit_logs_staging ORDER BY event_id"),
-        vec![
-            vec!["csv/acme/a.csv", "e1", "u1", "2", "agent, \"quoted\"", "NULL"],
-            vec!["csv/acme/a.csv", "e2", "u2", "3", "agent, \"quoted\"", "NULL"],
-            vec!["csv/acme/a.csv", "e3", "u1", "4", "agent, \"quoted\"", "NULL"],
-            vec!["csv/acme/b.csv", "e4", "u3", "2", "agent, \"quoted\"", "NULL"],
-        ]
-    );
-    let rejects =
-        s.w.query("SELECT key, line, rule, value, raw_line FROM wau_ingest_rejects ORDER BY key, line").unwrap();
-    assert_eq!(rejects.len(), 3);
-    assert_eq!(rejects[0][0], Cell::Str(a.key.clone()));
-    assert_eq!(
-        (rejects[0][3].text().unwrap(), rejects[0][4].text().unwrap()),
-        (tricky_value.to_string(), tricky_raw.to_string())
-    );
-    assert_eq!(rejects[2][1].as_i64(), Some(4));
+    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e7", "u1"), ("acme", "e8", "u2")])).unwrap();
+    assert_eq!(s.staging_objects().await.len(), 6);
+    sink.discard_file_rows().unwrap();
+    assert_eq!(s.staging_objects().await, kept, "a discarded file's parts are deleted, nothing else");
+    assert!(sink
+        .finish_file(&FileSummary {
+            status: FileStatus::Rejected,
+            rows_read: 2,
+            rows_loaded: 0,
+            rows_rejected: 2,
+            reason: Some("x".into())
+        })
+        .unwrap());
+
+    assert_eq!(sink.commit().unwrap().unwrap().files, 3);
     assert!(s.staging_objects().await.is_empty(), "staging objects are deleted after the commit");
-    assert_eq!(sink.commit().unwrap(), None, "nothing open, nothing to commit");
-    assert!(s.metrics.render().contains("wau_ingest_statement_seconds_count{operation=\"load\"} 1"));
-}
+    assert_eq!(s.w.totals().unwrap().staging_rows, 4);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_are_refused_and_older_versions_are_superseded() {
-    let Some(s) = stack(1 << 20).await else { return };
-    let mut sink = s.w.sink().unwrap();
-    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "u1")]), Admission::Load);
-    sink.commit().unwrap().unwrap();
-
-    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
-    assert_eq!(
-        sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(),
-        Admission::Superseded,
-        "older than the recorded v2"
-    );
-    // Within the open batch: a version already in it is a duplicate, an older one superseded.
-    assert_eq!(load(sink.as_mut(), &meta("c.csv", "v5", "5"), &[("acme", "e2", "u2")]), Admission::Load);
-    assert_eq!(sink.admit(&meta("c.csv", "v5", "5"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
-    assert_eq!(sink.admit(&meta("c.csv", "v4", "4"), false).unwrap(), Admission::Superseded);
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Superseded));
-    let report = sink.commit().unwrap().unwrap();
-    assert_eq!((report.files, report.rows_loaded), (3, 1));
-
-    assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), Some(FileStatus::Superseded));
-    assert_eq!(s.w.lookup("central", "c.csv", "v4").unwrap(), Some(FileStatus::Superseded));
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Superseded));
-    assert_eq!(sink.admit(&meta("c.csv", "v5", "5"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
+    assert_eq!(sink.admit(&meta("e.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e9", "u1")])).unwrap();
+    assert!(!s.staging_objects().await.is_empty());
     sink.rollback();
-    let t = s.w.totals().unwrap();
-    assert_eq!((t.files_loaded, t.files_superseded, t.staging_rows, t.unbalanced_files), (2, 2, 2, 0));
-
-    // A newer version overwrites: the older load is marked superseded in the same commit,
-    // also when both versions are in one batch.
-    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v3", "3"), &[("acme", "e1", "u9")]), Admission::Load);
-    assert_eq!(load(sink.as_mut(), &meta("d.csv", "v1", "1"), &[("acme", "e3", "u3")]), Admission::Load);
-    assert_eq!(load(sink.as_mut(), &meta("d.csv", "v2", "2"), &[("acme", "e4", "u4")]), Admission::Load);
-    sink.commit().unwrap().unwrap();
-    assert_eq!(s.w.lookup("central", "a.csv", "v2").unwrap(), Some(FileStatus::Superseded));
-    assert_eq!(s.w.lookup("central", "d.csv", "v1").unwrap(), Some(FileStatus::Superseded));
-    assert_eq!(s.w.lookup("central", "d.csv", "v2").unwrap(), Some(FileStatus::Loaded));
-    assert_eq!(s.w.totals().unwrap().files_superseded, 4);
-    s.w.merge().unwrap();
-    assert_eq!(
-        s.target(),
-        vec![
-            ("e1".into(), "u9".into(), "a.csv".into()),
-            ("e2".into(), "u2".into(), "c.csv".into()),
-            ("e4".into(), "u4".into(), "d.csv".into())
-        ]
-    );
+    assert!(s.staging_objects().await.is_empty(), "a rolled back batch's parts are deleted");
 }
 
 /// While a batch commits, the next one fills: a version in flight is a duplicate, an older
@@ -346,200 +275,6 @@ async fn a_batch_in_flight_counts_for_admission_until_its_commit_ended() {
         s.target(),
         vec![("e1".into(), "u1".into(), "a.csv".into()), ("e2".into(), "u9".into(), "b.csv".into())]
     );
-}
-
-/// Two writers load the same version at once (neither saw the other's work at admit): the
-/// one that commits second records nothing, and its staged rows and rejects do not stay.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_recorded_by_another_writer_first_is_loaded_once() {
-    let Some(s) = stack(1 << 20).await else { return };
-    let (mut first, mut second) = (s.w.sink().unwrap(), s.w.sink().unwrap());
-    let m = meta("a.csv", "v1", "1");
-    for sink in [&mut first, &mut second] {
-        assert_eq!(sink.admit(&m, false).unwrap(), Admission::Load);
-        sink.write_rows(&chunk(&[("acme", "e1", "u1"), ("acme", "e2", "u2")])).unwrap();
-        sink.write_rejects(&[reject(4, "x", "y")]).unwrap();
-        assert!(sink.finish_file(&loaded(2, 1)).unwrap(), "the race is settled at commit");
-    }
-    assert_eq!(load(second.as_mut(), &meta("b.csv", "v1", "1"), &[("acme", "e3", "u3")]), Admission::Load);
-    let r1 = first.commit().unwrap().unwrap();
-    assert_eq!((r1.files, r1.rows_loaded, r1.rows_rejected), (1, 2, 1));
-    let r2 = second.commit().unwrap().unwrap();
-    assert_eq!((r2.files, r2.rows_loaded, r2.rows_rejected), (1, 1, 0), "only b.csv was recorded by the second writer");
-    let t = s.w.totals().unwrap();
-    assert_eq!(
-        (t.files_loaded, t.rows_loaded, t.staging_rows, t.reject_rows, t.unbalanced_files),
-        (2, 3, 3, 1, 0),
-        "{t:?}"
-    );
-    assert_eq!(s.strings("SELECT COUNT(*) FROM wau_ingest_files WHERE key = 'a.csv'"), vec![vec!["1".to_string()]]);
-    assert!(s.staging_objects().await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abandoned_and_discarded_files_leave_nothing() {
-    let Some(s) = stack(100).await else { return };
-    let mut sink = s.w.sink().unwrap();
-    let many: Vec<(String, String)> = (0..20).map(|i| (format!("e{i}"), format!("u{i}"))).collect();
-    let rows: Vec<(&str, &str, &str)> = many.iter().map(|(e, u)| ("acme", e.as_str(), u.as_str())).collect();
-
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&rows)).unwrap();
-    sink.write_rejects(&[reject(30, "x", "y")]).unwrap();
-    assert!(!s.staging_objects().await.is_empty());
-    sink.abandon_file().unwrap();
-    assert!(s.staging_objects().await.is_empty(), "an abandoned file's parts are deleted");
-
-    assert_eq!(sink.admit(&meta("b.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&rows)).unwrap();
-    sink.write_rejects(&[reject(30, "x", "y")]).unwrap();
-    sink.discard_file_rows().unwrap();
-    assert!(s.staging_objects().await.is_empty(), "a discarded file's parts are deleted");
-    sink.write_rejects(&[Reject {
-        line: 0,
-        column: None,
-        rule: "gzip_bomb",
-        reason: "bomb".into(),
-        value: None,
-        raw: None,
-    }])
-    .unwrap();
-    let whole = FileSummary {
-        status: FileStatus::Rejected,
-        rows_read: 20,
-        rows_loaded: 0,
-        rows_rejected: 20,
-        reason: Some("gzip_bomb: bomb".into()),
-    };
-    assert!(sink.finish_file(&whole).unwrap());
-    let report = sink.commit().unwrap().unwrap();
-    assert_eq!((report.files, report.rows_loaded, report.rows_rejected), (1, 0, 20));
-
-    let t = s.w.totals().unwrap();
-    assert_eq!((t.files_loaded, t.files_rejected, t.staging_rows, t.reject_rows, t.unbalanced_files), (0, 1, 0, 1, 0));
-    assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), None);
-    assert_eq!(s.w.lookup("central", "b.csv", "v1").unwrap(), Some(FileStatus::Rejected));
-    assert_eq!(
-        s.strings("SELECT rule, line FROM wau_ingest_rejects"),
-        vec![vec!["gzip_bomb".to_string(), "0".to_string()]]
-    );
-
-    // A dropped sink (or a rollback) leaves nothing either, objects included.
-    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&rows)).unwrap();
-    sink.rollback();
-    assert!(s.staging_objects().await.is_empty());
-    assert_eq!(s.w.lookup("central", "c.csv", "v1").unwrap(), None);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn merge_publishes_the_current_versions_and_is_idempotent() {
-    let Some(s) = stack(1 << 20).await else { return };
-    let mut sink = s.w.sink().unwrap();
-    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "old"), ("acme", "e2", "old")]);
-    sink.commit().unwrap();
-    let r = s.w.merge().unwrap();
-    assert_eq!((r.files, r.rows_deleted, r.rows_inserted, r.event_times.len()), (1, 0, 2, 1));
-    assert_eq!(
-        s.target(),
-        vec![("e1".into(), "old".into(), "a.csv".into()), ("e2".into(), "old".into(), "a.csv".into())]
-    );
-
-    // Overwrite: v2 supersedes v1 and no longer has e2.
-    load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "new")]);
-    sink.commit().unwrap();
-    let r = s.w.merge().unwrap();
-    assert_eq!((r.files, r.rows_deleted, r.rows_inserted), (1, 2, 1));
-    assert_eq!(s.target(), vec![("e1".into(), "new".into(), "a.csv".into())]);
-    assert_eq!(s.w.merge().unwrap(), MergeReport::default(), "a second merge has nothing to do");
-    assert_eq!(s.target(), vec![("e1".into(), "new".into(), "a.csv".into())]);
-
-    // Two files hold the same key; the newer is overwritten by a version without it: the
-    // older file's row must come back (what an upsert-and-delete merge gets wrong).
-    load(sink.as_mut(), &meta("b.csv", "b1", "3"), &[("acme", "e7", "from-b")]);
-    load(sink.as_mut(), &meta("c.csv", "c1", "4"), &[("acme", "e7", "from-c")]);
-    sink.commit().unwrap();
-    s.w.merge().unwrap();
-    assert_eq!(s.target()[1], ("e7".into(), "from-c".into(), "c.csv".into()), "newest sequencer wins");
-    load(sink.as_mut(), &meta("c.csv", "c2", "5"), &[("acme", "e9", "other")]);
-    sink.commit().unwrap();
-    s.w.merge().unwrap();
-    s.w.merge().unwrap();
-    assert_eq!(
-        s.target(),
-        vec![
-            ("e1".into(), "new".into(), "a.csv".into()),
-            ("e7".into(), "from-b".into(), "b.csv".into()),
-            ("e9".into(), "other".into(), "c.csv".into()),
-        ]
-    );
-    let t = s.w.totals().unwrap();
-    assert_eq!(
-        (t.files_loaded, t.files_superseded, t.target_rows, t.staging_rows, t.unbalanced_files),
-        (3, 2, 3, 3, 0),
-        "{t:?}"
-    );
-    assert_eq!(s.strings("SELECT COUNT(*) FROM wau_ingest_files WHERE merged_at IS NULL"), vec![vec!["0".to_string()]]);
-    assert_eq!(
-        s.strings("SELECT COUNT(*) FROM wau_ingest_merges"),
-        vec![vec!["4".to_string()]],
-        "one history row per merge that did work"
-    );
-    assert!(s.metrics.render().contains("wau_ingest_statement_seconds_count{operation=\"merge\"}"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn force_reload_replaces_a_versions_rows() {
-    let Some(s) = stack(1 << 20).await else { return };
-    let mut sink = s.w.sink().unwrap();
-    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1"), ("acme", "e2", "u2")]);
-    sink.commit().unwrap();
-    s.w.merge().unwrap();
-
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), true).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-    sink.write_rejects(&[reject(3, "bad", "acme,e2,…")]).unwrap();
-    assert!(sink.finish_file(&loaded(1, 1)).unwrap());
-    // Forced again inside the same batch: the first copy never reaches the warehouse.
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), true).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e1", "u1b")])).unwrap();
-    sink.write_rejects(&[reject(3, "bad", "acme,e2,…")]).unwrap();
-    assert!(sink.finish_file(&loaded(1, 1)).unwrap());
-    let report = sink.commit().unwrap().unwrap();
-    assert_eq!((report.files, report.rows_loaded, report.rows_rejected), (1, 1, 1));
-    let r = s.w.merge().unwrap();
-    assert_eq!((r.rows_deleted, r.rows_inserted), (2, 1));
-    assert_eq!(s.target(), vec![("e1".into(), "u1b".into(), "a.csv".into())]);
-    let t = s.w.totals().unwrap();
-    assert_eq!(
-        (t.files_loaded, t.rows_loaded, t.rows_rejected, t.staging_rows, t.reject_rows, t.unbalanced_files),
-        (1, 1, 1, 1, 1, 0),
-        "{t:?}"
-    );
-    assert_eq!(
-        s.strings("SELECT status FROM wau_ingest_files ORDER BY batch_id"),
-        vec![vec!["replaced".to_string()], vec!["loaded".to_string()]]
-    );
-    assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), Some(FileStatus::Loaded));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejects_beyond_one_batch_of_statements_load_by_copy() {
-    let Some(s) = stack(1 << 20).await else { return };
-    let mut sink = s.w.sink().unwrap();
-    // ~3 KB each: as VALUES they would need ~50 statements, more than one batch holds.
-    let raw = format!("acme,{},\\'\"", "r".repeat(3000));
-    let rejects: Vec<Reject> = (0..1500).map(|i| reject(i + 3, &format!("v\\{i}'"), &raw)).collect();
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-    sink.write_rejects(&rejects).unwrap();
-    assert!(sink.finish_file(&loaded(1, 1500)).unwrap());
-    sink.commit().unwrap().unwrap();
-    let t = s.w.totals().unwrap();
-    assert_eq!((t.reject_rows, t.rows_rejected, t.staging_rows, t.unbalanced_files), (1500, 1500, 1, 0));
-    let sample = s.strings("SELECT value, raw_line FROM wau_ingest_rejects WHERE line = 1002");
-    assert_eq!(sample, vec![vec!["v\\999'".to_string(), raw.clone()]]);
-    assert!(s.staging_objects().await.is_empty(), "the rejects' CSV and manifest are deleted too");
 }
 
 fn many_rejects(lines: std::ops::Range<u64>, raw: &str) -> Vec<Reject> {
@@ -596,37 +331,11 @@ async fn rejects_beyond_the_memory_bound_spill_to_staging_and_load_once() {
     };
     assert!(sink.finish_file(&whole).unwrap());
 
+    // What the rejects table then holds is checked by the conformance suite's
+    // `rejects_beyond_the_memory_bound_load_exactly_once` (the same batch).
     let report = sink.commit().unwrap().unwrap();
     assert_eq!((report.files, report.rows_loaded, report.rows_rejected), (3, 3, 1090));
-    assert_eq!(
-        reject_lines(&s),
-        vec![
-            row(&["a.csv", "1000", "1000", "4", "1003"]),
-            row(&["b.csv", "60", "60", "3", "62"]),
-            row(&["c.csv", "30", "30", "2", "31"])
-        ]
-    );
-    let t = s.w.totals().unwrap();
-    assert_eq!(
-        (
-            t.files_loaded,
-            t.files_rejected,
-            t.rows_read,
-            t.rows_loaded,
-            t.rows_rejected,
-            t.reject_rows,
-            t.staging_rows,
-            t.unbalanced_files
-        ),
-        (2, 1, 1093, 3, 1090, 1090, 3, 0),
-        "{t:?}"
-    );
-    // Spilled rows carry the batch and the text as the VALUES route writes it.
-    let sample = s.strings(
-        "SELECT value, raw_line, rule, column_name FROM wau_ingest_rejects WHERE key = 'a.csv' AND line = 777",
-    );
-    assert_eq!(sample, vec![row(&["v\\777'", raw, "format", "user_email"])]);
-    assert_eq!(s.strings("SELECT COUNT(DISTINCT r.batch_id) FROM wau_ingest_rejects r JOIN wau_ingest_files f ON f.batch_id = r.batch_id"), vec![row(&["1"])]);
+    assert_eq!(s.w.totals().unwrap().reject_rows, 1090);
     assert!(s.staging_objects().await.is_empty(), "reject parts, the last part and the manifests are deleted");
 }
 
@@ -743,23 +452,4 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
         "{t:?}"
     );
     assert!(s.staging_objects().await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weekly_active_users_counts_distinct_users_per_iso_week() {
-    let Some(s) = stack(1 << 20).await else { return };
-    let mut sink = s.w.sink().unwrap();
-    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1"), ("acme", "e2", "u1"), ("acme", "e3", "u2")]);
-    load(sink.as_mut(), &meta("b.csv", "v1", "1"), &[("beta", "e1", "u1")]);
-    sink.commit().unwrap();
-    s.w.merge().unwrap();
-    let week = |customer: &str, users| WauRow {
-        customer: customer.into(),
-        iso_week: "2026-W48".into(),
-        week_start: "2026-11-23".into(),
-        active_users: users,
-    };
-    assert_eq!(s.w.weekly_active_users("2000-01-01", None).unwrap(), vec![week("acme", 2), week("beta", 1)]);
-    assert_eq!(s.w.weekly_active_users("2000-01-01", Some("beta")).unwrap(), vec![week("beta", 1)]);
-    assert_eq!(s.w.weekly_active_users("2027-01-01", None).unwrap(), vec![]);
 }

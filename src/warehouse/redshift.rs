@@ -71,24 +71,21 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_redshiftdata::config::http::HttpResponse;
-use aws_sdk_redshiftdata::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_redshiftdata::error::DisplayErrorContext;
 use aws_sdk_redshiftdata::operation::describe_statement::DescribeStatementOutput;
 use aws_sdk_redshiftdata::types::{Field, StatementStatusString, StatusString};
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
 
-use super::ledger::{self, counts_for_order_sql, is_newer, same_version, Verdict};
-use super::sql::{
-    column_names, ledger_table, rejects_table, sql_literal_body, Dialect, MergeStepKind, OwnType, Sql, Tables, LOADED,
-    REJECTED, REPLACED, SUPERSEDED,
-};
-use super::stage::{self, PartWriter};
+use super::ledger::{self, is_newer, same_version, Verdict};
+use super::sql::{column_names, ledger_table, rejects_table, sql_literal_body, Dialect, MergeStepKind, Sql, Tables};
+use super::stage::{self, GzParts, PartWriter};
 use super::{
     Admission, BatchReport, BatchSink, ErrorClass, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport,
     PendingCommit, Warehouse, WarehouseError, WauRow,
 };
+use crate::aws::{call_error, retry, CallError};
 use crate::config::WarehouseConfig;
 use crate::contract::{parse_timestamp, Contract};
 use crate::metrics::Metrics;
@@ -114,11 +111,6 @@ pub const DEFAULT_REJECT_MEMORY_ROWS: usize = 10_000;
 pub const DEFAULT_REJECT_MEMORY_BYTES: usize = 8 << 20;
 /// The per-commit temporary table holding the batch's ledger rows.
 const BATCH_FILES: &str = "wau_batch_files";
-/// Serialization conflicts (error 1023) rerun a batch this many more times.
-const CONFLICT_RETRIES: usize = 6;
-/// Transient Data API / S3 errors are retried this many more times (on top of the SDK's own).
-const TRANSIENT_RETRIES: usize = 5;
-/// Widths (bytes, as Redshift counts them) of the ledger and rejects text columns.
 
 // ------------------------------------------------------------------------------------------
 // Values as SQL text
@@ -337,56 +329,6 @@ pub fn failure_class(error: &str) -> ErrorClass {
     }
 }
 
-/// A failed call worth repeating as is: throttling, too many active statements, a server error.
-pub fn is_transient(code: Option<&str>, http_status: Option<u16>) -> bool {
-    matches!(
-        code,
-        Some(
-            "ThrottlingException"
-                | "Throttling"
-                | "ThrottledException"
-                | "TooManyRequestsException"
-                | "RequestLimitExceeded"
-                | "ActiveStatementsExceededException"
-                | "ActiveSessionsExceededException"
-                | "InternalServerException"
-                | "InternalFailure"
-                | "ServiceUnavailable"
-                | "ServiceUnavailableException"
-                | "RequestTimeout"
-                | "RequestTimeoutException"
-                | "SlowDown"
-        )
-    ) || http_status.is_some_and(|s| s == 429 || s >= 500)
-}
-
-/// A failed SDK call, classified.
-#[derive(Debug)]
-struct CallError {
-    transient: bool,
-    text: String,
-}
-
-fn call_error<E>(e: SdkError<E, HttpResponse>) -> CallError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let transient = match &e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(ctx) => is_transient(ctx.err().code(), Some(ctx.raw().status().as_u16())),
-        _ => false,
-    };
-    CallError { transient, text: DisplayErrorContext(&e).to_string() }
-}
-
-fn transient_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_max_times(TRANSIENT_RETRIES)
-        .with_jitter()
-}
-
 /// Why a statement run ended without FINISHED.
 #[derive(Debug)]
 enum RunError {
@@ -600,13 +542,7 @@ impl DataApi {
                 None => self.attempt(op, sqls, batch, running).await,
             }
         })
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_max_times(CONFLICT_RETRIES)
-                    .with_jitter(),
-            )
+            .retry(retry::conflict())
             .when(|e| matches!(e, RunError::Conflict(_)))
             .notify(|e, after| {
                 self.metrics.retry("data_api_statement");
@@ -690,7 +626,7 @@ impl DataApi {
     where
         Fut: Future<Output = Result<T, CallError>>,
     {
-        call.retry(transient_backoff())
+        call.retry(retry::transient())
             .when(|e| e.transient)
             .notify(|e, _| {
                 self.metrics.retry("data_api_statement");
@@ -807,14 +743,10 @@ struct StagingLocation {
 
 impl StagingLocation {
     fn parse(uri: &str) -> Result<StagingLocation, String> {
-        let rest =
-            uri.strip_prefix("s3://").ok_or_else(|| format!("warehouse.staging_uri {uri:?} is not an s3:// URI"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!("warehouse.staging_uri {uri:?} names no bucket"));
-        }
+        let (bucket, prefix) = crate::aws::parse_s3_uri(uri)
+            .ok_or_else(|| format!("warehouse.staging_uri {uri:?} is not an s3://bucket/prefix URI"))?;
         let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_string() } else { format!("{prefix}/") };
-        Ok(StagingLocation { bucket: bucket.to_string(), prefix })
+        Ok(StagingLocation { bucket, prefix })
     }
 
     fn key(&self, batch_id: i64, name: &str) -> String {
@@ -860,7 +792,7 @@ impl Inner {
                 .await
                 .map_err(call_error)
         };
-        call.retry(transient_backoff())
+        call.retry(retry::transient())
             .when(|e| e.transient)
             .notify(|e, _| warn!(key, error = %e.text, "staging upload retried"))
             .await
@@ -995,8 +927,7 @@ impl RedshiftWarehouse {
     async fn merge_async(&self) -> Result<MergeReport, WarehouseError> {
         let inner = &self.inner;
         let api = &inner.api;
-        let files = &inner.tables.files;
-        let pending = api.query("merge", format!("SELECT COUNT(*) FROM {files} WHERE merged_at IS NULL")).await?;
+        let pending = api.query("merge", inner.sql().unmerged_count()).await?;
         if int_at(&pending, 0, 0) == 0 {
             return Ok(MergeReport::default());
         }
@@ -1007,11 +938,7 @@ impl RedshiftWarehouse {
             steps.next().filter(|s| s.kind == MergeStepKind::Lock).expect("a Redshift merge begins with the lock");
         // The report's inputs are read inside the merge's own transaction (after the lock, before
         // anything changes), so they describe exactly what this merge published.
-        let mut statements = vec![
-            lock.sql,
-            format!("SELECT COUNT(*) FROM {files} WHERE merged_at IS NULL AND status = '{LOADED}'"),
-            inner.sql().unmerged_event_times(),
-        ];
+        let mut statements = vec![lock.sql, inner.sql().unmerged_loaded_count(), inner.sql().unmerged_event_times()];
         let (loaded_at, event_times_at) = (1, 2);
         let (mut deleted_at, mut inserted_at) = (None, None);
         for step in steps {
@@ -1102,8 +1029,8 @@ impl Warehouse for RedshiftWarehouse {
     }
 
     fn recorded_sequencers(&self, bucket: &str) -> Result<HashSet<(String, String)>, WarehouseError> {
-        let sql = format!("SELECT key, sequencer FROM {} WHERE bucket = :bucket", self.inner.tables.files);
-        let rows = self.query_params(&sql, &[("bucket", Lit::Str(bucket.into()))])?;
+        let rows =
+            self.query_params(&self.inner.sql().recorded_sequencers(), &[("bucket", Lit::Str(bucket.into()))])?;
         Ok(rows.into_iter().filter_map(|r| Some((r.first()?.text()?, r.get(1)?.text()?))).collect())
     }
 
@@ -1148,21 +1075,7 @@ impl Warehouse for RedshiftWarehouse {
     }
 
     fn totals(&self) -> Result<LedgerTotals, WarehouseError> {
-        let t = &self.inner.tables;
-        let count = |cond: &str| format!("COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)");
-        let sql = format!(
-            "SELECT {}, {}, {}, COALESCE(SUM(rows_read), 0), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0), {},\n\
-             \x20 (SELECT COUNT(*) FROM {target}), (SELECT COUNT(*) FROM {staging}), (SELECT COUNT(*) FROM {rejects})\n\
-             FROM {files} WHERE status <> '{REPLACED}'",
-            count(&format!("status = '{LOADED}'")),
-            count(&format!("status = '{REJECTED}'")),
-            count(&format!("status = '{SUPERSEDED}'")),
-            count("rows_read <> rows_loaded + rows_rejected"),
-            target = t.target,
-            staging = t.staging,
-            rejects = t.rejects,
-            files = t.files
-        );
+        let sql = self.inner.sql().totals();
         let rows = self.query(&sql)?;
         let g = |i| int_at(&rows, 0, i).max(0) as u64;
         Ok(LedgerTotals {
@@ -1289,38 +1202,27 @@ impl Held {
 
 /// Rows rendered as literals into gzip CSV parts (the form COPY … CSV reads, as
 /// [`RowSet::as_copy`] writes it), cut at `max_raw_bytes` uncompressed.
+/// Rows of literals (rejects, ledger rows) as CSV lines into [`GzParts`].
 struct CsvParts {
-    max_raw_bytes: usize,
-    enc: Option<flate2::write::GzEncoder<Vec<u8>>>,
-    raw: usize,
+    parts: GzParts,
     line: Vec<u8>,
 }
 
 impl CsvParts {
     fn new(max_raw_bytes: usize) -> CsvParts {
-        CsvParts { max_raw_bytes: max_raw_bytes.max(1), enc: None, raw: 0, line: Vec::new() }
+        CsvParts { parts: GzParts::new(max_raw_bytes), line: Vec::new() }
     }
 
     /// Adds one row; returns the part it finished, if it did.
     fn push(&mut self, values: &[Lit]) -> std::io::Result<Option<Vec<u8>>> {
-        use std::io::Write;
         self.line.clear();
         csv_line(values, &mut self.line);
-        let enc =
-            self.enc.get_or_insert_with(|| flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-        enc.write_all(&self.line)?;
-        self.raw += self.line.len();
-        if self.raw >= self.max_raw_bytes {
-            return self.finish();
-        }
-        Ok(None)
+        Ok(self.parts.push_line(&self.line)?.map(|p| p.bytes))
     }
 
     /// Finishes the open part, if it has rows.
     fn finish(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        let Some(enc) = self.enc.take() else { return Ok(None) };
-        self.raw = 0;
-        enc.finish().map(Some)
+        Ok(self.parts.finish()?.map(|p| p.bytes))
     }
 }
 
@@ -1432,15 +1334,8 @@ fn new_batch_id() -> i64 {
 /// The ledger's existing status and whether a newer version is recorded, in one round trip
 /// (the shared `lookup_version` and `newer_version_exists`, as one UNION ALL).
 fn admission_query(sql: &Sql<'_>, file: &FileMeta) -> Result<String, String> {
-    let files = &sql.t.files;
-    let text = format!(
-        "SELECT 0 AS kind, status, batch_id FROM {files} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}'\n\
-         UNION ALL\n\
-         SELECT 1 AS kind, NULL, COUNT(*) FROM {files} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN {counting} AND sequencer > :sequencer",
-        counting = counts_for_order_sql()
-    );
     render(
-        &text,
+        &sql.admission(),
         &[
             ("bucket", Lit::Str(file.bucket.clone())),
             ("key", Lit::Str(file.key.clone())),
@@ -1589,16 +1484,7 @@ async fn batch_report(
     };
     if recorded != b.entries.len() as i64 {
         // Another writer recorded some of these versions first: count what the ledger holds.
-        let rows = inner
-            .api
-            .query(
-                "query",
-                format!(
-                    "SELECT COUNT(*), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0) FROM {} WHERE batch_id = {}",
-                    inner.tables.files, b.id
-                ),
-            )
-            .await?;
+        let rows = inner.api.query("query", inner.sql().batch_totals(b.id)).await?;
         report.files = int_at(&rows, 0, 0).max(0) as u64;
         report.rows_loaded = int_at(&rows, 0, 1).max(0) as u64;
         report.rows_rejected = int_at(&rows, 0, 2).max(0) as u64;
@@ -1937,18 +1823,15 @@ impl RowSet {
         role: &str,
         uploaded: &[String],
     ) -> Result<(Vec<Upload>, String), WarehouseError> {
-        use std::io::Write;
         let mut objects = Vec::new();
         let mut urls: Vec<String> = uploaded.iter().map(|k| staging.url(k)).collect();
         if !self.rows.is_empty() {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            let mut line = Vec::new();
+            let mut one = CsvParts::new(usize::MAX);
+            let failed = |e: std::io::Error| WarehouseError::Other(format!("staging {name}: {e}"));
             for r in &self.rows {
-                line.clear();
-                csv_line(r, &mut line);
-                gz.write_all(&line).map_err(|e| WarehouseError::Other(format!("staging {name}: {e}")))?;
+                one.push(r).map_err(failed)?;
             }
-            let data = gz.finish().map_err(|e| WarehouseError::Other(format!("staging {name}: {e}")))?;
+            let data = one.finish().map_err(failed)?.unwrap_or_default();
             let data_key = staging.key(batch_id, &format!("{name}.csv.gz"));
             urls.push(staging.url(&data_key));
             objects.push((data_key, data));
@@ -2012,17 +1895,14 @@ fn commit_statements(
     rejects: &RowSet,
     rejects_by_values: bool,
 ) -> Result<Plan, WarehouseError> {
-    let t = sql.t;
-    let (files, id) = (&t.files, b.id);
+    let id = b.id;
     let spilled: Vec<String> = b.entries.iter().flat_map(|e| e.reject_parts.iter().cloned()).collect();
     let has_rejects = !rejects.rows.is_empty() || !spilled.is_empty();
     let parts: Vec<String> = b.entries.iter().flat_map(|e| e.parts.iter().cloned()).collect();
     let replaces = b.entries.iter().any(|e| e.replaces);
     let mut uploads = Vec::new();
     let mut statements = vec![sql.lock_writers()];
-    let mut batch_files_ddl = sql.own_columns_ddl(&ledger_table::COLUMNS, false);
-    batch_files_ddl.push(format!("replaces {}", sql.own_type(OwnType::Int)));
-    statements.push(format!("CREATE TEMP TABLE {BATCH_FILES} ({})", batch_files_ddl.join(", ")));
+    statements.push(sql.batch_files_table(BATCH_FILES));
     if ledger_by_values {
         statements.extend(ledger.values.clone().unwrap_or_default());
     } else {
@@ -2031,37 +1911,19 @@ fn commit_statements(
         statements.push(copy);
     }
     if replaces {
-        // The shared `replace_version`, for every forced version of the batch.
-        statements.push(format!(
-            "UPDATE {files} SET status = '{REPLACED}', merged_at = NULL WHERE status IN ('{LOADED}', '{REJECTED}', '{SUPERSEDED}')\n\
-             \x20 AND EXISTS (SELECT 1 FROM {BATCH_FILES} b WHERE b.replaces = 1 AND b.bucket = {files}.bucket AND b.key = {files}.key AND b.version = {files}.version)"
-        ));
+        statements.push(sql.replace_batch_versions(BATCH_FILES));
     }
-    // The shared `insert_ledger` guard: a version recorded meanwhile by another writer is skipped.
+    // A version recorded meanwhile by another writer is skipped.
     let ledger_insert = statements.len();
-    let ledger_cols = column_names(&ledger_table::COLUMNS).join(", ");
-    statements.push(format!(
-        "INSERT INTO {files} ({ledger_cols})\n\
-         SELECT {ledger_cols} FROM {BATCH_FILES} b\n\
-         WHERE NOT EXISTS (SELECT 1 FROM {files} f WHERE f.bucket = b.bucket AND f.key = b.key AND f.version = b.version AND f.status <> '{REPLACED}')"
-    ));
-    // The shared `supersede_older`, for every version this batch recorded as loaded or rejected
-    // (versions within the batch were settled in memory).
-    statements.push(format!(
-        "UPDATE {files} SET status = '{SUPERSEDED}', merged_at = NULL WHERE status = '{LOADED}' AND batch_id <> {id}\n\
-         \x20 AND EXISTS (SELECT 1 FROM {files} n WHERE n.batch_id = {id} AND n.status IN {counting} AND n.bucket = {files}.bucket AND n.key = {files}.key AND n.version <> {files}.version AND {files}.sequencer <= n.sequencer)",
-        counting = counts_for_order_sql()
-    ));
+    statements.push(sql.insert_batch_ledger(BATCH_FILES));
+    // Versions within the batch were settled in memory.
+    statements.push(sql.supersede_older_than_batch(id));
     if !parts.is_empty() {
         let manifest_key = staging.key(id, "manifest.json");
         let urls: Vec<String> = parts.iter().map(|k| staging.url(k)).collect();
         uploads.push((manifest_key.clone(), stage::manifest(&urls).into_bytes()));
         statements.push(sql.copy_staging(&staging.url(&manifest_key), role));
-        let st = &t.staging;
-        statements.push(format!(
-            "DELETE FROM {st} WHERE _batch_id = {id}\n\
-             \x20 AND NOT EXISTS (SELECT 1 FROM {files} f WHERE f.batch_id = {id} AND f.key = {st}._file_key AND f.version = {st}._file_version)"
-        ));
+        statements.push(sql.drop_unrecorded_staging(id));
     }
     if has_rejects {
         if rejects_by_values {
@@ -2071,14 +1933,66 @@ fn commit_statements(
             uploads.extend(objects);
             statements.push(copy);
         }
-        let rj = &t.rejects;
-        statements.push(format!(
-            "DELETE FROM {rj} WHERE batch_id = {id}\n\
-             \x20 AND NOT EXISTS (SELECT 1 FROM {files} f WHERE f.batch_id = {id} AND f.bucket = {rj}.bucket AND f.key = {rj}.key AND f.version = {rj}.version)"
-        ));
+        statements.push(sql.drop_unrecorded_rejects(id));
     }
     statements.push(format!("DROP TABLE {BATCH_FILES}"));
     Ok(Plan { uploads, statements, ledger_insert })
+}
+
+// selftest's access: the statement runner and the staging location, for `wau-ingest selftest`
+// (`crate::selftest`), which checks on a real workgroup what the product assumes of Redshift.
+impl RedshiftWarehouse {
+    /// One BatchExecuteStatement (one transaction) through the product's runner: a
+    /// serialization conflict reruns it, as it does a commit. Rows affected per statement.
+    pub fn run_batch(&self, sqls: &[String]) -> Result<Vec<i64>, WarehouseError> {
+        let done = self.inner.block_on(self.inner.api.run("selftest", sqls, true, None))?;
+        Ok(done.subs.iter().map(|s| s.result_rows).collect())
+    }
+
+    /// One BatchExecuteStatement, submitted once and never rerun: the error text Redshift gave.
+    pub fn try_batch_once(&self, sqls: &[String]) -> Result<(), String> {
+        self.inner.block_on(self.inner.api.attempt("selftest", sqls, true, None)).map(|_| ()).map_err(|e| match e {
+            RunError::Conflict(t) | RunError::Failed(t) | RunError::Aborted(t) | RunError::Call { text: t, .. } => t,
+        })
+    }
+
+    /// The COPY the product would run for `sql`'s staging table from the manifest at `manifest_url`.
+    pub fn copy_staging_sql(&self, sql: &Sql<'_>, manifest_url: &str) -> String {
+        sql.copy_staging(manifest_url, &self.inner.copy_role)
+    }
+
+    /// Uploads `body` as `<staging_uri><name>`; returns its `s3://` URL.
+    pub fn put_staging(&self, name: &str, body: Vec<u8>) -> Result<String, WarehouseError> {
+        let key = format!("{}{name}", self.inner.staging.prefix);
+        self.inner.block_on(self.inner.put(&key, body))?;
+        Ok(self.inner.staging.url(&key))
+    }
+
+    /// Deletes every object under `<staging_uri><prefix>`; how many there were.
+    pub fn delete_staging_prefix(&self, prefix: &str) -> Result<usize, WarehouseError> {
+        let (inner, bucket) = (&self.inner, &self.inner.staging.bucket);
+        let full = format!("{}{prefix}", inner.staging.prefix);
+        let failed = |what: &str, e: String| WarehouseError::Other(format!("{what} s3://{bucket}/{full}: {e}"));
+        inner.block_on(async {
+            let mut keys = Vec::new();
+            let mut pages = inner.s3.list_objects_v2().bucket(bucket).prefix(&full).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| failed("listing", DisplayErrorContext(&e).to_string()))?;
+                keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            }
+            for key in &keys {
+                inner
+                    .s3
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| failed("deleting an object under", DisplayErrorContext(&e).to_string()))?;
+            }
+            Ok(keys.len())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -2190,12 +2104,6 @@ mod tests {
         assert!(!is_serialization_conflict("ERROR: value too long for type character varying(1024)"));
         assert!(!is_serialization_conflict("ERROR: relation \"t10234\" does not exist"));
         assert!(!is_serialization_conflict("ERROR: syntax error at or near \"FROM\""));
-        assert!(is_transient(Some("ThrottlingException"), Some(400)));
-        assert!(is_transient(Some("ActiveStatementsExceededException"), Some(400)));
-        assert!(is_transient(None, Some(503)));
-        assert!(is_transient(Some("InternalServerException"), Some(500)));
-        assert!(!is_transient(Some("ValidationException"), Some(400)));
-        assert!(!is_transient(Some("ResourceNotFoundException"), Some(400)));
     }
 
     #[test]

@@ -581,6 +581,122 @@ impl<'a> Sql<'a> {
         format!("LOCK {}", self.t.lock)
     }
 
+    /// Ledger rows a merge has still to publish (its cheap first question).
+    pub fn unmerged_count(&self) -> String {
+        format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL", self.t.files)
+    }
+
+    /// Loaded files a merge is about to publish (read inside the merge, for its report).
+    pub fn unmerged_loaded_count(&self) -> String {
+        format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL AND status = '{LOADED}'", self.t.files)
+    }
+
+    /// (key, sequencer) of every recorded version of `:bucket`, for reconcile.
+    pub fn recorded_sequencers(&self) -> String {
+        format!("SELECT key, sequencer FROM {} WHERE bucket = :bucket", self.t.files)
+    }
+
+    /// Ledger totals in one row: files loaded, rejected, superseded; rows read, loaded,
+    /// rejected; files whose accounting does not balance; rows in target, staging, rejects.
+    pub fn totals(&self) -> String {
+        let t = self.t;
+        let count = |cond: &str| format!("COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)");
+        format!(
+            "SELECT {}, {}, {}, COALESCE(SUM(rows_read), 0), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0), {},\n\
+             \x20 (SELECT COUNT(*) FROM {target}), (SELECT COUNT(*) FROM {staging}), (SELECT COUNT(*) FROM {rejects})\n\
+             FROM {files} WHERE status <> '{REPLACED}'",
+            count(&format!("status = '{LOADED}'")),
+            count(&format!("status = '{REJECTED}'")),
+            count(&format!("status = '{SUPERSEDED}'")),
+            count("rows_read <> rows_loaded + rows_rejected"),
+            target = t.target,
+            staging = t.staging,
+            rejects = t.rejects,
+            files = t.files
+        )
+    }
+
+    /// What the ledger holds of one batch: files, rows loaded, rows rejected.
+    pub fn batch_totals(&self, batch_id: i64) -> String {
+        format!(
+            "SELECT COUNT(*), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0) FROM {} WHERE batch_id = {batch_id}",
+            self.t.files
+        )
+    }
+
+    /// `lookup_version` and `newer_version_exists` in one round trip (one UNION ALL): rows
+    /// `(0, status, batch_id)` for recorded loads of the version, one `(1, NULL, count)` of
+    /// newer versions of its key.
+    pub fn admission(&self) -> String {
+        let files = &self.t.files;
+        format!(
+            "SELECT 0 AS kind, status, batch_id FROM {files} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}'\n\
+             UNION ALL\n\
+             SELECT 1 AS kind, NULL, COUNT(*) FROM {files} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN {counting} AND sequencer > :sequencer",
+            counting = counts_for_order_sql()
+        )
+    }
+
+    // The set-wise forms of the per-file ledger statements, for a commit that carries its
+    // files' ledger rows in the temporary table `batch` (the ledger's columns + `replaces`):
+    // one statement for a whole batch, where a Data API batch holds at most 40.
+
+    /// The temporary table of a commit's ledger rows.
+    pub fn batch_files_table(&self, batch: &str) -> String {
+        let mut cols = self.own_columns_ddl(&ledger_table::COLUMNS, false);
+        cols.push(format!("replaces {}", self.own_type(OwnType::Int)));
+        format!("CREATE TEMP TABLE {batch} ({})", cols.join(", "))
+    }
+
+    /// [`Sql::replace_version`] for every forced version of the batch.
+    pub fn replace_batch_versions(&self, batch: &str) -> String {
+        let files = &self.t.files;
+        format!(
+            "UPDATE {files} SET status = '{REPLACED}', merged_at = NULL WHERE status IN ('{LOADED}', '{REJECTED}', '{SUPERSEDED}')\n\
+             \x20 AND EXISTS (SELECT 1 FROM {batch} b WHERE b.replaces = 1 AND b.bucket = {files}.bucket AND b.key = {files}.key AND b.version = {files}.version)"
+        )
+    }
+
+    /// [`Sql::insert_ledger`] for the batch: a version another writer recorded is skipped.
+    pub fn insert_batch_ledger(&self, batch: &str) -> String {
+        let files = &self.t.files;
+        let cols = column_names(&ledger_table::COLUMNS).join(", ");
+        format!(
+            "INSERT INTO {files} ({cols})\n\
+             SELECT {cols} FROM {batch} b\n\
+             WHERE NOT EXISTS (SELECT 1 FROM {files} f WHERE f.bucket = b.bucket AND f.key = b.key AND f.version = b.version AND f.status <> '{REPLACED}')"
+        )
+    }
+
+    /// [`Sql::supersede_older`] for every version batch `batch_id` recorded as loaded or rejected.
+    pub fn supersede_older_than_batch(&self, batch_id: i64) -> String {
+        let files = &self.t.files;
+        format!(
+            "UPDATE {files} SET status = '{SUPERSEDED}', merged_at = NULL WHERE status = '{LOADED}' AND batch_id <> {batch_id}\n\
+             \x20 AND EXISTS (SELECT 1 FROM {files} n WHERE n.batch_id = {batch_id} AND n.status IN {counting} AND n.bucket = {files}.bucket AND n.key = {files}.key AND n.version <> {files}.version AND {files}.sequencer <= n.sequencer)",
+            counting = counts_for_order_sql()
+        )
+    }
+
+    /// Staged rows of batch `batch_id` whose version got no ledger row in it (another writer
+    /// recorded the version first).
+    pub fn drop_unrecorded_staging(&self, batch_id: i64) -> String {
+        let (st, files) = (&self.t.staging, &self.t.files);
+        format!(
+            "DELETE FROM {st} WHERE _batch_id = {batch_id}\n\
+             \x20 AND NOT EXISTS (SELECT 1 FROM {files} f WHERE f.batch_id = {batch_id} AND f.key = {st}._file_key AND f.version = {st}._file_version)"
+        )
+    }
+
+    /// The same for the batch's reject rows.
+    pub fn drop_unrecorded_rejects(&self, batch_id: i64) -> String {
+        let (rj, files) = (&self.t.rejects, &self.t.files);
+        format!(
+            "DELETE FROM {rj} WHERE batch_id = {batch_id}\n\
+             \x20 AND NOT EXISTS (SELECT 1 FROM {files} f WHERE f.batch_id = {batch_id} AND f.bucket = {rj}.bucket AND f.key = {rj}.key AND f.version = {rj}.version)"
+        )
+    }
+
     pub fn report(&self) -> String {
         format!(
             "SELECT customer, iso_week, week_start, active_users FROM {} WHERE week_start >= :since AND (:customer = '' OR customer = :customer) ORDER BY week_start, customer",

@@ -13,7 +13,7 @@ use chrono::Utc;
 use rusqlite::{Connection, Statement, ToSql};
 
 use super::ledger::{self, Verdict};
-use super::sql::{Dialect, MergeStepKind, Sql, Tables, LOADED, REJECTED, SUPERSEDED};
+use super::sql::{Dialect, MergeStepKind, Sql, Tables};
 use super::{
     Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse,
     WarehouseError, WauRow,
@@ -106,11 +106,7 @@ impl SqliteWarehouse {
         let sql = self.sql();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
-            let pending: i64 = conn.query_row(
-                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL", self.tables.files),
-                [],
-                |r| r.get(0),
-            )?;
+            let pending: i64 = conn.query_row(&sql.unmerged_count(), [], |r| r.get(0))?;
             if pending == 0 {
                 return Ok(MergeReport::default());
             }
@@ -124,11 +120,7 @@ impl SqliteWarehouse {
                     }
                 }
             }
-            let files: i64 = conn.query_row(
-                &format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL AND status = '{LOADED}'", self.tables.files),
-                [],
-                |r| r.get(0),
-            )?;
+            let files: i64 = conn.query_row(&sql.unmerged_loaded_count(), [], |r| r.get(0))?;
             let now = now_text();
             // Statements in order; the target's delete and insert counts feed the history row.
             let (mut deleted, mut inserted) = (0i64, 0i64);
@@ -219,10 +211,10 @@ impl Warehouse for SqliteWarehouse {
     }
 
     fn recorded_sequencers(&self, bucket: &str) -> Result<HashSet<(String, String)>, WarehouseError> {
-        let sql = format!("SELECT key, sequencer FROM {} WHERE bucket = ?1", self.tables.files);
+        let sql = self.sql().recorded_sequencers();
         self.with_reader(|c| {
             let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map([bucket], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map(&[(":bucket", &bucket)], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -270,19 +262,7 @@ impl Warehouse for SqliteWarehouse {
     }
 
     fn totals(&self) -> Result<LedgerTotals, WarehouseError> {
-        let t = &self.tables;
-        let sql = format!(
-            "SELECT
-               COALESCE(SUM(status = '{LOADED}'), 0), COALESCE(SUM(status = '{REJECTED}'), 0), COALESCE(SUM(status = '{SUPERSEDED}'), 0),
-               COALESCE(SUM(rows_read), 0), COALESCE(SUM(rows_loaded), 0), COALESCE(SUM(rows_rejected), 0),
-               COALESCE(SUM(rows_read <> rows_loaded + rows_rejected), 0),
-               (SELECT COUNT(*) FROM {target}), (SELECT COUNT(*) FROM {staging}), (SELECT COUNT(*) FROM {rejects})
-             FROM {files} WHERE status <> 'replaced'",
-            target = t.target,
-            staging = t.staging,
-            rejects = t.rejects,
-            files = t.files
-        );
+        let sql = self.sql().totals();
         self.with_reader(|c| {
             Ok(c.query_row(&sql, [], |r| {
                 let g = |i| r.get::<_, i64>(i).map(|v| v as u64);
@@ -552,180 +532,16 @@ impl Drop for SqliteSink {
 
 #[cfg(test)]
 mod tests {
+    //! What is particular to SQLite. The warehouse contract (admission, supersede, force, rejects,
+    //! discard and abandon, visibility, merge, the WAU view, concurrent writers) is checked for
+    //! every engine by `tests/conformance.rs`.
     use super::*;
-
-    pub(crate) fn meta(key: &str, version: &str, seq: &str) -> FileMeta {
-        FileMeta {
-            bucket: "b".into(),
-            key: key.into(),
-            version: version.into(),
-            sequencer: seq.into(),
-            size: 1,
-            event_time: Utc::now(),
-            contract_version: 1,
-        }
-    }
-
-    fn chunk(rows: &[(&str, &str, &str)]) -> RowChunk {
-        let mut c = RowChunk::new(8);
-        for (i, (cust, id, user)) in rows.iter().enumerate() {
-            c.push_row(
-                &[Some(cust), Some(id), Some("2026-11-23 10:00:00"), Some(user), None, Some("login"), None, None],
-                i as u64 + 2,
-            );
-        }
-        c
-    }
-
-    fn load(sink: &mut dyn BatchSink, m: &FileMeta, rows: &[(&str, &str, &str)]) -> Admission {
-        let a = sink.admit(m, false).unwrap();
-        if a == Admission::Load {
-            sink.write_rows(&chunk(rows)).unwrap();
-            let n = rows.len() as u64;
-            let s = FileSummary {
-                status: FileStatus::Loaded,
-                rows_read: n,
-                rows_loaded: n,
-                rows_rejected: 0,
-                reason: None,
-            };
-            assert!(sink.finish_file(&s).unwrap());
-        }
-        a
-    }
-
-    fn target(w: &SqliteWarehouse) -> Vec<(String, String, String)> {
-        w.with_reader(|c| {
-            let mut s = c.prepare("SELECT event_id, user_id, _file_key FROM wau_audit_logs ORDER BY event_id")?;
-            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .unwrap()
-    }
 
     fn setup() -> (tempfile::TempDir, SqliteWarehouse) {
         let dir = tempfile::tempdir().unwrap();
         let w = SqliteWarehouse::open(&dir.path().join("w.sqlite"), &Contract::builtin()).unwrap();
         w.migrate().unwrap();
-        w.migrate().unwrap(); // idempotent
         (dir, w)
-    }
-
-    #[test]
-    fn nothing_is_visible_before_commit_and_duplicates_are_refused() {
-        let (_d, w) = setup();
-        let mut sink = w.sink().unwrap();
-        assert_eq!(load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]), Admission::Load);
-        assert_eq!(w.lookup("b", "a.csv", "v1").unwrap(), None, "uncommitted work is invisible");
-        // Same version again inside the batch: the ledger row written by this batch refuses it.
-        assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
-        let report = sink.commit().unwrap().unwrap();
-        assert_eq!((report.files, report.rows_loaded), (1, 1));
-        assert_eq!(w.lookup("b", "a.csv", "v1").unwrap(), Some(FileStatus::Loaded));
-        assert_eq!(
-            load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]),
-            Admission::Duplicate(FileStatus::Loaded)
-        );
-        sink.commit().unwrap();
-        assert_eq!(w.totals().unwrap().staging_rows, 1);
-    }
-
-    #[test]
-    fn dropped_sink_rolls_back_everything() {
-        let (_d, w) = setup();
-        {
-            let mut sink = w.sink().unwrap();
-            load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]);
-        }
-        assert_eq!(w.totals().unwrap(), LedgerTotals::default());
-    }
-
-    #[test]
-    fn abandoned_and_discarded_files_leave_nothing() {
-        let (_d, w) = setup();
-        let mut sink = w.sink().unwrap();
-        sink.admit(&meta("a.csv", "v1", "1"), false).unwrap();
-        sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-        sink.abandon_file().unwrap();
-        sink.admit(&meta("b.csv", "v1", "1"), false).unwrap();
-        sink.write_rows(&chunk(&[("acme", "e2", "u1")])).unwrap();
-        sink.discard_file_rows().unwrap();
-        let s = FileSummary {
-            status: FileStatus::Rejected,
-            rows_read: 1,
-            rows_loaded: 0,
-            rows_rejected: 1,
-            reason: Some("bomb".into()),
-        };
-        sink.finish_file(&s).unwrap();
-        sink.commit().unwrap();
-        let t = w.totals().unwrap();
-        assert_eq!((t.files_loaded, t.files_rejected, t.staging_rows, t.unbalanced_files), (0, 1, 0, 0));
-        assert_eq!(w.lookup("b", "a.csv", "v1").unwrap(), None);
-    }
-
-    #[test]
-    fn merge_takes_the_newest_version_and_is_idempotent() {
-        let (_d, w) = setup();
-        let mut sink = w.sink().unwrap();
-        load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "old"), ("acme", "e2", "old")]);
-        sink.commit().unwrap();
-        let r = w.merge().unwrap();
-        assert_eq!((r.files, r.rows_inserted), (1, 2));
-        // Overwrite: v2 supersedes v1, and no longer has e2.
-        load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "new")]);
-        sink.commit().unwrap();
-        let r = w.merge().unwrap();
-        assert_eq!((r.rows_deleted, r.rows_inserted), (2, 1));
-        assert_eq!(target(&w), vec![("e1".into(), "new".into(), "a.csv".into())]);
-        assert_eq!(w.merge().unwrap(), MergeReport::default());
-        assert_eq!(target(&w).len(), 1);
-        // The late v1 redelivered: a duplicate. An unknown older version: superseded on arrival.
-        assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Superseded));
-        assert_eq!(sink.admit(&meta("a.csv", "v0", "0"), false).unwrap(), Admission::Superseded);
-        sink.commit().unwrap();
-        w.merge().unwrap();
-        assert_eq!(target(&w), vec![("e1".into(), "new".into(), "a.csv".into())]);
-        assert_eq!(w.totals().unwrap().staging_rows, 1, "superseded rows left staging");
-    }
-
-    /// The case an upsert-and-delete merge gets wrong: two files hold the same key, one is
-    /// superseded by a version without it; the other file's row must remain.
-    #[test]
-    fn superseding_one_file_keeps_the_key_another_file_holds() {
-        let (_d, w) = setup();
-        let mut sink = w.sink().unwrap();
-        load(sink.as_mut(), &meta("a.csv", "a1", "1"), &[("acme", "e1", "from-a")]);
-        load(sink.as_mut(), &meta("b.csv", "b1", "2"), &[("acme", "e1", "from-b")]);
-        sink.commit().unwrap();
-        w.merge().unwrap();
-        assert_eq!(target(&w), vec![("e1".into(), "from-b".into(), "b.csv".into())], "newest sequencer wins");
-        load(sink.as_mut(), &meta("b.csv", "b2", "3"), &[("acme", "e9", "other")]);
-        sink.commit().unwrap();
-        w.merge().unwrap();
-        assert_eq!(
-            target(&w),
-            vec![("e1".into(), "from-a".into(), "a.csv".into()), ("e9".into(), "other".into(), "b.csv".into())]
-        );
-    }
-
-    #[test]
-    fn force_replaces_a_versions_rows() {
-        let (_d, w) = setup();
-        let mut sink = w.sink().unwrap();
-        load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1"), ("acme", "e2", "u2")]);
-        sink.commit().unwrap();
-        w.merge().unwrap();
-        assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), true).unwrap(), Admission::Load);
-        sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-        let s =
-            FileSummary { status: FileStatus::Loaded, rows_read: 2, rows_loaded: 1, rows_rejected: 1, reason: None };
-        assert!(sink.finish_file(&s).unwrap());
-        sink.commit().unwrap();
-        w.merge().unwrap();
-        assert_eq!(target(&w), vec![("e1".into(), "u1".into(), "a.csv".into())]);
-        let t = w.totals().unwrap();
-        assert_eq!((t.files_loaded, t.rows_loaded, t.staging_rows), (1, 1, 1));
     }
 
     /// The merge must stay proportional to what it touches: on SQLite no statement may scan
@@ -756,29 +572,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn wau_view_counts_distinct_users_per_iso_week() {
-        let (_d, w) = setup();
-        let mut sink = w.sink().unwrap();
-        load(
-            sink.as_mut(),
-            &meta("a.csv", "v1", "1"),
-            &[("acme", "e1", "u1"), ("acme", "e2", "u1"), ("acme", "e3", "u2")],
-        );
-        sink.commit().unwrap();
-        w.merge().unwrap();
-        let rows = w.weekly_active_users("2000-01-01", None).unwrap();
-        // 2026-11-23 is the Monday of ISO week 48.
-        assert_eq!(
-            rows,
-            vec![WauRow {
-                customer: "acme".into(),
-                iso_week: "2026-W48".into(),
-                week_start: "2026-11-23".into(),
-                active_users: 2
-            }]
-        );
     }
 }

@@ -22,12 +22,48 @@ pub struct StagedPart {
     pub rows: u64,
 }
 
-pub struct PartWriter {
+/// Gzip parts of CSV lines, each finished once it holds `max_raw_bytes` of uncompressed text:
+/// the one writer of every object a COPY reads (staging rows, spilled rejects, ledger rows).
+pub struct GzParts {
     max_raw_bytes: usize,
     enc: Option<GzEncoder<Vec<u8>>>,
     raw: usize,
     rows: u64,
     next_index: usize,
+}
+
+impl GzParts {
+    /// `max_raw_bytes`: uncompressed bytes after which a part is finished (`usize::MAX`: one part).
+    pub fn new(max_raw_bytes: usize) -> GzParts {
+        GzParts { max_raw_bytes: max_raw_bytes.max(1), enc: None, raw: 0, rows: 0, next_index: 0 }
+    }
+
+    /// Adds one whole CSV line (its `\n` included); returns the part it finished, if it did.
+    pub fn push_line(&mut self, line: &[u8]) -> std::io::Result<Option<StagedPart>> {
+        let enc = self.enc.get_or_insert_with(|| GzEncoder::new(Vec::new(), Compression::fast()));
+        enc.write_all(line)?;
+        self.raw += line.len();
+        self.rows += 1;
+        if self.raw >= self.max_raw_bytes {
+            return self.finish();
+        }
+        Ok(None)
+    }
+
+    /// Finishes the open part, if it has rows.
+    pub fn finish(&mut self) -> std::io::Result<Option<StagedPart>> {
+        let Some(enc) = self.enc.take() else { return Ok(None) };
+        let part = StagedPart { index: self.next_index, bytes: enc.finish()?, rows: self.rows };
+        self.next_index += 1;
+        self.raw = 0;
+        self.rows = 0;
+        Ok(Some(part))
+    }
+}
+
+/// Staging rows of one file at a time into [`GzParts`]: contract columns, then provenance.
+pub struct PartWriter {
+    parts: GzParts,
     line: Vec<u8>,
 }
 
@@ -55,14 +91,7 @@ pub fn csv_field(out: &mut Vec<u8>, value: Option<&str>) {
 impl PartWriter {
     /// `max_raw_bytes`: uncompressed bytes after which a part is finished.
     pub fn new(max_raw_bytes: usize) -> PartWriter {
-        PartWriter {
-            max_raw_bytes: max_raw_bytes.max(1),
-            enc: None,
-            raw: 0,
-            rows: 0,
-            next_index: 0,
-            line: Vec::with_capacity(1024),
-        }
+        PartWriter { parts: GzParts::new(max_raw_bytes), line: Vec::with_capacity(1024) }
     }
 
     /// Adds a chunk of one file's rows; returns the parts this finished.
@@ -87,25 +116,14 @@ impl PartWriter {
                 csv_field(&mut self.line, Some(v));
             }
             writeln!(self.line, ",{},{}", chunk.lines[i], batch_id)?;
-            let enc = self.enc.get_or_insert_with(|| GzEncoder::new(Vec::new(), Compression::fast()));
-            enc.write_all(&self.line)?;
-            self.raw += self.line.len();
-            self.rows += 1;
-            if self.raw >= self.max_raw_bytes {
-                done.extend(self.finish()?);
-            }
+            done.extend(self.parts.push_line(&self.line)?);
         }
         Ok(done)
     }
 
     /// Finishes the open part, if it has rows.
     pub fn finish(&mut self) -> std::io::Result<Option<StagedPart>> {
-        let Some(enc) = self.enc.take() else { return Ok(None) };
-        let part = StagedPart { index: self.next_index, bytes: enc.finish()?, rows: self.rows };
-        self.next_index += 1;
-        self.raw = 0;
-        self.rows = 0;
-        Ok(Some(part))
+        self.parts.finish()
     }
 }
 

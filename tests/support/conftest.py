@@ -1,5 +1,6 @@
 """Fixtures shared by the emulator's tests and the product-SQL test: one moto server and one
-emulator for the whole session, a PostgreSQL schema and an S3 bucket per test."""
+emulator for the whole session, a PostgreSQL schema and an S3 bucket per test, and databases
+created through the emulator (as Redshift's CREATE DATABASE) and dropped after the test."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from test_redshift_emulator import CREDS, HERE, PAGE_ROWS, PG_DSN, Child, free_port
+from test_redshift_emulator import CREDS, HERE, PAGE_ROWS, PG_DSN, Child, free_port, run_ok
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +68,21 @@ def bucket(s3):
     name = f"stage-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture()
+def new_database(rd):
+    """new_database(level=None) -> name: ``CREATE DATABASE name [ISOLATION LEVEL level]`` through
+    the emulator; every database made is dropped at the end of the test."""
+    made = []
+
+    def make(level: str | None = None) -> str:
+        name = f"db_{uuid.uuid4().hex[:12]}"
+        made.append(name)
+        run_ok(rd, f"CREATE DATABASE {name}" + (f" ISOLATION LEVEL {level}" if level else ""))
+        return name
+
+    yield make
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -2,6 +2,8 @@
 //! process, and waiting on conditions with deadlines instead of sleeping.
 #![allow(dead_code)]
 
+pub mod warehouses;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

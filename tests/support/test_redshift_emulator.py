@@ -2,7 +2,9 @@
 
 The emulator runs as a subprocess against the local PostgreSQL (127.0.0.1:5432, user postgres,
 database test) and a moto server for S3; both are driven with boto3's real `redshift-data` and
-`s3` clients over HTTP. Every test works in its own PostgreSQL schema, dropped at the end.
+`s3` clients over HTTP. Every test works in its own PostgreSQL schema, dropped at the end, or in databases it creates
+through the emulator (``new_database``), dropped at the end. Races between batches are ordered
+by advisory locks (``Barrier``), not by timing.
 Run with `.ci/emulator-checks`, which installs what these tests need into a private virtualenv.
 """
 from __future__ import annotations
@@ -178,14 +180,19 @@ def test_parameters_bind_as_strings_that_postgres_casts(rd, schema):
                                  {"longValue": 84}, {"stringValue": "50%"}]]
 
 
-def test_database_maps_to_an_existing_postgres_database_else_the_default(rd):
-    def current_database(database: str) -> str:
+def test_database_maps_to_an_existing_postgres_database_and_an_unknown_one_fails(rd):
+    def current_database(database: str) -> dict:
         sid = rd.execute_statement(Sql="SELECT current_database()", Database=database, ClusterIdentifier="c",
                                    DbUser="awsuser")["Id"]
-        assert wait_done(rd, sid)["Status"] == "FINISHED"
-        return records(rd, sid)[0][0]["stringValue"]
-    assert current_database("postgres") == "postgres"
-    assert current_database(f"no_such_db_{uuid.uuid4().hex[:8]}") == "test"
+        return wait_done(rd, sid) | {"Id": sid}
+    known = current_database("postgres")
+    assert known["Status"] == "FINISHED"
+    assert records(rd, known["Id"])[0][0]["stringValue"] == "postgres"
+    # As on Redshift: a database that does not exist fails the statement, never another database.
+    name = f"no_such_db_{uuid.uuid4().hex[:8]}"
+    unknown = current_database(name)
+    assert unknown["Status"] == "FAILED"
+    assert f'database "{name}" does not exist' in unknown["Error"], unknown["Error"]
 
 
 def test_failed_statement_reports_postgres_error(rd, schema):
@@ -410,10 +417,15 @@ def test_parse_copy():
     spec = emu.parse_copy("COPY s.t (a, b) FROM 's3://bkt/dir/manifest' IAM_ROLE 'arn:x' FORMAT AS CSV QUOTE AS '\"'"
                           " DELIMITER ',' GZIP MANIFEST IGNOREHEADER 2 EMPTYASNULL ACCEPTINVCHARS COMPUPDATE OFF;")
     assert (spec.table, spec.columns, spec.source) == ("s.t", "(a, b)", "s3://bkt/dir/manifest")
-    assert (spec.csv, spec.gzip, spec.manifest, spec.ignore_header, spec.null) == (True, True, True, 2, "")
-    assert spec.postgres_copy() == "COPY s.t (a, b) FROM STDIN WITH (FORMAT csv, DELIMITER ',', QUOTE '\"', NULL '')"
-    plain = emu.parse_copy("copy t from 's3://b/k' iam_role default")
-    assert plain.postgres_copy() == "COPY t FROM STDIN WITH (FORMAT text, DELIMITER '|')"
+    assert (spec.csv, spec.gzip, spec.manifest, spec.ignore_header) == (True, True, True, 2)
+    assert (spec.null, spec.empty_as_null, spec.blanks_as_null) == (None, True, False)
+    # Redshift's NULL string is \N in CSV too (not PostgreSQL CSV's unquoted empty field)
+    assert spec.postgres_copy("tmp", "(c0, c1)") == \
+        "COPY tmp (c0, c1) FROM STDIN WITH (FORMAT csv, DELIMITER ',', QUOTE '\"', NULL '\\N')"
+    plain = emu.parse_copy("copy t from 's3://b/k' iam_role default BLANKSASNULL NULL AS 'nil'")
+    assert plain.postgres_copy() == "COPY t FROM STDIN WITH (FORMAT text, DELIMITER '|', NULL 'nil')"
+    assert (plain.null, plain.empty_as_null, plain.blanks_as_null) == ("nil", False, True)
+    assert emu.parse_copy("COPY t FROM 's3://b/k' IAM_ROLE default CSV NULL AS ''").empty_as_null  # = EMPTYASNULL
     assert emu.parse_copy("COPY t FROM STDIN") is None
     assert emu.parse_copy("COPY t FROM '/tmp/file.csv'") is None
     with pytest.raises(emu.StatementError, match="FORMAT PARQUET is not emulated"):
@@ -430,14 +442,13 @@ def test_typed_fields():
     assert emu._field(25, None) == {"isNull": True}
 
 
-def test_a_batch_sees_one_snapshot_and_a_conflict_is_error_1023():
-    """Two transactions that each read what the other writes: PostgreSQL aborts one at
-    SERIALIZABLE, and the emulator reports it the way Redshift does."""
-    pg_dsn = PG_DSN
-    with psycopg.connect(pg_dsn, autocommit=True) as c:
+def test_conflicts_are_worded_as_redshift_words_them_at_each_isolation_level():
+    """A real PostgreSQL serialization failure: error 1023 on a SERIALIZABLE database, the
+    snapshot-isolation conflict text on a SNAPSHOT one."""
+    with psycopg.connect(PG_DSN, autocommit=True) as c:
         c.execute("DROP TABLE IF EXISTS iso_t; CREATE TABLE iso_t (k int, v int)")
-    a = psycopg.connect(pg_dsn)
-    b = psycopg.connect(pg_dsn)
+    a = psycopg.connect(PG_DSN)
+    b = psycopg.connect(PG_DSN)
     for conn in (a, b):
         conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
     try:
@@ -448,10 +459,441 @@ def test_a_batch_sees_one_snapshot_and_a_conflict_is_error_1023():
         a.commit()
         with pytest.raises(psycopg.errors.SerializationFailure) as failure:
             b.commit()
-        text = emu._error_text(failure.value)
-        assert text.startswith("ERROR: 1023") and "Serializable isolation violation" in text, text
+        text = emu._error_text(failure.value, "serializable")
+        assert text.startswith("ERROR: 1023 DETAIL: Serializable isolation violation on table"), text
+        text = emu._error_text(failure.value, "repeatable read")
+        assert text.startswith("ERROR: could not complete because of conflict with concurrent transaction"), text
+        # nothing in it that a client matching only 1023 or "serializ..." would recognise
+        assert "1023" not in text and "serializ" not in text.lower(), text
     finally:
         a.close()
         b.close()
-        with psycopg.connect(pg_dsn, autocommit=True) as c:
+        with psycopg.connect(PG_DSN, autocommit=True) as c:
             c.execute("DROP TABLE IF EXISTS iso_t")
+
+
+# ------------------------------------------------------------------------------------------
+# isolation: SNAPSHOT by default, SERIALIZABLE on request, per database
+
+def in_db(database: str) -> dict:
+    return {"Database": database, "WorkgroupName": "wau-test"}
+
+
+def run_in(rd, database: str, sql: str) -> dict:
+    return wait_done(rd, rd.execute_statement(Sql=sql, **in_db(database))["Id"])
+
+
+def run_ok_in(rd, database: str, sql: str) -> dict:
+    d = run_in(rd, database, sql)
+    assert d["Status"] == "FINISHED", f"{sql!r}: {d.get('Error')}"
+    return d
+
+
+def pg_rows_in(database: str, sql: str) -> list[tuple]:
+    with psycopg.connect(PG_DSN, dbname=database) as conn:
+        return conn.execute(sql).fetchall()
+
+
+class Barrier:
+    """An advisory lock the test holds: a statement ``barrier.sql`` waits there until release(),
+    so that concurrent batches interleave in the order a test chooses, not by timing luck."""
+
+    def __init__(self, database: str):
+        self.key = uuid.uuid4().int % (1 << 31)
+        self.conn = psycopg.connect(PG_DSN, dbname=database, autocommit=True)
+        self.conn.execute("SELECT pg_advisory_lock(%s)", [self.key])
+        self.sql = f"SELECT pg_advisory_xact_lock_shared({self.key})"
+
+    def waiting(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                 " AND classid = 0 AND objid = %s AND objsubid = 1", [self.key]).fetchone()[0]
+
+    def waiting_for_table(self, table: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'relation' AND NOT granted"
+                                 " AND relation = %s::regclass", [table]).fetchone()[0]
+
+    def release(self):
+        self.conn.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+        self.conn.close()
+
+
+def race(rd, database: str, first: list[str], second: list[str], barrier: Barrier, second_waits=None) -> tuple[dict, dict]:
+    """Runs ``first`` until it waits at the barrier, then ``second`` until it waits (at the
+    barrier, or where ``second_waits()`` says) or ends, then releases both."""
+    a = rd.batch_execute_statement(Sqls=first, **in_db(database))["Id"]
+    wait_until(20, lambda: barrier.waiting() == 1, "first batch at the barrier")
+    b = rd.batch_execute_statement(Sqls=second, **in_db(database))["Id"]
+    waits = second_waits or (lambda: barrier.waiting() == 2)
+    wait_until(20, lambda: waits() or rd.describe_statement(Id=b)["Status"] in emu.TERMINAL, "second batch waiting")
+    barrier.release()
+    return wait_done(rd, a), wait_done(rd, b)
+
+
+GUARDED_INSERT = "INSERT INTO ledger SELECT 'f1', 'v1' WHERE NOT EXISTS (SELECT 1 FROM ledger WHERE k = 'f1' AND v = 'v1')"
+
+
+def test_snapshot_is_the_default_and_lets_two_not_exists_guards_insert_the_same_row(rd, new_database):
+    """Redshift's SNAPSHOT isolation (PostgreSQL REPEATABLE READ): "concurrent modifications to
+    different rows in the same table complete successfully", so both guarded inserts commit."""
+    db = new_database()
+    run_ok_in(rd, db, "CREATE TABLE ledger (k varchar(64), v varchar(64))")
+    barrier = Barrier(db)
+    a, b = race(rd, db, [GUARDED_INSERT, barrier.sql], [GUARDED_INSERT, barrier.sql], barrier)
+    assert (a["Status"], b["Status"]) == ("FINISHED", "FINISHED"), (a.get("Error"), b.get("Error"))
+    assert pg_rows_in(db, "SELECT k, v FROM ledger") == [("f1", "v1"), ("f1", "v1")]  # the anomaly
+
+
+def test_snapshot_with_a_lock_first_serializes_the_guarded_inserts(rd, new_database):
+    """The product's fix: LOCK a dedicated table as the first statement, before anything takes
+    the snapshot; the second batch waits for the first, then its guard sees the first's row."""
+    db = new_database()
+    run_ok_in(rd, db, "CREATE TABLE ledger (k varchar(64), v varchar(64)); CREATE TABLE writer_lock (x int)")
+    barrier = Barrier(db)
+    batch = ["LOCK writer_lock", GUARDED_INSERT, barrier.sql]
+    a, b = race(rd, db, batch, batch, barrier, second_waits=lambda: barrier.waiting_for_table("writer_lock") == 1)
+    assert (a["Status"], b["Status"]) == ("FINISHED", "FINISHED"), (a.get("Error"), b.get("Error"))
+    assert [s["ResultRows"] for s in (a["SubStatements"][1], b["SubStatements"][1])] == [1, 0]
+    assert pg_rows_in(db, "SELECT k, v FROM ledger") == [("f1", "v1")]
+
+
+def test_serializable_refuses_one_of_two_guarded_inserts_with_error_1023(rd, new_database):
+    db = new_database("SERIALIZABLE")
+    run_ok_in(rd, db, "CREATE TABLE ledger (k varchar(64), v varchar(64))")
+    barrier = Barrier(db)
+    a, b = race(rd, db, [GUARDED_INSERT, barrier.sql], [GUARDED_INSERT, barrier.sql], barrier)
+    assert sorted((a["Status"], b["Status"])) == ["FAILED", "FINISHED"]
+    error = (a if a["Status"] == "FAILED" else b)["Error"]
+    assert error.startswith("ERROR: 1023 DETAIL: Serializable isolation violation on table"), error
+    assert pg_rows_in(db, "SELECT k, v FROM ledger") == [("f1", "v1")]
+
+
+def test_snapshot_conflict_on_the_same_row_is_redshifts_snapshot_error(rd, new_database):
+    db = new_database("SNAPSHOT")
+    run_ok_in(rd, db, "CREATE TABLE t (k int, v int); INSERT INTO t VALUES (1, 0)")
+    barrier = Barrier(db)
+    a, b = race(rd, db, ["UPDATE t SET v = v + 1 WHERE k = 1", barrier.sql],
+                ["SELECT count(*) FROM t", barrier.sql, "UPDATE t SET v = v + 10 WHERE k = 1"], barrier)
+    assert a["Status"] == "FINISHED", a.get("Error")
+    assert b["Status"] == "FAILED"
+    assert b["Error"].startswith("ERROR: could not complete because of conflict with concurrent transaction"), b["Error"]
+    assert "1023" not in b["Error"] and "serializ" not in b["Error"].lower()
+    assert pg_rows_in(db, "SELECT v FROM t") == [(1,)]
+
+
+@pytest.mark.parametrize("level, text", [
+    ("SNAPSHOT", "ERROR: could not complete because of conflict with concurrent transaction"),
+    ("SERIALIZABLE", "ERROR: 1023 DETAIL: Serializable isolation violation on table")])
+def test_a_deadlock_is_reported_as_the_databases_conflict_error(rd, new_database, level, text):
+    db = new_database(level)
+    run_ok_in(rd, db, "CREATE TABLE a (x int); CREATE TABLE b (x int)")
+    barrier = Barrier(db)
+    first, second = race(rd, db, ["LOCK a", barrier.sql, "LOCK b"], ["LOCK b", barrier.sql, "LOCK a"], barrier)
+    assert sorted((first["Status"], second["Status"])) == ["FAILED", "FINISHED"]
+    error = (first if first["Status"] == "FAILED" else second)["Error"]
+    assert error.startswith(text), error
+    assert "SQLSTATE 40P01, a deadlock" in error  # for whoever debugs it
+    if level == "SNAPSHOT":
+        assert "serializ" not in error.lower() and "1023" not in error
+
+
+def isolation_of(rd, database: str) -> tuple[str, str, str]:
+    """(stv_db_isolation_level's value, a batch's level, a lone statement's level) in PostgreSQL terms."""
+    view = records(rd, run_ok_in(rd, database, "SELECT isolation_level FROM stv_db_isolation_level"
+                                               " WHERE db_name = current_database()")["Id"])
+    sid = rd.batch_execute_statement(Sqls=["SELECT 1", "SHOW transaction_isolation"], **in_db(database))["Id"]
+    assert wait_done(rd, sid)["Status"] == "FINISHED"
+    lone = records(rd, run_ok_in(rd, database, "SHOW transaction_isolation")["Id"])
+    return view[0][0]["stringValue"], records(rd, f"{sid}:2")[0][0]["stringValue"], lone[0][0]["stringValue"]
+
+
+def test_isolation_level_per_database_and_stv_db_isolation_level(rd, new_database):
+    # Redshift's STV_DB_ISOLATION_LEVEL.isolation_level is character(20): padded as Redshift pads it
+    snapshot, serializable = "Snapshot Isolation".ljust(20), "Serializable".ljust(20)
+    assert isolation_of(rd, "test") == (snapshot, "repeatable read", "repeatable read")  # no setting: SNAPSHOT
+    plain, ser = new_database(), new_database("SERIALIZABLE")
+    assert isolation_of(rd, plain) == (snapshot, "repeatable read", "repeatable read")
+    assert isolation_of(rd, ser) == (serializable, "serializable", "serializable")
+    run_ok(rd, f"ALTER DATABASE {plain} ISOLATION LEVEL SERIALIZABLE")
+    assert isolation_of(rd, plain) == (serializable, "serializable", "serializable")
+    run_ok(rd, f"ALTER DATABASE {plain} ISOLATION LEVEL SNAPSHOT")
+    assert isolation_of(rd, plain) == (snapshot, "repeatable read", "repeatable read")
+    rows = records(rd, run_ok(rd, f"SELECT trim(db_name), trim(isolation_level) FROM stv_db_isolation_level"
+                                  f" WHERE db_name IN ('{plain}', '{ser}') ORDER BY 2")["Id"])
+    assert rows == [[{"stringValue": ser}, {"stringValue": "Serializable"}],
+                    [{"stringValue": plain}, {"stringValue": "Snapshot Isolation"}]]
+    # as on Redshift, neither runs inside a transaction block; unknown options are refused
+    d = wait_done(rd, rd.batch_execute_statement(Sqls=["SELECT 1", f"CREATE DATABASE x{plain}"], **TARGET)["Id"])
+    assert d["Status"] == "FAILED" and "cannot run inside a transaction block" in d["Error"]
+    d = run(rd, f"CREATE DATABASE x{plain} COLLATE CASE_INSENSITIVE")
+    assert d["Status"] == "FAILED" and "not emulated" in d["Error"]
+
+
+def test_a_database_dropped_and_made_again_is_set_up_again(rd, new_database):
+    db = new_database("SERIALIZABLE")
+    assert isolation_of(rd, db)[1] == "serializable"
+    run_ok(rd, f"DROP DATABASE {db}")
+    gone = run_in(rd, db, "SELECT current_database()")
+    assert gone["Status"] == "FAILED" and "does not exist" in gone["Error"], gone
+    run_ok(rd, f"CREATE DATABASE {db}")
+    assert isolation_of(rd, db) == ("Snapshot Isolation".ljust(20), "repeatable read", "repeatable read")
+    assert records(rd, run_ok_in(rd, db, "SELECT 'a'::varchar = 'a '::varchar")["Id"]) == [[{"booleanValue": True}]]
+
+
+def test_parse_database_ddl():
+    assert emu.parse_database_ddl("CREATE DATABASE Wau") == emu.DatabaseDdl("CREATE", "wau", None)
+    assert emu.parse_database_ddl('create database "Wau" with isolation level serializable;') == \
+        emu.DatabaseDdl("CREATE", "Wau", "SERIALIZABLE")
+    assert emu.parse_database_ddl("ALTER DATABASE w ISOLATION LEVEL SNAPSHOT") == emu.DatabaseDdl("ALTER", "w", "SNAPSHOT")
+    assert emu.parse_database_ddl("ALTER DATABASE w RENAME TO v") is None
+    assert emu.parse_database_ddl("SELECT 'CREATE DATABASE x'") is None
+    assert emu.dropped_database('DROP DATABASE IF EXISTS "W"') == "W" and emu.dropped_database("drop database W") == "w"
+
+
+# ------------------------------------------------------------------------------------------
+# VARCHAR(n) is n bytes
+
+def test_varchar_length_is_bytes_on_insert_and_update(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.v (id int, a varchar(64), b varchar, c text, d char(4), m varchar(max))")
+    run_ok(rd, f"INSERT INTO {schema}.v (id, a) VALUES (1, '{'é' * 32}')")  # 32 characters, 64 bytes: fits
+    d = run(rd, f"INSERT INTO {schema}.v (id, a) VALUES (2, '{'é' * 33}')")  # 33 characters, 66 bytes
+    assert d["Status"] == "FAILED" and d["Error"] == "ERROR: value too long for type character varying(64)", d.get("Error")
+    d = run(rd, f"UPDATE {schema}.v SET a = a || 'x' WHERE id = 1")
+    assert d["Status"] == "FAILED" and d["Error"] == "ERROR: value too long for type character varying(64)", d.get("Error")
+    for col in ("b", "c"):  # VARCHAR without a length and TEXT are VARCHAR(256)
+        run_ok(rd, f"UPDATE {schema}.v SET {col} = '{'x' * 256}' WHERE id = 1")
+        d = run(rd, f"UPDATE {schema}.v SET {col} = '{'x' * 257}' WHERE id = 1")
+        assert d["Error"] == "ERROR: value too long for type character varying(256)", d.get("Error")
+    run_ok(rd, f"UPDATE {schema}.v SET d = 'éé' WHERE id = 1")  # CHAR(n) is n bytes too
+    d = run(rd, f"UPDATE {schema}.v SET d = 'ééé' WHERE id = 1")
+    assert d["Error"] == "ERROR: value too long for type character(4)", d.get("Error")
+    run_ok(rd, f"UPDATE {schema}.v SET m = repeat('x', 65535) WHERE id = 1")  # VARCHAR(MAX) = VARCHAR(65535)
+    d = run(rd, f"UPDATE {schema}.v SET m = repeat('é', 32768) WHERE id = 1")
+    assert d["Error"] == "ERROR: value too long for type character varying(65535)", d.get("Error")
+    for ddl in (f"CREATE TABLE {schema}.w (a varchar(65536))", f"SELECT 'a'::varchar(70000)"):
+        d = run(rd, ddl)
+        assert d["Status"] == "FAILED" and "length for type varchar cannot exceed 65535" in d["Error"], d.get("Error")
+    assert pg_rows(f"SELECT id, a FROM {schema}.v") == [(1, "é" * 32)]
+
+
+def test_varchar_bytes_hold_for_temp_like_and_create_table_as(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.v (a varchar(8))")
+    sid = rd.batch_execute_statement(Sqls=[
+        f"CREATE TEMP TABLE stage (LIKE {schema}.v)",
+        "INSERT INTO stage VALUES ('ééé')",  # 6 bytes
+        f"CREATE TABLE {schema}.copy AS SELECT a FROM stage",
+        f"CREATE TEMP TABLE other AS SELECT a FROM {schema}.v",
+        "INSERT INTO other VALUES ('éééé')",  # 8 bytes
+    ], **TARGET)["Id"]
+    assert wait_done(rd, sid)["Status"] == "FINISHED"
+    for sqls in (["CREATE TEMP TABLE stage (LIKE {schema}.v)", "INSERT INTO stage VALUES ('ééééé')"],
+                 ["CREATE TEMP TABLE stage AS SELECT a FROM {schema}.v", "INSERT INTO stage VALUES ('ééééé')"],
+                 ["INSERT INTO {schema}.copy VALUES ('ééééé')"]):
+        d = wait_done(rd, rd.batch_execute_statement(Sqls=[s.format(schema=schema) for s in sqls], **TARGET)["Id"])
+        assert d["Status"] == "FAILED", sqls
+        assert d["Error"].startswith("ERROR: value too long for type character varying(8)"), d["Error"]
+    assert pg_rows(f"SELECT a FROM {schema}.copy") == [("ééé",)]
+
+
+def test_translate_char_types():
+    assert emu.translate_char_types("CREATE TABLE t (a VARCHAR(MAX), b character varying ( max ), c char(10))") == \
+        "CREATE TABLE t (a VARCHAR(65535), b character varying(65535), c char(10))"
+    assert emu.translate_char_types("SELECT 'varchar(99999)'") == "SELECT 'varchar(99999)'"
+    with pytest.raises(emu.StatementError, match="cannot exceed 4096"):
+        emu.translate_char_types("CREATE TABLE t (c CHAR(4097))")
+    assert emu.created_table('CREATE TEMP TABLE IF NOT EXISTS s."T x" (LIKE y)') == 's."T x"'
+    assert emu.created_table("create table t as select 1") == "t"
+    assert emu.created_table("ALTER TABLE ONLY s.t ADD COLUMN c varchar(3)") == "s.t"
+    assert emu.created_table("ALTER TABLE s.t DROP COLUMN c") is None
+
+
+# ------------------------------------------------------------------------------------------
+# COPY: what Redshift refuses, and NULL handling as Redshift documents it
+
+COPY_CSV = "IAM_ROLE default FORMAT AS CSV GZIP MANIFEST MAXERROR 0"
+
+
+def copy_files(s3, bucket: str, prefix: str, *texts: str) -> str:
+    """gzip CSV parts and a manifest naming them; the manifest's URL."""
+    entries = []
+    for n, text in enumerate(texts):
+        put_gzip_csv(s3, bucket, f"{prefix}/part-{n}.csv.gz", text)
+        entries.append({"url": f"s3://{bucket}/{prefix}/part-{n}.csv.gz", "mandatory": True})
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest", Body=json.dumps({"entries": entries}).encode())
+    return f"s3://{bucket}/{prefix}/manifest"
+
+
+def test_copy_refuses_a_string_longer_than_its_column_in_bytes(rd, s3, schema, bucket):
+    run_ok(rd, f"CREATE TABLE {schema}.v (id int, a varchar(64))")
+    ok = copy_files(s3, bucket, "ok", f"1,{'é' * 32}\n")
+    assert run_ok(rd, f"COPY {schema}.v FROM '{ok}' {COPY_CSV}")["ResultRows"] == 1
+    bad = copy_files(s3, bucket, "bad", "id,a\n2,a\n", f"id,a\n3,b\n4,{'é' * 33}\n5,c\n")
+    d = run(rd, f"COPY {schema}.v FROM '{bad}' {COPY_CSV} IGNOREHEADER 1")
+    assert d["Status"] == "FAILED"
+    assert "Load into table 'v' failed. Check 'sys_load_error_detail' system table for details." in d["Error"]
+    assert "String length exceeds DDL length" in d["Error"] and "1204" in d["Error"]
+    assert f"s3://{bucket}/bad/part-1.csv.gz line 3, column a" in d["Error"], d["Error"]
+    assert pg_rows(f"SELECT id FROM {schema}.v") == [(1,)]  # nothing of the failed COPY
+    # a table PostgreSQL made itself, without the emulator's constraints, is held to the same
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {schema}.raw (id int, a text)")
+    long = copy_files(s3, bucket, "long", f"1,{'x' * 257}\n")
+    d = run(rd, f"COPY {schema}.raw FROM '{long}' {COPY_CSV}")
+    assert d["Status"] == "FAILED" and "String length exceeds DDL length" in d["Error"]
+
+
+@pytest.mark.parametrize("column_type", ["timestamp", "timestamptz"])
+def test_copy_timestamps_take_at_most_6_fractional_digits(rd, s3, schema, bucket, column_type):
+    run_ok(rd, f"CREATE TABLE {schema}.ts (id int, at {column_type})")
+    ok = copy_files(s3, bucket, "ok", "1,2026-11-27 01:02:03.123456\n2,2026-11-27 01:02:03\n")
+    assert run_ok(rd, f"COPY {schema}.ts FROM '{ok}' {COPY_CSV} TIMEFORMAT 'auto'")["ResultRows"] == 2
+    assert pg_rows(f"SELECT id, to_char(at, 'YYYY-MM-DD HH24:MI:SS.US') FROM {schema}.ts ORDER BY id") == [
+        (1, "2026-11-27 01:02:03.123456"), (2, "2026-11-27 01:02:03.000000")]
+    bad = copy_files(s3, bucket, "bad", "3,2026-11-27 01:02:03.5\n4,2026-11-27 01:02:03.1234567\n")
+    d = run(rd, f"COPY {schema}.ts FROM '{bad}' {COPY_CSV} TIMEFORMAT 'auto'")
+    assert d["Status"] == "FAILED"
+    assert "Invalid timestamp format or value" in d["Error"] and "1206" in d["Error"], d["Error"]
+    assert "line 2, column at" in d["Error"] and "2026-11-27 01:02:03.1234567" in d["Error"]
+    assert pg_rows(f"SELECT count(*) FROM {schema}.ts") == [(2,)]
+
+
+NULLS_TABLE = "(s varchar(10), i int, t timestamp, b boolean, n numeric(6,2))"
+
+
+def copy_nulls(rd, s3, schema, bucket, options: str, text: str, fmt: str = "CSV") -> list[tuple]:
+    table = f"{schema}.n_{uuid.uuid4().hex[:6]}"
+    run_ok(rd, f"CREATE TABLE {table} {NULLS_TABLE.replace('(', '(line int, ', 1)}")
+    s3.put_object(Bucket=bucket, Key=f"{table}.txt", Body=text.encode())
+    run_ok(rd, f"COPY {table} FROM 's3://{bucket}/{table}.txt' IAM_ROLE default {fmt} {options}")
+    return pg_rows(f"SELECT s, i, t::text, b, n::text FROM {table} ORDER BY line")
+
+
+NULLS_CSV = ('1,,,,,\n'            # empty fields
+             '2,\\N,\\N,\\N,\\N,\\N\n'  # the default NULL string
+             '3,"",5,,t,1.5\n'     # a quoted empty string
+             '4,"  ",,,,\n'        # blanks
+             '5,nil,6,,,\n')
+
+
+def test_copy_csv_nulls_by_default_empty_varchar_is_an_empty_string(rd, s3, schema, bucket):
+    """Redshift's CSV NULL string is \\N; an empty CHAR/VARCHAR field loads as '', an empty
+    field of any other type as NULL (PostgreSQL's CSV COPY would take empty as NULL everywhere
+    and refuse \\N for a number)."""
+    assert copy_nulls(rd, s3, schema, bucket, "", NULLS_CSV) == [
+        ("", None, None, None, None),
+        (None, None, None, None, None),
+        ("", 5, None, True, "1.50"),
+        ("  ", None, None, None, None),
+        ("nil", 6, None, None, None)]
+
+
+def test_copy_csv_nulls_with_emptyasnull_blanksasnull_and_null_as(rd, s3, schema, bucket):
+    assert copy_nulls(rd, s3, schema, bucket, "EMPTYASNULL", NULLS_CSV) == [
+        (None, None, None, None, None), (None, None, None, None, None), (None, 5, None, True, "1.50"),
+        ("  ", None, None, None, None), ("nil", 6, None, None, None)]
+    assert copy_nulls(rd, s3, schema, bucket, "BLANKSASNULL", NULLS_CSV) == [
+        ("", None, None, None, None), (None, None, None, None, None), ("", 5, None, True, "1.50"),
+        (None, None, None, None, None), ("nil", 6, None, None, None)]
+    assert copy_nulls(rd, s3, schema, bucket, "NULL AS 'nil'", "1,,,,,\n2,\\N,nil,nil,nil,nil\n5,nil,6,,,\n") == [
+        ("", None, None, None, None), ("\\N", None, None, None, None), (None, 6, None, None, None)]
+    # NULL AS '\N' is the default said out loud; a \N into a number under NULL AS 'nil' is not a number
+    d = run(rd, f"CREATE TABLE {schema}.num (i int)")
+    s3.put_object(Bucket=bucket, Key="num.csv", Body=b"\\N\n")
+    d = run(rd, f"COPY {schema}.num FROM 's3://{bucket}/num.csv' IAM_ROLE default CSV NULL AS 'nil'")
+    assert d["Status"] == "FAILED" and "Load into table 'num' failed" in d["Error"] and "line 1, column i" in d["Error"]
+
+
+def test_copy_delimited_text_nulls(rd, s3, schema, bucket):
+    assert copy_nulls(rd, s3, schema, bucket, "", "1|||||\n2|\\N|\\N|\\N|\\N|\\N\n3|x|7|2026-01-02 03:04:05|f|2\n",
+                      fmt="") == [("", None, None, None, None), (None, None, None, None, None),
+                                  ("x", 7, "2026-01-02 03:04:05", False, "2.00")]
+
+
+def test_copy_load_errors_name_the_file_line_and_column(rd, s3, schema, bucket):
+    run_ok(rd, f"CREATE TABLE {schema}.e (id int NOT NULL, n bigint, v varchar(4))")
+    cases = [("1,2,a\n2,x7,b\n", "line 2, column n", "invalid input syntax for type bigint"),
+             ("1,2,a\n2,3,b\n,4,c\n", "line 3, column id", "Missing data for not-null field"),
+             ("1,2,a\n2,3,b,extra\n", "line 2", "extra data after last expected column")]
+    for n, (text, where, what) in enumerate(cases):
+        url = copy_files(s3, bucket, f"e{n}", text)
+        d = run(rd, f"COPY {schema}.e FROM '{url}' {COPY_CSV}")
+        assert d["Status"] == "FAILED", text
+        assert "Load into table 'e' failed" in d["Error"] and f"part-0.csv.gz {where}" in d["Error"], d["Error"]
+        assert what in d["Error"], d["Error"]
+    assert pg_rows(f"SELECT count(*) FROM {schema}.e") == [(0,)]
+
+
+# ------------------------------------------------------------------------------------------
+# the 100 KB statement limit
+
+def padded(n_bytes: int, filler: str = "x") -> str:
+    """A statement of exactly n_bytes UTF-8 bytes (filler may be multi-byte)."""
+    head = "SELECT 1 -- "
+    body = filler * ((n_bytes - len(head)) // len(filler.encode()))
+    sql = head + body
+    return sql + " " * (n_bytes - len(sql.encode()))
+
+
+def test_statement_size_limit_is_100_kb_per_statement_and_per_batch(rd):
+    limit = emu.MAX_SQL_BYTES
+    assert limit == 100 * 1024
+    assert run(rd, padded(limit, "é"))["Status"] == "FINISHED"  # bytes, not characters
+    for sql in (padded(limit + 1), padded(limit + 1, "é")):
+        with pytest.raises(ClientError) as e:
+            rd.execute_statement(Sql=sql, **TARGET)
+        assert error_code(e) == "ValidationException" and "100 KB" in str(e.value)
+    with pytest.raises(ClientError) as e:  # one statement of a batch over the limit
+        rd.batch_execute_statement(Sqls=["SELECT 1", padded(limit + 1)], **TARGET)
+    assert error_code(e) == "ValidationException" and "Sqls[2]" in str(e.value) and "100 KB" in str(e.value)
+    with pytest.raises(ClientError) as e:  # each within the limit, together over it
+        rd.batch_execute_statement(Sqls=[padded(60 * 1024), padded(60 * 1024)], **TARGET)
+    assert error_code(e) == "ValidationException" and "together" in str(e.value) and "100 KB" in str(e.value)
+    sid = rd.batch_execute_statement(Sqls=[padded(50 * 1024), padded(50 * 1024)], **TARGET)["Id"]
+    assert wait_done(rd, sid)["Status"] == "FINISHED"
+
+
+# ------------------------------------------------------------------------------------------
+# trailing blanks in VARCHAR comparisons
+
+def test_trailing_blanks_are_insignificant_in_varchar_comparisons(rd, new_database):
+    db = new_database()
+    run_ok_in(rd, db, "CREATE TABLE a (k varchar(8), n int); CREATE TABLE b (k varchar(8), m int);"
+                      " INSERT INTO a VALUES ('x', 1), ('x  ', 2), ('y', 3); INSERT INTO b VALUES ('x ', 10), ('y', 30)")
+
+    def one(sql: str):
+        return [[next(iter(f.values())) for f in row] for row in records(rd, run_ok_in(rd, db, sql)["Id"])]
+
+    assert one("SELECT 'a'::varchar = 'a  '::varchar, 'a'::varchar <> 'a  '::varchar, 'a '::varchar < 'a'::varchar,"
+               " 'a'::varchar = ' a'::varchar") == [[True, False, False, False]]
+    assert one("SELECT n FROM a WHERE k = 'x' ORDER BY n") == [[1], [2]]  # a column against a literal
+    assert one("SELECT n FROM a WHERE k IN ('x ', 'z') ORDER BY n") == [[1], [2]]
+    assert one("SELECT a.n, b.m FROM a JOIN b ON a.k = b.k ORDER BY a.n") == [[1, 10], [2, 10], [3, 30]]
+    assert one("SELECT count(DISTINCT k) FROM a") == [[2]]
+    assert one("SELECT count(*) FROM (SELECT k FROM a GROUP BY k) g") == [[2]]
+    assert one("SELECT n FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.k = a.k) ORDER BY n") == [[1], [2], [3]]
+    assert one("SELECT n, row_number() OVER (PARTITION BY k ORDER BY n) FROM a ORDER BY n") == [[1, 1], [2, 2], [3, 1]]
+    assert one("SELECT octet_length(k) FROM a ORDER BY n") == [[1], [3], [1]]  # the blanks are kept, only compared away
+    # not modelled: values PostgreSQL types as TEXT (text columns, ||, lower(), ::text) compare as PostgreSQL does
+    assert one("SELECT 'a'::text = 'a  '::text, lower('A'::varchar) = 'a '::varchar") == [[False, False]]
+    # and a database the emulator did not create (such as the default one) is PostgreSQL's
+    assert records(rd, run_ok(rd, "SELECT 'a'::varchar = 'a  '::varchar")["Id"]) == [[{"booleanValue": False}]]
+
+
+def test_trailing_blank_varchar_equality_keeps_hash_joins(rd, new_database):
+    db = new_database()
+    run_ok_in(rd, db, "CREATE TABLE s (customer varchar(64), event_id varchar(64), v int);"
+                      " CREATE TABLE t (customer varchar(64), event_id varchar(64), v int);"
+                      " INSERT INTO s SELECT 'c' || (g % 50), 'e' || g, g FROM generate_series(1, 100000) g;"
+                      " INSERT INTO t SELECT 'c' || (g % 50), 'e' || g, g FROM generate_series(50001, 150000) g;"
+                      " ANALYZE s; ANALYZE t")
+    plan = "\n".join(r[0]["stringValue"] for r in records(rd, run_ok_in(
+        rd, db, "EXPLAIN VERBOSE SELECT count(*) FROM s JOIN t ON s.customer = t.customer AND s.event_id = t.event_id")["Id"]))
+    assert "Hash Join" in plan and "Nested Loop" not in plan, plan
+    # the join runs on the trailing-blank equality on varchar (PostgreSQL's own would be text's:
+    # "(s.customer)::text = (t.customer)::text")
+    assert "Hash Cond: ((s.customer = t.customer) AND (s.event_id = t.event_id))" in plan, plan
+    plan = "\n".join(r[0]["stringValue"] for r in records(rd, run_ok_in(
+        rd, db, "EXPLAIN DELETE FROM t WHERE EXISTS (SELECT 1 FROM s WHERE s.customer = t.customer"
+                " AND s.event_id = t.event_id)")["Id"]))
+    assert "Hash" in plan and "Semi Join" in plan and "Nested Loop" not in plan, plan
+    assert records(rd, run_ok_in(rd, db, "SELECT count(*) FROM s JOIN t USING (customer, event_id)")["Id"]) == \
+        [[{"longValue": 50000}]]

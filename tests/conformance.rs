@@ -1,0 +1,912 @@
+//! The warehouse contract, one suite for every engine: each case below runs against the
+//! embedded SQLite warehouse (`sqlite::…`), and against the Redshift warehouse on the Data API
+//! emulator in a database at SNAPSHOT isolation (`snapshot::…`, Redshift Serverless' default)
+//! and at SERIALIZABLE isolation (`serializable::…`). A case sees the warehouse only through
+//! the `Warehouse` / `BatchSink` traits; what it reads back for its assertions comes from
+//! `support::warehouses::Backend`, which holds everything engine-specific.
+//!
+//! The emulator cases need the local stack (`eval "$(scripts/local-aws.sh up)"`); without it
+//! they print SKIPPED, or fail when `CI` is set. One engine only: `cargo test --test conformance sqlite::`.
+
+mod support;
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use support::warehouses::{Backend, Engine, Tuning};
+use wau_ingest::validate::{Reject, RowChunk};
+use wau_ingest::warehouse::{
+    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, WauRow,
+};
+
+// ------------------------------------------------------------------------------------------
+// The cases, each instantiated for the three engines.
+
+macro_rules! conformance {
+    ($($case:ident: $tuning:expr),* $(,)?) => {
+        conformance!(@engine sqlite, Engine::Sqlite; $($case: $tuning),*);
+        conformance!(@engine snapshot, Engine::Snapshot; $($case: $tuning),*);
+        conformance!(@engine serializable, Engine::Serializable; $($case: $tuning),*);
+    };
+    (@engine $module:ident, $engine:expr; $($case:ident: $tuning:expr),*) => {
+        mod $module {
+            use super::*;
+            $(
+                #[test]
+                fn $case() {
+                    run($engine, $tuning, super::$case);
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    migrate_is_idempotent_and_an_idle_merge_records_nothing: Tuning::DEFAULT,
+    new_files_are_admitted_with_rows_rejects_and_ledger_rows: Tuning::SMALL_PARTS,
+    a_recorded_version_is_a_duplicate: Tuning::DEFAULT,
+    an_older_version_arriving_after_a_newer_one_is_superseded: Tuning::DEFAULT,
+    a_newer_version_supersedes_the_loaded_one: Tuning::DEFAULT,
+    a_late_older_version_changes_nothing: Tuning::DEFAULT,
+    forced_reload_replaces_a_versions_rows: Tuning::DEFAULT,
+    a_version_forced_twice_in_one_batch_keeps_the_second_copy: Tuning::DEFAULT,
+    many_large_rejects_load_exactly_once: Tuning::DEFAULT,
+    rejects_beyond_the_memory_bound_load_exactly_once: Tuning::SPILL,
+    a_discarded_file_keeps_only_its_verdict: Tuning::SMALL_PARTS,
+    an_abandoned_file_leaves_nothing: Tuning::SMALL_PARTS,
+    nothing_is_visible_before_commit: Tuning::SMALL_PARTS,
+    merge_publishes_the_current_versions_and_is_idempotent: Tuning::DEFAULT,
+    superseding_one_file_keeps_the_key_another_file_holds: Tuning::DEFAULT,
+    weekly_active_users_counts_distinct_users_per_iso_week: Tuning::DEFAULT,
+    the_same_version_from_two_writers_one_after_the_other_is_recorded_once: Tuning::DEFAULT,
+    the_same_version_from_two_writers_at_the_same_time_is_recorded_once: Tuning::DEFAULT,
+}
+
+fn run(engine: Engine, tuning: Tuning, case: fn(&Backend)) {
+    let Some(b) = Backend::new(engine, tuning) else { return };
+    case(&b);
+}
+
+// ------------------------------------------------------------------------------------------
+// Helpers: file versions, rows and rejects as the pipeline hands them to a sink.
+
+const BUCKET: &str = "central";
+
+fn meta(key: &str, version: &str, seq: &str) -> FileMeta {
+    FileMeta {
+        bucket: BUCKET.into(),
+        key: key.into(),
+        version: version.into(),
+        sequencer: seq.into(),
+        size: 100,
+        event_time: Utc::now(),
+        contract_version: 1,
+    }
+}
+
+/// Rows (customer, event_id, user_id) on lines 2, 3, …, with a user agent that breaks naive
+/// CSV and SQL literals.
+fn chunk(rows: &[(&str, &str, &str)]) -> RowChunk {
+    let mut c = RowChunk::new(8);
+    for (i, (cust, id, user)) in rows.iter().enumerate() {
+        c.push_row(
+            &[
+                Some(cust),
+                Some(id),
+                Some("2026-11-23 10:00:00"),
+                Some(user),
+                None,
+                Some("login"),
+                None,
+                Some("agent, \"quoted\""),
+            ],
+            i as u64 + 2,
+        );
+    }
+    c
+}
+
+fn loaded(rows: u64, rejected: u64) -> FileSummary {
+    FileSummary {
+        status: FileStatus::Loaded,
+        rows_read: rows + rejected,
+        rows_loaded: rows,
+        rows_rejected: rejected,
+        reason: None,
+    }
+}
+
+fn rejected_whole(rows_read: u64, reason: &str) -> FileSummary {
+    FileSummary {
+        status: FileStatus::Rejected,
+        rows_read,
+        rows_loaded: 0,
+        rows_rejected: rows_read,
+        reason: Some(reason.into()),
+    }
+}
+
+/// Admits `m` and, when it is to be loaded, loads `rows` and finishes it.
+fn load(sink: &mut dyn BatchSink, m: &FileMeta, rows: &[(&str, &str, &str)]) -> Admission {
+    let a = sink.admit(m, false).unwrap();
+    if a == Admission::Load {
+        sink.write_rows(&chunk(rows)).unwrap();
+        assert!(sink.finish_file(&loaded(rows.len() as u64, 0)).unwrap());
+    }
+    a
+}
+
+fn reject(line: u64, value: &str, raw: &str) -> Reject {
+    Reject {
+        line,
+        column: Some("user_email".into()),
+        rule: "format",
+        reason: "not an email address".into(),
+        value: Some(value.into()),
+        raw: Some(raw.into()),
+    }
+}
+
+fn many_rejects(lines: std::ops::Range<u64>, raw: &str) -> Vec<Reject> {
+    lines.map(|i| reject(i, &format!("v\\{i}'"), raw)).collect()
+}
+
+fn bomb() -> Reject {
+    Reject { line: 0, column: None, rule: "gzip_bomb", reason: "bomb".into(), value: None, raw: None }
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+/// A ledger row as `Backend::ledger` returns it.
+fn ledger_row(
+    key: &str,
+    version: &str,
+    status: &str,
+    counts: (i64, i64, i64),
+    merged: bool,
+) -> (String, String, String, i64, i64, i64, bool) {
+    (s(key), s(version), s(status), counts.0, counts.1, counts.2, merged)
+}
+
+/// A target row as `Backend::target` returns it.
+fn target_row(customer: &str, event_id: &str, user: &str, file: &str) -> (String, String, String, String) {
+    (s(customer), s(event_id), s(user), s(file))
+}
+
+/// A staging row as `Backend::staging` returns it.
+fn staged(file: &str, version: &str, line: i64, event_id: &str, user: &str) -> (String, String, i64, String, String) {
+    (s(file), s(version), line, s(event_id), s(user))
+}
+
+fn counts(r: &BatchReport) -> (u64, u64, u64) {
+    (r.files, r.rows_loaded, r.rows_rejected)
+}
+
+// ------------------------------------------------------------------------------------------
+
+fn migrate_is_idempotent_and_an_idle_merge_records_nothing(b: &Backend) {
+    let w = b.warehouse();
+    w.migrate().unwrap();
+    w.ping().unwrap();
+    assert_eq!(w.totals().unwrap(), LedgerTotals::default());
+    assert_eq!(w.merge().unwrap(), MergeReport::default(), "nothing to merge");
+    assert_eq!(b.count("SELECT COUNT(*) FROM wau_ingest_merges"), 0, "an idle merge records nothing");
+    assert_eq!(w.weekly_active_users("2000-01-01", None).unwrap(), vec![]);
+    assert_eq!(w.recorded_sequencers(BUCKET).unwrap(), Default::default());
+    assert_eq!(w.sink().unwrap().commit().unwrap(), None, "an empty batch commits nothing");
+}
+
+/// Two files in one batch, with rows, rejects (text that breaks naive literals on one engine or
+/// the other) and their ledger rows; data lines read = rows loaded + rows rejected.
+fn new_files_are_admitted_with_rows_rejects_and_ledger_rows(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    let (a, bb) = (meta("csv/acme/a.csv", "va", "1"), meta("csv/acme/b.csv", "vb", "1"));
+    let tricky_raw = r#"acme,e9,2026-11-23T10:00:00Z,u9,it's\not@mail\,login,,"ua \"x\""\"#;
+    let tricky_value = r"it's\not@mail\";
+
+    assert_eq!(sink.admit(&a, false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e1", "u1"), ("acme", "e2", "u2"), ("acme", "e3", "u1")])).unwrap();
+    sink.write_rejects(&[reject(5, tricky_value, tricky_raw)]).unwrap();
+    assert!(sink.finish_file(&loaded(3, 1)).unwrap());
+    assert_eq!(sink.admit(&bb, false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e4", "u3")])).unwrap();
+    sink.write_rejects(&[reject(3, "x", "acme,e5"), reject(4, "y", "acme,e6")]).unwrap();
+    assert!(sink.finish_file(&loaded(1, 2)).unwrap());
+    assert_eq!(sink.pending().0, 4);
+
+    let report = sink.commit().unwrap().expect("a report");
+    assert_eq!(counts(&report), (2, 4, 3));
+    assert_eq!(w.lookup(BUCKET, &a.key, "va").unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(w.lookup(BUCKET, &a.key, "other").unwrap(), None);
+    assert_eq!(w.lookup_stamp(BUCKET, &bb.key, "1", 100).unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(w.lookup_stamp(BUCKET, &bb.key, "1", 101).unwrap(), None, "another size is another version");
+    assert_eq!(
+        w.recorded_sequencers(BUCKET).unwrap(),
+        [(a.key.clone(), s("1")), (bb.key.clone(), s("1"))].into_iter().collect()
+    );
+    assert_eq!(
+        w.totals().unwrap(),
+        LedgerTotals {
+            files_loaded: 2,
+            rows_read: 7,
+            rows_loaded: 4,
+            rows_rejected: 3,
+            staging_rows: 4,
+            reject_rows: 3,
+            ..LedgerTotals::default()
+        }
+    );
+    assert_eq!(
+        b.ledger(),
+        vec![
+            ledger_row("csv/acme/a.csv", "va", "loaded", (4, 3, 1), false),
+            ledger_row("csv/acme/b.csv", "vb", "loaded", (3, 1, 2), false),
+        ]
+    );
+    assert_eq!(
+        b.rows(
+            "SELECT _file_key, _file_version, event_id, user_id, _line, event_type, user_agent, user_email, source_ip \
+             FROM wau_audit_logs_staging ORDER BY event_id"
+        ),
+        vec![
+            row(&["csv/acme/a.csv", "va", "e1", "u1", "2", "login", "agent, \"quoted\"", "NULL", "NULL"]),
+            row(&["csv/acme/a.csv", "va", "e2", "u2", "3", "login", "agent, \"quoted\"", "NULL", "NULL"]),
+            row(&["csv/acme/a.csv", "va", "e3", "u1", "4", "login", "agent, \"quoted\"", "NULL", "NULL"]),
+            row(&["csv/acme/b.csv", "vb", "e4", "u3", "2", "login", "agent, \"quoted\"", "NULL", "NULL"]),
+        ]
+    );
+    assert_eq!(
+        b.rejects(),
+        vec![
+            row(&["csv/acme/a.csv", "va", "5", "format", "user_email", tricky_value, tricky_raw]),
+            row(&["csv/acme/b.csv", "vb", "3", "format", "user_email", "x", "acme,e5"]),
+            row(&["csv/acme/b.csv", "vb", "4", "format", "user_email", "y", "acme,e6"]),
+        ]
+    );
+    assert_eq!(
+        b.count(
+            "SELECT COUNT(*) FROM wau_ingest_rejects r JOIN wau_ingest_files f \
+             ON f.key = r.key AND f.version = r.version AND f.batch_id = r.batch_id"
+        ),
+        3,
+        "every reject carries its file's batch"
+    );
+    assert_eq!(b.target(), vec![], "the target changes only by a merge");
+    assert_eq!(b.staged_objects(), Vec::<String>::new(), "nothing of the batch is left outside the tables");
+    assert_eq!(sink.commit().unwrap(), None, "nothing open, nothing to commit");
+}
+
+/// A version already recorded (loaded, or rejected whole), in the open batch or committed, is a
+/// duplicate: not loaded again, not recorded again.
+fn a_recorded_version_is_a_duplicate(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]), Admission::Load);
+    assert_eq!(
+        sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(),
+        Admission::Duplicate(FileStatus::Loaded),
+        "in the open batch"
+    );
+    assert_eq!(sink.admit(&meta("r.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rejects(&[bomb()]).unwrap();
+    assert!(sink.finish_file(&rejected_whole(0, "gzip_bomb: bomb")).unwrap());
+    assert_eq!(sink.admit(&meta("r.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Rejected));
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (2, 1, 0));
+
+    assert_eq!(w.lookup(BUCKET, "a.csv", "v1").unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(w.lookup(BUCKET, "r.csv", "v1").unwrap(), Some(FileStatus::Rejected));
+    assert_eq!(
+        load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]),
+        Admission::Duplicate(FileStatus::Loaded)
+    );
+    assert_eq!(sink.admit(&meta("r.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Rejected));
+    assert_eq!(sink.commit().unwrap(), None, "a batch of duplicates records nothing");
+    // Another writer sees the same.
+    let mut other = w.sink().unwrap();
+    assert_eq!(other.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
+    assert_eq!(other.commit().unwrap(), None);
+
+    assert_eq!(
+        b.ledger(),
+        vec![
+            ledger_row("a.csv", "v1", "loaded", (1, 1, 0), false),
+            ledger_row("r.csv", "v1", "rejected", (0, 0, 0), true)
+        ]
+    );
+    assert_eq!(b.staging(), vec![staged("a.csv", "v1", 2, "e1", "u1")]);
+    assert_eq!(b.rejects(), vec![row(&["r.csv", "v1", "0", "gzip_bomb", "NULL", "NULL", "NULL"])]);
+    assert_eq!(b.staged_objects(), Vec::<String>::new());
+}
+
+/// A version older than the recorded one (committed, or loaded in the open batch) is recorded
+/// superseded on arrival and not loaded; it is a duplicate after that.
+fn an_older_version_arriving_after_a_newer_one_is_superseded(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "u1")]), Admission::Load);
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (1, 1, 0));
+
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Superseded, "older than v2");
+    // Within the open batch: an older version of a key loaded in it is superseded too.
+    assert_eq!(load(sink.as_mut(), &meta("c.csv", "v5", "5"), &[("acme", "e2", "u2")]), Admission::Load);
+    assert_eq!(sink.admit(&meta("c.csv", "v4", "4"), false).unwrap(), Admission::Superseded);
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Superseded));
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (3, 1, 0), "two superseded on arrival, c.csv v5 loaded");
+
+    assert_eq!(w.lookup(BUCKET, "a.csv", "v1").unwrap(), Some(FileStatus::Superseded));
+    assert_eq!(w.lookup(BUCKET, "c.csv", "v4").unwrap(), Some(FileStatus::Superseded));
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Superseded));
+    assert_eq!(sink.admit(&meta("c.csv", "v4", "4"), false).unwrap(), Admission::Duplicate(FileStatus::Superseded));
+    assert_eq!(sink.commit().unwrap(), None);
+    assert_eq!(
+        b.ledger(),
+        vec![
+            ledger_row("a.csv", "v2", "loaded", (1, 1, 0), false),
+            ledger_row("a.csv", "v1", "superseded", (0, 0, 0), true),
+            ledger_row("c.csv", "v4", "superseded", (0, 0, 0), true),
+            ledger_row("c.csv", "v5", "loaded", (1, 1, 0), false),
+        ]
+    );
+    assert_eq!(b.staging(), vec![staged("a.csv", "v2", 2, "e1", "u1"), staged("c.csv", "v5", 2, "e2", "u2")]);
+    let t = w.totals().unwrap();
+    assert_eq!((t.files_loaded, t.files_superseded, t.staging_rows, t.unbalanced_files), (2, 2, 2, 0), "{t:?}");
+    w.merge().unwrap();
+    assert_eq!(b.target(), vec![target_row("acme", "e1", "u1", "a.csv"), target_row("acme", "e2", "u2", "c.csv")]);
+}
+
+/// A newer version marks the loaded one superseded in the same commit, also when both versions
+/// are in one batch.
+fn a_newer_version_supersedes_the_loaded_one(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]), Admission::Load);
+    sink.commit().unwrap().unwrap();
+    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "u9")]), Admission::Load);
+    assert_eq!(load(sink.as_mut(), &meta("d.csv", "v1", "1"), &[("acme", "e3", "u3")]), Admission::Load);
+    assert_eq!(load(sink.as_mut(), &meta("d.csv", "v2", "2"), &[("acme", "e4", "u4")]), Admission::Load);
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (3, 3, 0));
+    assert_eq!(w.lookup(BUCKET, "a.csv", "v1").unwrap(), Some(FileStatus::Superseded));
+    assert_eq!(w.lookup(BUCKET, "a.csv", "v2").unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(w.lookup(BUCKET, "d.csv", "v1").unwrap(), Some(FileStatus::Superseded));
+    assert_eq!(w.lookup(BUCKET, "d.csv", "v2").unwrap(), Some(FileStatus::Loaded));
+    let t = w.totals().unwrap();
+    assert_eq!((t.files_loaded, t.files_superseded, t.unbalanced_files), (2, 2, 0), "{t:?}");
+    // Superseded rows stay in staging until a merge has removed them from the target.
+    assert_eq!(t.staging_rows, 4);
+    w.merge().unwrap();
+    assert_eq!(b.target(), vec![target_row("acme", "e1", "u9", "a.csv"), target_row("acme", "e4", "u4", "d.csv")]);
+    assert_eq!(b.staging(), vec![staged("a.csv", "v2", 2, "e1", "u9"), staged("d.csv", "v2", 2, "e4", "u4")]);
+    assert_eq!(
+        b.ledger().into_iter().map(|r| (r.0, r.1, r.2, r.6)).collect::<Vec<_>>(),
+        vec![
+            (s("a.csv"), s("v1"), s("superseded"), true),
+            (s("a.csv"), s("v2"), s("loaded"), true),
+            (s("d.csv"), s("v1"), s("superseded"), true),
+            (s("d.csv"), s("v2"), s("loaded"), true),
+        ]
+    );
+}
+
+/// Overwritten and merged, then the old version is delivered again, and an even older one
+/// arrives: neither changes the target, and the superseded rows have left staging.
+fn a_late_older_version_changes_nothing(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "old"), ("acme", "e2", "old")]);
+    sink.commit().unwrap().unwrap();
+    w.merge().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "new")]);
+    sink.commit().unwrap().unwrap();
+    w.merge().unwrap();
+    assert_eq!(b.target(), vec![target_row("acme", "e1", "new", "a.csv")]);
+
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Superseded));
+    assert_eq!(sink.admit(&meta("a.csv", "v0", "0"), false).unwrap(), Admission::Superseded);
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (1, 0, 0));
+    assert_eq!(w.merge().unwrap().rows_inserted, 0);
+    assert_eq!(b.target(), vec![target_row("acme", "e1", "new", "a.csv")]);
+    assert_eq!(b.staging(), vec![staged("a.csv", "v2", 2, "e1", "new")], "superseded rows left staging");
+    assert_eq!(
+        b.ledger(),
+        vec![
+            ledger_row("a.csv", "v1", "superseded", (2, 2, 0), true),
+            ledger_row("a.csv", "v2", "loaded", (1, 1, 0), true),
+            ledger_row("a.csv", "v0", "superseded", (0, 0, 0), true),
+        ]
+    );
+}
+
+/// `admit(.., force = true)` reloads a recorded version: the earlier load is marked replaced, the
+/// merge recomputes both loads' keys, and a row now rejected leaves the target.
+fn forced_reload_replaces_a_versions_rows(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1"), ("acme", "e2", "u2")]);
+    sink.commit().unwrap().unwrap();
+    w.merge().unwrap();
+
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), true).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e1", "u1b")])).unwrap();
+    sink.write_rejects(&[reject(3, "bad", "acme,e2,…")]).unwrap();
+    assert!(sink.finish_file(&loaded(1, 1)).unwrap());
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (1, 1, 1));
+    assert_eq!(w.lookup(BUCKET, "a.csv", "v1").unwrap(), Some(FileStatus::Loaded));
+    let r = w.merge().unwrap();
+    assert_eq!((r.files, r.rows_deleted, r.rows_inserted), (1, 2, 1));
+    assert_eq!(b.target(), vec![target_row("acme", "e1", "u1b", "a.csv")]);
+    let t = w.totals().unwrap();
+    assert_eq!(
+        (t.files_loaded, t.rows_loaded, t.rows_rejected, t.staging_rows, t.reject_rows, t.unbalanced_files),
+        (1, 1, 1, 1, 1, 0),
+        "{t:?}"
+    );
+    assert_eq!(
+        b.ledger(),
+        vec![
+            ledger_row("a.csv", "v1", "replaced", (2, 2, 0), true),
+            ledger_row("a.csv", "v1", "loaded", (2, 1, 1), true)
+        ]
+    );
+    assert_eq!(b.staging(), vec![staged("a.csv", "v1", 2, "e1", "u1b")]);
+    assert_eq!(b.rejects(), vec![row(&["a.csv", "v1", "3", "format", "user_email", "bad", "acme,e2,…"])]);
+    assert_eq!(b.staged_objects(), Vec::<String>::new());
+}
+
+/// A version forced twice in one batch: only the second copy reaches the warehouse.
+fn a_version_forced_twice_in_one_batch_keeps_the_second_copy(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1"), ("acme", "e2", "u2")]);
+    sink.commit().unwrap().unwrap();
+    w.merge().unwrap();
+
+    for (user, value) in [("first", "bad-1"), ("second", "bad-2")] {
+        assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), true).unwrap(), Admission::Load);
+        sink.write_rows(&chunk(&[("acme", "e1", user)])).unwrap();
+        sink.write_rejects(&[reject(3, value, "acme,e2,…")]).unwrap();
+        assert!(sink.finish_file(&loaded(1, 1)).unwrap());
+    }
+    let report = sink.commit().unwrap().unwrap();
+    let r = w.merge().unwrap();
+    assert_eq!((r.files, r.rows_deleted, r.rows_inserted), (1, 2, 1));
+    assert_eq!(b.target(), vec![target_row("acme", "e1", "second", "a.csv")]);
+    assert_eq!(
+        b.ledger(),
+        vec![
+            ledger_row("a.csv", "v1", "replaced", (2, 2, 0), true),
+            ledger_row("a.csv", "v1", "loaded", (2, 1, 1), true)
+        ]
+    );
+    assert_eq!(b.staging(), vec![staged("a.csv", "v1", 2, "e1", "second")]);
+    assert_eq!(b.rejects(), vec![row(&["a.csv", "v1", "3", "format", "user_email", "bad-2", "acme,e2,…"])]);
+    let t = w.totals().unwrap();
+    assert_eq!((t.files_loaded, t.rows_loaded, t.rows_rejected, t.unbalanced_files), (1, 1, 1, 0), "{t:?}");
+    assert_eq!(b.staged_objects(), Vec::<String>::new());
+    assert_eq!(counts(&report), (1, 1, 1), "the report counts what the ledger holds");
+}
+
+/// 1,500 rejects of ~3 KB each (on Redshift more than one batch of VALUES statements holds):
+/// every one recorded once, its text intact.
+fn many_large_rejects_load_exactly_once(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    let raw = format!("acme,{},\\'\"", "r".repeat(3000));
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
+    sink.write_rejects(&many_rejects(3..1503, &raw)).unwrap();
+    assert!(sink.finish_file(&loaded(1, 1500)).unwrap());
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (1, 1, 1500));
+    let t = w.totals().unwrap();
+    assert_eq!(
+        (t.reject_rows, t.rows_read, t.rows_rejected, t.staging_rows, t.unbalanced_files),
+        (1500, 1501, 1500, 1, 0),
+        "{t:?}"
+    );
+    assert_eq!(
+        b.rows("SELECT COUNT(*), COUNT(DISTINCT line), MIN(line), MAX(line) FROM wau_ingest_rejects"),
+        vec![row(&["1500", "1500", "3", "1502"])]
+    );
+    assert_eq!(
+        b.rows("SELECT value, raw_line FROM wau_ingest_rejects WHERE line = 1002"),
+        vec![row(&["v\\1002'", &raw])]
+    );
+    assert_eq!(b.staged_objects(), Vec::<String>::new(), "the rejects' parts and manifest are deleted too");
+}
+
+/// More rejects than a Redshift batch keeps in memory (the SPILL tuning: 100): the file that
+/// passes the bound spills to staging as it goes, and the commit loads every reject of the batch
+/// (spilled or not) exactly once. On SQLite the same batch, streamed.
+fn rejects_beyond_the_memory_bound_load_exactly_once(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    let raw = "acme,e1,2026-11-23,\\x,\"quoted, text\",'it''s'";
+    // b.csv: 60 rejects, within the bound.
+    assert_eq!(sink.admit(&meta("b.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
+    sink.write_rejects(&many_rejects(3..63, raw)).unwrap();
+    assert!(sink.finish_file(&loaded(1, 60)).unwrap());
+    // a.csv: 1000 rejects in chunks of 70; the first chunk already passes the bound (60 + 70).
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&[("acme", "e2", "u2"), ("acme", "e3", "u3")])).unwrap();
+    for start in (4..1004).step_by(70) {
+        sink.write_rejects(&many_rejects(start..(start + 70).min(1004), raw)).unwrap();
+    }
+    assert!(sink.finish_file(&loaded(2, 1000)).unwrap());
+    // c.csv: rejected whole with 30 rejects.
+    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rejects(&many_rejects(2..32, raw)).unwrap();
+    assert!(sink.finish_file(&rejected_whole(30, "all bad")).unwrap());
+
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (3, 3, 1090));
+    assert_eq!(
+        b.rows("SELECT key, COUNT(*), COUNT(DISTINCT line), MIN(line), MAX(line) FROM wau_ingest_rejects GROUP BY key ORDER BY key"),
+        vec![
+            row(&["a.csv", "1000", "1000", "4", "1003"]),
+            row(&["b.csv", "60", "60", "3", "62"]),
+            row(&["c.csv", "30", "30", "2", "31"])
+        ]
+    );
+    let t = w.totals().unwrap();
+    assert_eq!(
+        (
+            t.files_loaded,
+            t.files_rejected,
+            t.rows_read,
+            t.rows_loaded,
+            t.rows_rejected,
+            t.reject_rows,
+            t.staging_rows,
+            t.unbalanced_files
+        ),
+        (2, 1, 1093, 3, 1090, 1090, 3, 0),
+        "{t:?}"
+    );
+    assert_eq!(
+        b.rows("SELECT value, raw_line, rule, column_name, reason FROM wau_ingest_rejects WHERE key = 'a.csv' AND line = 777"),
+        vec![row(&["v\\777'", raw, "format", "user_email", "not an email address"])]
+    );
+    assert_eq!(
+        b.count(
+            "SELECT COUNT(DISTINCT r.batch_id) FROM wau_ingest_rejects r JOIN wau_ingest_files f ON f.batch_id = r.batch_id"
+        ),
+        1
+    );
+    assert_eq!(b.staged_objects(), Vec::<String>::new(), "reject parts and manifests are deleted");
+}
+
+/// A file rejected whole mid-stream (`discard_file_rows`): its rows and rejects so far go, its
+/// verdict (ledger row and the reject saying why) stays.
+fn a_discarded_file_keeps_only_its_verdict(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    let many: Vec<(String, String)> = (0..20).map(|i| (format!("e{i}"), format!("u{i}"))).collect();
+    let rows: Vec<(&str, &str, &str)> = many.iter().map(|(e, u)| ("acme", e.as_str(), u.as_str())).collect();
+    assert_eq!(load(sink.as_mut(), &meta("k.csv", "v1", "1"), &[("acme", "k1", "u1")]), Admission::Load);
+
+    assert_eq!(sink.admit(&meta("b.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&rows)).unwrap();
+    sink.write_rejects(&[reject(30, "x", "y")]).unwrap();
+    sink.discard_file_rows().unwrap();
+    sink.write_rejects(&[bomb()]).unwrap();
+    assert!(sink.finish_file(&rejected_whole(20, "gzip_bomb: bomb")).unwrap());
+    // The report is not asserted: SQLite's counts the discarded rows too (see the report).
+    sink.commit().unwrap().unwrap();
+
+    let t = w.totals().unwrap();
+    assert_eq!(
+        (
+            t.files_loaded,
+            t.files_rejected,
+            t.rows_read,
+            t.rows_rejected,
+            t.staging_rows,
+            t.reject_rows,
+            t.unbalanced_files
+        ),
+        (1, 1, 21, 20, 1, 1, 0),
+        "{t:?}"
+    );
+    assert_eq!(w.lookup(BUCKET, "b.csv", "v1").unwrap(), Some(FileStatus::Rejected));
+    assert_eq!(
+        b.ledger(),
+        vec![
+            ledger_row("b.csv", "v1", "rejected", (20, 0, 20), true),
+            ledger_row("k.csv", "v1", "loaded", (1, 1, 0), false)
+        ]
+    );
+    assert_eq!(b.rows("SELECT reason FROM wau_ingest_files WHERE key = 'b.csv'"), vec![row(&["gzip_bomb: bomb"])]);
+    assert_eq!(b.staging(), vec![staged("k.csv", "v1", 2, "k1", "u1")]);
+    assert_eq!(b.rejects(), vec![row(&["b.csv", "v1", "0", "gzip_bomb", "NULL", "NULL", "NULL"])]);
+    assert_eq!(b.staged_objects(), Vec::<String>::new());
+}
+
+/// A file abandoned mid-stream (to be tried again) leaves nothing, and the same version loads
+/// when it is tried again.
+fn an_abandoned_file_leaves_nothing(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    let many: Vec<(String, String)> = (0..20).map(|i| (format!("e{i}"), format!("u{i}"))).collect();
+    let rows: Vec<(&str, &str, &str)> = many.iter().map(|(e, u)| ("acme", e.as_str(), u.as_str())).collect();
+    assert_eq!(load(sink.as_mut(), &meta("k.csv", "v1", "1"), &[("acme", "k1", "u1")]), Admission::Load);
+
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    sink.write_rows(&chunk(&rows)).unwrap();
+    sink.write_rejects(&[reject(30, "x", "y")]).unwrap();
+    sink.abandon_file().unwrap();
+    // The report is not asserted: SQLite's counts the abandoned rows too (see the report).
+    sink.commit().unwrap().unwrap();
+    assert_eq!(w.lookup(BUCKET, "a.csv", "v1").unwrap(), None);
+    assert_eq!(b.ledger(), vec![ledger_row("k.csv", "v1", "loaded", (1, 1, 0), false)]);
+    assert_eq!(b.staging(), vec![staged("k.csv", "v1", 2, "k1", "u1")]);
+    assert_eq!(b.rejects(), Vec::<Vec<String>>::new());
+    assert_eq!(b.staged_objects(), Vec::<String>::new(), "an abandoned file's parts are deleted");
+
+    // Tried again: it loads.
+    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "again")]), Admission::Load);
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (1, 1, 0));
+    assert_eq!(b.staging(), vec![staged("a.csv", "v1", 2, "e1", "again"), staged("k.csv", "v1", 2, "k1", "u1")]);
+    assert_eq!(w.totals().unwrap().unbalanced_files, 0);
+}
+
+/// Nothing of an open batch is visible (to lookups, totals, other readers) before its commit;
+/// a rolled back or dropped batch leaves nothing at all.
+fn nothing_is_visible_before_commit(b: &Backend) {
+    let w = b.warehouse();
+    let empty = |when: &str| {
+        assert_eq!(w.lookup(BUCKET, "a.csv", "v2").unwrap(), None, "{when}");
+        assert_eq!(w.lookup(BUCKET, "a.csv", "v1").unwrap(), None, "{when}");
+        assert_eq!(w.lookup_stamp(BUCKET, "a.csv", "2", 100).unwrap(), None, "{when}");
+        assert_eq!(w.recorded_sequencers(BUCKET).unwrap(), Default::default(), "{when}");
+        assert_eq!(w.totals().unwrap(), LedgerTotals::default(), "{when}");
+        assert_eq!(b.ledger(), vec![], "{when}");
+        assert_eq!(b.staging(), vec![], "{when}");
+        assert_eq!(b.rejects(), Vec::<Vec<String>>::new(), "{when}");
+    };
+    let fill = |sink: &mut dyn BatchSink| {
+        assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Load);
+        sink.write_rows(&chunk(&[("acme", "e1", "u1"), ("acme", "e2", "u2")])).unwrap();
+        sink.write_rejects(&[reject(4, "x", "y")]).unwrap();
+        assert!(sink.finish_file(&loaded(2, 1)).unwrap());
+        assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Superseded);
+    };
+
+    let mut sink = w.sink().unwrap();
+    fill(sink.as_mut());
+    empty("before commit");
+    sink.rollback();
+    empty("after rollback");
+    assert_eq!(b.staged_objects(), Vec::<String>::new(), "a rolled back batch's parts are deleted");
+    {
+        let mut dropped = w.sink().unwrap();
+        fill(dropped.as_mut());
+    }
+    empty("after the sink was dropped");
+    assert_eq!(b.staged_objects(), Vec::<String>::new(), "a dropped batch's parts are deleted");
+
+    fill(sink.as_mut());
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (2, 2, 1));
+    assert_eq!(w.lookup(BUCKET, "a.csv", "v2").unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(w.lookup(BUCKET, "a.csv", "v1").unwrap(), Some(FileStatus::Superseded));
+    assert_eq!(
+        b.ledger(),
+        vec![
+            ledger_row("a.csv", "v1", "superseded", (0, 0, 0), true),
+            ledger_row("a.csv", "v2", "loaded", (3, 2, 1), false)
+        ]
+    );
+    assert_eq!(b.rejects().len(), 1);
+    assert_eq!(b.staging().len(), 2);
+}
+
+/// The merge publishes each key's row from the newest current version, removes what an overwrite
+/// dropped, and a second merge changes nothing.
+fn merge_publishes_the_current_versions_and_is_idempotent(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "old"), ("acme", "e2", "old")]);
+    sink.commit().unwrap().unwrap();
+    assert_eq!(b.target(), vec![], "not before the merge");
+    let r = w.merge().unwrap();
+    assert_eq!((r.files, r.rows_deleted, r.rows_inserted, r.event_times.len()), (1, 0, 2, 1));
+    assert_eq!(b.target(), vec![target_row("acme", "e1", "old", "a.csv"), target_row("acme", "e2", "old", "a.csv")]);
+    assert_eq!(w.merge().unwrap(), MergeReport::default(), "a second merge has nothing to do");
+
+    // Overwrite: v2 supersedes v1 and no longer has e2; b.csv brings a key of its own.
+    load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "new")]);
+    load(sink.as_mut(), &meta("b.csv", "v1", "1"), &[("acme", "e5", "b")]);
+    sink.commit().unwrap().unwrap();
+    let r = w.merge().unwrap();
+    assert_eq!((r.files, r.rows_deleted, r.rows_inserted, r.event_times.len()), (2, 2, 2, 2));
+    let published = vec![target_row("acme", "e1", "new", "a.csv"), target_row("acme", "e5", "b", "b.csv")];
+    assert_eq!(b.target(), published);
+    let ledger = b.ledger();
+    let staging = b.staging();
+    assert_eq!(w.merge().unwrap(), MergeReport::default(), "a second merge has nothing to do");
+    assert_eq!(b.target(), published);
+    assert_eq!(b.ledger(), ledger);
+    assert_eq!(b.staging(), staging);
+    assert_eq!(staging, vec![staged("a.csv", "v2", 2, "e1", "new"), staged("b.csv", "v1", 2, "e5", "b")]);
+    assert_eq!(b.count("SELECT COUNT(*) FROM wau_ingest_files WHERE merged_at IS NULL"), 0);
+    assert_eq!(
+        b.rows("SELECT files FROM wau_ingest_merges ORDER BY batch_watermark"),
+        vec![row(&["1"]), row(&["3"])],
+        "one history row per merge that did work"
+    );
+    let t = w.totals().unwrap();
+    assert_eq!((t.files_loaded, t.files_superseded, t.target_rows, t.staging_rows), (2, 1, 2, 2), "{t:?}");
+}
+
+/// The case an upsert-and-delete merge gets wrong: two files hold the same key, the newer one
+/// is overwritten by a version without it; the older file's row must come back.
+fn superseding_one_file_keeps_the_key_another_file_holds(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "a1", "1"), &[("acme", "e1", "from-a")]);
+    load(sink.as_mut(), &meta("b.csv", "b1", "2"), &[("acme", "e1", "from-b")]);
+    sink.commit().unwrap().unwrap();
+    w.merge().unwrap();
+    assert_eq!(b.target(), vec![target_row("acme", "e1", "from-b", "b.csv")], "newest sequencer wins");
+    load(sink.as_mut(), &meta("b.csv", "b2", "3"), &[("acme", "e9", "other")]);
+    sink.commit().unwrap().unwrap();
+    let r = w.merge().unwrap();
+    assert_eq!((r.files, r.rows_deleted, r.rows_inserted), (1, 1, 2));
+    let expected = vec![target_row("acme", "e1", "from-a", "a.csv"), target_row("acme", "e9", "other", "b.csv")];
+    assert_eq!(b.target(), expected);
+    w.merge().unwrap();
+    assert_eq!(b.target(), expected);
+    let t = w.totals().unwrap();
+    assert_eq!(
+        (t.files_loaded, t.files_superseded, t.target_rows, t.staging_rows, t.unbalanced_files),
+        (2, 1, 2, 2, 0),
+        "{t:?}"
+    );
+}
+
+fn weekly_active_users_counts_distinct_users_per_iso_week(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1"), ("acme", "e2", "u1"), ("acme", "e3", "u2")]);
+    load(sink.as_mut(), &meta("b.csv", "v1", "1"), &[("beta", "e1", "u1")]);
+    sink.commit().unwrap().unwrap();
+    assert_eq!(w.weekly_active_users("2000-01-01", None).unwrap(), vec![], "the view reads the target");
+    w.merge().unwrap();
+    // 2026-11-23 is the Monday of ISO week 48.
+    let week = |customer: &str, users| WauRow {
+        customer: customer.into(),
+        iso_week: "2026-W48".into(),
+        week_start: "2026-11-23".into(),
+        active_users: users,
+    };
+    assert_eq!(w.weekly_active_users("2000-01-01", None).unwrap(), vec![week("acme", 2), week("beta", 1)]);
+    assert_eq!(w.weekly_active_users("2026-11-23", Some("beta")).unwrap(), vec![week("beta", 1)]);
+    assert_eq!(w.weekly_active_users("2027-01-01", None).unwrap(), vec![]);
+}
+
+// ------------------------------------------------------------------------------------------
+// Two writers, one version.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// The second writer commits once the first writer's commit has ended.
+    OneAfterTheOther,
+    /// Both commits are submitted at the same moment.
+    AtTheSameTime,
+}
+
+/// Two writers (two sinks, each on a thread of its own) each load the same version `s<round>.csv`
+/// (two rows, one reject) and a file of their own, round after round. Where the engine lets two
+/// batches overlap, both writers admit and stage the shared version before either commits;
+/// where a sink holds the write lock for its whole batch (SQLite), the two race for it.
+/// Exactly one ledger row, one staged copy and one set of rejects for the shared version, and
+/// both writers' own files, however the race went.
+fn two_writers_one_version(b: &Backend, timing: Timing) {
+    const ROUNDS: usize = 3;
+    let w = b.warehouse();
+    let overlap = !b.batches_exclude_each_other();
+    for round in 0..ROUNDS {
+        let shared = meta(&format!("s{round}.csv"), "v1", "1");
+        let (start, staged, first_done) = (Gate::new(2), Gate::new(2), Gate::new(1));
+        let writer = |n: usize| {
+            let mut sink = w.sink().unwrap();
+            start.pass();
+            let admitted = sink.admit(&shared, false).unwrap();
+            if admitted == Admission::Load {
+                sink.write_rows(&chunk(&[("acme", "e1", "u1"), ("acme", "e2", "u2")])).unwrap();
+                sink.write_rejects(&[reject(4, "x", "y")]).unwrap();
+                assert!(sink.finish_file(&loaded(2, 1)).unwrap(), "the race is settled at commit");
+            } else {
+                assert_eq!(admitted, Admission::Duplicate(FileStatus::Loaded), "writer {n}");
+            }
+            let own = meta(&format!("own{n}-{round}.csv"), "v1", "1");
+            assert_eq!(load(sink.as_mut(), &own, &[("acme", &format!("w{n}"), "u9")]), Admission::Load);
+            if overlap {
+                staged.pass();
+                if timing == Timing::OneAfterTheOther && n == 1 {
+                    first_done.wait();
+                }
+            }
+            let report = sink.commit().unwrap();
+            if n == 0 {
+                first_done.pass();
+            }
+            (admitted, report.map(|r| counts(&r)))
+        };
+        let (r0, r1) = std::thread::scope(|scope| {
+            let t0 = scope.spawn(|| writer(0));
+            let t1 = scope.spawn(|| writer(1));
+            (t0.join().unwrap(), t1.join().unwrap())
+        });
+        let key = &shared.key;
+        let observed = (
+            b.ledger().into_iter().filter(|l| &l.0 == key).collect::<Vec<_>>(),
+            b.staging().into_iter().filter(|r| &r.0 == key).count(),
+            b.rejects().into_iter().filter(|r| &r[0] == key).count(),
+        );
+        assert_eq!(
+            observed,
+            (vec![ledger_row(key, "v1", "loaded", (3, 2, 1), false)], 2, 1),
+            "round {round}: one ledger row, one staged copy, one set of rejects of {key}; the writers' admissions \
+             and reports (files, rows, rejects) were {r0:?} and {r1:?}"
+        );
+        let mut reports = vec![r0.1, r1.1];
+        reports.sort();
+        assert_eq!(reports, vec![Some((1, 1, 0)), Some((2, 3, 1))], "round {round}: only one writer recorded {key}");
+        for n in 0..2 {
+            assert_eq!(w.lookup(BUCKET, &format!("own{n}-{round}.csv"), "v1").unwrap(), Some(FileStatus::Loaded));
+        }
+    }
+    let t = w.totals().unwrap();
+    let rounds = ROUNDS as u64;
+    assert_eq!(
+        (t.files_loaded, t.rows_loaded, t.staging_rows, t.reject_rows, t.unbalanced_files),
+        (3 * rounds, 4 * rounds, 4 * rounds, rounds, 0),
+        "{t:?}"
+    );
+    assert_eq!(b.staged_objects(), Vec::<String>::new(), "the losing writer's parts are deleted too");
+    w.merge().unwrap();
+    assert_eq!(b.target().len(), 2 + 2, "e1, e2 and each writer's own row");
+}
+
+/// A barrier that gives up (panics) after a minute, so a writer that failed cannot hang the other.
+struct Gate {
+    needed: usize,
+    arrived: Mutex<usize>,
+    cond: Condvar,
+}
+
+impl Gate {
+    fn new(needed: usize) -> Gate {
+        Gate { needed, arrived: Mutex::new(0), cond: Condvar::new() }
+    }
+
+    /// Arrives, then waits for the others.
+    fn pass(&self) {
+        *self.arrived.lock().unwrap() += 1;
+        self.cond.notify_all();
+        self.wait();
+    }
+
+    /// Waits until all have arrived, without arriving.
+    fn wait(&self) {
+        let arrived = self.arrived.lock().unwrap();
+        let (_arrived, timeout) =
+            self.cond.wait_timeout_while(arrived, Duration::from_secs(60), |a| *a < self.needed).unwrap();
+        assert!(!timeout.timed_out(), "the other writer did not arrive within a minute");
+    }
+}
+
+fn the_same_version_from_two_writers_one_after_the_other_is_recorded_once(b: &Backend) {
+    two_writers_one_version(b, Timing::OneAfterTheOther);
+}
+
+fn the_same_version_from_two_writers_at_the_same_time_is_recorded_once(b: &Backend) {
+    two_writers_one_version(b, Timing::AtTheSameTime);
+}
