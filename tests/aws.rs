@@ -599,6 +599,79 @@ async fn four_processes_on_one_queue_every_file_notified_twice_serializable() {
     four_processes_with_every_file_notified_twice(Isolation::Serializable).await;
 }
 
+/// One process holds the first version of a key in an open batch (ten seconds of batch age)
+/// while a second process, on its own queue, loads and commits the key's second version. The
+/// first process's later commit must not leave the older version loaded beside the newer one:
+/// the design says a version older than the current one is recorded as superseded, and the
+/// target holds only the current version's rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_version_committed_after_another_process_committed_the_newer_ends_superseded() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let case = Case::with_isolation(&sdk, false, 5, Isolation::Snapshot).await;
+    assert_eq!(case.cli(&["migrate"]).0, 0, "migrate");
+    let other_queue =
+        case.sqs.create_queue().queue_name(format!("{}-b", case.name)).send().await.unwrap().queue_url.unwrap();
+    let key = "csv/acme/held.csv";
+    let v1 = Version { key: key.into(), rows: rows(0, 20, "v1") };
+    let v2 = Version { key: key.into(), rows: rows(10, 20, "v2") };
+    let event = s3_event(&case.bucket, key, "ObjectCreated:Put").to_string();
+
+    let mut holder = case.spawn_run("holder.log", &[("WAU_INGEST_BATCH_MAX_AGE_SECS", "10")]);
+    let first = case.put_version(key, csv(CUSTOMER, &v1.rows)).await;
+    let first_put = Instant::now();
+    case.send_raw(&event).await;
+    // The holder has read the whole file once its staging part is uploaded.
+    let staged = || async {
+        let listed = case.s3.list_objects_v2().bucket(&case.bucket).prefix("staging/").send().await.unwrap();
+        listed.key_count().unwrap_or(0) > 0
+    };
+    assert!(eventually(Duration::from_secs(30), staged).await, "the holder reads v1\n{}", case.log("holder.log"));
+    // S3 orders the versions of a key by LastModified, in seconds.
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(first_put.elapsed())).await;
+    let second = case.put_version(key, csv(CUSTOMER, &v2.rows)).await;
+    case.sqs.send_message().queue_url(&other_queue).message_body(&event).send().await.unwrap();
+    let mut loader = case.spawn_run("loader.log", &[("WAU_INGEST_SOURCE_QUEUE_URL", other_queue.as_str())]);
+    let recorded = |version: String| {
+        let case = &case;
+        async move {
+            case.count_or_zero(&format!("SELECT COUNT(*) FROM wau_ingest_files WHERE version = '{version}'")).await
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async { recorded(second.clone()).await == 1 }).await,
+        "the loader commits v2\n{}",
+        case.log("loader.log")
+    );
+    assert_eq!(recorded(first.clone()).await, 0, "v1 is still held in the holder's open batch");
+    let settled = || async {
+        case.queue_depth(&case.queue_url).await == 0
+            && case.queue_depth(&other_queue).await == 0
+            && case.count_or_zero("SELECT COUNT(*) FROM wau_ingest_files WHERE merged_at IS NULL").await == 0
+            && recorded(first.clone()).await > 0
+    };
+    assert!(
+        eventually(Duration::from_secs(60), settled).await,
+        "the holder commits v1 and everything merges\n{}\n{}",
+        case.log("holder.log"),
+        case.log("loader.log")
+    );
+    for svc in [&mut holder, &mut loader] {
+        signal(svc, "TERM");
+        assert!(wait_exit(&mut svc.0, Duration::from_secs(30)).is_some());
+    }
+    let ledger: Vec<(String, String)> = case
+        .query(&format!("SELECT version, status FROM wau_ingest_files WHERE key = '{key}' ORDER BY version"))
+        .await
+        .iter()
+        .map(|r| (cell(&r[0]), cell(&r[1])))
+        .collect();
+    let mut expected = vec![(first.clone(), "superseded".to_string()), (second.clone(), "loaded".to_string())];
+    expected.sort();
+    let target = case.target().await;
+    assert_eq!(ledger, expected, "v1 {first}, v2 {second}; the target holds {} rows, v2 has 20", target.len());
+    assert_same_target(&target, &expected_target(CUSTOMER, &[v1, v2]));
+}
+
 /// Sets how moto advances Glue job runs: `Some(n)` keeps a run going for n GetJobRun calls.
 async fn glue_transition(times: Option<u32>) {
     let base = std::env::var("AWS_ENDPOINT_URL_GLUE").unwrap();
