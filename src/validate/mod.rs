@@ -476,13 +476,19 @@ mod tests {
     const HEADER: &str = "customer,event_id,event_time,user_id,user_email,event_type,source_ip,user_agent";
 
     async fn run_on(key: &str, data: &[u8]) -> (FileAccount, CollectSink) {
+        run_limited(key, data, RecordLimits::default()).await
+    }
+
+    async fn run_limited(key: &str, data: &[u8], limits: RecordLimits) -> (FileAccount, CollectSink) {
         let c = Contract::builtin();
         let mut sink = CollectSink::default();
-        let acc = validate_stream(data, &Options { contract: &c, key, limits: RecordLimits::default() }, &mut sink)
-            .await
-            .unwrap();
-        assert!(acc.balanced() || acc.file_reject.is_some());
+        let acc = validate_stream(data, &Options { contract: &c, key, limits }, &mut sink).await.unwrap();
+        assert!(acc.balanced());
         (acc, sink)
+    }
+
+    fn lines(chunks: &[RowChunk]) -> Vec<u64> {
+        chunks.iter().flat_map(|c| c.lines.iter().copied()).collect()
     }
 
     fn row(chunks: &[RowChunk], i: usize) -> Vec<Option<String>> {
@@ -625,5 +631,97 @@ mod tests {
         let (acc, sink) = run_on("k", data.as_bytes()).await;
         assert_eq!(acc.rows_loaded as usize, CHUNK_ROWS * 2 + 10);
         assert_eq!(sink.rows.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![CHUNK_ROWS, CHUNK_ROWS, 10]);
+    }
+
+    #[tokio::test]
+    async fn record_defects_are_row_rejects_with_line_and_raw_and_the_rest_loads() {
+        let good = |i: u32| format!("acme,e{i},2026-11-23T10:00:00Z,u{i},,login,,");
+        let data = format!(
+            "{HEADER}\n{}\n{}\n{}\n{}\n{}\n{}\nacme,\"e8,2026-11-23T10:00:00Z\n{}\n",
+            good(1),
+            format!("acme,e2,2026-11-23T10:00:00Z,u2,,login,,{}", "z".repeat(300)),
+            good(3),
+            format!("{},{}", good(4), ",".repeat(20)),
+            "acme,\"e5\"x,2026-11-23T10:00:00Z,u5,,login,,",
+            good(6),
+            good(9),
+        );
+        let limits = RecordLimits { max_record_bytes: 200, max_columns: 12 };
+        let (acc, sink) = run_limited("k", data.as_bytes(), limits).await;
+        assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (7, 3, 4));
+        assert_eq!(lines(&sink.rows), vec![2, 4, 7]);
+        let got: Vec<(u64, &str)> = sink.rejects.iter().map(|r| (r.line, r.rule)).collect();
+        // The open quote on line 8 runs to the end of the file: one record, the row on line 9 in it.
+        assert_eq!(got, vec![(3, "too_long"), (5, "too_many_columns"), (6, "stray_quote"), (8, "unterminated_quote")]);
+        assert_eq!(sink.rejects[0].reason, "the record is 340 bytes long, over limits.max_record_bytes = 200");
+        // Its raw text: the first max_record_bytes field bytes (here 33 before the z run), marked cut.
+        let raw = sink.rejects[0].raw.as_deref().unwrap();
+        assert_eq!(raw, format!("acme,e2,2026-11-23T10:00:00Z,u2,,login,,{}…", "z".repeat(200 - 33)));
+        assert_eq!(sink.rejects[1].reason, "the record has 29 fields, over limits.max_columns = 12");
+        assert_eq!(sink.rejects[2].raw.as_deref(), Some("acme,e5x,2026-11-23T10:00:00Z,u5,,login,,"));
+        assert_eq!(
+            sink.rejects[3].reason,
+            "a quoted field is never closed: the record runs to the end of the file (71 bytes, 2 lines)"
+        );
+        assert!(sink.rejects.iter().all(|r| r.column.is_none() && r.value.is_none()));
+    }
+
+    #[tokio::test]
+    async fn lines_are_physical_whatever_the_line_ends_and_quoted_text_is_exact() {
+        let row = |i: u32, agent: &str| format!("acme,e{i},2026-11-23T10:00:00Z,u{i},,login,,{agent}");
+        // CR-only line ends.
+        let data = format!("{HEADER}\r{}\r{}\r", row(1, ""), row(2, ""));
+        let (acc, sink) = run_on("k", data.as_bytes()).await;
+        assert_eq!(acc.rows_loaded, 2);
+        assert_eq!(lines(&sink.rows), vec![2, 3]);
+        // Blank lines, CRLF, and CR, LF and CRLF inside a quoted field, stored byte for byte.
+        let data = format!("\n{HEADER}\r\n\r\n{}\r\n\n{}\r\n{}\n", row(1, "\"a\r\nb\rc\nd\""), row(2, ""), row(3, "x"));
+        let (acc, sink) = run_on("k", data.as_bytes()).await;
+        assert_eq!(acc, FileAccount { rows_read: 3, rows_loaded: 3, rows_rejected: 0, file_reject: None });
+        assert_eq!(lines(&sink.rows), vec![4, 9, 10]);
+        assert_eq!(row_of(&sink.rows, 0)[7].as_deref(), Some("a\r\nb\rc\nd"));
+        // A reject names the physical line too.
+        let data = format!("{HEADER}\r\r{}\racme,e2,never,u2,,login,,\r", row(1, "\"x\ry\""));
+        let (_, sink) = run_on("k", data.as_bytes()).await;
+        assert_eq!(lines(&sink.rows), vec![3]);
+        assert_eq!((sink.rejects[0].line, sink.rejects[0].rule), (5, "type"));
+    }
+
+    fn row_of(chunks: &[RowChunk], i: usize) -> Vec<Option<String>> {
+        row(chunks, i)
+    }
+
+    #[tokio::test]
+    async fn a_header_over_a_limit_rejects_the_file() {
+        // One line of 2 MiB: never held whole.
+        let mut data = b"\r\n\n".to_vec();
+        data.extend(std::iter::repeat_n(b'h', 2 << 20));
+        let (acc, sink) = run_on("k", &data).await;
+        let r = acc.file_reject.unwrap();
+        assert_eq!((r.rule, r.line), ("too_long", 3));
+        assert_eq!(r.reason, "header: the record is 2097152 bytes long, over limits.max_record_bytes = 1048576");
+        assert_eq!((acc.rows_read, acc.rows_rejected), (0, 0));
+        assert!(sink.rejects.is_empty());
+        // Too many columns; the rows after it are counted as rejected with the file.
+        let data = format!("{}\n{}\nx\n", vec!["c"; 2000].join(","), vec!["1"; 2000].join(","));
+        let (acc, _) = run_on("k", data.as_bytes()).await;
+        let r = acc.file_reject.unwrap();
+        assert_eq!((r.rule, r.line), ("too_many_columns", 1));
+        assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (2, 0, 2));
+        // An open quote in the header.
+        let (acc, _) = run_on("k", b"customer,\"event_id\n").await;
+        assert_eq!(acc.file_reject.unwrap().rule, "unterminated_quote");
+    }
+
+    #[test]
+    fn every_record_defect_rule_is_a_known_rule() {
+        for d in [
+            RecordDefect::TooLong { bytes: 1 },
+            RecordDefect::TooManyColumns { columns: 1 },
+            RecordDefect::UnterminatedQuote { bytes: 1, lines: 1 },
+            RecordDefect::StrayQuote,
+        ] {
+            assert!(RULES.contains(&d.rule()), "{}", d.rule());
+        }
     }
 }

@@ -321,6 +321,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
         let mut fields_seen: u64 = 0;
         let mut over: Option<Over> = None;
         let mut ends_to_scratch = false;
+        let mut last_byte = 0u8;
         let terminated = loop {
             if self.pos == self.filled && !self.eof {
                 self.refill().await?;
@@ -342,6 +343,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             self.breaks += quotes.feed(body, self.last_cr);
             if let Some(&last) = consumed.last() {
                 self.last_cr = last == b'\r';
+                last_byte = last;
             }
             self.breaks += terminated as u64;
             self.pos += nin;
@@ -383,7 +385,9 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                 ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {}
             }
         };
-        let lines = self.breaks - first_line_breaks + 1 - terminated as u64;
+        // The lines the record's bytes are on (a line break it ends with starts no line of it).
+        let ends_on_break = terminated || matches!(last_byte, b'\r' | b'\n');
+        let lines = self.breaks - first_line_breaks + 1 - ends_on_break as u64;
         let defect = if !terminated && quotes.in_quotes() {
             Some(RecordDefect::UnterminatedQuote { bytes: raw, lines })
         } else {
