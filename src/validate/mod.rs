@@ -6,6 +6,8 @@
 //! a warehouse: the caller decides where chunks go. Records reach it through
 //! [`record::RecordReader`], which bounds memory per record and numbers physical lines.
 
+#[cfg(test)]
+mod proptests;
 pub mod record;
 
 use std::collections::HashMap;
