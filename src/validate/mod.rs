@@ -638,16 +638,19 @@ mod tests {
     #[tokio::test]
     async fn record_defects_are_row_rejects_with_line_and_raw_and_the_rest_loads() {
         let good = |i: u32| format!("acme,e{i},2026-11-23T10:00:00Z,u{i},,login,,");
-        let data = format!(
-            "{HEADER}\n{}\n{}\n{}\n{}\n{}\n{}\nacme,\"e8,2026-11-23T10:00:00Z\n{}\n",
+        let data = [
+            HEADER.to_string(),
             good(1),
             format!("acme,e2,2026-11-23T10:00:00Z,u2,,login,,{}", "z".repeat(300)),
             good(3),
             format!("{},{}", good(4), ",".repeat(20)),
-            "acme,\"e5\"x,2026-11-23T10:00:00Z,u5,,login,,",
+            "acme,\"e5\"x,2026-11-23T10:00:00Z,u5,,login,,".to_string(),
             good(6),
+            "acme,\"e8,2026-11-23T10:00:00Z".to_string(),
             good(9),
-        );
+            String::new(),
+        ]
+        .join("\n");
         let limits = RecordLimits { max_record_bytes: 200, max_columns: 12 };
         let (acc, sink) = run_limited("k", data.as_bytes(), limits).await;
         assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (7, 3, 4));

@@ -214,8 +214,7 @@ proptest! {
         let mut reader = RecordReader::with_buffer(Trickle { data: &data, step }, limits, buffer);
         let bound = RecordReader::<Trickle>::max_buffered_bytes(limits, buffer);
         let mut i = 0;
-        loop {
-            let Some(rec) = rt.block_on(reader.next()).expect("reading from memory") else { break };
+        while let Some(rec) = rt.block_on(reader.next()).expect("reading from memory") {
             prop_assert!(i < reference.len(), "a record the reference does not read, line {}", rec.line);
             let strict = &reference[i];
             prop_assert_eq!(rec.line, strict.line, "record {}", i);
