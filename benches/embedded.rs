@@ -71,7 +71,9 @@ async fn raw_parse(path: &Path) -> u64 {
 async fn validate_only(path: &Path, contract: &Contract) -> u64 {
     let f = tokio::fs::File::open(path).await.unwrap();
     let mut sink = Counting(0);
-    validate_stream(f, &Options { contract, key: "csv/acme/bench.csv" }, &mut sink).await.unwrap();
+    validate_stream(f, &Options { contract, key: "csv/acme/bench.csv", limits: Default::default() }, &mut sink)
+        .await
+        .unwrap();
     sink.0
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::{Contract, UnknownColumns};
 use crate::object::ReadLimits;
+use crate::validate::RecordLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -215,12 +216,27 @@ pub struct LimitsConfig {
     pub max_file_bytes: u64,
     /// Largest decoded/compressed ratio of a gzip file (decompression-bomb guard).
     pub max_gzip_ratio: u64,
+    /// Largest raw size of one CSV record, in bytes: delimiters, quotes and quoted line breaks
+    /// count, the record terminator does not. A longer record is rejected (`too_long`) without
+    /// being held in memory and reading resumes at the next one; a longer header rejects the file.
+    pub max_record_bytes: u64,
+    /// Most fields in one record; more is rejected (`too_many_columns`) like an over-long record.
+    pub max_columns: u64,
 }
+
+/// Ceilings of the per-record limits: past them a limit no longer bounds memory.
+pub const MAX_RECORD_BYTES_CEILING: u64 = 1 << 30;
+pub const MAX_COLUMNS_CEILING: u64 = 1 << 20;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         let d = ReadLimits::default();
-        LimitsConfig { max_file_bytes: d.max_file_bytes, max_gzip_ratio: d.max_gzip_ratio }
+        LimitsConfig {
+            max_file_bytes: d.max_file_bytes,
+            max_gzip_ratio: d.max_gzip_ratio,
+            max_record_bytes: d.record.max_record_bytes as u64,
+            max_columns: d.record.max_columns as u64,
+        }
     }
 }
 
@@ -338,6 +354,19 @@ impl Config {
         if !self.reconcile.schedule_utc.is_empty() {
             parse_hhmm(&self.reconcile.schedule_utc)?;
         }
+        let l = &self.limits;
+        if !(1..=MAX_RECORD_BYTES_CEILING).contains(&l.max_record_bytes) {
+            return Err(format!(
+                "limits.max_record_bytes must be between 1 and {MAX_RECORD_BYTES_CEILING}, not {}",
+                l.max_record_bytes
+            ));
+        }
+        if !(1..=MAX_COLUMNS_CEILING).contains(&l.max_columns) {
+            return Err(format!(
+                "limits.max_columns must be between 1 and {MAX_COLUMNS_CEILING}, not {}",
+                l.max_columns
+            ));
+        }
         Ok(())
     }
 
@@ -354,7 +383,13 @@ impl Config {
     }
 
     pub fn read_limits(&self) -> ReadLimits {
-        ReadLimits { max_file_bytes: self.limits.max_file_bytes, max_gzip_ratio: self.limits.max_gzip_ratio }
+        let l = &self.limits;
+        ReadLimits {
+            max_file_bytes: l.max_file_bytes,
+            max_gzip_ratio: l.max_gzip_ratio,
+            // Checked to fit (at most the ceilings) when the config was loaded.
+            record: RecordLimits { max_record_bytes: l.max_record_bytes as usize, max_columns: l.max_columns as usize },
+        }
     }
 
     pub fn max_batch_age(&self) -> Duration {
@@ -395,6 +430,13 @@ mod tests {
     fn shipped_example_config_parses() {
         let c = Config::load_with_env(Some(Path::new("wau-ingest.example.toml")), env(&[])).unwrap();
         assert_eq!(c.merge.interval_secs, 60);
+        // The example shows the defaults, the per-record limits among them.
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(
+            c.read_limits().record,
+            RecordLimits { max_record_bytes: 1_048_576, max_columns: 1024 },
+            "limits.max_record_bytes and limits.max_columns"
+        );
     }
 
     #[test]
@@ -432,5 +474,25 @@ mod tests {
         assert!(Config::load_with_env(Some(&p), env(&[])).unwrap_err().to_string().contains("queue_url"));
         std::fs::write(&p, "[reconcile]\nschedule_utc = \"25:00\"\n").unwrap();
         assert!(Config::load_with_env(Some(&p), env(&[])).is_err());
+    }
+
+    #[test]
+    fn record_limits_come_from_file_or_environment_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[limits]\nmax_record_bytes = 4096\n").unwrap();
+        let c = Config::load_with_env(Some(&p), env(&[("WAU_INGEST_LIMITS_MAX_COLUMNS", "12")])).unwrap();
+        assert_eq!(c.read_limits().record, RecordLimits { max_record_bytes: 4096, max_columns: 12 });
+        let c = Config::load_with_env(Some(&p), env(&[("WAU_INGEST_LIMITS_MAX_RECORD_BYTES", "100")])).unwrap();
+        assert_eq!(c.read_limits().record.max_record_bytes, 100);
+        for (var, value) in [
+            ("WAU_INGEST_LIMITS_MAX_RECORD_BYTES", "0"),
+            ("WAU_INGEST_LIMITS_MAX_RECORD_BYTES", "1073741825"),
+            ("WAU_INGEST_LIMITS_MAX_COLUMNS", "0"),
+        ] {
+            let err = Config::load_with_env(Some(&p), env(&[(var, value)])).unwrap_err().to_string();
+            let key = var.trim_start_matches("WAU_INGEST_LIMITS_").to_ascii_lowercase();
+            assert!(err.contains(&format!("limits.{key} must be between 1 and")), "{var}={value}: {err}");
+        }
     }
 }

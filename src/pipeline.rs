@@ -487,7 +487,12 @@ impl Pipeline {
         let raw_bytes = Arc::new(AtomicU64::new(0));
         let reader = decoded(stream, &resolved, self.limits, raw_bytes.clone());
         let mut sink = WriterSink { writer: &self.writer, cancel: &self.cancel, rules: HashMap::new() };
-        let res = validate_stream(reader, &Options { contract: &self.contract, key: &meta.key }, &mut sink).await;
+        let res = validate_stream(
+            reader,
+            &Options { contract: &self.contract, key: &meta.key, limits: self.limits.record },
+            &mut sink,
+        )
+        .await;
         self.metrics.bytes_read(raw_bytes.load(Ordering::Relaxed), self.from_s3);
         let account = match res {
             Ok(a) => a,

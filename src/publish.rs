@@ -54,7 +54,7 @@ pub async fn check_file(
 ) -> Result<(FileAccount, Vec<Reject>), PublishError> {
     let reader = open_local(path, key, limits).await?;
     let mut sink = CollectSink { discard_rows: true, ..Default::default() };
-    let account = validate_stream(reader, &Options { contract, key }, &mut sink)
+    let account = validate_stream(reader, &Options { contract, key, limits: limits.record }, &mut sink)
         .await
         .map_err(|e| PublishError::Invalid { path: path.display().to_string(), reason: e.to_string() })?;
     Ok((account, sink.rejects))

@@ -49,12 +49,21 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// The limits the fixtures are written for: `bad_record_limits.csv` and
+/// `reject_header_too_long.csv` pass them by a few KiB, not by megabytes.
+fn fixture_config(env: &Env) -> wau_ingest::config::Config {
+    let mut config = env.config();
+    config.limits.max_gzip_ratio = 100;
+    config.limits.max_record_bytes = 4096;
+    config.limits.max_columns = 64;
+    config
+}
+
 #[test]
 fn every_row_of_every_fixture_is_loaded_or_rejected_with_a_reason() {
     let env = Env::new();
     copy_tree(Path::new("tests/fixtures/accounting"), &env.inbox);
-    let mut config = env.config();
-    config.limits.max_gzip_ratio = 100;
+    let config = fixture_config(&env);
     let expected = expectations();
     assert!(expected.len() >= 25, "the fixture set has {} files", expected.len());
 
@@ -128,4 +137,43 @@ fn row_level_reasons_name_line_column_and_value() {
         .unwrap();
     assert_eq!((line, column.as_str(), rule.as_str(), value.as_str()), (3, "event_time", "type", "23/11/2026"));
     assert!(raw.contains(",23/11/2026,"), "{raw}");
+}
+
+#[test]
+fn lines_are_physical_and_quoted_text_is_stored_exactly() {
+    let env = Env::new();
+    copy_tree(Path::new("tests/fixtures/accounting"), &env.inbox);
+    env.ingest_all(&fixture_config(&env), false);
+    let conn = env.conn();
+    let staged = |key: &str| -> Vec<(i64, String, Option<String>)> {
+        let mut s = conn
+            .prepare(
+                "SELECT _line, event_id, user_agent FROM wau_audit_logs_staging WHERE _file_key = ?1 ORDER BY _line",
+            )
+            .unwrap();
+        s.query_map([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    };
+    let rejects = |key: &str| -> Vec<(i64, String)> {
+        let mut s = conn.prepare("SELECT line, rule FROM wau_ingest_rejects WHERE key = ?1 ORDER BY line").unwrap();
+        s.query_map([key], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    };
+    // CR-only line ends, a blank line, and a CRLF inside a quoted field (one line break, kept).
+    assert_eq!(
+        staged("csv/acme/good_cr_only_blank_lines.csv"),
+        vec![(2, "fr-1".into(), None), (4, "fr-2".into(), Some("multi\r\nline".into())), (6, "fr-3".into(), None)]
+    );
+    // A quote inside an unquoted field is a literal byte; text after a closing quote and a quote
+    // never closed are rejected, the latter taking the rest of the file (line 6) with it.
+    assert_eq!(
+        staged("csv/acme/bad_quotes.csv"),
+        vec![(2, "fr-4".into(), None), (4, "fr-6".into(), Some("ab\"c".into()))]
+    );
+    assert_eq!(rejects("csv/acme/bad_quotes.csv"), vec![(3, "stray_quote".into()), (5, "unterminated_quote".into())]);
+    assert_eq!(
+        staged("csv/acme/bad_record_limits.csv").iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![2, 4, 6],
+        "the rows after an over-long record load"
+    );
+    assert_eq!(rejects("csv/acme/bad_record_limits.csv"), vec![(3, "too_long".into()), (5, "too_many_columns".into())]);
+    assert_eq!(rejects("csv/acme/reject_header_too_long.csv"), vec![(1, "too_long".into())]);
 }

@@ -16,7 +16,7 @@ use async_compression::tokio::bufread::GzipDecoder;
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
-use crate::validate::FileVerdict;
+use crate::validate::{FileVerdict, RecordLimits};
 
 /// An object as a notification or a listing names it; `version` may be unknown yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +88,13 @@ pub struct ReadLimits {
     pub max_file_bytes: u64,
     /// Largest decoded/compressed ratio of a gzip file (the bomb guard).
     pub max_gzip_ratio: u64,
+    /// Per-record bounds, applied by the validator's record reader.
+    pub record: RecordLimits,
 }
 
 impl Default for ReadLimits {
     fn default() -> Self {
-        ReadLimits { max_file_bytes: 8 << 30, max_gzip_ratio: 1000 }
+        ReadLimits { max_file_bytes: 8 << 30, max_gzip_ratio: 1000, record: RecordLimits::default() }
     }
 }
 
@@ -242,7 +244,7 @@ mod tests {
             content_encoding: None,
             read_version: None,
         };
-        let limits = ReadLimits { max_file_bytes: 1 << 30, max_gzip_ratio: 10 };
+        let limits = ReadLimits { max_file_bytes: 1 << 30, max_gzip_ratio: 10, ..Default::default() };
         let mut r = decoded(s, &obj("bomb.gz", z.len() as u64), limits, Arc::default());
         let err = read_all(&mut r).await.unwrap_err();
         let inner = err.get_ref().unwrap().downcast_ref::<FileVerdict>().unwrap();
@@ -280,7 +282,7 @@ mod tests {
             content_encoding: None,
             read_version: None,
         };
-        let limits = ReadLimits { max_file_bytes: 99, max_gzip_ratio: 10 };
+        let limits = ReadLimits { max_file_bytes: 99, max_gzip_ratio: 10, ..Default::default() };
         let err = read_all(&mut decoded(s, &obj("f.csv", 100), limits, Arc::default())).await.unwrap_err();
         assert_eq!(err.get_ref().unwrap().downcast_ref::<FileVerdict>().unwrap().rule, "too_large");
     }

@@ -3,14 +3,19 @@
 //! Owns the header check, the per-row rules and the accounting of one file
 //! (`rows_read = rows_loaded + rows_rejected`). Good rows leave in [`RowChunk`]s of bounded
 //! size through a callback, so memory does not depend on the file's size. It never touches
-//! a warehouse: the caller decides where chunks go.
+//! a warehouse: the caller decides where chunks go. Records reach it through
+//! [`record::RecordReader`], which bounds memory per record and numbers physical lines.
+
+#[cfg(test)]
+mod proptests;
+pub mod record;
 
 use std::collections::HashMap;
 
-use csv_async::{AsyncReaderBuilder, ByteRecord, Terminator, Trim};
 use tokio::io::AsyncRead;
 
 use crate::contract::{check_value_into, normalise_header, Contract, CustomerPolicy, UnknownColumns};
+pub use record::{Fields, RecordDefect, RecordLimits, RecordReader};
 
 /// How much of a value and of a raw line a reject row keeps.
 pub const MAX_REJECT_VALUE_CHARS: usize = 256;
@@ -39,6 +44,10 @@ pub const RULES: &[&str] = &[
     "no_customer",
     "out_of_range",
     CUSTOMER_MISMATCH,
+    "too_long",
+    "too_many_columns",
+    "unterminated_quote",
+    "stray_quote",
 ];
 
 /// Good rows, stored flat in one string: `value(i, c)` is column `c` of row `i` (`None` for an
@@ -160,6 +169,8 @@ pub struct Options<'a> {
     pub contract: &'a Contract,
     /// The object key, for deriving the customer of legacy files.
     pub key: &'a str,
+    /// Per-record memory bounds (`limits.max_record_bytes`, `limits.max_columns`).
+    pub limits: RecordLimits,
 }
 
 /// Where a file's output goes. Returning an error stops validation.
@@ -179,9 +190,9 @@ struct ColumnMap {
     width: usize,
 }
 
-fn map_header(header: &ByteRecord, opts: &Options<'_>) -> Result<ColumnMap, FileReject> {
+fn map_header(header: &Fields<'_>, line: u64, opts: &Options<'_>) -> Result<ColumnMap, FileReject> {
     let c = opts.contract;
-    let reject = |rule, reason: String| FileReject { rule, reason, line: 1 };
+    let reject = |rule, reason: String| FileReject { rule, reason, line };
     let mut names = HashMap::new();
     for (i, field) in header.iter().enumerate() {
         let name = std::str::from_utf8(field)
@@ -241,7 +252,7 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-fn raw_line(record: &ByteRecord) -> String {
+fn raw_line(record: &Fields<'_>) -> String {
     let mut out = Vec::new();
     for (i, f) in record.iter().enumerate() {
         if i > 0 {
@@ -268,7 +279,7 @@ fn raw_line(record: &ByteRecord) -> String {
 fn check_row(
     map: &ColumnMap,
     opts: &Options<'_>,
-    record: &ByteRecord,
+    record: &Fields<'_>,
     line: u64,
     chunk: &mut RowChunk,
 ) -> Result<(), Reject> {
@@ -354,31 +365,35 @@ where
     R: AsyncRead + Unpin + Send,
     S: ChunkSink + Send,
 {
-    let mut reader = AsyncReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(Trim::None)
-        .terminator(Terminator::CRLF)
-        .buffer_capacity(256 * 1024)
-        .create_reader(CrlfToLf::new(input));
-    let mut record = ByteRecord::new();
+    let mut reader = RecordReader::new(input, opts.limits);
+    let limits = reader.limits();
     let mut account = FileAccount::default();
 
-    let has_header = match reader.read_byte_record(&mut record).await.map_err(csv_io_error) {
-        Ok(b) => b,
-        Err(e) => return file_level(e, account),
+    let header = match reader.next().await {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            account.file_reject =
+                Some(FileReject { rule: "unreadable", reason: "the file is empty (no header)".into(), line: 0 });
+            return Ok(account);
+        }
+        Err(e) => {
+            let line = reader.line();
+            return file_level(e, account, line);
+        }
     };
-    if !has_header {
-        account.file_reject =
-            Some(FileReject { rule: "unreadable", reason: "the file is empty (no header)".into(), line: 0 });
-        return Ok(account);
-    }
-    let map = match map_header(&record, opts) {
+    let mapped = match header.defect {
+        // A header over a limit is not read into memory, and cannot be matched: the file is rejected.
+        Some(d) => {
+            Err(FileReject { rule: d.rule(), reason: format!("header: {}", d.describe(limits)), line: header.line })
+        }
+        None => map_header(&header.fields, header.line, opts),
+    };
+    let map = match mapped {
         Ok(m) => m,
         Err(r) => {
-            // Count the data lines anyway, so the accounting says how many rows the reject covers.
+            // Count the data records anyway, so the accounting says how many rows the reject covers.
             account.file_reject = Some(r);
-            while let Ok(true) = reader.read_byte_record(&mut record).await {
+            while let Ok(Some(_)) = reader.next().await {
                 account.rows_read += 1;
             }
             account.rows_rejected = account.rows_read;
@@ -390,14 +405,20 @@ where
     let mut chunk = RowChunk::new(ncols);
     let mut rejects = Vec::new();
     loop {
-        match reader.read_byte_record(&mut record).await.map_err(csv_io_error) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => return file_level(e, account),
-        }
+        let record = match reader.next().await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                let line = reader.line();
+                return file_level(e, account, line);
+            }
+        };
         account.rows_read += 1;
-        let line = record.position().map_or(0, |p| p.line());
-        match check_row(&map, opts, &record, line, &mut chunk) {
+        let checked = match record.defect {
+            None => check_row(&map, opts, &record.fields, record.line, &mut chunk),
+            Some(d) => Err(defect_reject(&record, d, limits)),
+        };
+        match checked {
             Ok(()) => {
                 account.rows_loaded += 1;
                 if chunk.len() >= CHUNK_ROWS {
@@ -409,7 +430,7 @@ where
                 // Nothing of a file that writes another customer's rows loads; the rest of it
                 // is counted, so the accounting says how many rows the verdict covers.
                 account.file_reject = Some(FileReject { rule: r.rule, reason: r.reason, line: r.line });
-                while let Ok(true) = reader.read_byte_record(&mut record).await {
+                while let Ok(Some(_)) = reader.next().await {
                     account.rows_read += 1;
                 }
                 account.rows_loaded = 0;
@@ -435,144 +456,31 @@ where
     Ok(account)
 }
 
-/// Turns CRLF line ends into LF before the CSV reader sees them, so record line numbers are
-/// right for Windows files (the reader counts a CRLF record's line from its `\n`) and raw lines
-/// carry no stray `\r`. A lone `\r` is kept.
-struct CrlfToLf<R> {
-    inner: R,
-    buf: Box<[u8]>,
-    /// Converted bytes not yet handed out.
-    carry: Vec<u8>,
-    carry_pos: usize,
-    pending_cr: bool,
-}
-
-impl<R> CrlfToLf<R> {
-    fn new(inner: R) -> Self {
-        CrlfToLf {
-            inner,
-            buf: vec![0; 64 * 1024].into_boxed_slice(),
-            carry: Vec::with_capacity(64 * 1024),
-            carry_pos: 0,
-            pending_cr: false,
-        }
+/// The reject of a record the reader did not hand on as fields: its raw text is what was kept
+/// of it (a prefix, marked `…`, when it was over a limit).
+fn defect_reject(record: &record::RecordRead<'_>, defect: RecordDefect, limits: RecordLimits) -> Reject {
+    let mut raw = raw_line(&record.fields);
+    if record.cut && !raw.ends_with('…') {
+        raw.push('…');
+    }
+    Reject {
+        line: record.line,
+        column: None,
+        rule: defect.rule(),
+        reason: defect.describe(limits),
+        value: None,
+        raw: Some(raw),
     }
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for CrlfToLf<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        out: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        loop {
-            if this.carry_pos < this.carry.len() {
-                let n = (this.carry.len() - this.carry_pos).min(out.remaining());
-                out.put_slice(&this.carry[this.carry_pos..this.carry_pos + n]);
-                this.carry_pos += n;
-                return Poll::Ready(Ok(()));
-            }
-            this.carry.clear();
-            this.carry_pos = 0;
-            if !this.pending_cr {
-                // The common case: read straight into the caller's buffer and, only if a CR
-                // came with it, compact in place.
-                let before = out.filled().len();
-                match std::pin::Pin::new(&mut this.inner).poll_read(cx, out) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {}
-                }
-                let end = out.filled().len();
-                if end == before || memchr::memchr(b'\r', &out.filled()[before..end]).is_none() {
-                    return Poll::Ready(Ok(()));
-                }
-                let kept = compact_crlf(&mut out.filled_mut()[before..end], &mut this.pending_cr);
-                out.set_filled(before + kept);
-                if kept == 0 {
-                    continue; // only a held-back CR: an empty read would mean end of stream
-                }
-                return Poll::Ready(Ok(()));
-            }
-            let mut rb = tokio::io::ReadBuf::new(&mut this.buf);
-            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            let data = rb.filled();
-            if data.is_empty() {
-                if std::mem::take(&mut this.pending_cr) {
-                    this.carry.push(b'\r');
-                    continue;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if std::mem::take(&mut this.pending_cr) && data[0] != b'\n' {
-                this.carry.push(b'\r');
-            }
-            let mut start = 0;
-            for i in memchr_cr(data) {
-                if i + 1 == data.len() {
-                    this.carry.extend_from_slice(&data[start..i]);
-                    this.pending_cr = true;
-                    start = data.len();
-                    break;
-                }
-                if data[i + 1] == b'\n' {
-                    this.carry.extend_from_slice(&data[start..i]);
-                    start = i + 1;
-                }
-            }
-            this.carry.extend_from_slice(&data[start..]);
-        }
-    }
-}
-
-/// Removes, in place, every CR that precedes an LF; a CR at the very end is dropped and
-/// reported through `pending` (the next byte decides). Returns the kept length.
-fn compact_crlf(data: &mut [u8], pending: &mut bool) -> usize {
-    let n = data.len();
-    let (mut w, mut r) = (0, 0);
-    while let Some(off) = memchr::memchr(b'\r', &data[r..]) {
-        let i = r + off;
-        if i + 1 == n {
-            data.copy_within(r..i, w);
-            *pending = true;
-            return w + (i - r);
-        }
-        let keep_cr = data[i + 1] != b'\n';
-        let upto = if keep_cr { i + 1 } else { i };
-        data.copy_within(r..upto, w);
-        w += upto - r;
-        r = i + 1;
-    }
-    data.copy_within(r..n, w);
-    w + (n - r)
-}
-
-fn memchr_cr(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    memchr::memchr_iter(b'\r', data)
-}
-
-/// The reader's own I/O error as it was; anything else the CSV reader reports is a malformed file.
-fn csv_io_error(e: csv_async::Error) -> std::io::Error {
-    match e.into_kind() {
-        csv_async::ErrorKind::Io(io) => io,
-        other => std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{other:?}")),
-    }
-}
-
-/// An I/O error that is really a verdict on the file (size limit, corrupt gzip) rejects the file;
-/// anything else is transient and propagates for a retry.
+/// An I/O error that is really a verdict on the file (size limit, corrupt gzip) rejects the file
+/// at the physical `line` it struck; anything else is transient and propagates for a retry.
 /// A file rejected whole loads nothing: every row read is counted as rejected by the file's reason.
-fn file_level(e: std::io::Error, mut account: FileAccount) -> Result<FileAccount, ValidateError> {
+fn file_level(e: std::io::Error, mut account: FileAccount, line: u64) -> Result<FileAccount, ValidateError> {
     let reject = if let Some(limit) = e.get_ref().and_then(|inner| inner.downcast_ref::<FileVerdict>()) {
-        FileReject { rule: limit.rule, reason: limit.reason.clone(), line: account.rows_read + 2 }
+        FileReject { rule: limit.rule, reason: limit.reason.clone(), line }
     } else if e.kind() == std::io::ErrorKind::InvalidData {
-        FileReject { rule: "unreadable", reason: format!("not a readable CSV: {e}"), line: account.rows_read + 2 }
+        FileReject { rule: "unreadable", reason: format!("not a readable CSV: {e}"), line }
     } else {
         return Err(ValidateError::Io(e));
     };
@@ -611,11 +519,19 @@ mod tests {
     const HEADER: &str = "customer,event_id,event_time,user_id,user_email,event_type,source_ip,user_agent";
 
     async fn run_on(key: &str, data: &[u8]) -> (FileAccount, CollectSink) {
+        run_limited(key, data, RecordLimits::default()).await
+    }
+
+    async fn run_limited(key: &str, data: &[u8], limits: RecordLimits) -> (FileAccount, CollectSink) {
         let c = Contract::builtin();
         let mut sink = CollectSink::default();
-        let acc = validate_stream(data, &Options { contract: &c, key }, &mut sink).await.unwrap();
-        assert!(acc.balanced() || acc.file_reject.is_some());
+        let acc = validate_stream(data, &Options { contract: &c, key, limits }, &mut sink).await.unwrap();
+        assert!(acc.balanced());
         (acc, sink)
+    }
+
+    fn lines(chunks: &[RowChunk]) -> Vec<u64> {
+        chunks.iter().flat_map(|c| c.lines.iter().copied()).collect()
     }
 
     fn row(chunks: &[RowChunk], i: usize) -> Vec<Option<String>> {
@@ -689,7 +605,7 @@ mod tests {
         let mut whole = Contract::builtin();
         whole.customer_policy = CustomerPolicy::RejectFile;
         let mut sink = CollectSink::default();
-        let opts = Options { contract: &whole, key: "csv/acme/w47.csv" };
+        let opts = Options { contract: &whole, key: "csv/acme/w47.csv", limits: RecordLimits::default() };
         let acc = validate_stream(data.as_bytes(), &opts, &mut sink).await.unwrap();
         let verdict = acc.file_reject.clone().expect("the file is rejected whole");
         assert_eq!((verdict.rule, verdict.line), ("customer_mismatch", 3));
@@ -698,7 +614,7 @@ mod tests {
         let mut trusting = Contract::builtin();
         trusting.customer_policy = CustomerPolicy::TrustColumn;
         let mut sink = CollectSink::default();
-        let opts = Options { contract: &trusting, key: "csv/acme/w47.csv" };
+        let opts = Options { contract: &trusting, key: "csv/acme/w47.csv", limits: RecordLimits::default() };
         let acc = validate_stream(data.as_bytes(), &opts, &mut sink).await.unwrap();
         assert_eq!((acc.rows_loaded, acc.rows_rejected), (3, 0));
         assert_eq!(row(&sink.rows, 1)[0].as_deref(), Some("globex"));
@@ -731,7 +647,8 @@ mod tests {
         let mut strict = Contract::builtin();
         strict.unknown_columns = UnknownColumns::Reject;
         let mut sink = CollectSink::default();
-        let acc = validate_stream(data.as_bytes(), &Options { contract: &strict, key: "k" }, &mut sink).await.unwrap();
+        let opts = Options { contract: &strict, key: "k", limits: RecordLimits::default() };
+        let acc = validate_stream(data.as_bytes(), &opts, &mut sink).await.unwrap();
         assert_eq!(acc.file_reject.unwrap().rule, "unknown_column");
     }
 
@@ -784,27 +701,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn crlf_is_normalised_across_read_boundaries() {
-        use tokio::io::AsyncReadExt;
-        let input = b"a\r\nb\rc\r\n\r".to_vec();
-        for chunk in 1..=input.len() {
-            // A reader that hands out `chunk` bytes at a time.
-            let (client, mut server) = tokio::io::duplex(chunk);
-            let data = input.clone();
-            let writer = tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                for c in data.chunks(chunk) {
-                    server.write_all(c).await.unwrap();
-                }
-            });
-            let mut out = Vec::new();
-            CrlfToLf::new(client).read_to_end(&mut out).await.unwrap();
-            writer.await.unwrap();
-            assert_eq!(out, b"a\nb\rc\n\r", "chunk size {chunk}");
-        }
-    }
-
-    #[tokio::test]
     async fn empty_file_and_header_only() {
         let (acc, _) = run_on("k", b"").await;
         assert_eq!(acc.file_reject.unwrap().rule, "unreadable");
@@ -830,5 +726,100 @@ mod tests {
         let (acc, sink) = run_on("k", data.as_bytes()).await;
         assert_eq!(acc.rows_loaded as usize, CHUNK_ROWS * 2 + 10);
         assert_eq!(sink.rows.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![CHUNK_ROWS, CHUNK_ROWS, 10]);
+    }
+
+    #[tokio::test]
+    async fn record_defects_are_row_rejects_with_line_and_raw_and_the_rest_loads() {
+        let good = |i: u32| format!("acme,e{i},2026-11-23T10:00:00Z,u{i},,login,,");
+        let data = [
+            HEADER.to_string(),
+            good(1),
+            format!("acme,e2,2026-11-23T10:00:00Z,u2,,login,,{}", "z".repeat(300)),
+            good(3),
+            format!("{},{}", good(4), ",".repeat(20)),
+            "acme,\"e5\"x,2026-11-23T10:00:00Z,u5,,login,,".to_string(),
+            good(6),
+            "acme,\"e8,2026-11-23T10:00:00Z".to_string(),
+            good(9),
+            String::new(),
+        ]
+        .join("\n");
+        let limits = RecordLimits { max_record_bytes: 200, max_columns: 12 };
+        let (acc, sink) = run_limited("k", data.as_bytes(), limits).await;
+        assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (7, 3, 4));
+        assert_eq!(lines(&sink.rows), vec![2, 4, 7]);
+        let got: Vec<(u64, &str)> = sink.rejects.iter().map(|r| (r.line, r.rule)).collect();
+        // The open quote on line 8 runs to the end of the file: one record, the row on line 9 in it.
+        assert_eq!(got, vec![(3, "too_long"), (5, "too_many_columns"), (6, "stray_quote"), (8, "unterminated_quote")]);
+        assert_eq!(sink.rejects[0].reason, "the record is 340 bytes long, over limits.max_record_bytes = 200");
+        // Its raw text: the first max_record_bytes field bytes (here 33 before the z run), marked cut.
+        let raw = sink.rejects[0].raw.as_deref().unwrap();
+        assert_eq!(raw, format!("acme,e2,2026-11-23T10:00:00Z,u2,,login,,{}…", "z".repeat(200 - 33)));
+        assert_eq!(sink.rejects[1].reason, "the record has 29 fields, over limits.max_columns = 12");
+        assert_eq!(sink.rejects[2].raw.as_deref(), Some("acme,e5x,2026-11-23T10:00:00Z,u5,,login,,"));
+        assert_eq!(
+            sink.rejects[3].reason,
+            "a quoted field is never closed: the record runs to the end of the file (71 bytes, 2 lines)"
+        );
+        assert!(sink.rejects.iter().all(|r| r.column.is_none() && r.value.is_none()));
+    }
+
+    #[tokio::test]
+    async fn lines_are_physical_whatever_the_line_ends_and_quoted_text_is_exact() {
+        let row = |i: u32, agent: &str| format!("acme,e{i},2026-11-23T10:00:00Z,u{i},,login,,{agent}");
+        // CR-only line ends.
+        let data = format!("{HEADER}\r{}\r{}\r", row(1, ""), row(2, ""));
+        let (acc, sink) = run_on("k", data.as_bytes()).await;
+        assert_eq!(acc.rows_loaded, 2);
+        assert_eq!(lines(&sink.rows), vec![2, 3]);
+        // Blank lines, CRLF, and CR, LF and CRLF inside a quoted field, stored byte for byte.
+        let data = format!("\n{HEADER}\r\n\r\n{}\r\n\n{}\r\n{}\n", row(1, "\"a\r\nb\rc\nd\""), row(2, ""), row(3, "x"));
+        let (acc, sink) = run_on("k", data.as_bytes()).await;
+        assert_eq!(acc, FileAccount { rows_read: 3, rows_loaded: 3, rows_rejected: 0, file_reject: None });
+        assert_eq!(lines(&sink.rows), vec![4, 9, 10]);
+        assert_eq!(row_of(&sink.rows, 0)[7].as_deref(), Some("a\r\nb\rc\nd"));
+        // A reject names the physical line too.
+        let data = format!("{HEADER}\r\r{}\racme,e2,never,u2,,login,,\r", row(1, "\"x\ry\""));
+        let (_, sink) = run_on("k", data.as_bytes()).await;
+        assert_eq!(lines(&sink.rows), vec![3]);
+        assert_eq!((sink.rejects[0].line, sink.rejects[0].rule), (5, "type"));
+    }
+
+    fn row_of(chunks: &[RowChunk], i: usize) -> Vec<Option<String>> {
+        row(chunks, i)
+    }
+
+    #[tokio::test]
+    async fn a_header_over_a_limit_rejects_the_file() {
+        // One line of 2 MiB: never held whole.
+        let mut data = b"\r\n\n".to_vec();
+        data.extend(std::iter::repeat_n(b'h', 2 << 20));
+        let (acc, sink) = run_on("k", &data).await;
+        let r = acc.file_reject.unwrap();
+        assert_eq!((r.rule, r.line), ("too_long", 3));
+        assert_eq!(r.reason, "header: the record is 2097152 bytes long, over limits.max_record_bytes = 1048576");
+        assert_eq!((acc.rows_read, acc.rows_rejected), (0, 0));
+        assert!(sink.rejects.is_empty());
+        // Too many columns; the rows after it are counted as rejected with the file.
+        let data = format!("{}\n{}\nx\n", vec!["c"; 2000].join(","), vec!["1"; 2000].join(","));
+        let (acc, _) = run_on("k", data.as_bytes()).await;
+        let r = acc.file_reject.unwrap();
+        assert_eq!((r.rule, r.line), ("too_many_columns", 1));
+        assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (2, 0, 2));
+        // An open quote in the header.
+        let (acc, _) = run_on("k", b"customer,\"event_id\n").await;
+        assert_eq!(acc.file_reject.unwrap().rule, "unterminated_quote");
+    }
+
+    #[test]
+    fn every_record_defect_rule_is_a_known_rule() {
+        for d in [
+            RecordDefect::TooLong { bytes: 1 },
+            RecordDefect::TooManyColumns { columns: 1 },
+            RecordDefect::UnterminatedQuote { bytes: 1, lines: 1 },
+            RecordDefect::StrayQuote,
+        ] {
+            assert!(RULES.contains(&d.rule()), "{}", d.rule());
+        }
     }
 }
