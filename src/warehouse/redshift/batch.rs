@@ -1,0 +1,628 @@
+//! The open batch and the sink: admission against the ledger, the open batch's files and their
+//! staging parts, the commit begun and in flight ([`InFlight`]) until it is known ended, and
+//! the report of what the ledger holds afterwards (see "A micro-batch" in the `redshift`
+//! module docs).
+//!
+//! It owns the in-memory state of a batch; the statements of its commit come from
+//! [`super::plan`], the SQL text from the shared `sql`, and it runs them only through
+//! [`super::data_api`]. It must not render SQL or CSV itself.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tracing::{debug, warn};
+
+use super::data_api::{int_at, Cell, Done};
+use super::literal::{render, timestamp_text, Lit};
+use super::plan::{plan_commit, reject_values, Plan};
+use super::spill::{upload_reject_part, CsvParts, Held};
+use super::Inner;
+use crate::validate::{Reject, RowChunk};
+use crate::warehouse::ledger::{self, is_newer, same_version, Verdict};
+use crate::warehouse::sql::Sql;
+use crate::warehouse::stage::{self, PartWriter};
+use crate::warehouse::{
+    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, PendingCommit, WarehouseError,
+};
+
+/// A file of the open batch whose ledger row will be written at commit.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub(super) meta: FileMeta,
+    pub(super) status: FileStatus,
+    pub(super) rows_read: u64,
+    pub(super) rows_loaded: u64,
+    pub(super) rows_rejected: u64,
+    pub(super) reason: Option<String>,
+    /// `Some(now)` for files the merge has nothing to do for (rejected, superseded on arrival).
+    pub(super) merged_at: Option<String>,
+    /// `force`: earlier loads of this version are marked replaced first.
+    pub(super) replaces: bool,
+    /// Staging objects holding this file's rows.
+    pub(super) parts: Vec<String>,
+    pub(super) staged_rows: u64,
+    pub(super) staged_bytes: u64,
+    /// Rejects held in memory (empty when the file spilled).
+    pub(super) rejects: Vec<Reject>,
+    /// Staging objects holding this file's spilled rejects.
+    pub(super) reject_parts: Vec<String>,
+}
+
+pub(super) struct OpenFile {
+    meta: FileMeta,
+    replaces: bool,
+    writer: PartWriter,
+    parts: Vec<String>,
+    rows: u64,
+    bytes: u64,
+    /// Rejects held in memory until the file spills, and what they take.
+    rejects: Vec<Reject>,
+    held: Held,
+    /// Once set, every reject of the file goes to `reject_writer` (and its parts to `reject_parts`).
+    spilling: bool,
+    reject_writer: CsvParts,
+    pub(super) reject_parts: Vec<String>,
+}
+
+impl OpenFile {
+    fn new(meta: FileMeta, replaces: bool, part_bytes: usize) -> OpenFile {
+        OpenFile {
+            meta,
+            replaces,
+            writer: PartWriter::new(part_bytes),
+            parts: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            rejects: Vec::new(),
+            held: Held::default(),
+            spilling: false,
+            reject_writer: CsvParts::new(part_bytes),
+            reject_parts: Vec::new(),
+        }
+    }
+}
+
+pub(super) struct OpenBatch {
+    pub(super) id: i64,
+    pub(super) now: String,
+    pub(super) entries: Vec<Entry>,
+    pub(super) next_part: usize,
+    /// What the entries' in-memory rejects take (the open file's are counted apart).
+    pub(super) held: Held,
+}
+
+impl OpenBatch {
+    fn staged(&self) -> (u64, u64) {
+        self.entries.iter().fold((0, 0), |(r, b), e| (r + e.staged_rows, b + e.staged_bytes))
+    }
+}
+
+pub struct RedshiftSink {
+    inner: Arc<Inner>,
+    part_bytes: usize,
+    /// In-memory rejects of the open batch, beyond which they spill to staging.
+    reject_memory: Held,
+    batch: Option<OpenBatch>,
+    file: Option<OpenFile>,
+    /// The files of the batch whose commit began and may not have ended.
+    in_flight: Option<Arc<InFlight>>,
+}
+
+/// The ledger rows a begun commit writes, as admission must see them until it has ended.
+struct InFlight {
+    files: Vec<(FileMeta, FileStatus)>,
+    ended: AtomicBool,
+}
+
+impl InFlight {
+    fn of(b: &OpenBatch) -> InFlight {
+        InFlight {
+            files: b.entries.iter().map(|e| (e.meta.clone(), e.status)).collect(),
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// Marks its commit ended when dropped: after the wait, and also if the wait panicked or never
+/// ran, so that admission falls back on the ledger (and the guarded insert) instead of counting
+/// a batch that may never be recorded as recorded forever.
+struct EndsOnDrop(Arc<InFlight>);
+
+impl Drop for EndsOnDrop {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A batch whose BatchExecuteStatement was submitted: [`PendingCommit::wait`] polls it to its
+/// end (a serialization conflict submits it again), deletes its staging objects and reports.
+struct RedshiftCommit {
+    inner: Arc<Inner>,
+    batch: OpenBatch,
+    plan: Plan,
+    statement: String,
+    started: Instant,
+    objects: Vec<String>,
+    in_flight: EndsOnDrop,
+}
+
+impl PendingCommit for RedshiftCommit {
+    fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
+        let RedshiftCommit { inner, batch, plan, statement, started, objects, in_flight } = *self;
+        inner.block_on(async {
+            let done = inner.api.run_from("load", &plan.statements, true, None, Some(statement), started).await;
+            // Ended either way: from now on the ledger answers for these files (or, on failure,
+            // the caller rolls back the batch that was told about them).
+            drop(in_flight);
+            inner.delete(objects).await;
+            batch_report(&inner, &batch, &plan, done?).await
+        })
+    }
+}
+
+impl Entry {
+    /// Its staging objects: row parts and spilled reject parts.
+    fn objects(&self) -> impl Iterator<Item = String> + '_ {
+        self.parts.iter().chain(&self.reject_parts).cloned()
+    }
+}
+
+/// A batch id unique across processes without a sequence (see the `redshift` module docs).
+fn new_batch_id() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let salt = (h.finish() % 1000) as i64;
+    let candidate = Utc::now().timestamp_micros() * 1000 + salt;
+    let mut prev = LAST.load(Ordering::SeqCst);
+    loop {
+        let next = candidate.max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// The ledger's existing status and whether a newer version is recorded, in one round trip
+/// (the shared `lookup_version` and `newer_version_exists`, as one UNION ALL).
+fn admission_query(sql: &Sql<'_>, file: &FileMeta) -> Result<String, String> {
+    render(
+        &sql.admission(),
+        &[
+            ("bucket", Lit::Str(file.bucket.clone())),
+            ("key", Lit::Str(file.key.clone())),
+            ("version", Lit::Str(file.version.clone())),
+            ("sequencer", Lit::Str(file.sequencer.clone())),
+        ],
+    )
+}
+
+/// (status of the newest recorded load of this version, count of newer versions).
+fn read_admission(rows: &[Vec<Cell>]) -> (Option<FileStatus>, i64) {
+    let mut existing: Option<(i64, Option<FileStatus>)> = None;
+    let mut newer = 0;
+    for r in rows {
+        match r.first().and_then(Cell::as_i64) {
+            Some(0) => {
+                let batch = r.get(2).and_then(Cell::as_i64).unwrap_or(i64::MIN);
+                if existing.is_none_or(|(b, _)| batch > b) {
+                    existing = Some((batch, r.get(1).and_then(Cell::as_str).and_then(FileStatus::parse)));
+                }
+            }
+            Some(1) => newer = r.get(2).and_then(Cell::as_i64).unwrap_or(0),
+            _ => {}
+        }
+    }
+    (existing.and_then(|(_, s)| s), newer)
+}
+
+impl RedshiftSink {
+    /// An empty sink: no batch open until the first `admit`.
+    pub(super) fn new(inner: Arc<Inner>, part_bytes: usize, reject_memory: Held) -> RedshiftSink {
+        RedshiftSink { inner, part_bytes, reject_memory, batch: None, file: None, in_flight: None }
+    }
+
+    fn open_file(&mut self) -> Result<&mut OpenFile, WarehouseError> {
+        self.file.as_mut().ok_or_else(|| WarehouseError::Other("no file is open in the batch".into()))
+    }
+
+    fn upload_parts(&mut self, parts: Vec<stage::StagedPart>) -> Result<(), WarehouseError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let batch = self.batch.as_mut().expect("a batch is open while a file is");
+        let file = self.file.as_mut().expect("checked");
+        for part in parts {
+            let key = self.inner.staging.key(batch.id, &format!("part-{:05}.csv.gz", batch.next_part));
+            batch.next_part += 1;
+            self.inner.block_on(self.inner.put(&key, part.bytes))?;
+            file.parts.push(key);
+        }
+        Ok(())
+    }
+
+    /// Renders rejects of the open file into its reject parts, uploading each part as it is cut.
+    fn spill_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
+        let inner = &self.inner;
+        let batch = self.batch.as_mut().expect("a batch is open while a file is");
+        let f = self.file.as_mut().expect("checked");
+        for r in rejects {
+            let cut = f.reject_writer.push(&reject_values(&f.meta, r, batch.id, &batch.now));
+            if let Some(body) =
+                cut.map_err(|e| WarehouseError::Other(format!("staging rejects of {}: {e}", f.meta.key)))?
+            {
+                upload_reject_part(inner, batch, f, body)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the open file's rows and rejects so far and deletes its parts.
+    fn drop_open_rows(&mut self) {
+        if let Some(f) = self.file.as_mut() {
+            let mut parts = std::mem::take(&mut f.parts);
+            parts.append(&mut f.reject_parts);
+            f.writer = PartWriter::new(self.part_bytes);
+            f.rows = 0;
+            f.bytes = 0;
+            f.rejects = Vec::new();
+            f.held = Held::default();
+            f.spilling = false;
+            f.reject_writer = CsvParts::new(self.part_bytes);
+            if !parts.is_empty() {
+                self.inner.block_on(self.inner.delete(parts));
+            }
+        }
+    }
+
+    /// Every staging object of the open batch (and open file).
+    fn staged_objects(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.batch.iter().flat_map(|b| b.entries.iter().flat_map(Entry::objects)).collect();
+        keys.extend(self.file.iter().flat_map(|f| f.parts.iter().chain(&f.reject_parts).cloned()));
+        keys
+    }
+
+    /// Uploads the batch's objects and submits its one BatchExecuteStatement. On any failure
+    /// the batch has ended and its objects are deleted.
+    fn begin_batch(&mut self, b: OpenBatch) -> Result<RedshiftCommit, WarehouseError> {
+        let inner = self.inner.clone();
+        let started = Instant::now();
+        let mut objects: Vec<String> = b.entries.iter().flat_map(Entry::objects).collect();
+        let plan = plan_commit(&inner.sql(), &inner.staging, &b, &inner.copy_role);
+        if let Ok(plan) = &plan {
+            objects.extend(plan.uploads.iter().map(|(k, _)| k.clone()));
+        }
+        let submitted = inner.block_on(async {
+            let plan = plan.as_ref().map_err(|e| match e {
+                WarehouseError::Other(m) => WarehouseError::Other(m.clone()),
+                other => WarehouseError::Other(other.to_string()),
+            })?;
+            futures::future::try_join_all(plan.uploads.iter().map(|(key, body)| inner.put(key, body.clone()))).await?;
+            inner
+                .api
+                .submit("load", &plan.statements, true)
+                .await
+                .map_err(|e| inner.api.failed("load", &plan.statements, e))
+        });
+        let statement = match submitted {
+            Ok(id) => id,
+            Err(e) => {
+                // The batch has ended (never run): its objects are spent.
+                inner.block_on(inner.delete(objects));
+                return Err(e);
+            }
+        };
+        let plan = plan?;
+        let in_flight = Arc::new(InFlight::of(&b));
+        self.in_flight = Some(in_flight.clone());
+        Ok(RedshiftCommit { inner, batch: b, plan, statement, started, objects, in_flight: EndsOnDrop(in_flight) })
+    }
+
+    /// The batch in flight, unless its commit is known to have ended.
+    fn in_flight(&self) -> Option<Arc<InFlight>> {
+        self.in_flight.clone().filter(|f| !f.ended())
+    }
+}
+
+/// The report of a finished batch statement: what the ledger holds of the batch.
+async fn batch_report(
+    inner: &Inner,
+    b: &OpenBatch,
+    plan: &Plan,
+    done: Done,
+) -> Result<Option<BatchReport>, WarehouseError> {
+    let recorded = done.subs.get(plan.ledger_insert).map_or(-1, |s| s.result_rows);
+    let (rows_loaded, _) = b.staged();
+    let mut report = BatchReport {
+        batch_id: b.id,
+        files: b.entries.len() as u64,
+        rows_loaded,
+        rows_rejected: b.entries.iter().map(|e| e.rows_rejected).sum(),
+    };
+    if recorded != b.entries.len() as i64 {
+        // Another writer recorded some of these versions first: count what the ledger holds.
+        let rows = inner.api.query("query", inner.sql().batch_totals(b.id)).await?;
+        report.files = int_at(&rows, 0, 0).max(0) as u64;
+        report.rows_loaded = int_at(&rows, 0, 1).max(0) as u64;
+        report.rows_rejected = int_at(&rows, 0, 2).max(0) as u64;
+        warn!(
+            batch_id = b.id,
+            planned = b.entries.len(),
+            recorded = report.files,
+            "some files of the batch were recorded by another writer first"
+        );
+    }
+    debug!(batch_id = b.id, statements = plan.statements.len(), files = report.files, "batch committed");
+    Ok((report.files > 0).then_some(report))
+}
+
+impl BatchSink for RedshiftSink {
+    fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+        if self.file.is_some() {
+            return Err(WarehouseError::Other(format!("admit {} while another file is open", file.key)));
+        }
+        // Taken before the ledger is asked: a commit that ends during the query may or may not
+        // be seen by it, so its files count as this writer's until then.
+        let in_flight = self.in_flight();
+        let flying = in_flight.as_ref().map_or(&[][..], |f| f.files.as_slice());
+        if !force {
+            // A version this batch (or the one committing) already holds needs no round trip.
+            let held = self.batch.iter().flat_map(|b| b.entries.iter().map(|e| (&e.meta, e.status)));
+            if let Some((_, status)) =
+                held.chain(flying.iter().map(|(m, s)| (m, *s))).find(|(m, _)| same_version(m, file))
+            {
+                return Ok(Admission::Duplicate(status));
+            }
+        }
+        let sql = admission_query(&self.inner.sql(), file).map_err(WarehouseError::Other)?;
+        let rows = self.inner.block_on(self.inner.api.query("query", sql))?;
+        let (recorded, newer_recorded) = read_admission(&rows);
+        // The batch committing is part of the ledger as this writer sees it, newer than what the
+        // query saw.
+        let recorded = flying.iter().find(|(m, _)| same_version(m, file)).map(|(_, s)| *s).or(recorded);
+        let newer_in_flight = flying.iter().any(|(m, status)| is_newer(m, *status, file));
+        let batch = self.batch.get_or_insert_with(|| OpenBatch {
+            id: new_batch_id(),
+            now: timestamp_text(Utc::now()),
+            entries: Vec::new(),
+            next_part: 0,
+            held: Held::default(),
+        });
+        // The open batch is part of the ledger as this writer sees it; its rows are the newest.
+        let in_batch = batch.entries.iter().position(|e| same_version(&e.meta, file));
+        let existing = in_batch.map(|i| batch.entries[i].status).or(recorded);
+        let newer_in_batch = batch.entries.iter().any(|e| is_newer(&e.meta, e.status, file));
+        match ledger::admit(existing, newer_recorded > 0 || newer_in_batch || newer_in_flight, force) {
+            Verdict::Duplicate(status) => Ok(Admission::Duplicate(status)),
+            Verdict::Superseded => {
+                batch.entries.push(Entry {
+                    meta: file.clone(),
+                    status: FileStatus::Superseded,
+                    rows_read: 0,
+                    rows_loaded: 0,
+                    rows_rejected: 0,
+                    reason: None,
+                    merged_at: Some(batch.now.clone()),
+                    replaces: false,
+                    parts: Vec::new(),
+                    staged_rows: 0,
+                    staged_bytes: 0,
+                    rejects: Vec::new(),
+                    reject_parts: Vec::new(),
+                });
+                Ok(Admission::Superseded)
+            }
+            Verdict::Load | Verdict::Reload => {
+                let mut replaces = recorded.is_some();
+                if let Some(i) = in_batch {
+                    // `force` on a version this batch already holds: the earlier copy never
+                    // reaches the warehouse.
+                    let earlier = batch.entries.remove(i);
+                    replaces |= earlier.replaces;
+                    batch.held = batch.held.minus(Held::of(&earlier.rejects));
+                    let objects: Vec<String> = earlier.objects().collect();
+                    if !objects.is_empty() {
+                        self.inner.block_on(self.inner.delete(objects));
+                    }
+                }
+                self.file = Some(OpenFile::new(file.clone(), replaces, self.part_bytes));
+                Ok(Admission::Load)
+            }
+        }
+    }
+
+    fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError> {
+        let batch_id = self.batch.as_ref().map_or(0, |b| b.id);
+        let f = self.open_file()?;
+        let parts = f
+            .writer
+            .write_chunk(chunk, &f.meta.key, &f.meta.version, batch_id)
+            .map_err(|e| WarehouseError::Other(format!("staging rows of {}: {e}", f.meta.key)))?;
+        f.rows += chunk.len() as u64;
+        f.bytes += chunk.bytes as u64;
+        self.upload_parts(parts)
+    }
+
+    /// Held in memory while the batch's in-memory rejects stay within the bound; the file
+    /// that would pass it spills (see the `redshift` module docs).
+    fn write_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
+        self.open_file()?;
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let batch_held = self.batch.as_ref().map_or(Held::default(), |b| b.held);
+        let f = self.file.as_mut().expect("checked");
+        if !f.spilling {
+            let add = Held::of(rejects);
+            if batch_held.plus(f.held).plus(add).within(self.reject_memory) {
+                f.rejects.extend_from_slice(rejects);
+                f.held = f.held.plus(add);
+                return Ok(());
+            }
+            f.spilling = true;
+            f.held = Held::default();
+            let earlier = std::mem::take(&mut f.rejects);
+            debug!(key = %f.meta.key, held = earlier.len(), "rejects pass the memory bound: spilling them to staging");
+            self.spill_rejects(&earlier)?;
+        }
+        self.spill_rejects(rejects)
+    }
+
+    fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+        self.open_file()?;
+        self.drop_open_rows();
+        Ok(())
+    }
+
+    /// Always true when the file was open: whether another writer recorded this version
+    /// first is only known inside the commit's transaction, where the guarded ledger insert
+    /// keeps the version from being recorded (and its rows from being loaded) twice.
+    fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
+        let key = self.open_file()?.meta.key.clone();
+        let last = self
+            .file
+            .as_mut()
+            .expect("checked")
+            .writer
+            .finish()
+            .map_err(|e| WarehouseError::Other(format!("staging rows of {key}: {e}")))?;
+        self.upload_parts(last.into_iter().collect())?;
+        {
+            let batch = self.batch.as_mut().expect("a batch is open while a file is");
+            let f = self.file.as_mut().expect("checked");
+            let last = f
+                .reject_writer
+                .finish()
+                .map_err(|e| WarehouseError::Other(format!("staging rejects of {key}: {e}")))?;
+            if let Some(body) = last {
+                upload_reject_part(&self.inner, batch, f, body)?;
+            }
+        }
+        let f = self.file.take().expect("checked");
+        let batch = self.batch.as_mut().expect("a batch is open while a file is");
+        batch.held = batch.held.plus(f.held);
+        // What the shared `supersede_older` does for versions of this batch (the commit does
+        // it set-wise for versions recorded earlier).
+        for e in batch.entries.iter_mut() {
+            if e.meta.bucket == f.meta.bucket
+                && e.meta.key == f.meta.key
+                && e.meta.version != f.meta.version
+                && e.status == FileStatus::Loaded
+                && e.meta.sequencer <= f.meta.sequencer
+            {
+                e.status = FileStatus::Superseded;
+                e.merged_at = None;
+            }
+        }
+        batch.entries.push(Entry {
+            meta: f.meta,
+            status: summary.status,
+            rows_read: summary.rows_read,
+            rows_loaded: summary.rows_loaded,
+            rows_rejected: summary.rows_rejected,
+            reason: summary.reason.clone(),
+            merged_at: (summary.status != FileStatus::Loaded).then(|| batch.now.clone()),
+            replaces: f.replaces,
+            parts: f.parts,
+            staged_rows: f.rows,
+            staged_bytes: f.bytes,
+            rejects: f.rejects,
+            reject_parts: f.reject_parts,
+        });
+        Ok(true)
+    }
+
+    fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+        self.drop_open_rows();
+        self.file = None;
+        Ok(())
+    }
+
+    fn pending(&self) -> (u64, u64) {
+        let (rows, bytes) = self.batch.as_ref().map_or((0, 0), OpenBatch::staged);
+        let (r, b) = self.file.as_ref().map_or((0, 0), |f| (f.rows, f.bytes));
+        (rows + r, bytes + b)
+    }
+
+    fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+        match self.commit_begin()? {
+            Some(pending) => pending.wait(),
+            None => Ok(None),
+        }
+    }
+
+    /// Uploads the manifest and submits the batch; the returned commit waits for it.
+    fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
+        if self.file.is_some() {
+            return Err(WarehouseError::Other("commit while a file is open".into()));
+        }
+        if self.in_flight().is_some() {
+            return Err(WarehouseError::Other("commit while the previous commit has not ended".into()));
+        }
+        let Some(b) = self.batch.take() else { return Ok(None) };
+        if b.entries.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(self.begin_batch(b)?)))
+    }
+
+    fn rollback(&mut self) {
+        let objects = self.staged_objects();
+        self.file = None;
+        self.batch = None;
+        if !objects.is_empty() {
+            self.inner.block_on(self.inner.delete(objects));
+        }
+    }
+}
+
+impl Drop for RedshiftSink {
+    fn drop(&mut self) {
+        // Never block in drop (it may run on any thread): the deletion runs as a task.
+        let objects = self.staged_objects();
+        if !objects.is_empty() {
+            let inner = self.inner.clone();
+            self.inner.handle.spawn(async move { inner.delete(objects).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::Contract;
+    use crate::warehouse::redshift::fixtures::meta;
+    use crate::warehouse::sql::{Dialect, Tables};
+
+    #[test]
+    fn batch_ids_increase_and_do_not_repeat() {
+        let ids: Vec<i64> = (0..1000).map(|_| new_batch_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let now_micros = Utc::now().timestamp_micros();
+        assert!(ids[0] / 1000 <= now_micros && ids[0] / 1000 > now_micros - 60_000_000, "epoch microseconds × 1000");
+    }
+
+    #[test]
+    fn admission_reads_the_newest_load_and_the_newer_count() {
+        let rows = vec![
+            vec![Cell::Long(0), Cell::Str("superseded".into()), Cell::Long(5)],
+            vec![Cell::Long(0), Cell::Str("loaded".into()), Cell::Long(9)],
+            vec![Cell::Long(1), Cell::Null, Cell::Str("2".into())],
+        ];
+        assert_eq!(read_admission(&rows), (Some(FileStatus::Loaded), 2));
+        assert_eq!(read_admission(&[vec![Cell::Long(1), Cell::Null, Cell::Long(0)]]), (None, 0));
+        let c = Contract::builtin();
+        let t = Tables::for_contract(&c);
+        let q = admission_query(&Sql::new(Dialect::Redshift, &c, &t), &meta("k\\'.csv", "v1", "01")).unwrap();
+        assert!(q.contains("key = ('k' || CHR(92) || '''.csv')"), "{q}");
+        assert_eq!(q.matches("UNION ALL").count(), 1);
+    }
+}
