@@ -712,7 +712,7 @@ fn batch_size(x: &Scratch) -> Check {
             NAME,
             format!("a batch of {} statements, {bytes} bytes of SQL in all, was refused: {}", near.len(), brief(e)),
             format!(
-                "the Data API limit is below the product's MAX_STATEMENT_BYTES ({MAX_STATEMENT_BYTES}): lower it (and the budget derived from it) in warehouse/redshift.rs"
+                "the Data API limit is below the product's MAX_STATEMENT_BYTES ({MAX_STATEMENT_BYTES}): lower it (and the budget derived from it) in warehouse/redshift/mod.rs"
             ),
         ),
     };
@@ -1009,7 +1009,7 @@ fn conflict_retry(x: &Scratch) -> Check {
         return Check::fail(
             NAME,
             observed,
-            "add this error text to is_serialization_conflict in warehouse/redshift.rs, so commits and merges that meet it are rerun",
+            "add this error text to is_serialization_conflict in warehouse/redshift/data_api.rs, so commits and merges that meet it are rerun",
         );
     }
     if !failed.is_empty() || value != 11 {

@@ -23,7 +23,7 @@ SQL file format:
 A batch that fails on a concurrency conflict (Redshift's `1023 … Serializable isolation
 violation`, or `could not complete because of conflict with concurrent transaction`) is
 submitted again, up to MAX_CONFLICT_RETRIES times with growing pauses, as the service's own
-runner does (`is_serialization_conflict` in src/warehouse/redshift.rs: the same rule). The
+runner does (`is_serialization_conflict` in src/warehouse/redshift/data_api.rs: the same rule). The
 merge SQL begins with `LOCK wau_ingest_lock`, so it waits for the service's commits rather
 than conflicting with them; the retry covers what the lock cannot (other writers of the tables).
 
