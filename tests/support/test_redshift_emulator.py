@@ -897,3 +897,18 @@ def test_trailing_blank_varchar_equality_keeps_hash_joins(rd, new_database):
     assert "Hash" in plan and "Semi Join" in plan and "Nested Loop" not in plan, plan
     assert records(rd, run_ok_in(rd, db, "SELECT count(*) FROM s JOIN t USING (customer, event_id)")["Id"]) == \
         [[{"longValue": 50000}]]
+
+
+def test_create_table_as_is_analyzed_as_redshift_does(rd, schema):
+    # Redshift runs ANALYZE on what CREATE [TEMP] TABLE AS makes; without statistics PostgreSQL
+    # plans a join against the fresh table as a nested loop (the merge's key table: quadratic).
+    sid = rd.batch_execute_statement(Sqls=[
+        "CREATE TEMP TABLE keys AS SELECT a FROM generate_series(1, 1000) a",
+        f"CREATE TABLE {schema}.made (a) AS SELECT generate_series(1, 500)",
+        "SELECT relname::text, reltuples::int FROM pg_class WHERE relname IN ('keys', 'made') ORDER BY 1",
+    ], **TARGET)["Id"]
+    assert wait_done(rd, sid)["Status"] == "FINISHED"
+    got = {r[0]["stringValue"]: r[1]["longValue"] for r in records(rd, f"{sid}:3")}
+    assert got == {"keys": 1000, "made": 500}, got  # never analyzed would read -1
+    assert emu.created_as_select("CREATE TEMP TABLE k AS SELECT 1") and emu.created_as_select("create table t (a) as (select 1)")
+    assert not emu.created_as_select("CREATE TABLE t (a int, b text)") and not emu.created_as_select("CREATE TABLE x (LIKE y)")
