@@ -13,11 +13,11 @@ mod support;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use support::batches::{chunk, load, loaded, meta, reject, BUCKET};
 use support::warehouses::{Backend, Engine, Tuning};
-use wau_ingest::validate::{Reject, RowChunk};
+use wau_ingest::validate::Reject;
 use wau_ingest::warehouse::{
-    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, WauRow,
+    Admission, BatchReport, BatchSink, FileStatus, FileSummary, LedgerTotals, MergeReport, WauRow,
 };
 
 // ------------------------------------------------------------------------------------------
@@ -71,52 +71,6 @@ fn run(engine: Engine, tuning: Tuning, case: fn(&Backend)) {
 // ------------------------------------------------------------------------------------------
 // Helpers: file versions, rows and rejects as the pipeline hands them to a sink.
 
-const BUCKET: &str = "central";
-
-fn meta(key: &str, version: &str, seq: &str) -> FileMeta {
-    FileMeta {
-        bucket: BUCKET.into(),
-        key: key.into(),
-        version: version.into(),
-        sequencer: seq.into(),
-        size: 100,
-        event_time: Utc::now(),
-        contract_version: 1,
-    }
-}
-
-/// Rows (customer, event_id, user_id) on lines 2, 3, …, with a user agent that breaks naive
-/// CSV and SQL literals.
-fn chunk(rows: &[(&str, &str, &str)]) -> RowChunk {
-    let mut c = RowChunk::new(8);
-    for (i, (cust, id, user)) in rows.iter().enumerate() {
-        c.push_row(
-            &[
-                Some(cust),
-                Some(id),
-                Some("2026-11-23 10:00:00"),
-                Some(user),
-                None,
-                Some("login"),
-                None,
-                Some("agent, \"quoted\""),
-            ],
-            i as u64 + 2,
-        );
-    }
-    c
-}
-
-fn loaded(rows: u64, rejected: u64) -> FileSummary {
-    FileSummary {
-        status: FileStatus::Loaded,
-        rows_read: rows + rejected,
-        rows_loaded: rows,
-        rows_rejected: rejected,
-        reason: None,
-    }
-}
-
 fn rejected_whole(rows_read: u64, reason: &str) -> FileSummary {
     FileSummary {
         status: FileStatus::Rejected,
@@ -124,27 +78,6 @@ fn rejected_whole(rows_read: u64, reason: &str) -> FileSummary {
         rows_loaded: 0,
         rows_rejected: rows_read,
         reason: Some(reason.into()),
-    }
-}
-
-/// Admits `m` and, when it is to be loaded, loads `rows` and finishes it.
-fn load(sink: &mut dyn BatchSink, m: &FileMeta, rows: &[(&str, &str, &str)]) -> Admission {
-    let a = sink.admit(m, false).unwrap();
-    if a == Admission::Load {
-        sink.write_rows(&chunk(rows)).unwrap();
-        assert!(sink.finish_file(&loaded(rows.len() as u64, 0)).unwrap());
-    }
-    a
-}
-
-fn reject(line: u64, value: &str, raw: &str) -> Reject {
-    Reject {
-        line,
-        column: Some("user_email".into()),
-        rule: "format",
-        reason: "not an email address".into(),
-        value: Some(value.into()),
-        raw: Some(raw.into()),
     }
 }
 

@@ -9,17 +9,20 @@
 //! Needs the local stack: `eval "$(scripts/local-aws.sh up)"` (sets AWS_ENDPOINT_URL_S3 and
 //! AWS_ENDPOINT_URL_REDSHIFT_DATA). Without it the tests skip loudly, or fail when `CI` is set.
 
+mod support;
+
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use aws_sdk_s3::config::{Credentials, Region};
 use chrono::Utc;
+use support::batches::{chunk, load, loaded, meta, reject};
 use wau_ingest::config::{WarehouseConfig, WarehouseKind};
 use wau_ingest::contract::Contract;
 use wau_ingest::metrics::Metrics;
-use wau_ingest::validate::{Reject, RowChunk};
+use wau_ingest::validate::Reject;
 use wau_ingest::warehouse::redshift::RedshiftWarehouse;
-use wau_ingest::warehouse::{Admission, BatchSink, FileMeta, FileStatus, FileSummary, Warehouse};
+use wau_ingest::warehouse::{Admission, FileStatus, FileSummary, Warehouse};
 
 struct Stack {
     w: RedshiftWarehouse,
@@ -110,68 +113,6 @@ impl Stack {
             .into_iter()
             .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
             .collect()
-    }
-}
-
-fn meta(key: &str, version: &str, seq: &str) -> FileMeta {
-    FileMeta {
-        bucket: "central".into(),
-        key: key.into(),
-        version: version.into(),
-        sequencer: seq.into(),
-        size: 100,
-        event_time: Utc::now(),
-        contract_version: 1,
-    }
-}
-
-fn chunk(rows: &[(&str, &str, &str)]) -> RowChunk {
-    let mut c = RowChunk::new(8);
-    for (i, (cust, id, user)) in rows.iter().enumerate() {
-        c.push_row(
-            &[
-                Some(cust),
-                Some(id),
-                Some("2026-11-23 10:00:00"),
-                Some(user),
-                None,
-                Some("login"),
-                None,
-                Some("agent, \"quoted\""),
-            ],
-            i as u64 + 2,
-        );
-    }
-    c
-}
-
-fn loaded(rows: u64, rejected: u64) -> FileSummary {
-    FileSummary {
-        status: FileStatus::Loaded,
-        rows_read: rows + rejected,
-        rows_loaded: rows,
-        rows_rejected: rejected,
-        reason: None,
-    }
-}
-
-fn load(sink: &mut dyn BatchSink, m: &FileMeta, rows: &[(&str, &str, &str)]) -> Admission {
-    let a = sink.admit(m, false).unwrap();
-    if a == Admission::Load {
-        sink.write_rows(&chunk(rows)).unwrap();
-        assert!(sink.finish_file(&loaded(rows.len() as u64, 0)).unwrap());
-    }
-    a
-}
-
-fn reject(line: u64, value: &str, raw: &str) -> Reject {
-    Reject {
-        line,
-        column: Some("user_email".into()),
-        rule: "format",
-        reason: "not an email address".into(),
-        value: Some(value.into()),
-        raw: Some(raw.into()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! process, and waiting on conditions with deadlines instead of sleeping.
 #![allow(dead_code)]
 
+pub mod batches;
 pub mod warehouses;
 
 use std::collections::{BTreeMap, BTreeSet};
