@@ -39,7 +39,7 @@ use csv_core::ReadRecordResult;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Size of the one input buffer the file is read through.
-pub const INPUT_BUFFER_BYTES: usize = 64 * 1024;
+pub const INPUT_BUFFER_BYTES: usize = 256 * 1024;
 /// How many field bytes of a record over a limit are kept, for its reject's raw text.
 pub const KEPT_PREFIX_BYTES: usize = 4096;
 /// Where the parser writes the fields of a record over a limit (overwritten on every call).
