@@ -66,7 +66,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     let w = warehouse.clone();
     tokio::task::spawn_blocking(move || w.migrate()).await??;
 
-    // Set while the ingest loop backs off after a failure: /readyz then says why.
+    // Set while the ingest loop waits out a backoff after a failure: /readyz then says why.
     let backing_off: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     // /readyz: the ingest loop is not backing off, the store answers, the warehouse takes a query.
     let ready: http::ReadyCheck = {
@@ -146,10 +146,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
             },
         };
         match step {
-            Ok(()) => {
-                backoff = backoff_builder.build();
-                *backing_off.lock().expect("readiness lock") = None;
-            }
+            Ok(()) => backoff = backoff_builder.build(),
             Err(IngestError::Shutdown) => break,
             Err(IngestError::Warehouse(e)) if !e.class().retryable() => {
                 // A missing table, a wrong database, denied credentials, data the warehouse
@@ -181,6 +178,8 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
                 }
+                // Waiting is over: the next attempt says again whether it failed.
+                *backing_off.lock().expect("readiness lock") = None;
             }
         }
     }

@@ -302,22 +302,32 @@ async fn the_warehouse_down_for_thirty_seconds_loses_nothing() {
     let port = free_port();
     let mut emulator = PrivateEmulator::start(port);
     let endpoint = format!("http://127.0.0.1:{port}");
-    let mut svc = case.spawn_run("run.log", &[("AWS_ENDPOINT_URL_REDSHIFT_DATA", &endpoint)]);
+    let http = format!("127.0.0.1:{}", free_port());
+    let ready = || wau_ingest::http::probe(&http, "/readyz", Duration::from_secs(5));
+    let mut svc =
+        case.spawn_run("run.log", &[("AWS_ENDPOINT_URL_REDSHIFT_DATA", &endpoint), ("WAU_INGEST_HTTP_LISTEN", &http)]);
     let written = versions(40);
     for v in &written[..20] {
         put_version(&case, v).await;
     }
     assert!(eventually(Duration::from_secs(60), || settled(&case, 20)).await, "first half\n{}", case.log("run.log"));
+    assert_eq!(ready().await, Ok(()), "ready before the outage");
     emulator.stop();
     for v in &written[20..] {
         put_version(&case, v).await;
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = ready().await;
+    assert!(during.is_err(), "not ready while the warehouse is down: {during:?}");
     let _emulator = PrivateEmulator::start(port);
     assert!(
         eventually(Duration::from_secs(120), || settled(&case, 40)).await,
         "second half after the outage\n{}",
         case.log("run.log")
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || async { ready().await.is_ok() }).await,
+        "ready again once the warehouse answers and a step succeeded"
     );
     signal(&svc, "TERM");
     assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());

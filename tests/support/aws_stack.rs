@@ -216,8 +216,13 @@ impl Case {
     /// Starts `wau-ingest run` with JSON logs appended to `log` in the case's folder.
     pub fn spawn_run(&self, log: &str, extra: &[(&str, &str)]) -> Service {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(log)).unwrap();
+        // `WAU_INGEST_HTTP_LISTEN` among `extra` chooses the address (to probe it); else any free port.
+        let listen = extra
+            .iter()
+            .find(|(k, _)| *k == "WAU_INGEST_HTTP_LISTEN")
+            .map_or_else(|| format!("127.0.0.1:{}", free_port()), |(_, v)| v.to_string());
         let mut cmd = Command::new(BIN);
-        cmd.args(["--log-format", "json", "run", "--http-listen", &format!("127.0.0.1:{}", free_port())])
+        cmd.args(["--log-format", "json", "run", "--http-listen", &listen])
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
             .envs(self.service_env())
