@@ -597,6 +597,55 @@ impl<'a> Sql<'a> {
         .collect()
     }
 
+    /// The merge as SQLite runs it: [`Sql::merge`] with one dialect difference, the winner
+    /// selection ([`Sql::insert_winners_sqlite`]); every other step is the shared text.
+    pub fn merge_sqlite(&self) -> Vec<MergeStep> {
+        self.merge()
+            .into_iter()
+            .map(|s| match s.kind {
+                MergeStepKind::InsertWinners => MergeStep { kind: s.kind, sql: self.insert_winners_sqlite() },
+                _ => s,
+            })
+            .collect()
+    }
+
+    /// The InsertWinners step for SQLite, as an anti-join instead of `ROW_NUMBER()` over every
+    /// candidate: a candidate wins when no current-version row of its key orders after it by
+    /// (sequencer, batch, line, file key), the order of the shared text, compared as one row
+    /// value (SQLite ≥ 3.15; every column of it is NOT NULL). The version closes the order so
+    /// that exactly one row per key passes even where the shared order ties (two versions of
+    /// one key with one sequencer in one batch), where ROW_NUMBER() picks either. Each probe is
+    /// a walk of the key's few rows in the staging key index, not a sort of all candidates; a
+    /// key with one candidate is settled in the index (its only entry is the row itself, by
+    /// rowid). Winners go in in key order (the key index of the key set), as the target stores
+    /// them.
+    pub fn insert_winners_sqlite(&self) -> String {
+        let t = self.t;
+        let k = Self::MERGE_KEYS;
+        let cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
+        let s_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
+        format!(
+            "INSERT INTO {target} ({cols}, _file_key, _file_version, _line, _loaded_at)\n\
+             SELECT {s_cols}, s._file_key, s._file_version, s._line, :merged_at\n\
+             FROM {k} k CROSS JOIN {st} s CROSS JOIN {files} f\n\
+             WHERE {km} AND {join} AND f.status = '{LOADED}'\n\
+             \x20 AND NOT EXISTS (SELECT 1 FROM {st} s2 CROSS JOIN {files} f2\n\
+             \x20   WHERE {km2} AND s2.rowid <> s.rowid AND {join2} AND f2.status = '{LOADED}'\n\
+             \x20   AND (f2.sequencer, f2.batch_id, s2._line, s2._file_key, s2._file_version) > (f.sequencer, f.batch_id, s._line, s._file_key, s._file_version))\n\
+             ORDER BY {k_cols}",
+            target = t.target,
+            cols = cols.join(", "),
+            s_cols = s_cols.join(", "),
+            st = t.staging,
+            files = t.files,
+            km = self.key_match("k", "s"),
+            join = self.staging_joins_ledger("s", "f"),
+            km2 = self.key_match("s2", "s"),
+            k_cols = self.contract.dedupe_key.iter().map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", "),
+            join2 = self.staging_joins_ledger("s2", "f2"),
+        )
+    }
+
     /// The first statement of every writing transaction on Redshift and PostgreSQL (commits and
     /// merges, in the service and in the Glue job). Under SNAPSHOT isolation, Redshift's default,
     /// two transactions that insert the same new ledger row both pass the `WHERE NOT EXISTS`

@@ -30,6 +30,9 @@ pub struct SqliteWarehouse {
     merging: Mutex<Option<rusqlite::InterruptHandle>>,
     /// Where statement latency goes (the service's registry), when given.
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// Merge with the shared SQL text ([`Sql::merge`]) instead of SQLite's own winner
+    /// selection ([`Sql::merge_sqlite`]): for the differential test.
+    shared_merge: bool,
 }
 
 pub fn now_text() -> String {
@@ -76,6 +79,7 @@ impl SqliteWarehouse {
             reader: Mutex::new(None),
             merging: Mutex::new(None),
             metrics: None,
+            shared_merge: false,
         })
     }
 
@@ -86,8 +90,24 @@ impl SqliteWarehouse {
         self
     }
 
+    /// Merges with the shared SQL text, the `ROW_NUMBER()` winner selection every engine runs,
+    /// instead of SQLite's anti-join: what `tests/merge_differential.rs` compares against.
+    #[doc(hidden)]
+    pub fn with_shared_merge(mut self) -> SqliteWarehouse {
+        self.shared_merge = true;
+        self
+    }
+
     fn sql(&self) -> Sql<'_> {
         Sql::new(Dialect::Sqlite, &self.contract, &self.tables)
+    }
+
+    fn merge_steps(&self) -> Vec<super::sql::MergeStep> {
+        if self.shared_merge {
+            self.sql().merge()
+        } else {
+            self.sql().merge_sqlite()
+        }
     }
 
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, WarehouseError>) -> Result<T, WarehouseError> {
@@ -124,7 +144,7 @@ impl SqliteWarehouse {
             let now = now_text();
             // Statements in order; the target's delete and insert counts feed the history row.
             let (mut deleted, mut inserted) = (0i64, 0i64);
-            for step in sql.merge() {
+            for step in self.merge_steps() {
                 let stmt = step.sql;
                 let started = std::time::Instant::now();
                 let n = exec_named(
@@ -608,7 +628,10 @@ mod tests {
         let merge: Vec<String> = sql.merge().into_iter().map(|s| s.sql).collect();
         conn.execute_batch(&merge[0]).unwrap();
         conn.execute_batch(&merge[1]).unwrap();
-        for stmt in &merge[2..merge.len() - 1] {
+        // The shared statements and SQLite's own winner selection.
+        let own = sql.insert_winners_sqlite();
+        assert!(sql.merge_sqlite().iter().any(|s| s.kind == MergeStepKind::InsertWinners && s.sql == own));
+        for stmt in merge[2..merge.len() - 1].iter().chain([&own]) {
             let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {stmt}")).unwrap();
             let mut rows = plan.raw_query();
             let mut steps: Vec<String> = Vec::new();
@@ -616,8 +639,8 @@ mod tests {
                 steps.push(r.get(3).unwrap());
             }
             for step in &steps {
-                // `s` is staging's alias in the merge text; an index walked whole is a scan too.
-                for table in ["wau_audit_logs", "wau_audit_logs_staging", "s"] {
+                // `s` and `s2` are staging's aliases in the merge text; an index walked whole is a scan too.
+                for table in ["wau_audit_logs", "wau_audit_logs_staging", "s", "s2"] {
                     let scan = format!("SCAN {table}");
                     assert!(
                         !(step == &scan || step.starts_with(&format!("{scan} "))),
