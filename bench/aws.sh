@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The AWS-path benchmark (not a test): a private local stack (moto + the Data API emulator over
 # PostgreSQL) on free ports, a release build of wau-ingest, then bench/aws_bench.py:
-# 200 files x 5000 rows end to end against the limit measured in the same run (the same objects
-# read from the S3 endpoint + PostgreSQL COPY FROM STDIN of the same rows), and the
+# 200 files x 5000 rows end to end against references measured in the same run on the same
+# objects: (a) one Data API COPY of every raw object under the prefix, (b) a per-notification
+# loader (4 workers: receive, Data API COPY of that object, poll, delete), and the limit (the same
+# objects read from the S3 endpoint + PostgreSQL COPY FROM STDIN of the same rows); then the
 # event -> staging-commit lag p50/p99 under that load.
 #
 #   bash bench/aws.sh                    # BENCH_FILES, BENCH_ROWS, BENCH_BATCH_MAX_AGE_SECS to vary

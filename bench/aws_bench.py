@@ -1,13 +1,23 @@
 """The AWS-path benchmark (not a test), run by bench/aws.sh on the local stack.
 
-Measures, in one run on one machine:
-  limit  = reading the same N objects from the S3 endpoint (boto3, sequentially)
-         + PostgreSQL COPY FROM STDIN of the same rows into a table of the same columns
-  e2e    = `wau-ingest run` started on a queue already holding the N notifications, until the
-           ledger (in PostgreSQL, behind the Data API emulator) records N loaded files
-  lag    = with the service already running, N uploads as fast as they go: per file, the
-           ledger's loaded_at (staging commit) minus the S3 eventTime; p50 and p99
-and prints the ratio e2e / limit (goal: at most 1.3).
+Measures, in one run on one machine, on the same N raw objects:
+  bulk     = reference (a), the engine's own bulk load: one Data API ExecuteStatement
+             `COPY ref_bulk FROM 's3://bucket/csv/' ... CSV IGNOREHEADER 1` of every raw object
+             under the prefix into a plain table, polled to completion; no validation, no ledger
+  per-file = reference (b), the loader a team writes instead of this service: 4 worker threads,
+             each receiving one notification at a time from a queue that holds the N
+             notifications of the same objects, running one Data API COPY of that object into a
+             plain table, polling it to completion, then deleting the message; timed from the
+             first receive to the last delete
+  limit    = reading the same N objects from the S3 endpoint (boto3, sequentially)
+           + PostgreSQL COPY FROM STDIN of the same rows into a table of the same columns
+  e2e      = `wau-ingest run` started on a queue already holding the N notifications, until the
+             ledger (in PostgreSQL, behind the Data API emulator) records N loaded files
+  lag      = with the service already running, N uploads as fast as they go: per file, the
+             ledger's loaded_at (staging commit) minus the S3 eventTime; p50 and p99
+and prints the time ratios e2e / bulk (goal at most 1.5), e2e / per-file (goal at most 0.75) and
+e2e / limit (goal at most 1.3). Both Data API references poll DescribeStatement as the service does (from 20 ms,
+x1.5 per poll, up to 250 ms).
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -32,10 +44,14 @@ from botocore.config import Config
 
 HEADER = "customer,event_id,event_time,user_id,user_email,event_type,source_ip,user_agent"
 PG = os.environ.get("WAU_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
-REF_DDL = """CREATE TABLE ref_load (
+REF_COLUMNS = """(
   customer VARCHAR(64) NOT NULL, event_id VARCHAR(128) NOT NULL, event_time TIMESTAMPTZ NOT NULL,
   user_id VARCHAR(256) NOT NULL, user_email VARCHAR(320), event_type VARCHAR(64) NOT NULL,
   source_ip VARCHAR(45), user_agent VARCHAR(1024))"""
+REF_DDL = "CREATE TABLE ref_load " + REF_COLUMNS
+COPY_ROLE = "arn:aws:iam::123456789012:role/bench"
+WORKGROUP = "bench"
+PER_FILE_WORKERS = 4
 
 
 def make_file(i: int, rows: int) -> bytes:
@@ -60,19 +76,27 @@ def percentile(xs: list[float], p: float) -> float:
 class Case:
     """A bucket with notifications to a queue, and a database, all fresh."""
 
-    def __init__(self, tag: str):
+    def __init__(self, tag: str, reference_queue: bool = False):
+        """With reference_queue, a second queue (`self.reference_queue`) gets the same bucket's
+        notifications, for the per-file loader (as two subscribers of an SNS topic would)."""
         self.name = f"bench{tag}{uuid.uuid4().hex[:8]}"
         cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5})
         self.s3 = boto3.client("s3", config=cfg)
         self.sqs = boto3.client("sqs")
         self.s3.create_bucket(Bucket=self.name)
         self.queue = self.sqs.create_queue(QueueName=self.name, Attributes={"VisibilityTimeout": "120"})["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queues = [self.queue]
+        if reference_queue:
+            self.reference_queue = self.sqs.create_queue(
+                QueueName=self.name + "-ref", Attributes={"VisibilityTimeout": "120"})["QueueUrl"]
+            queues.append(self.reference_queue)
+        arns = [self.sqs.get_queue_attributes(QueueUrl=q, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+                for q in queues]
         self.s3.put_bucket_notification_configuration(
             Bucket=self.name,
             NotificationConfiguration={"QueueConfigurations": [{
                 "QueueArn": arn, "Events": ["s3:ObjectCreated:*"],
-                "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "csv/"}]}}}]},
+                "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "csv/"}]}}} for arn in arns]},
         )
         with psycopg.connect(PG, autocommit=True) as c:
             c.execute(f"CREATE DATABASE {self.name}")
@@ -98,8 +122,8 @@ class Case:
                 out[f"statement_{op}_n"] = float(line.split()[1])
         return out
 
-    def visible(self) -> int:
-        a = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["ApproximateNumberOfMessages"])
+    def visible(self, queue: str | None = None) -> int:
+        a = self.sqs.get_queue_attributes(QueueUrl=queue or self.queue, AttributeNames=["ApproximateNumberOfMessages"])
         return int(a["Attributes"]["ApproximateNumberOfMessages"])
 
     def loaded(self) -> int:
@@ -116,10 +140,10 @@ class Case:
             "WAU_INGEST_SOURCE_QUEUE_URL": self.queue,
             "WAU_INGEST_SOURCE_BUCKET": self.name,
             "WAU_INGEST_WAREHOUSE_KIND": "redshift",
-            "WAU_INGEST_WAREHOUSE_WORKGROUP_NAME": "bench",
+            "WAU_INGEST_WAREHOUSE_WORKGROUP_NAME": WORKGROUP,
             "WAU_INGEST_WAREHOUSE_DATABASE": self.name,
             "WAU_INGEST_WAREHOUSE_STAGING_URI": f"s3://{self.name}/staging/",
-            "WAU_INGEST_WAREHOUSE_COPY_ROLE_ARN": "arn:aws:iam::123456789012:role/bench",
+            "WAU_INGEST_WAREHOUSE_COPY_ROLE_ARN": COPY_ROLE,
             "WAU_INGEST_MERGE_INTERVAL_SECS": "0",
             "WAU_INGEST_RECONCILE_SCHEDULE_UTC": "",
             "WAU_INGEST_HTTP_LISTEN": f"127.0.0.1:{self.port}",
@@ -128,6 +152,80 @@ class Case:
         })
         return subprocess.Popen([bin_path, "--log-format", "json", "run"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=open(log, "ab"))
+
+
+def run_statement(data_api, database: str, sql: str) -> dict:
+    """One Data API ExecuteStatement, polled to its end as the service polls (20 ms, x1.5, <= 250 ms)."""
+    sid = data_api.execute_statement(WorkgroupName=WORKGROUP, Database=database, Sql=sql)["Id"]
+    delay = 0.02
+    while True:
+        d = data_api.describe_statement(Id=sid)
+        if d["Status"] == "FINISHED":
+            return d
+        if d["Status"] in ("FAILED", "ABORTED"):
+            sys.exit(f"reference statement {d['Status']}: {d.get('Error')}\n{sql}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+def copy_sql(table: str, url: str) -> str:
+    return f"COPY {table} FROM '{url}' IAM_ROLE '{COPY_ROLE}' CSV IGNOREHEADER 1"
+
+
+def bulk_copy(case: Case) -> float:
+    """Reference (a): one COPY of every raw object under csv/ into a plain table; seconds."""
+    data_api = boto3.client("redshift-data")
+    run_statement(data_api, case.name, "CREATE TABLE ref_bulk " + REF_COLUMNS)
+    t = time.monotonic()
+    run_statement(data_api, case.name, copy_sql("ref_bulk", f"s3://{case.name}/csv/"))
+    return time.monotonic() - t
+
+
+def per_file_loader(case: Case, n: int, timeout: float) -> float:
+    """Reference (b): 4 workers consume the reference queue's notifications, one COPY of the
+    notified object each (polled to its end), then delete the message; seconds until n objects
+    are loaded and their messages deleted."""
+    run_statement(boto3.client("redshift-data"), case.name, "CREATE TABLE ref_per_file " + REF_COLUMNS)
+    lock = threading.Lock()
+    loaded: list[str] = []  # keys whose message is deleted
+    errors: list[BaseException] = []
+    finished: list[float] = []
+    deadline = time.monotonic() + timeout
+
+    def worker() -> None:
+        sqs, data_api = boto3.client("sqs"), boto3.client("redshift-data")
+        try:
+            while time.monotonic() < deadline and not errors:
+                with lock:
+                    if len(loaded) >= n:
+                        return
+                got = sqs.receive_message(QueueUrl=case.reference_queue, MaxNumberOfMessages=1, WaitTimeSeconds=1)
+                for m in got.get("Messages", []):
+                    keys = []
+                    for rec in json.loads(m["Body"]).get("Records", []):  # s3:TestEvent has none
+                        bucket = rec["s3"]["bucket"]["name"]
+                        key = urllib.parse.unquote_plus(rec["s3"]["object"]["key"])
+                        run_statement(data_api, case.name, copy_sql("ref_per_file", f"s3://{bucket}/{key}"))
+                        keys.append(key)
+                    sqs.delete_message(QueueUrl=case.reference_queue, ReceiptHandle=m["ReceiptHandle"])
+                    with lock:
+                        loaded.extend(keys)
+                        if keys and len(loaded) == n:
+                            finished.append(time.monotonic())
+        except BaseException as e:  # noqa: BLE001 (re-raised in the main thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(PER_FILE_WORKERS)]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    if len(loaded) != n or len(set(loaded)) != n or not finished:
+        sys.exit(f"the per-file loader loaded {len(loaded)} objects ({len(set(loaded))} distinct), expected {n}")
+    return finished[0] - t
 
 
 def wait_loaded(case: Case, n: int, proc: subprocess.Popen, timeout: float) -> None:
@@ -161,12 +259,22 @@ def main() -> int:
     print(f"{n} files x {rows} rows, {total_bytes / 1e6:.1f} MB; logs in {logdir}", flush=True)
 
     # --- e2e: the notifications are queued before the service starts --------------------
-    case = Case("e2e")
+    case = Case("e2e", reference_queue=True)
     for i, body in enumerate(files):
         case.s3.put_object(Bucket=case.name, Key=f"csv/cust{i % 4}/f{i:04d}.csv", Body=body)
     deadline = time.monotonic() + 60
-    while case.visible() < n and time.monotonic() < deadline:
+    while (case.visible() < n or case.visible(case.reference_queue) < n) and time.monotonic() < deadline:
         time.sleep(0.1)
+
+    # --- reference (a): one Data API COPY of every raw object under the prefix ------------------
+    bulk = bulk_copy(case)
+    # --- reference (b): a per-notification COPY loader with 4 workers on its own queue ---------
+    per_file = per_file_loader(case, n, 1800)
+    with psycopg.connect(case.dsn) as c:
+        for table in ("ref_bulk", "ref_per_file"):
+            got = c.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            if got != n * rows:
+                sys.exit(f"{table} holds {got} rows, expected {n * rows}")
 
     # --- the limit: the same objects read from S3, the same rows COPYed into PostgreSQL ---
     t = time.monotonic()
@@ -212,6 +320,8 @@ def main() -> int:
 
     result = {
         "files": n, "rows_per_file": rows, "mb": round(total_bytes / 1e6, 1),
+        "bulk_copy_s": round(bulk, 2), "per_file_copy_s": round(per_file, 2),
+        "ratio_bulk": round(e2e / bulk, 2), "ratio_per_file": round(e2e / per_file, 2),
         "s3_read_s": round(s3_read, 2), "pg_copy_s": round(pg_copy, 2), "limit_s": round(limit, 2),
         "e2e_s": round(e2e, 2), "ratio": round(e2e / limit, 2), "e2e_rows_per_s": round(n * rows / e2e),
         "lag_upload_s": round(upload, 2), "lag_p50_s": round(percentile(lags, 50), 2),
@@ -220,9 +330,14 @@ def main() -> int:
         "service_timings": {k: round(v, 2) for k, v in spent.items()},
     }
     print(f"""
-reference (same run):  S3 GetObject of {n} objects {s3_read:.2f} s + PostgreSQL COPY FROM STDIN {pg_copy:.2f} s = limit {limit:.2f} s
-end to end:            wau-ingest run, {n} queued notifications → {n} files in staging: {e2e:.2f} s ({n * rows / e2e:,.0f} rows/s)
-ratio e2e / limit:     {e2e / limit:.2f}   (goal <= 1.3)
+reference (a) bulk COPY:            one Data API COPY of all {n} raw objects under s3://…/csv/ (CSV IGNOREHEADER 1) into a plain table, no validation, no ledger: {bulk:.2f} s
+reference (b) per-file COPY loader: {PER_FILE_WORKERS} workers, per queued notification one Data API COPY of that object, polled to completion, then the message deleted: {per_file:.2f} s
+reference limit:                   S3 GetObject of {n} objects {s3_read:.2f} s + PostgreSQL COPY FROM STDIN {pg_copy:.2f} s = {limit:.2f} s
+end to end:                        wau-ingest run, {n} queued notifications → {n} files in staging: {e2e:.2f} s ({n * rows / e2e:,.0f} rows/s)
+ratios of seconds, ours ÷ the reference's (< 1: ours is faster):
+end-to-end / bulk COPY            = {e2e / bulk:.2f}   (goal <= 1.5)
+end-to-end / per-file COPY loader = {e2e / per_file:.2f}   (goal <= 0.75)
+end-to-end / limit                = {e2e / limit:.2f}   (goal <= 1.3)
 inside the service:    {spent.get("batch_commit_seconds_count", 0):.0f} commits took {spent.get("batch_commit_seconds_sum", 0):.2f} s; Data API statements by operation (s, count): {
     {k: v for k, v in sorted(spent.items()) if k.startswith("statement_")}}
 event → staging lag:   p50 {result['lag_p50_s']} s, p99 {result['lag_p99_s']} s over {n} uploads in {upload:.1f} s (batch.max_age_secs {result['batch_max_age_s']})

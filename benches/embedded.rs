@@ -4,9 +4,12 @@
 //!   raw CSV parse MB/s (csv-async byte records, nothing else),
 //!   validate MB/s (the contract's rules, rows counted and dropped),
 //!   end-to-end embedded ingest rows/s (file → staging → ledger → merged target),
-//!   the reference: the sqlite3 CLI's `.import --csv` of the same file into a table with the
-//!   same columns, and the ratios. Then peak RSS of the release binary ingesting a ~1 GiB file.
-//! Goals: end-to-end ≥ 0.5× `.import`; validate ≥ 0.5× raw parse; peak RSS ≤ 100 MiB.
+//!   two references on the same file: the sqlite3 CLI's `.import --csv` into a table with the
+//!   same columns, and the naive Python loader (`bench/naive_loader.py`: csv + executemany into
+//!   such a table, one transaction, no validation), and the ratios. Then peak RSS of the release
+//!   binary ingesting a ~1 GiB file.
+//! Goals: end-to-end ≥ 0.5× `.import` and ≥ 1.5× the naive loader (throughput: the reference's
+//! seconds ÷ ours); validate ≥ 0.5× raw parse; peak RSS ≤ 100 MiB.
 //!
 //! Environment: BENCH_ROWS (default 1000000), BENCH_RSS_BYTES (default 1 GiB; 0 skips),
 //! BENCH_DIR (default a temporary folder), BENCH_PARSE_ONLY (stop after parse and validate).
@@ -117,6 +120,19 @@ fn sqlite_import(path: &Path, db: &Path) -> Duration {
     took
 }
 
+/// `python3 bench/naive_loader.py FILE DB`: the loader a team writes instead (see that file).
+fn naive_loader(path: &Path, db: &Path, rows: u64) -> Duration {
+    let _ = std::fs::remove_file(db);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/naive_loader.py");
+    let started = Instant::now();
+    let out = Command::new("python3").arg(&script).arg(path).arg(db).output().expect("python3 is needed");
+    let took = started.elapsed();
+    assert!(out.status.success(), "naive loader failed: {}", String::from_utf8_lossy(&out.stderr));
+    let inserted: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(inserted, rows, "the naive loader inserts every row, bad ones too");
+    took
+}
+
 /// Runs `cmd` to completion, sampling its peak RSS (VmHWM) as it goes; returns bytes.
 fn run_sampling_rss(cmd: &mut Command) -> u64 {
     let mut child = cmd.stdout(std::process::Stdio::null()).spawn().unwrap();
@@ -189,6 +205,7 @@ fn main() {
         return;
     }
     let import = sqlite_import(&file, &dir.join("import.sqlite"));
+    let naive = naive_loader(&file, &dir.join("naive.sqlite"), rows);
     let db = dir.join("e2e.sqlite");
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
@@ -199,6 +216,7 @@ fn main() {
     let raw_mbs = mb(size) / raw.as_secs_f64();
     let val_mbs = mb(size) / val.as_secs_f64();
     let import_rps = rows as f64 / import.as_secs_f64();
+    let naive_rps = rows as f64 / naive.as_secs_f64();
     let e2e_rps = rows as f64 / e2e.as_secs_f64();
     println!();
     println!("{:<44} {:>10} {:>14}", "measure", "seconds", "rate");
@@ -207,14 +225,22 @@ fn main() {
     println!("{:<44} {:>10.2} {:>9.0} rows/s", "reference: sqlite3 .import --csv", import.as_secs_f64(), import_rps);
     println!(
         "{:<44} {:>10.2} {:>9.0} rows/s",
+        "reference: naive loader (csv + executemany)",
+        naive.as_secs_f64(),
+        naive_rps
+    );
+    println!(
+        "{:<44} {:>10.2} {:>9.0} rows/s",
         "end-to-end: load (hash, validate, stage, ledger)",
         load_time.as_secs_f64(),
         rows as f64 / load_time.as_secs_f64()
     );
     println!("{:<44} {:>10.2} {:>9.0} rows/s", "end-to-end: load + merge into the target", e2e.as_secs_f64(), e2e_rps);
     println!();
-    println!("validate / raw parse      = {:.2}  (goal ≥ 0.5)", val_mbs / raw_mbs);
-    println!("end-to-end / .import      = {:.2}  (goal ≥ 0.5)", e2e_rps / import_rps);
+    println!("ratios of throughput (the reference's seconds ÷ ours; > 1: ours is faster; end-to-end = load + merge):");
+    println!("validate / raw parse          = {:.2}  (goal ≥ 0.5)", val_mbs / raw_mbs);
+    println!("end-to-end / .import          = {:.2}  (goal ≥ 0.5)", e2e_rps / import_rps);
+    println!("end-to-end / naive loader     = {:.2}  (goal ≥ 1.5)", e2e_rps / naive_rps);
 
     if rss_bytes > 0 {
         let big = inbox.join("csv/acme/big.csv");
