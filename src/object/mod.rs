@@ -118,6 +118,7 @@ pub fn decoded(
         Box::new(Limited {
             inner: decoder,
             left: cap,
+            passed: false,
             rule: "gzip_bomb",
             reason: format!(
                 "gzip {} expands past {} bytes ({}× its compressed size or the file limit)",
@@ -128,6 +129,7 @@ pub fn decoded(
         Box::new(Limited {
             inner: counted,
             left: limits.max_file_bytes,
+            passed: false,
             rule: "too_large",
             reason: format!("{} is larger than {} bytes", obj.key, limits.max_file_bytes),
         })
@@ -161,21 +163,34 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
 struct Limited<R> {
     inner: R,
     left: u64,
+    /// The limit was passed: the bytes up to it were handed out, the next read is the verdict.
+    passed: bool,
     rule: &'static str,
     reason: String,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Limited<R> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let verdict = |l: &Limited<R>| {
+            Poll::Ready(Err(std::io::Error::other(FileVerdict { rule: l.rule, reason: l.reason.clone() })))
+        };
+        if self.passed {
+            return verdict(&self);
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &res {
             let n = (buf.filled().len() - before) as u64;
             if n > self.left {
-                // An erroring read must not hand out bytes.
-                buf.set_filled(before);
-                let err = FileVerdict { rule: self.rule, reason: self.reason.clone() };
-                return Poll::Ready(Err(std::io::Error::other(err)));
+                // The bytes up to the limit go out first, so the reader reaches the line where
+                // the limit struck; the next read is the verdict, whatever the stream holds.
+                buf.set_filled(before + self.left as usize);
+                self.passed = true;
+                if self.left == 0 {
+                    return verdict(&self);
+                }
+                self.left = 0;
+                return Poll::Ready(Ok(()));
             }
             self.left -= n;
         }
@@ -233,6 +248,30 @@ mod tests {
             assert_eq!(read_all(&mut r).await.unwrap(), plain);
             assert_eq!(count.load(Ordering::Relaxed), z.len() as u64);
         }
+    }
+
+    #[tokio::test]
+    async fn the_bytes_up_to_the_limit_come_first_then_the_verdict_even_at_the_end() {
+        // 10 bytes over a limit of 6, all in one read: 6 bytes, then the verdict (not EOF).
+        let s = ObjectStream {
+            reader: Box::new(std::io::Cursor::new(b"header\nrow".to_vec())),
+            content_encoding: None,
+            read_version: None,
+        };
+        let limits = ReadLimits { max_file_bytes: 6, ..Default::default() };
+        let mut r = decoded(s, &obj("f.csv", 10), limits, Arc::default());
+        let mut got = Vec::new();
+        let err = loop {
+            let mut chunk = [0u8; 64];
+            match r.read(&mut chunk).await {
+                Ok(0) => panic!("the stream ended without the verdict after {got:?}"),
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got, b"header");
+        assert_eq!(err.get_ref().unwrap().downcast_ref::<FileVerdict>().unwrap().rule, "too_large");
+        assert!(r.read(&mut [0u8; 8]).await.is_err(), "and stays the verdict");
     }
 
     #[tokio::test]
