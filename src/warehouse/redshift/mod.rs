@@ -2,10 +2,10 @@
 //! staging by `COPY … MANIFEST` from gzip CSV parts in S3.
 //!
 //! What it owns: the Data API statement runner (submit, poll, retry, results), the S3 staging
-//! objects of open batches, and the rendering of values into SQL text. The SQL itself comes
-//! from [`super::sql`] (Redshift dialect); the few statements written here are the set-wise
-//! forms of the shared per-file ledger statements, because a batch holds at most 40 statements
-//! and one micro-batch may hold hundreds of files.
+//! objects of open batches, and the rendering of values into SQL text. Every statement comes
+//! from [`super::sql`] (Redshift dialect), the commit's set-wise forms of the per-file ledger
+//! statements included (a batch holds at most 40 statements, and one micro-batch may hold
+//! hundreds of files).
 //!
 //! # A micro-batch
 //!
@@ -23,15 +23,17 @@
 //!   `<staging_uri><batch id>/rejects-NNNNN.csv.gz` parts cut at the row parts' size and
 //!   uploaded as they are cut. Those parts are the file's, like its row parts, and go with it.
 //! * `commit` uploads a manifest, then runs ONE BatchExecuteStatement (one transaction):
-//!   the batch's ledger rows into a temporary table, the replaced-version marks of forced
-//!   reloads, the ledger insert guarded by `WHERE NOT EXISTS`, the supersede marks, `COPY`
-//!   of staging, the removal of staged rows whose version did not get its ledger row in this
+//!   `LOCK wau_ingest_lock` first (the writers' lock, before anything takes the snapshot: see
+//!   docs/design.md, Isolation), the batch's ledger rows into a temporary table, the
+//!   replaced-version marks of forced reloads, the ledger insert guarded by `WHERE NOT EXISTS`,
+//!   the supersede marks both ways (older versions this batch outdates; versions of this batch
+//!   another writer outdated meanwhile), `COPY` of staging, the removal of staged rows whose version did not get its ledger row in this
 //!   batch (another writer recorded it first), the reject rows, and the same removal for them.
 //!   The reject rows go in as VALUES when none were spilled and they fit the batch, else ALL
 //!   of them by one COPY from a manifest naming the spilled parts and one last part holding
 //!   the rejects still in memory (a batch never loads rejects both ways).
-//!   A serialization conflict (Redshift error 1023) reruns the whole batch. After the batch
-//!   ended, its staging objects are deleted (best effort).
+//!   A concurrency conflict (either of Redshift's texts) reruns the whole batch. After the
+//!   batch ended, its staging objects are deleted (best effort).
 //! * `commit_begin` does the same in two steps: it uploads and submits, and returns a
 //!   [`PendingCommit`] that polls the statement to its end (rerunning it on a conflict), deletes
 //!   the staging objects and reports. Meanwhile the next batch opens; until the commit is known
