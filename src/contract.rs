@@ -467,8 +467,7 @@ fn in_range(col: &Column, stored: &str) -> Result<(), ValueError> {
         }
     }
     if let Some(ahead) = col.max_future_secs {
-        let horizon = horizon_text(ahead);
-        if stored > horizon.as_str() {
+        if let Some(horizon) = past_horizon(ahead, stored) {
             return Err(ValueError::OutOfRange {
                 bound: format!("more than {ahead} s in the future (after {horizon})"),
             });
@@ -477,8 +476,10 @@ fn in_range(col: &Column, stored: &str) -> Result<(), ValueError> {
     Ok(())
 }
 
-/// Now plus `ahead` seconds in the stored form, recomputed at most once a second per thread.
-fn horizon_text(ahead: u64) -> String {
+/// The horizon (now plus `ahead` seconds, in the stored form) when `stored` lies past it. The
+/// horizon is recomputed at most once a second per thread and compared in place: nothing is
+/// allocated for a value within it (this runs for every row).
+fn past_horizon(ahead: u64, stored: &str) -> Option<String> {
     use std::cell::RefCell;
     thread_local! {
         static CACHE: RefCell<(i64, u64, String)> = const { RefCell::new((i64::MIN, 0, String::new())) };
@@ -492,7 +493,7 @@ fn horizon_text(ahead: u64) -> String {
                 .filter(|t| t.year() <= 9999);
             *c = (now, ahead, at.map_or_else(|| "9999-12-31 23:59:59.999999".to_string(), format_timestamp));
         }
-        c.2.clone()
+        (stored > c.2.as_str()).then(|| c.2.clone())
     })
 }
 

@@ -161,6 +161,11 @@ pub mod rejects_table {
 /// Provenance columns staging rows carry after the contract columns.
 pub const STAGING_PROVENANCE: [&str; 4] = ["_file_key", "_file_version", "_line", "_batch_id"];
 
+/// A key's winner among its candidate rows (staging `s` joined to its ledger row `f`): the
+/// newest sequencer, then the latest batch, then the last line, then the file key. Both merge
+/// forms (the shared `ROW_NUMBER()` text and SQLite's anti-join) are built from it.
+const WINNER_ORDER: [&str; 4] = ["f.sequencer", "f.batch_id", "s._line", "s._file_key"];
+
 /// What one statement of [`Sql::merge`] does, so callers find a step by its role, not its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeStepKind {
@@ -562,7 +567,7 @@ impl<'a> Sql<'a> {
                 "INSERT INTO {target} ({cols}, _file_key, _file_version, _line, _loaded_at)\n\
                  SELECT {cols}, _file_key, _file_version, _line, :merged_at FROM (\n\
                  \x20 SELECT {s_cols}, s._file_key, s._file_version, s._line,\n\
-                 \x20   ROW_NUMBER() OVER (PARTITION BY {key_cols} ORDER BY f.sequencer DESC, f.batch_id DESC, s._line DESC, s._file_key DESC) AS rn\n\
+                 \x20   ROW_NUMBER() OVER (PARTITION BY {key_cols} ORDER BY {newest_first}) AS rn\n\
                  \x20 FROM {k} k CROSS JOIN {st} s CROSS JOIN {files} f\n\
                  \x20 WHERE {km} AND {join} AND f.status = '{LOADED}'\n\
                  ) w WHERE w.rn = 1",
@@ -573,6 +578,7 @@ impl<'a> Sql<'a> {
                 files = t.files,
                 km = self.key_match("k", "s"),
                 join = self.staging_joins_ledger("s", "f"),
+                newest_first = WINNER_ORDER.iter().map(|c| format!("{c} DESC")).collect::<Vec<_>>().join(", "),
             )),
             // Only the batches that hold superseded or replaced loads are visited.
             (MergeStepKind::DropSuperseded, format!(
@@ -631,7 +637,7 @@ impl<'a> Sql<'a> {
              WHERE {km} AND {join} AND f.status = '{LOADED}'\n\
              \x20 AND NOT EXISTS (SELECT 1 FROM {st} s2 CROSS JOIN {files} f2\n\
              \x20   WHERE {km2} AND s2.rowid <> s.rowid AND {join2} AND f2.status = '{LOADED}'\n\
-             \x20   AND (f2.sequencer, f2.batch_id, s2._line, s2._file_key, s2._file_version) > (f.sequencer, f.batch_id, s._line, s._file_key, s._file_version))\n\
+             \x20   AND ({theirs}) > ({ours}))\n\
              ORDER BY {k_cols}",
             target = t.target,
             cols = cols.join(", "),
@@ -643,6 +649,16 @@ impl<'a> Sql<'a> {
             km2 = self.key_match("s2", "s"),
             k_cols = self.contract.dedupe_key.iter().map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", "),
             join2 = self.staging_joins_ledger("s2", "f2"),
+            // The shared order, then the file version: two loaded versions of one file key with
+            // one sequencer in one batch would otherwise both win (the keyed target refuses it).
+            ours = WINNER_ORDER.iter().copied().chain(["s._file_version"]).collect::<Vec<_>>().join(", "),
+            theirs = WINNER_ORDER
+                .iter()
+                .copied()
+                .chain(["s._file_version"])
+                .map(|c| c.replacen("s.", "s2.", 1).replacen("f.", "f2.", 1))
+                .collect::<Vec<_>>()
+                .join(", "),
         )
     }
 

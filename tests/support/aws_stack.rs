@@ -252,14 +252,7 @@ impl Case {
     }
 
     pub async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
-        self.s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body.into()))
-            .send()
-            .await
-            .expect("put object");
+        self.put_version(key, body).await;
     }
 
     /// As [`Case::put`]; returns the version the service records for the object
