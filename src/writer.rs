@@ -13,6 +13,7 @@ use crate::warehouse::{Admission, BatchReport, BatchSink, FileMeta, FileSummary,
 const CHANNEL_CHUNKS: usize = 4;
 
 enum Cmd {
+    Prepare { files: Vec<FileMeta>, reply: oneshot::Sender<Result<(), WarehouseError>> },
     Admit { file: FileMeta, force: bool, reply: oneshot::Sender<Result<Admission, WarehouseError>> },
     Rows(RowChunk),
     Rejects(Vec<Reject>),
@@ -45,6 +46,9 @@ impl WriterHandle {
                 let mut failed: Option<WarehouseError> = None;
                 while let Some(cmd) = rx.blocking_recv() {
                     match cmd {
+                        Cmd::Prepare { files, reply } => {
+                            let _ = reply.send(sink.prepare(&files));
+                        }
                         Cmd::Admit { file, force, reply } => {
                             failed = None;
                             let _ = reply.send(sink.admit(&file, force));
@@ -109,6 +113,10 @@ impl WriterHandle {
         rx.await.map_err(|_| gone())
     }
 
+    /// See [`BatchSink::prepare`].
+    pub async fn prepare(&self, files: Vec<FileMeta>) -> Result<(), WarehouseError> {
+        self.ask(|reply| Cmd::Prepare { files, reply }).await?
+    }
     pub async fn admit(&self, file: FileMeta, force: bool) -> Result<Admission, WarehouseError> {
         self.ask(|reply| Cmd::Admit { file, force, reply }).await?
     }

@@ -61,6 +61,7 @@ conformance! {
     weekly_active_users_counts_distinct_users_per_iso_week: Tuning::DEFAULT,
     the_same_version_from_two_writers_one_after_the_other_is_recorded_once: Tuning::DEFAULT,
     the_same_version_from_two_writers_at_the_same_time_is_recorded_once: Tuning::DEFAULT,
+    admissions_asked_ahead_decide_as_admissions_asked_one_by_one: Tuning::DEFAULT,
 }
 
 fn run(engine: Engine, tuning: Tuning, case: fn(&Backend)) {
@@ -842,4 +843,74 @@ fn the_same_version_from_two_writers_one_after_the_other_is_recorded_once(b: &Ba
 
 fn the_same_version_from_two_writers_at_the_same_time_is_recorded_once(b: &Backend) {
     two_writers_one_version(b, Timing::AtTheSameTime);
+}
+
+/// `prepare` (one round trip for a receive's versions) changes no verdict: the ledger, the open
+/// batch and the commit in flight count as they do for an admission asked alone.
+fn admissions_asked_ahead_decide_as_admissions_asked_one_by_one(b: &Backend) {
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "u1")]), Admission::Load);
+    assert_eq!(sink.admit(&meta("r.csv", "v1", "1"), false).unwrap(), Admission::Load);
+    assert!(sink.finish_file(&rejected_whole(0, "gzip_bomb: bomb")).unwrap());
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (2, 1, 0));
+    assert_eq!(load(sink.as_mut(), &meta("c.csv", "v5", "5"), &[("acme", "e2", "u2")]), Admission::Load);
+
+    let asked = [
+        meta("a.csv", "v1", "1"),
+        meta("a.csv", "v2", "2"),
+        meta("r.csv", "v1", "1"),
+        meta("b.csv", "v1", "1"),
+        meta("c.csv", "v4", "4"),
+        meta("c.csv", "v5", "5"),
+        meta("b.csv", "v1", "1"),
+    ];
+    sink.prepare(&asked).unwrap();
+    let verdicts: Vec<Admission> = asked
+        .iter()
+        .map(|m| {
+            let a = sink.admit(m, false).unwrap();
+            if a == Admission::Load {
+                sink.write_rows(&chunk(&[("acme", "e3", "u3")])).unwrap();
+                assert!(sink.finish_file(&loaded(1, 0)).unwrap());
+            }
+            a
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            Admission::Superseded,
+            Admission::Duplicate(FileStatus::Loaded),
+            Admission::Duplicate(FileStatus::Rejected),
+            Admission::Load,
+            Admission::Superseded,
+            Admission::Duplicate(FileStatus::Loaded),
+            Admission::Duplicate(FileStatus::Loaded),
+        ],
+        "as asked one by one"
+    );
+
+    // Asked while the batch holding d.csv v2 commits: its files count as recorded.
+    assert_eq!(load(sink.as_mut(), &meta("d.csv", "v2", "2"), &[("acme", "e4", "u4")]), Admission::Load);
+    let pending = sink.commit_begin().unwrap().expect("a batch to commit");
+    let ahead = [meta("d.csv", "v2", "2"), meta("d.csv", "v1", "1"), meta("e.csv", "v1", "1")];
+    sink.prepare(&ahead).unwrap();
+    assert_eq!(counts(&pending.wait().unwrap().unwrap()), (5, 3, 0), "c v5, a v1, c v4, b v1, d v2");
+    assert_eq!(sink.admit(&ahead[0], false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
+    assert_eq!(sink.admit(&ahead[1], false).unwrap(), Admission::Superseded);
+    assert_eq!(load(sink.as_mut(), &ahead[2], &[("acme", "e5", "u5")]), Admission::Load);
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (2, 1, 0));
+
+    // Answers asked ahead do not outlive a commit: after it, the ledger is asked again.
+    let mut other = w.sink().unwrap();
+    other.prepare(&[meta("f.csv", "v1", "1"), meta("g.csv", "v1", "1")]).unwrap();
+    assert_eq!(load(sink.as_mut(), &meta("f.csv", "v1", "1"), &[("acme", "e6", "u6")]), Admission::Load);
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (1, 1, 0));
+    assert_eq!(load(other.as_mut(), &meta("g.csv", "v1", "1"), &[("acme", "e7", "u7")]), Admission::Load);
+    assert_eq!(other.commit().unwrap().map(|r| r.files), Some(1));
+    assert_eq!(other.admit(&meta("f.csv", "v1", "1"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
+    assert_eq!(other.commit().unwrap(), None);
+    let t = w.totals().unwrap();
+    assert_eq!((t.files_loaded, t.files_rejected, t.files_superseded, t.unbalanced_files), (7, 1, 3, 0), "{t:?}");
 }

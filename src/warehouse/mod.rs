@@ -166,6 +166,14 @@ pub struct MergeReport {
 
 /// One writer's open micro-batch. Exactly one file is open at a time.
 pub trait BatchSink: Send {
+    /// Asks the ledger about several versions in one round trip, so that the `admit`s of those
+    /// versions that follow before the next commit begins need none. Only an optimisation:
+    /// `admit` stays the decision (it adds what the batch and the commit in flight hold), and
+    /// the commit's guarded insert stays the authority. By default nothing is asked ahead.
+    fn prepare(&mut self, files: &[FileMeta]) -> Result<(), WarehouseError> {
+        let _ = files;
+        Ok(())
+    }
     /// Checks the ledger for this version inside the batch; on `Load` opens the file.
     /// With `force`, an earlier load of the same version is marked replaced and it loads again.
     fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError>;

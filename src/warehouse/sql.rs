@@ -725,11 +725,26 @@ impl<'a> Sql<'a> {
     /// `(0, status, batch_id)` for recorded loads of the version, one `(1, NULL, count)` of
     /// newer versions of its key.
     pub fn admission(&self) -> String {
+        self.admission_of(None)
+    }
+
+    /// [`Sql::admission`] for `n` versions in one round trip: every row starts with the
+    /// version's position `i` (0-based) and its parameters are named `:bucket_i`, `:key_i`,
+    /// `:version_i`, `:sequencer_i`.
+    pub fn admissions(&self, n: usize) -> String {
+        (0..n).map(|i| self.admission_of(Some(i))).collect::<Vec<_>>().join("\nUNION ALL\n")
+    }
+
+    fn admission_of(&self, file: Option<usize>) -> String {
         let files = &self.t.files;
+        let (position, p) = match file {
+            Some(i) => (format!("{i} AS file, "), format!("_{i}")),
+            None => (String::new(), String::new()),
+        };
         format!(
-            "SELECT 0 AS kind, status, batch_id FROM {files} WHERE bucket = :bucket AND key = :key AND version = :version AND status <> '{REPLACED}'\n\
+            "SELECT {position}0 AS kind, status, batch_id FROM {files} WHERE bucket = :bucket{p} AND key = :key{p} AND version = :version{p} AND status <> '{REPLACED}'\n\
              UNION ALL\n\
-             SELECT 1 AS kind, NULL, COUNT(*) FROM {files} WHERE bucket = :bucket AND key = :key AND version <> :version AND status IN {counting} AND sequencer > :sequencer",
+             SELECT {position}1 AS kind, NULL, COUNT(*) FROM {files} WHERE bucket = :bucket{p} AND key = :key{p} AND version <> :version{p} AND status IN {counting} AND sequencer > :sequencer{p}",
             counting = counts_for_order_sql()
         )
     }

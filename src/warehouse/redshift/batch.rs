@@ -109,7 +109,31 @@ pub struct RedshiftSink {
     file: Option<OpenFile>,
     /// The files of the batch whose commit began and may not have ended.
     in_flight: Option<Arc<InFlight>>,
+    /// Ledger answers asked ahead by [`BatchSink::prepare`], until the next commit begins.
+    prepared: Prepared,
 }
+
+/// The ledger's answers for versions not admitted yet, and the commit that was in flight when
+/// they were asked (its files count as recorded for them, whether or not the query saw them).
+/// Cleared when a commit begins or the batch rolls back: then the answers may miss files.
+#[derive(Default)]
+struct Prepared {
+    answers: std::collections::HashMap<VersionId, (Option<FileStatus>, i64)>,
+    flying: Option<Arc<InFlight>>,
+}
+
+/// (bucket, key, version, sequencer): one version as admission asks about it.
+type VersionId = (String, String, String, String);
+
+impl Prepared {
+    fn id(file: &FileMeta) -> VersionId {
+        (file.bucket.clone(), file.key.clone(), file.version.clone(), file.sequencer.clone())
+    }
+}
+
+/// Versions asked about in one admission query: 20 keep it far below the 100 KB statement
+/// limit whatever the keys (at most 1,024 bytes each, every parameter rendered twice at most).
+const ADMISSIONS_PER_QUERY: usize = 20;
 
 /// The ledger rows a begun commit writes, as admission must see them until it has ended.
 struct InFlight {
@@ -205,6 +229,21 @@ fn admission_query(sql: &Sql<'_>, file: &FileMeta) -> Result<String, String> {
     )
 }
 
+/// [`admission_query`] for several versions: each row starts with the version's position.
+fn admissions_query(sql: &Sql<'_>, files: &[&FileMeta]) -> Result<String, String> {
+    let names: Vec<[String; 4]> = (0..files.len())
+        .map(|i| [format!("bucket_{i}"), format!("key_{i}"), format!("version_{i}"), format!("sequencer_{i}")])
+        .collect();
+    let mut params = Vec::with_capacity(files.len() * 4);
+    for (f, n) in files.iter().zip(&names) {
+        params.push((n[0].as_str(), Lit::Str(f.bucket.clone())));
+        params.push((n[1].as_str(), Lit::Str(f.key.clone())));
+        params.push((n[2].as_str(), Lit::Str(f.version.clone())));
+        params.push((n[3].as_str(), Lit::Str(f.sequencer.clone())));
+    }
+    render(&sql.admissions(files.len()), &params)
+}
+
 /// (status of the newest recorded load of this version, count of newer versions).
 fn read_admission(rows: &[Vec<Cell>]) -> (Option<FileStatus>, i64) {
     let mut existing: Option<(i64, Option<FileStatus>)> = None;
@@ -227,7 +266,15 @@ fn read_admission(rows: &[Vec<Cell>]) -> (Option<FileStatus>, i64) {
 impl RedshiftSink {
     /// An empty sink: no batch open until the first `admit`.
     pub(super) fn new(inner: Arc<Inner>, part_bytes: usize, reject_memory: Held) -> RedshiftSink {
-        RedshiftSink { inner, part_bytes, reject_memory, batch: None, file: None, in_flight: None }
+        RedshiftSink {
+            inner,
+            part_bytes,
+            reject_memory,
+            batch: None,
+            file: None,
+            in_flight: None,
+            prepared: Prepared::default(),
+        }
     }
 
     fn open_file(&mut self) -> Result<&mut OpenFile, WarehouseError> {
@@ -365,6 +412,44 @@ async fn batch_report(
 }
 
 impl BatchSink for RedshiftSink {
+    /// One admission query for up to [`ADMISSIONS_PER_QUERY`] versions (the shared
+    /// `admission`, once per version, as one UNION ALL).
+    fn prepare(&mut self, files: &[FileMeta]) -> Result<(), WarehouseError> {
+        // Taken before the ledger is asked, as in `admit`.
+        let in_flight = self.in_flight();
+        let mut wanted: Vec<&FileMeta> = Vec::new();
+        for f in files {
+            let id = Prepared::id(f);
+            if !self.prepared.answers.contains_key(&id) && !wanted.iter().any(|w| Prepared::id(w) == id) {
+                wanted.push(f);
+            }
+        }
+        if wanted.len() < 2 {
+            return Ok(());
+        }
+        for chunk in wanted.chunks(ADMISSIONS_PER_QUERY) {
+            let sql = admissions_query(&self.inner.sql(), chunk).map_err(WarehouseError::Other)?;
+            let rows = self.inner.block_on(self.inner.api.query("query", sql))?;
+            let mut per_file: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); chunk.len()];
+            for mut r in rows {
+                let i = r.first().and_then(Cell::as_i64).filter(|i| (0..chunk.len() as i64).contains(i));
+                let i =
+                    i.ok_or_else(|| WarehouseError::Other("an admission row without its file's position".into()))?;
+                r.remove(0);
+                per_file[i as usize].push(r);
+            }
+            for (f, rows) in chunk.iter().zip(per_file) {
+                self.prepared.answers.insert(Prepared::id(f), read_admission(&rows));
+            }
+        }
+        // No commit began since the answers before these (that would have cleared them): the
+        // commit in flight then is this one, or it ended.
+        if self.prepared.flying.is_none() {
+            self.prepared.flying = in_flight;
+        }
+        Ok(())
+    }
+
     fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
         if self.file.is_some() {
             return Err(WarehouseError::Other(format!("admit {} while another file is open", file.key)));
@@ -382,11 +467,19 @@ impl BatchSink for RedshiftSink {
                 return Ok(Admission::Duplicate(status));
             }
         }
-        let sql = admission_query(&self.inner.sql(), file).map_err(WarehouseError::Other)?;
-        let rows = self.inner.block_on(self.inner.api.query("query", sql))?;
-        let (recorded, newer_recorded) = read_admission(&rows);
-        // The batch committing is part of the ledger as this writer sees it, newer than what the
-        // query saw.
+        let (recorded, newer_recorded, asked_ahead) = match self.prepared.answers.remove(&Prepared::id(file)) {
+            Some((recorded, newer)) => (recorded, newer, self.prepared.flying.clone()),
+            None => {
+                let sql = admission_query(&self.inner.sql(), file).map_err(WarehouseError::Other)?;
+                let rows = self.inner.block_on(self.inner.api.query("query", sql))?;
+                let (recorded, newer) = read_admission(&rows);
+                (recorded, newer, None)
+            }
+        };
+        // The batch committing (and the one that was when the answer was asked ahead) is part of
+        // the ledger as this writer sees it, newer than what the query saw.
+        let then = asked_ahead.as_ref().map_or(&[][..], |f| f.files.as_slice());
+        let flying: Vec<&(FileMeta, FileStatus)> = flying.iter().chain(then).collect();
         let recorded = flying.iter().find(|(m, _)| same_version(m, file)).map(|(_, s)| *s).or(recorded);
         let newer_in_flight = flying.iter().any(|(m, status)| is_newer(m, *status, file));
         let batch = self.batch.get_or_insert_with(|| OpenBatch {
@@ -567,6 +660,8 @@ impl BatchSink for RedshiftSink {
         if self.in_flight().is_some() {
             return Err(WarehouseError::Other("commit while the previous commit has not ended".into()));
         }
+        // Answers asked ahead do not know this batch's files once they leave it.
+        self.prepared = Prepared::default();
         let Some(b) = self.batch.take() else { return Ok(None) };
         if b.entries.is_empty() {
             return Ok(None);
@@ -575,6 +670,7 @@ impl BatchSink for RedshiftSink {
     }
 
     fn rollback(&mut self) {
+        self.prepared = Prepared::default();
         let objects = self.staged_objects();
         self.file = None;
         self.batch = None;
