@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 use crate::config::BatchConfig;
 use crate::contract::Contract;
 use crate::metrics::Metrics;
-use crate::object::{decoded, ObjectRef, ObjectStore, ReadLimits, StoreError};
+use crate::object::{decoded, ObjectRef, ObjectStore, ReadLimits, ResolvedObject, StoreError};
 use crate::source::{Ack, Delivery};
 use crate::validate::{validate_stream, ChunkSink, Options, Reject, RowChunk, ValidateError};
 use crate::warehouse::{
@@ -83,6 +83,14 @@ pub enum IngestError {
 /// `a.csv ` and `a.csv` would be one key to the ledger and the merge. Such objects are refused.
 pub fn key_is_ambiguous(key: &str) -> bool {
     key.ends_with(' ')
+}
+
+/// A file before the batch is asked about it.
+enum Ready {
+    /// Decided without the batch (refused, known by its stamp, gone).
+    Done(FileDone),
+    /// Its version is known: the batch decides.
+    Resolved(ObjectRef, ResolvedObject),
 }
 
 /// A file done within the open batch, waiting for its commit.
@@ -214,36 +222,77 @@ impl Pipeline {
     /// Ingests every object of a delivery into the open batch, then flushes if the policy says so.
     /// On a warehouse failure the whole open batch is rolled back and its deliveries released.
     pub async fn handle(&mut self, delivery: Delivery, force: bool) -> Result<(), IngestError> {
+        self.handle_all(vec![delivery], force).await
+    }
+
+    /// [`Pipeline::handle`] for the deliveries of one receive: their objects are resolved at once
+    /// and the ledger is asked about all of them in one round trip before they are read one by
+    /// one into the open batch.
+    pub async fn handle_all(&mut self, deliveries: Vec<Delivery>, force: bool) -> Result<(), IngestError> {
         if self.opened_at.is_none() {
             self.opened_at = Some(Instant::now());
         }
-        let mut retry = false;
-        for obj in &delivery.objects {
-            self.metrics.inflight(1);
-            let res = self.ingest(obj, force).await;
-            self.metrics.inflight(-1);
-            match res {
-                Ok(done) => self.open_files.push(done),
-                Err(IngestError::Retry { key, reason }) => {
-                    warn!(key = %key, reason = %reason, "file will be tried again");
-                    self.metrics.retry("object_get");
-                    self.tally.retried += 1;
-                    retry = true;
+        let resolving =
+            deliveries.iter().map(|d| futures::future::join_all(d.objects.iter().map(|o| self.resolve(o, force))));
+        let resolved: Vec<Vec<Result<Ready, IngestError>>> = futures::future::join_all(resolving).await;
+        let asked: Vec<FileMeta> = resolved
+            .iter()
+            .flatten()
+            .filter_map(|r| match r {
+                Ok(Ready::Resolved(obj, r)) => Some(self.meta_of(obj, r)),
+                _ => None,
+            })
+            .collect();
+        if asked.len() > 1 {
+            if let Err(e) = self.writer.prepare(asked).await {
+                for d in deliveries {
+                    d.ack.release().await;
                 }
-                Err(e) => {
-                    delivery.ack.release().await;
-                    if matches!(e, IngestError::Warehouse(_)) {
-                        self.metrics.error("warehouse_commit");
-                        self.abort().await;
-                    }
-                    return Err(e);
-                }
+                self.metrics.error("warehouse_commit");
+                self.abort().await;
+                return Err(e.into());
             }
         }
-        if retry {
-            delivery.ack.release().await;
-        } else {
-            self.open_acks.push(delivery.ack);
+        let mut deliveries = deliveries.into_iter().zip(resolved);
+        while let Some((delivery, ready)) = deliveries.next() {
+            let mut retry = false;
+            for r in ready {
+                let res = match r {
+                    Ok(Ready::Done(done)) => Ok(done),
+                    Ok(Ready::Resolved(obj, resolved)) => {
+                        self.metrics.inflight(1);
+                        let res = self.load(&obj, resolved, force).await;
+                        self.metrics.inflight(-1);
+                        res
+                    }
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(done) => self.open_files.push(done),
+                    Err(IngestError::Retry { key, reason }) => {
+                        warn!(key = %key, reason = %reason, "file will be tried again");
+                        self.metrics.retry("object_get");
+                        self.tally.retried += 1;
+                        retry = true;
+                    }
+                    Err(e) => {
+                        delivery.ack.release().await;
+                        for (d, _) in deliveries {
+                            d.ack.release().await;
+                        }
+                        if matches!(e, IngestError::Warehouse(_)) {
+                            self.metrics.error("warehouse_commit");
+                            self.abort().await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            if retry {
+                delivery.ack.release().await;
+            } else {
+                self.open_acks.push(delivery.ack);
+            }
         }
         self.maybe_flush().await
     }
@@ -402,6 +451,15 @@ impl Pipeline {
 
     /// One file into the open batch. The returned outcome counts only once the batch commits.
     pub async fn ingest(&self, obj: &ObjectRef, force: bool) -> Result<FileDone, IngestError> {
+        match self.resolve(obj, force).await? {
+            Ready::Done(done) => Ok(done),
+            Ready::Resolved(obj, resolved) => self.load(&obj, resolved, force).await,
+        }
+    }
+
+    /// What can be known of a file before the batch is asked: refused keys, versions the ledger
+    /// holds by their stamp, objects gone; otherwise its resolved version.
+    async fn resolve(&self, obj: &ObjectRef, force: bool) -> Result<Ready, IngestError> {
         let retry = |reason: String| IngestError::Retry { key: obj.key.clone(), reason };
         if key_is_ambiguous(&obj.key) {
             // Redshift compares VARCHARs ignoring trailing blanks: this key would be taken for the
@@ -410,12 +468,12 @@ impl Pipeline {
                 key = %obj.key,
                 "object refused: its key ends with a blank, which Redshift ignores when it compares keys; rename it"
             );
-            return Ok(FileDone {
+            return Ok(Ready::Done(FileDone {
                 key: obj.key.clone(),
                 version: String::new(),
                 event_time: obj.event_time,
                 outcome: Outcome::Skipped,
-            });
+            }));
         }
         if let (false, true, Some(seq), Some(size)) =
             (force, self.store.version_costs_a_read(), &obj.sequencer, obj.size)
@@ -426,28 +484,32 @@ impl Pipeline {
                 .await
                 .expect("lookup does not panic")?;
             if known.is_some() {
-                return Ok(FileDone {
+                return Ok(Ready::Done(FileDone {
                     key: obj.key.clone(),
                     version: String::new(),
                     event_time: obj.event_time,
                     outcome: Outcome::Duplicate,
-                });
+                }));
             }
         }
-        let resolved = match self.store.resolve(obj).await {
-            Ok(r) => r,
+        match self.store.resolve(obj).await {
+            Ok(r) => Ok(Ready::Resolved(obj.clone(), r)),
             Err(StoreError::NotFound { .. }) => {
                 info!(key = %obj.key, "object is gone; skipped");
-                return Ok(FileDone {
+                Ok(Ready::Done(FileDone {
                     key: obj.key.clone(),
                     version: String::new(),
                     event_time: obj.event_time,
                     outcome: Outcome::Skipped,
-                });
+                }))
             }
-            Err(e) => return Err(retry(e.to_string())),
-        };
-        let meta = FileMeta {
+            Err(e) => Err(retry(e.to_string())),
+        }
+    }
+
+    /// The ledger's view of a resolved file.
+    fn meta_of(&self, obj: &ObjectRef, resolved: &ResolvedObject) -> FileMeta {
+        FileMeta {
             bucket: self.store.bucket().to_string(),
             key: resolved.key.clone(),
             version: resolved.version.clone(),
@@ -455,7 +517,13 @@ impl Pipeline {
             size: resolved.size,
             event_time: obj.event_time.unwrap_or(resolved.event_time),
             contract_version: self.contract.version,
-        };
+        }
+    }
+
+    /// A resolved file: admitted, read, validated and written into the open batch.
+    async fn load(&self, obj: &ObjectRef, resolved: ResolvedObject, force: bool) -> Result<FileDone, IngestError> {
+        let retry = |reason: String| IngestError::Retry { key: obj.key.clone(), reason };
+        let meta = self.meta_of(obj, &resolved);
         let done = |outcome| FileDone {
             key: meta.key.clone(),
             version: meta.version.clone(),
@@ -792,7 +860,7 @@ mod tests {
 
     #[test]
     fn flush_on_rows_bytes_or_age() {
-        let p = BatchConfig { max_rows: 100, max_bytes: 1000, max_age_secs: 10 };
+        let p = BatchConfig { max_rows: 100, max_bytes: 1000, max_age_secs: 10, writers: 1 };
         assert!(!should_flush(&p, 99, 999, Duration::from_secs(9)));
         assert!(should_flush(&p, 100, 0, Duration::ZERO));
         assert!(should_flush(&p, 0, 1000, Duration::ZERO));

@@ -11,7 +11,7 @@ pub mod sqs;
 use crate::object::ObjectRef;
 
 #[async_trait::async_trait]
-pub trait Ack: Send {
+pub trait Ack: Send + Sync {
     /// Everything the delivery names is committed: it must never come back.
     async fn ack(self: Box<Self>);
     /// Give the delivery back now, to be tried again.
