@@ -136,11 +136,31 @@ pub struct BatchConfig {
     pub max_rows: u64,
     pub max_bytes: u64,
     pub max_age_secs: u64,
+    /// Writers in one `run`, each reading its own files into its own open batch (0: the
+    /// default, see [`BatchConfig::writers_for`]).
+    pub writers: usize,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_rows: 100_000, max_bytes: 64 << 20, max_age_secs: 10 }
+        BatchConfig { max_rows: 100_000, max_bytes: 64 << 20, max_age_secs: 10, writers: 0 }
+    }
+}
+
+impl BatchConfig {
+    /// How many writers `run` starts. SQLite has one writer, so one. On Redshift each writer
+    /// is what another task would be (its own batches, the same guarded commit, see
+    /// docs/design.md): two per CPU, at least 2 and at most 8, as reading and staging wait on
+    /// the network more than they compute.
+    pub fn writers_for(&self, kind: WarehouseKind) -> usize {
+        match (kind, self.writers) {
+            (WarehouseKind::Sqlite, _) => 1,
+            (WarehouseKind::Redshift, 0) => {
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (2 * cpus).clamp(2, 8)
+            }
+            (WarehouseKind::Redshift, n) => n,
+        }
     }
 }
 
@@ -336,6 +356,9 @@ impl Config {
                 );
             }
         }
+        if self.batch.writers > 1 && self.warehouse.kind == WarehouseKind::Sqlite {
+            return Err("batch.writers: SQLite has one writer; leave it 0 or 1".into());
+        }
         if self.source.concurrency == 0 {
             return Err("source.concurrency must be at least 1".into());
         }
@@ -422,7 +445,7 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.source.kind, SourceKind::Dir);
         assert_eq!(c.warehouse.kind, WarehouseKind::Sqlite);
-        assert_eq!(c.batch, BatchConfig { max_rows: 100_000, max_bytes: 64 << 20, max_age_secs: 10 });
+        assert_eq!(c.batch, BatchConfig { max_rows: 100_000, max_bytes: 64 << 20, max_age_secs: 10, writers: 0 });
         assert_eq!(c.http.listen, "0.0.0.0:9464");
     }
 

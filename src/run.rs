@@ -52,7 +52,7 @@ pub fn next_daily(now: DateTime<Utc>, hh: u32, mm: u32) -> DateTime<Utc> {
 }
 
 pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let Parts { config, contract, store, mut source, warehouse, metrics, reconcile_prefix, glue } = parts;
+    let Parts { config, contract, store, source, warehouse, metrics, reconcile_prefix, glue } = parts;
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -93,7 +93,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     };
 
     let merge_task = spawn_merge_loop(&config, warehouse.clone(), glue, metrics.clone(), cancel.clone());
-    let (reconcile_tx, mut reconcile_rx) = mpsc::channel::<ObjectRef>(1024);
+    let (reconcile_tx, reconcile_rx) = mpsc::channel::<ObjectRef>(1024);
     let reconcile_task = spawn_reconcile_loop(
         &config,
         store.clone(),
@@ -104,23 +104,163 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         cancel.clone(),
     );
 
-    let mut pipeline = Pipeline::new(
-        store.clone(),
-        warehouse.clone(),
-        contract.clone(),
-        config.read_limits(),
-        config.batch,
-        metrics.clone(),
-        cancel.clone(),
-    )?;
-    info!(source = ?config.source.kind, warehouse = ?config.warehouse.kind, bucket = store.bucket(), "wau-ingest running");
+    let writers = config.batch.writers_for(config.warehouse.kind);
+    let mut pipelines = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        pipelines.push(Pipeline::new(
+            store.clone(),
+            warehouse.clone(),
+            contract.clone(),
+            config.read_limits(),
+            config.batch,
+            metrics.clone(),
+            cancel.clone(),
+        )?);
+    }
+    info!(
+        source = ?config.source.kind,
+        warehouse = ?config.warehouse.kind,
+        bucket = store.bucket(),
+        writers,
+        "wau-ingest running"
+    );
 
-    let backoff_builder = backon::ExponentialBuilder::default()
+    // One receiver hands deliveries to the writers; each writer takes what is waiting (up to a
+    // receive's worth) as one group.
+    let (tx, rx) = mpsc::channel::<Delivery>(GROUP);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let slots = Arc::new(BackingOff { slots: std::sync::Mutex::new(vec![None; writers + 1]), shared: backing_off });
+    let dispatcher =
+        tokio::spawn(dispatch(source, reconcile_rx, tx, slots.clone(), writers, metrics.clone(), cancel.clone()));
+    let workers: Vec<_> = pipelines
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| tokio::spawn(write_loop(i, p, rx.clone(), slots.clone(), metrics.clone(), cancel.clone())))
+        .collect();
+    let mut stopped_by: Option<anyhow::Error> = None;
+    for w in workers {
+        let end = w.await.unwrap_or_else(|e| Err(anyhow::anyhow!("a writer panicked: {e}")));
+        if let Err(e) = end {
+            cancel.cancel();
+            stopped_by.get_or_insert(e);
+        }
+    }
+    // Every writer has committed what it could: what is still queued goes back.
+    cancel.cancel();
+    let mut source = dispatcher.await.expect("the receiver does not panic");
+    while let Ok(d) = rx.lock().await.try_recv() {
+        d.ack.release().await;
+    }
+    source.close().await;
+    reconcile_task.abort();
+    let _ = merge_task.await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    info!("stopped");
+    match stopped_by {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Deliveries a writer takes at once: one SQS receive's worth.
+const GROUP: usize = 10;
+
+/// Why the service is backing off, per writer (and the receiver, last): `/readyz` reports the
+/// first.
+struct BackingOff {
+    slots: std::sync::Mutex<Vec<Option<String>>>,
+    shared: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl BackingOff {
+    fn set(&self, slot: usize, reason: Option<String>) {
+        let mut slots = self.slots.lock().expect("readiness lock");
+        slots[slot] = reason;
+        *self.shared.lock().expect("readiness lock") = slots.iter().flatten().next().cloned();
+    }
+}
+
+fn backoff_policy() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(30))
         .with_jitter()
-        .without_max_times();
-    let mut backoff = backoff_builder.build();
+        .without_max_times()
+}
+
+/// Receives from the source (and the reconcile) and queues deliveries for the writers; returns
+/// the source at shutdown. A delivery is only taken from the source once the queue has room, so
+/// shutdown never drops one.
+async fn dispatch(
+    mut source: Box<dyn Source>,
+    mut reconcile_rx: mpsc::Receiver<ObjectRef>,
+    tx: mpsc::Sender<Delivery>,
+    slots: Arc<BackingOff>,
+    slot: usize,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> Box<dyn Source> {
+    let mut backoff = backoff_policy().build();
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = tx.reserve() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            Some(obj) = reconcile_rx.recv() => Ok(Delivery { objects: vec![obj], ack: Box::new(NoAck) }),
+            next = source.next() => next,
+        };
+        match next {
+            Ok(d) => {
+                permit.send(d);
+                backoff = backoff_policy().build();
+            }
+            Err(e) => {
+                drop(permit);
+                metrics.error("source_receive");
+                metrics.retry("source_receive");
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "source failed; backing off");
+                slots.set(slot, Some(e.to_string()));
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                slots.set(slot, None);
+            }
+        }
+    }
+    source
+}
+
+/// What a writer waits for: the queued deliveries, up to [`GROUP`]. Cancel-safe: once a
+/// delivery is received the rest is taken without waiting.
+async fn next_group(rx: &tokio::sync::Mutex<mpsc::Receiver<Delivery>>) -> Option<Vec<Delivery>> {
+    let mut rx = rx.lock().await;
+    let mut group = vec![rx.recv().await?];
+    while group.len() < GROUP {
+        match rx.try_recv() {
+            Ok(d) => group.push(d),
+            Err(_) => break,
+        }
+    }
+    Some(group)
+}
+
+/// One writer: deliveries → its pipeline → commit → acknowledge, until shutdown; then it
+/// commits what is complete (and its commit in flight), acknowledges it and releases the rest.
+async fn write_loop(
+    slot: usize,
+    mut pipeline: Pipeline,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Delivery>>>,
+    slots: Arc<BackingOff>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = backoff_policy().build();
     let mut stopped_by: Option<anyhow::Error> = None;
     loop {
         let deadline = pipeline.flush_deadline();
@@ -135,18 +275,13 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
             _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
                 pipeline.commit_open().await.map(|_| ())
             }
-            Some(obj) = reconcile_rx.recv() => pipeline.handle(Delivery { objects: vec![obj], ack: Box::new(NoAck) }, false).await,
-            next = source.next() => match next {
-                Ok(d) => pipeline.handle(d, false).await,
-                Err(e) => {
-                    metrics.error("source_receive");
-                    warn!(error = %e, "source failed");
-                    Err(IngestError::Retry { key: String::new(), reason: e.to_string() })
-                }
+            group = next_group(&rx) => match group {
+                Some(g) => pipeline.handle_all(g, false).await,
+                None => break,
             },
         };
         match step {
-            Ok(()) => backoff = backoff_builder.build(),
+            Ok(()) => backoff = backoff_policy().build(),
             Err(IngestError::Shutdown) => break,
             Err(IngestError::Warehouse(e)) if !e.class().retryable() => {
                 // A missing table, a wrong database, denied credentials, data the warehouse
@@ -160,15 +295,13 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
             Err(e) if !pipeline.writer_alive() => {
                 // A panic in the writer is a bug, not weather: stop (exit non-zero) so the
                 // orchestrator restarts a clean process; nothing uncommitted was acknowledged.
-                reconcile_task.abort();
-                merge_task.abort();
-                http_stop.cancel();
+                cancel.cancel();
                 anyhow::bail!("the warehouse writer stopped: {e}");
             }
             Err(e) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "ingest step failed; backing off");
-                *backing_off.lock().expect("readiness lock") = Some(e.to_string());
+                slots.set(slot, Some(e.to_string()));
                 metrics.retry(if matches!(e, IngestError::Retry { .. }) {
                     "source_receive"
                 } else {
@@ -179,7 +312,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
                     _ = tokio::time::sleep(delay) => {}
                 }
                 // Waiting is over: the next attempt says again whether it failed.
-                *backing_off.lock().expect("readiness lock") = None;
+                slots.set(slot, None);
             }
         }
     }
@@ -190,13 +323,6 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         Ok(None) => {}
         Err(e) => error!(error = %e, "final commit failed; its files will be delivered again"),
     }
-    drop(pipeline);
-    source.close().await;
-    reconcile_task.abort();
-    let _ = merge_task.await;
-    http_stop.cancel();
-    let _ = http_task.await;
-    info!("stopped");
     match stopped_by {
         Some(e) => Err(e),
         None => Ok(()),
