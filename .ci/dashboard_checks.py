@@ -24,9 +24,9 @@
    core formats it: each value quoted with ' doubled, joined by commas, All = every value the
    variable's own query returned) and run through the Data API (boto3 `redshift-data`,
    ExecuteStatement, as the data source runs it) against the AWS run's database; it must
-   finish with rows, and a time-series target must return a `time` column. The same text runs
-   against the embedded run's SQLite file unless it uses a form SQLite lacks (`::` casts,
-   DATE_TRUNC, EXTRACT, TO_CHAR); there it must return rows too.
+   finish with rows, and a time-series target must return a timestamp `time` column and a
+   numeric one. The same text runs against the embedded run's SQLite file unless it uses a
+   form SQLite lacks (`::` casts, DATE_TRUNC, EXTRACT, TO_CHAR); there it must return rows too.
 
 Any unexpanded `$` left in a query, any variable format or macro this script does not know,
 fails the check rather than being passed through.
@@ -63,6 +63,9 @@ JOB_EMBEDDED = "wau-ingest"
 JOB_AWS = "wau-ingest-aws"
 WORKGROUP = "wau-local"
 PG_DSN = os.environ.get("WAU_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+# What Grafana plots as a time series: a time column and at least one numeric column.
+TIME_TYPES = {"timestamp", "timestamptz", "date"}
+NUMBER_TYPES = {"int2", "int4", "int8", "float4", "float8", "numeric"}
 SQLITE_LACKS = {
     "a :: cast": re.compile(r"::"),
     "DATE_TRUNC": re.compile(r"\bDATE_TRUNC\s*\(", re.I),
@@ -606,7 +609,12 @@ def check_sql(rd, database: str, sqlite_path: Path, now: dt.datetime) -> None:
                     fail(f"{where}: {desc['Status']}: {desc.get('Error')}\n{sql}")
                     continue
                 columns = [c["name"] for c in result["ColumnMetadata"]]
+                types = {c["name"]: c["typeName"] for c in result["ColumnMetadata"]}
                 rows = [[cell(c) for c in r] for r in result["Records"]]
+                if variable is None and target.get("format") == 0 and (
+                        types.get("time") not in TIME_TYPES or not any(t in NUMBER_TYPES for t in types.values())):
+                    fail(f"{where}: a time series needs a timestamp 'time' column and a numeric one, got {types}")
+                    continue
             else:
                 lacks = [name for name, rx in SQLITE_LACKS.items() if rx.search(sql)]
                 if lacks:
@@ -628,6 +636,8 @@ def check_sql(rd, database: str, sqlite_path: Path, now: dt.datetime) -> None:
                 fail(f"{where}: a time series without a 'time' column (columns {columns})")
                 continue
             log(f"ok   {where}: {len(rows)} rows, columns {columns}")
+            for row in rows[:5]:
+                log(f"       {row}")
         for name, values in variables.items():
             log(f"     {engine}: ${name} = {values}")
     db.close()
