@@ -11,7 +11,8 @@
      `wau-ingest-aws`): the same files through S3 notifications, COPY and the in-service
      merge, plus a message that is not an S3 notification (bound for the DLQ).
 2. A real Prometheus (started here as a plain process, 1 s scrapes, with dashboards/alerts.yml
-   loaded) scrapes both. Every Prometheus target and variable of every dashboard, with its
+   loaded) scrapes both; the files arrive only after its first scrape of each run, and each
+   event above must show in its data (EVENTS). Every Prometheus target and variable of every dashboard, with its
    template variables substituted as Grafana does (`$job` as All = `.*` and as each value,
    regex-escaped; `$__rate_interval`, `$__range`, `$__interval`), is evaluated through the HTTP
    API (`query_range`, or `query` for instant targets) and must succeed with at least one
@@ -218,18 +219,9 @@ def next_reconcile_minute(now: dt.datetime, lead_secs: int) -> dt.datetime:
     return at
 
 
-def start_embedded(binary: str, work: Path, files: dict[str, str], reconcile_at: dt.datetime) -> Run:
+def start_embedded(binary: str, work: Path, reconcile_at: dt.datetime) -> Run:
     inbox = work / "inbox"
-    for key, body in files.items():
-        if "#" in key:
-            continue
-        path = inbox / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(body)
-    # Never settles for the folder watcher (modified "in the future"): only the reconcile,
-    # which lists the folder against the ledger, finds and loads it.
-    future = time.time() + 86400
-    os.utime(inbox / "csv/acme/late.csv", (future, future))
+    inbox.mkdir()
     env = service_env({
         "WAU_INGEST_SOURCE_POLL_INTERVAL_MS": "200",
         "WAU_INGEST_SOURCE_SETTLE_MS": "100",
@@ -240,6 +232,19 @@ def start_embedded(binary: str, work: Path, files: dict[str, str], reconcile_at:
 
 def drive_embedded(run: Run, work: Path, files: dict[str, str]) -> None:
     inbox = work / "inbox"
+    for key, body in files.items():
+        if "#" in key:
+            continue
+        path = inbox / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = work / "staged.csv"
+        staged.write_text(body)
+        if key == "csv/acme/late.csv":
+            # Never settles for the folder watcher (modified "in the future"): only the
+            # reconcile, which lists the folder against the ledger, finds and loads it.
+            future = time.time() + 86400
+            os.utime(staged, (future, future))
+        staged.rename(path)  # whole, with its modification time
     wait_until(f"{run.name}: three files committed",
                lambda: run.sample("wau_ingest_files_total", 'outcome="loaded"') >= 2
                and run.sample("wau_ingest_files_total", 'outcome="rejected"') >= 1, 60)
@@ -461,9 +466,39 @@ def finite_values(result_type: str, result: list) -> int:
     return 0
 
 
+# What the runs were driven through, as Prometheus saw it: each must be above 0 over the check
+# (the panels' data is then the data of these events, not of an idle service).
+EVENTS = [
+    'sum by (job) (increase(wau_ingest_files_total{outcome="loaded"}[{r}]))',
+    'sum by (job) (increase(wau_ingest_files_total{outcome="rejected"}[{r}]))',
+    'sum by (job) (increase(wau_ingest_files_total{outcome="duplicate"}[{r}]))',
+    'sum by (job) (increase(wau_ingest_rows_total{outcome="rejected"}[{r}]))',
+    'sum by (job) (increase(wau_ingest_merge_runs_total{outcome="success"}[{r}]))',
+    'sum by (job) (increase(wau_ingest_event_to_merge_seconds_count[{r}]))',
+    'sum by (job) (increase(wau_ingest_reconcile_missing_files_total{job="%s"}[{r}]))' % JOB_EMBEDDED,
+    'max by (job) (wau_ingest_last_reconcile_timestamp_seconds{job="%s"})' % JOB_EMBEDDED,
+    'sum by (job) (increase(wau_ingest_sqs_messages_total{job="%s",action="dlq_bound"}[{r}]))' % JOB_AWS,
+    'sum by (job) (increase(wau_ingest_s3_bytes_read_total{job="%s"}[{r}]))' % JOB_AWS,
+]
+
+
+def check_events(prom: Prometheus, range_secs: int, jobs: list[str]) -> None:
+    for expr in EVENTS:
+        q = expr.replace("{r}", f"{range_secs}s")
+        r = prom.api("query", query=q)
+        got = {s["metric"].get("job"): float(s["value"][1]) for s in r.get("data", {}).get("result", [])}
+        want = [j for j in jobs if f'job="{j}"' in expr] or jobs
+        missing = [j for j in want if not got.get(j, 0) > 0]
+        if r.get("status") != "success" or missing:
+            fail(f"event not seen by Prometheus for {missing or want}: {q} -> {got or r.get('error')}")
+        else:
+            log(f"ok   event {q} -> {got}")
+
+
 def check_prometheus(prom: Prometheus, start: float, jobs: list[str]) -> None:
     end = time.time()
     range_secs = int(end - start)
+    check_events(prom, range_secs, jobs)
     used: dict[str, set[str]] = {}
     targets = [t for path in DASHBOARDS for t in dashboard_targets(path)[1]]
     prom_targets = [t for t in targets if t[1] == "prometheus"]
@@ -676,7 +711,7 @@ def main() -> int:
         now = dt.datetime.now(dt.timezone.utc)
         files = fixture_csvs(now)
         reconcile_at = next_reconcile_minute(now, 15)
-        embedded = start_embedded(args.bin, work, files, reconcile_at)
+        embedded = start_embedded(args.bin, work, reconcile_at)
         runs.append(embedded)
         case = AwsCase(f"wau_t_dash_{os.getpid()}_{int(time.time())}")
         aws_work = work / "aws"
