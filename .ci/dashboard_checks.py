@@ -110,7 +110,8 @@ def wait_until(what: str, cond, timeout: float, interval: float = 0.5):
 
 
 def dashboard_targets(path: Path):
-    """(label, datasource type, target dict) of every panel target and query variable."""
+    """(label, datasource type, target, variable or None) of every panel target and query
+    variable; a target without a datasource of its own takes its panel's."""
     d = json.loads(path.read_text())
     out = []
 
@@ -133,6 +134,17 @@ def dashboard_targets(path: Path):
 
     walk(d.get("panels", []), None)
     return d, out
+
+
+KNOWN_DATASOURCES = {"prometheus", "grafana-redshift-datasource"}
+
+
+def check_datasources() -> None:
+    """A target this check cannot run would pass unseen: every one must be of a known kind."""
+    for path in DASHBOARDS:
+        for label, ds, _, _ in dashboard_targets(path)[1]:
+            if ds not in KNOWN_DATASOURCES:
+                fail(f"{label}: data source type {ds!r}: this check cannot run it; add its engine")
 
 
 def fixture_csvs(now: dt.datetime) -> dict[str, str]:
@@ -703,6 +715,7 @@ def main() -> int:
             raise SystemExit(f"dashboard-checks: {var} is not set: export the local stack's environment "
                              "(eval \"$(scripts/local-aws.sh up)\")")
     started = time.monotonic()
+    check_datasources()
     work = Path(tempfile.mkdtemp(prefix="wau-dashboard-checks-"))
     runs: list[Run] = []
     prom = None
