@@ -12,11 +12,12 @@
      merge, plus a message that is not an S3 notification (bound for the DLQ).
 2. A real Prometheus (started here as a plain process, 1 s scrapes, with dashboards/alerts.yml
    loaded) scrapes both; the files arrive only after its first scrape of each run, and each
-   event above must show in its data (EVENTS). Every Prometheus target and variable of every dashboard, with its
-   template variables substituted as Grafana does (`$job` as All = `.*` and as each value,
-   regex-escaped; `$__rate_interval`, `$__range`, `$__interval`), is evaluated through the HTTP
-   API (`query_range`, or `query` for instant targets) and must succeed with at least one
-   series holding a finite value. The alert rules must evaluate without error, and every
+   event above must show in its data (EVENTS). Every Prometheus target and variable of every
+   dashboard, with its template variables substituted as Grafana does (`$job` as All = its
+   allValue `.*`, as each value, regex-escaped, and as every value selected, `(a|b)`;
+   `$__rate_interval`, `$__range`, `$__interval`), is evaluated through the HTTP API
+   (`query_range`, or `query` for instant targets) and must succeed with at least one series
+   holding a finite value. The alert rules must evaluate without error, and every
    wau_ingest_* name the PromQL and the rules use must be among the scraped names.
 3. Every SQL target and variable of every dashboard (Grafana Redshift data source) is expanded
    as that data source expands it (the macros of grafana/redshift-datasource
@@ -516,28 +517,37 @@ def check_prometheus(prom: Prometheus, start: float, jobs: list[str]) -> None:
     prom_targets = [t for t in targets if t[1] == "prometheus"]
     if not prom_targets:
         fail("no Prometheus targets found in the dashboards: the extraction is broken")
-    job_values: list[str] = []
+    # Each query variable's selections as Grafana interpolates them into a regex matcher: All
+    # (its allValue, else every value joined), each value alone (regex-escaped), and every
+    # value selected, (a|b). One variable varies at a time; the others stay at All.
+    all_values: dict[str, str] = {}
+    choices: dict[str, list[str]] = {}
     for label, _, target, variable in prom_targets:
-        if variable is not None:
-            job_values = prometheus_variable_values(prom, label, target, start, end)
-            for name in METRIC_NAME.findall(target.get("query", "")):
-                used.setdefault(name, set()).add(label)
-    if sorted(job_values) != sorted(jobs):
-        fail(f"the job variable offers {job_values}, the runs were {jobs}")
-    selections = [{"job": ".*"}] + [{"job": grafana_regex_escape(j)} for j in jobs]
+        if variable is None:
+            continue
+        values = prometheus_variable_values(prom, label, target, start, end)
+        for name in METRIC_NAME.findall(target.get("query", "")):
+            used.setdefault(name, set()).add(label)
+        if variable["name"] == "job" and sorted(values) != sorted(jobs):
+            fail(f"{label} offers {values}, the runs were {jobs}")
+        escaped = [grafana_regex_escape(v) for v in values]
+        joined = "(" + "|".join(escaped) + ")"
+        all_values[variable["name"]] = (variable.get("allValue") or joined) if variable.get("includeAll") else joined
+        choices[variable["name"]] = escaped + ([joined] if variable.get("multi") else [])
+    selections = [dict(all_values)] + [{**all_values, n: v} for n, vs in choices.items() for v in vs]
     for label, _, target, variable in prom_targets:
         if variable is not None:
             continue
         expr = target["expr"]
         for name in METRIC_NAME.findall(expr):
             used.setdefault(name, set()).add(label)
-        for sel in selections:
+        for i, sel in enumerate(selections):
             q = substitute_promql(expr, sel, range_secs)
             if target.get("instant") and not target.get("range"):
                 r = prom.api("query", query=q, time=end)
             else:
                 r = prom.api("query_range", query=q, start=start, end=end, step=SCRAPE_SECS)
-            where = f"{label} [job=~{sel['job']}]"
+            where = f"{label} [{', '.join(f'{k}={v}' for k, v in sel.items())}]"
             if r.get("status") != "success":
                 fail(f"{where}: {q}: {r.get('errorType')}: {r.get('error')}")
                 continue
@@ -545,8 +555,9 @@ def check_prometheus(prom: Prometheus, start: float, jobs: list[str]) -> None:
             n = finite_values(data["resultType"], data["result"])
             if n == 0:
                 fail(f"{where}: {q}: no finite value ({len(data['result'])} series)")
-            elif sel["job"] == ".*":
-                log(f"ok   {where}: {len(data['result'])} series, {n} finite values")
+            elif i == 0:
+                log(f"ok   {where}: {len(data['result'])} series, {n} finite values"
+                    f" ({len(selections) - 1} other selections below only if they fail)")
     rule_file = yaml.safe_load(ALERTS.read_text())
     for group in rule_file["groups"]:
         for rule in group["rules"]:
