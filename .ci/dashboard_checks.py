@@ -186,8 +186,8 @@ def service_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 class Run:
-    def __init__(self, name: str, binary: str, work: Path, env: dict[str, str], args: list[str]):
-        self.name, self.port = name, free_port()
+    def __init__(self, name: str, binary: str, work: Path, port: int, env: dict[str, str], args: list[str]):
+        self.name, self.port = name, port
         self.log_path = work / f"{name}.log"
         self.proc = subprocess.Popen(
             [binary, "run", "--http-listen", f"127.0.0.1:{self.port}", *args],
@@ -232,7 +232,7 @@ def next_reconcile_minute(now: dt.datetime, lead_secs: int) -> dt.datetime:
     return at
 
 
-def start_embedded(binary: str, work: Path, reconcile_at: dt.datetime) -> Run:
+def start_embedded(binary: str, work: Path, port: int, reconcile_at: dt.datetime) -> Run:
     inbox = work / "inbox"
     inbox.mkdir()
     env = service_env({
@@ -240,7 +240,7 @@ def start_embedded(binary: str, work: Path, reconcile_at: dt.datetime) -> Run:
         "WAU_INGEST_SOURCE_SETTLE_MS": "100",
         "WAU_INGEST_RECONCILE_SCHEDULE_UTC": reconcile_at.strftime("%H:%M"),
     })
-    return Run(JOB_EMBEDDED, binary, work, env, ["--inbox", str(inbox), "--db", str(work / "wau.sqlite")])
+    return Run(JOB_EMBEDDED, binary, work, port, env, ["--inbox", str(inbox), "--db", str(work / "wau.sqlite")])
 
 
 def drive_embedded(run: Run, work: Path, files: dict[str, str]) -> None:
@@ -732,27 +732,33 @@ def main() -> int:
     prom = None
     case = None
     try:
+        case = AwsCase(f"wau_t_dash_{os.getpid()}_{int(time.time())}")
+        ports = {JOB_EMBEDDED: free_port(), JOB_AWS: free_port()}
+        # Prometheus first: it is ready before it first scrapes (target discovery is throttled
+        # to 5 s), and the events must come after a first sample of every run, or no rate sees
+        # them; the runs' reconcile minute is then counted from their own start.
+        prom = Prometheus(args.prometheus, work, ports, args.prometheus_port or free_port())
+        scrape_start = time.time()
         now = dt.datetime.now(dt.timezone.utc)
         files = fixture_csvs(now)
         reconcile_at = next_reconcile_minute(now, 15)
-        embedded = start_embedded(args.bin, work, reconcile_at)
+        embedded = start_embedded(args.bin, work, ports[JOB_EMBEDDED], reconcile_at)
         runs.append(embedded)
-        case = AwsCase(f"wau_t_dash_{os.getpid()}_{int(time.time())}")
         aws_work = work / "aws"
         aws_work.mkdir()
-        aws = Run(JOB_AWS, args.bin, aws_work, case.env(), [])
+        aws = Run(JOB_AWS, args.bin, aws_work, ports[JOB_AWS], case.env(), [])
         runs.append(aws)
         for r in runs:
             wait_until(f"{r.name} /metrics", r.metrics, 60, 0.2)
-        prom = Prometheus(args.prometheus, work, {r.name: r.port for r in runs}, args.prometheus_port or free_port())
-        scrape_start = time.time()
-        # Prometheus is ready before it first scrapes (target discovery is throttled to 5 s):
-        # the events must come after a first sample of every run, or no rate sees them.
         wait_until("Prometheus's first scrape of both runs", lambda: prom.scraped(len(runs)), 60, 0.2)
         log(f"== runs up: {JOB_EMBEDDED} :{embedded.port}, {JOB_AWS} :{aws.port}, prometheus :{prom.port}; "
             f"reconcile at {reconcile_at:%H:%M} UTC")
 
         drive_embedded(embedded, work, files)
+        if (reconcile_at - dt.datetime.now(dt.timezone.utc)).total_seconds() < 2:
+            raise SystemExit(f"dashboard-checks: the embedded run's files were not in place 2 s before its "
+                             f"reconcile at {reconcile_at:%H:%M:%S} UTC (this machine is too slow for the "
+                             "15 s lead in next_reconcile_minute)")
         drive_aws(aws, case, files)
         log("== the SQL of the dashboards, through the Data API and on SQLite")
         check_sql(case.rd, case.database, work / "wau.sqlite", dt.datetime.now(dt.timezone.utc))
