@@ -305,10 +305,10 @@ class AwsCase:
         self.bucket = name.replace("_", "-")
         self.s3.create_bucket(Bucket=self.bucket)
         dlq = self.sqs.create_queue(QueueName=f"{self.bucket}-dlq")["QueueUrl"]
-        dlq_arn = self.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         self.queue_url = self.sqs.create_queue(QueueName=self.bucket, Attributes={
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"})})["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": self.queue_arn(dlq), "maxReceiveCount": "2"})
+        })["QueueUrl"]
+        arn = self.queue_arn(self.queue_url)
         # As deploy/storage.yaml: only csv/ notifies (staging/ is in the same bucket).
         self.s3.put_bucket_notification_configuration(Bucket=self.bucket, NotificationConfiguration={
             "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"],
@@ -317,6 +317,9 @@ class AwsCase:
         d, _ = data_api(self.rd, "test", f"CREATE DATABASE {self.database}")
         if d["Status"] != "FINISHED":
             raise SystemExit(f"dashboard-checks: CREATE DATABASE {self.database}: {d.get('Error')}")
+
+    def queue_arn(self, url: str) -> str:
+        return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
     def env(self) -> dict[str, str]:
         return service_env({
