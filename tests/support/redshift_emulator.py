@@ -909,6 +909,10 @@ def run_copy(conn: psycopg.Connection, s3, spec: CopySpec) -> int:
                     raise failed(where_is(bad[0], i), code, message, value) from None
             raise failed(spec.source, code, message) from None
         cur.execute(f"DROP TABLE {tmp}")
+        # Redshift writes a block's zone maps with the block: the BRIN indexes that stand for
+        # them (see apply_table_design) summarize the block ranges this COPY filled.
+        cur.execute("SELECT brin_summarize_new_values(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                    " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = %s::regclass AND a.amname = 'brin'", [target])
     return rows
 
 
