@@ -104,7 +104,14 @@ What it translates (only what PostgreSQL lacks)
       index (``autosummarize = on``) on each number, date and time column, which skips a block
       range exactly where Redshift would skip a block (where the values follow the physical
       order), no more. Not on CHAR/VARCHAR, whose zone maps keep only 8 bytes on Redshift, nor
-      on temporary tables (they live one session; a commit makes one).
+      on temporary tables (they live one session; a commit makes one). Redshift writes a
+      block's zone map with the block, so a COPY summarizes the block ranges it filled
+      (``brin_summarize_new_values``); rows that INSERT adds are summarized by autovacuum or
+      VACUUM, and until then their ranges are read whole.
+    - The planner is told that random reads cost about what sequential ones do
+      (``random_page_cost`` 1.1, ``effective_cache_size`` 8 GB, per session): the data of a
+      test database sits in memory, and PostgreSQL's defaults (for spinning disks) would scan a
+      10 M-row table rather than probe a sort key's index for 100 k keys.
   * ``CREATE [TEMP] TABLE ... AS SELECT`` is followed by ``ANALYZE`` of the new table, as Redshift
     analyzes such tables on its own: without statistics PostgreSQL joins a fresh table by nested
     loop (the merge's key table; `bench/emulator_merge.py --shared-keys`: 16,000 staged rows
@@ -925,14 +932,18 @@ _DB_IS_SERIALIZABLE = ("EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s, u
                        " AND lower(c) = 'default_transaction_isolation=serializable')")
 # One round trip at the start of every session: the database's isolation level (SERIALIZABLE
 # only when the database says so; anything else is SNAPSHOT = REPEATABLE READ), the emulator's
-# schema on the search path, and room for COPY's temporary tables.
+# schema on the search path, room for COPY's temporary tables, and the planner's costs for data
+# that sits in memory (a test database on one machine): with PostgreSQL's default random page
+# cost (4, for spinning disks) it would scan a 10 M-row table rather than probe a sort key's
+# index for 100 k keys, a plan Redshift's zone maps never force (see translate_table_design).
 SESSION_SQL = (
     "SELECT set_config('default_transaction_isolation', CASE WHEN "
     + _DB_IS_SERIALIZABLE.format(db="(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())")
     + " THEN 'serializable' ELSE 'repeatable read' END, false),"
     f" set_config('search_path', CASE WHEN current_setting('search_path') ~ '\\m{SCHEMA}\\M'"
     f" THEN current_setting('search_path') ELSE current_setting('search_path') || ', {SCHEMA}' END, false),"
-    " set_config('temp_buffers', '64MB', false)")
+    " set_config('temp_buffers', '64MB', false),"
+    " set_config('random_page_cost', '1.1', false), set_config('effective_cache_size', '8GB', false)")
 # Redshift's STV_DB_ISOLATION_LEVEL: db_name character(128), isolation_level character(20).
 ISOLATION_VIEW_SQL = (
     f"CREATE OR REPLACE VIEW {SCHEMA}.stv_db_isolation_level AS SELECT d.datname::char(128) AS db_name,"
