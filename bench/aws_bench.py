@@ -155,17 +155,18 @@ class Case:
 
 
 def run_statement(data_api, database: str, sql: str) -> dict:
-    """One Data API ExecuteStatement, polled to its end as the service polls (20 ms, x1.5, <= 250 ms)."""
+    """One Data API ExecuteStatement, polled to its end as the service polls (`PollSchedule`: the
+    first DescribeStatement after 50 ms, then doubling the wait up to 1 s)."""
     sid = data_api.execute_statement(WorkgroupName=WORKGROUP, Database=database, Sql=sql)["Id"]
-    delay = 0.02
+    delay = 0.05
     while True:
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
         d = data_api.describe_statement(Id=sid)
         if d["Status"] == "FINISHED":
             return d
         if d["Status"] in ("FAILED", "ABORTED"):
             sys.exit(f"reference statement {d['Status']}: {d.get('Error')}\n{sql}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
 
 
 def copy_sql(table: str, url: str) -> str:

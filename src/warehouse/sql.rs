@@ -2,8 +2,10 @@
 //!
 //! Loads and merges are written once, in the subset Redshift, PostgreSQL and SQLite share
 //! (`DELETE … WHERE EXISTS`, `INSERT … SELECT`, `ROW_NUMBER()` in a subquery, `:name`
-//! parameters). Only true engine differences — DDL types, table options, view date functions,
-//! the bulk-load route — live behind [`Dialect`].
+//! parameters). Only true engine differences — DDL types, table attributes (the physical
+//! design, [`Sql::physical_design`]), view date functions, the bulk-load route, the merge's
+//! delete from the target (a join where DELETE can join) and SQLite's winner step — live behind
+//! [`Dialect`].
 
 use super::ledger::counts_for_order_sql;
 use crate::contract::{Column, ColumnType, Contract};
@@ -166,6 +168,16 @@ pub const STAGING_PROVENANCE: [&str; 4] = ["_file_key", "_file_version", "_line"
 /// forms (the shared `ROW_NUMBER()` text and SQLite's anti-join) are built from it.
 const WINNER_ORDER: [&str; 4] = ["f.sequencer", "f.batch_id", "s._line", "s._file_key"];
 
+/// The product's tables whose physical design is chosen (see [`Sql::physical_design`]); the
+/// merge history and the lock table keep Redshift's defaults (`DISTSTYLE AUTO`, no sort key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableRole {
+    Target,
+    Staging,
+    Ledger,
+    Rejects,
+}
+
 /// What one statement of [`Sql::merge`] does, so callers find a step by its role, not its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeStepKind {
@@ -278,11 +290,39 @@ impl<'a> Sql<'a> {
             .collect()
     }
 
-    fn table_options(&self) -> String {
-        if self.dialect == Dialect::Redshift {
-            format!(" DISTSTYLE AUTO SORTKEY ({})", self.contract.event_time_column)
-        } else {
-            String::new()
+    /// The column rows of the target and staging are distributed by on Redshift: the dedupe
+    /// key's first column that is not the customer (a handful of customers would put all rows on
+    /// a handful of slices); `None` when the key is the customer alone.
+    pub fn distribution_column(&self) -> Option<&str> {
+        self.contract.dedupe_key.iter().map(String::as_str).find(|c| *c != self.contract.customer_column)
+    }
+
+    /// Where a table's rows live on Redshift and in what order (its table attributes; nothing on
+    /// other engines). Each is chosen for the predicates the product runs on the table; the
+    /// reasoning is in docs/design.md, "Physical design on Redshift".
+    pub fn physical_design(&self, table: TableRole) -> String {
+        if self.dialect != Dialect::Redshift {
+            return String::new();
+        }
+        let dedupe_key = self.contract.dedupe_key.join(", ");
+        let (key, bucket, version) = (ledger_table::KEY.name, ledger_table::BUCKET.name, ledger_table::VERSION.name);
+        match table {
+            // Merge: the target is joined to the touched keys on the dedupe key (the delete), and
+            // staging to them on the same key (the winners): both distributed and sorted by it.
+            TableRole::Target | TableRole::Staging => match self.distribution_column() {
+                Some(col) => format!(" DISTSTYLE KEY DISTKEY ({col}) COMPOUND SORTKEY ({dedupe_key})"),
+                None => format!(" DISTSTYLE AUTO COMPOUND SORTKEY ({dedupe_key})"),
+            },
+            // Admission looks one file up by (bucket, key, version) or (bucket, key, sequencer);
+            // the commit joins the ledger to itself and to the batch's rows on (bucket, key).
+            TableRole::Ledger => {
+                format!(" DISTSTYLE KEY DISTKEY ({key}) COMPOUND SORTKEY ({bucket}, {key}, {version})")
+            }
+            // Every commit removes the reject rows of its own batch that lost their file (by
+            // batch id, joined to the ledger on the file).
+            TableRole::Rejects => {
+                format!(" DISTSTYLE KEY DISTKEY ({key}) COMPOUND SORTKEY ({})", rejects_table::BATCH_ID.name)
+            }
         }
     }
 
@@ -305,7 +345,7 @@ impl<'a> Sql<'a> {
                 target_cols.push(format!("PRIMARY KEY ({})", self.contract.dedupe_key.join(", ")));
                 " WITHOUT ROWID".to_string()
             }
-            _ => self.table_options(),
+            _ => self.physical_design(TableRole::Target),
         };
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}",
@@ -324,12 +364,16 @@ impl<'a> Sql<'a> {
             "CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}",
             t.staging,
             staging_cols.join(",\n  "),
-            self.table_options()
+            self.physical_design(TableRole::Staging)
         ));
-        for (table, cols) in [(&t.files, &ledger_table::COLUMNS[..]), (&t.rejects, &rejects_table::COLUMNS[..])] {
+        for (table, cols, role) in [
+            (&t.files, &ledger_table::COLUMNS[..], TableRole::Ledger),
+            (&t.rejects, &rejects_table::COLUMNS[..], TableRole::Rejects),
+        ] {
             out.push(format!(
-                "CREATE TABLE IF NOT EXISTS {table} (\n  {}\n)",
-                self.own_columns_ddl(cols, true).join(",\n  ")
+                "CREATE TABLE IF NOT EXISTS {table} (\n  {}\n){}",
+                self.own_columns_ddl(cols, true).join(",\n  "),
+                self.physical_design(role)
             ));
         }
         out.push(format!(
@@ -553,14 +597,20 @@ impl<'a> Sql<'a> {
                 Dialect::Redshift => String::new(),
                 _ => format!("CREATE INDEX {k}_key ON {k} ({})", self.contract.dedupe_key.join(", ")),
             }),
-            // The `IN` on the key's first column lets an engine with indexes visit only the
-            // touched customers' rows instead of the whole target; EXISTS decides.
-            (MergeStepKind::DeleteTarget, format!(
-                "DELETE FROM {target} WHERE {first} IN (SELECT {first} FROM {k}) AND EXISTS (SELECT 1 FROM {k} k WHERE {km})",
-                target = t.target,
-                first = self.contract.dedupe_key[0],
-                km = self.key_match("k", &t.target)
-            )),
+            // Redshift and PostgreSQL join the target to the touched keys on the whole dedupe
+            // key, so the delete's cost follows the keys, not the target: Redshift joins on the
+            // target's distribution and sort key, the emulator probes the sort key's index from
+            // each key. SQLite's DELETE cannot join: the `IN` on the key's first column lets it
+            // visit only the touched customers' rows of its keyed target; EXISTS decides.
+            (MergeStepKind::DeleteTarget, match self.dialect {
+                Dialect::Sqlite => format!(
+                    "DELETE FROM {target} WHERE {first} IN (SELECT {first} FROM {k}) AND EXISTS (SELECT 1 FROM {k} k WHERE {km})",
+                    target = t.target,
+                    first = self.contract.dedupe_key[0],
+                    km = self.key_match("k", &t.target)
+                ),
+                _ => format!("DELETE FROM {target} USING {k} k WHERE {km}", target = t.target, km = self.key_match("k", &t.target)),
+            }),
             // Written as CROSS JOIN + WHERE (plain inner-join semantics everywhere) because
             // SQLite then walks from the touched keys instead of through all of staging.
             (MergeStepKind::InsertWinners, format!(
@@ -862,7 +912,26 @@ mod tests {
         let rs = Sql::new(Dialect::Redshift, &c, &t).migrate().join("\n");
         assert!(rs.contains("customer VARCHAR(64) NOT NULL"), "{rs}");
         assert!(rs.contains("event_time TIMESTAMP NOT NULL"));
-        assert!(rs.contains(") DISTSTYLE AUTO SORTKEY (event_time)"));
+        assert!(rs.contains("CREATE TABLE IF NOT EXISTS wau_audit_logs (\n  customer VARCHAR(64) NOT NULL,"));
+        for table in ["wau_audit_logs", "wau_audit_logs_staging"] {
+            let ddl = Sql::new(Dialect::Redshift, &c, &t)
+                .migrate()
+                .into_iter()
+                .find(|s| s.contains(&format!("EXISTS {table} (")))
+                .unwrap();
+            assert!(ddl.ends_with(") DISTSTYLE KEY DISTKEY (event_id) COMPOUND SORTKEY (customer, event_id)"), "{ddl}");
+        }
+        assert!(rs.contains("contract_version BIGINT NOT NULL\n) DISTSTYLE KEY DISTKEY (key) COMPOUND SORTKEY (bucket, key, version)"), "{rs}");
+        assert!(
+            rs.contains("rejected_at TIMESTAMP NOT NULL\n) DISTSTYLE KEY DISTKEY (key) COMPOUND SORTKEY (batch_id)"),
+            "{rs}"
+        );
+        let merges = Sql::new(Dialect::Redshift, &c, &t)
+            .migrate()
+            .into_iter()
+            .find(|s| s.contains("EXISTS wau_ingest_merges ("))
+            .unwrap();
+        assert!(merges.ends_with("rows_inserted BIGINT\n)"), "the merge history keeps Redshift's defaults: {merges}");
         assert!(!rs.contains("CREATE INDEX"));
         assert!(rs.contains("CREATE OR REPLACE VIEW wau_weekly_active_users"));
         let pg = Sql::new(Dialect::Postgres, &c, &t).migrate().join("\n");
@@ -876,14 +945,16 @@ mod tests {
         let a = Sql::new(Dialect::Sqlite, &c, &t);
         let b = Sql::new(Dialect::Redshift, &c, &t);
         let p = Sql::new(Dialect::Postgres, &c, &t);
-        // The differences: the writers' lock (not on SQLite, whose batch holds the write lock)
-        // and an index on the temporary key set where the engine has indexes.
+        // The differences: the writers' lock (not on SQLite, whose batch holds the write lock),
+        // an index on the temporary key set where the engine has indexes, and the delete from the
+        // target (a join where DELETE can join).
         let without = |m: Vec<MergeStep>, skip: &[MergeStepKind]| {
             m.into_iter().filter(|s| !skip.contains(&s.kind)).map(|s| s.sql).collect::<Vec<_>>()
         };
-        use MergeStepKind::{IndexKeys, Lock};
-        assert_eq!(without(a.merge(), &[IndexKeys]), without(b.merge(), &[Lock]));
-        assert_eq!(without(a.merge(), &[]), without(p.merge(), &[Lock]));
+        use MergeStepKind::{DeleteTarget, IndexKeys, Lock};
+        assert_eq!(without(a.merge(), &[IndexKeys, DeleteTarget]), without(b.merge(), &[Lock, DeleteTarget]));
+        assert_eq!(without(a.merge(), &[DeleteTarget]), without(p.merge(), &[Lock, DeleteTarget]));
+        assert_eq!(without(b.merge(), &[]), without(p.merge(), &[IndexKeys]));
         assert!(a.merge().iter().all(|s| s.kind != Lock));
         assert_eq!(a.insert_ledger(), b.insert_ledger());
         assert_eq!(a.supersede_older(), b.supersede_older());
@@ -911,6 +982,27 @@ mod tests {
         assert!(m[3].contains("f.merged_at IS NULL AND f.status IN ('superseded', 'replaced')"));
         assert!(m[5].starts_with("UPDATE wau_ingest_files SET merged_at = :merged_at WHERE merged_at IS NULL"));
         assert_eq!(m[6], "DROP TABLE wau_merge_keys");
+        let (c, t, _) = sql_for(Dialect::Redshift);
+        let rs = Sql::new(Dialect::Redshift, &c, &t).merge();
+        let delete = rs.iter().find(|s| s.kind == MergeStepKind::DeleteTarget).unwrap();
+        assert_eq!(
+            delete.sql,
+            "DELETE FROM wau_audit_logs USING wau_merge_keys k WHERE k.customer = wau_audit_logs.customer AND k.event_id = wau_audit_logs.event_id"
+        );
+    }
+
+    #[test]
+    fn the_distribution_column_is_the_dedupe_keys_first_that_is_not_the_customer() {
+        let (mut c, _, _) = sql_for(Dialect::Redshift);
+        c.dedupe_key = vec!["customer".into()];
+        let t = Tables::for_contract(&c);
+        let sql = Sql::new(Dialect::Redshift, &c, &t);
+        assert_eq!(sql.distribution_column(), None);
+        assert_eq!(sql.physical_design(TableRole::Target), " DISTSTYLE AUTO COMPOUND SORTKEY (customer)");
+        c.dedupe_key = vec!["event_id".into(), "customer".into()];
+        let sql = Sql::new(Dialect::Redshift, &c, &t);
+        assert_eq!(sql.distribution_column(), Some("event_id"));
+        assert_eq!(Sql::new(Dialect::Postgres, &c, &t).physical_design(TableRole::Ledger), "");
     }
 
     #[test]

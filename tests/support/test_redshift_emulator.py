@@ -253,12 +253,83 @@ def test_redshift_table_options_are_accepted(rd, schema):
         event_time timestamp NOT NULL ENCODE az64,
         note varchar(64) DEFAULT 'SORTKEY(x) ENCODE raw' ENCODE lzo,
         PRIMARY KEY (event_id)
-    ) DISTSTYLE AUTO SORTKEY(event_time)""")
+    ) DISTSTYLE KEY SORTKEY(event_time)""")
     run_ok(rd, f"CREATE TABLE {schema}.other (a int, b int) DISTSTYLE KEY DISTKEY(a) COMPOUND SORTKEY(a, b)")
-    run_ok(rd, f"CREATE TABLE {schema}.third (a int) DISTSTYLE EVEN INTERLEAVED SORTKEY (a) BACKUP NO")
+    run_ok(rd, f"CREATE TABLE {schema}.third (a int) BACKUP NO DISTSTYLE EVEN INTERLEAVED SORTKEY (a)")
+    run_ok(rd, f"CREATE TABLE {schema}.fourth (a int) DISTSTYLE AUTO SORTKEY AUTO ENCODE AUTO")
+    run_ok(rd, f"CREATE TEMP TABLE keys DISTKEY(a) SORTKEY(a, b) AS SELECT a, b FROM {schema}.other")
     run_ok(rd, f"INSERT INTO {schema}.events (event_id, user_id, event_time) VALUES ('e1', 7, '2026-11-27 03:00:00')")
     assert pg_rows(f"SELECT event_id, user_id, note FROM {schema}.events") == [("e1", 7, "SORTKEY(x) ENCODE raw")]
-    assert pg_rows(f"SELECT count(*) FROM information_schema.tables WHERE table_schema = '{schema}'") == [(3,)]
+    assert pg_rows(f"SELECT count(*) FROM information_schema.tables WHERE table_schema = '{schema}'") == [(4,)]
+
+
+def sort_key_indexes(schema: str) -> list[tuple]:
+    return pg_rows(f"SELECT tablename::text, regexp_replace(indexdef, '^.* USING ', '') FROM pg_indexes"
+                   f" WHERE schemaname = '{schema}' AND indexname NOT LIKE '%_pkey' ORDER BY 1, 2")
+
+
+def test_a_sort_key_becomes_an_index_and_zone_maps_brin_indexes(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.t (customer varchar(64), event_id varchar(64), label text)"
+               f" DISTSTYLE KEY DISTKEY (event_id) COMPOUND SORTKEY (customer, event_id)")
+    run_ok(rd, f"CREATE TABLE {schema}.i (a varchar(8), b varchar(8)) INTERLEAVED SORTKEY (a, b)")
+    run_ok(rd, f"CREATE TABLE {schema}.c (a varchar(8) SORTKEY, b varchar(8) DISTKEY)")
+    run_ok(rd, f"CREATE TABLE {schema}.d (a varchar(8), b varchar(8)) DISTSTYLE ALL SORTKEY AUTO")
+    # Zone maps: a BRIN index per number, date and time column of a permanent table, none on strings.
+    run_ok(rd, f"CREATE TABLE {schema}.z (n bigint, x double precision, d date, ts timestamp, s varchar(8), b boolean)")
+    brin = "WITH (autosummarize='on')"
+    assert sort_key_indexes(schema) == [
+        ("c", "btree (a)"),
+        ("i", "btree (a)"),
+        ("i", "btree (b)"),
+        ("t", "btree (customer, event_id)"),
+        ("z", f"brin (d) {brin}"),
+        ("z", f"brin (n) {brin}"),
+        ("z", f"brin (ts) {brin}"),
+        ("z", f"brin (x) {brin}"),
+    ]
+    # CREATE TABLE IF NOT EXISTS of a table that exists changes nothing, its keys included.
+    run_ok(rd, f"CREATE TABLE IF NOT EXISTS {schema}.d (a varchar(8), b varchar(8)) DISTSTYLE ALL COMPOUND SORTKEY (b)")
+    assert ("d", "btree (b)") not in sort_key_indexes(schema)
+    # A temporary table gets its sort key's index (in its session), no zone maps.
+    d = wait_done(rd, rd.batch_execute_statement(Sqls=[
+        "CREATE TEMP TABLE tmp (a bigint, b varchar(8)) SORTKEY (b)",
+        "SELECT regexp_replace(indexdef, '^.* USING ', '') FROM pg_indexes WHERE tablename = 'tmp'"], **TARGET)["Id"])
+    assert d["Status"] == "FINISHED", d.get("Error")
+    assert records(rd, d["SubStatements"][1]["Id"]) == [[{"stringValue": "btree (b)"}]]
+
+
+@pytest.mark.parametrize("attributes, error", [
+    ("DISTSTYLE KEY DISTKEY (nope) SORTKEY (a)", 'column "nope" named in DISTKEY does not exist'),
+    ("COMPOUND SORTKEY (a, nope)", 'column "nope" named in SORTKEY does not exist'),
+    ("DISTSTYLE EVEN DISTKEY (a)", "DISTKEY cannot be used with DISTSTYLE EVEN"),
+    ("DISTSTYLE ALL DISTKEY (a)", "DISTKEY cannot be used with DISTSTYLE ALL"),
+    ("DISTSTYLE KEY", "DISTSTYLE KEY needs a DISTKEY column"),
+    ("SORTKEY (a, a)", "more than once in SORTKEY"),
+    ("INTERLEAVED SORTKEY AUTO", "syntax error"),
+    ("DISTKEY a", "syntax error"),
+    ("SORTKEY ()", "syntax error"),
+    ("DISTSTYLE RANDOM", "syntax error"),
+    ("SORTKEY (a) DISTKEY (b)", "syntax error"),  # out of the documented order
+    ("DISTKEY (a) DISTKEY (b)", "syntax error"),  # twice
+    ("DISTSTYLE KEY DISTKEY (a) SORTKEY (a) BACKUP NO", "syntax error"),  # BACKUP comes first
+])
+def test_malformed_table_attributes_are_refused(rd, schema, attributes, error):
+    d = run(rd, f"CREATE TABLE {schema}.bad (a int, b int) {attributes}")
+    assert d["Status"] == "FAILED" and error in d["Error"], d.get("Error")
+    assert pg_rows(f"SELECT count(*) FROM information_schema.tables WHERE table_schema = '{schema}'") == [(0,)]
+
+
+def test_keys_are_checked_against_the_columns_of_like_and_as(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.base (a int, b int)")
+    d = run(rd, f"CREATE TABLE {schema}.copy (LIKE {schema}.base) DISTSTYLE KEY DISTKEY (c)")
+    assert d["Status"] == "FAILED" and 'column "c" named in DISTKEY does not exist' in d["Error"], d.get("Error")
+    d = run(rd, f"CREATE TABLE {schema}.made SORTKEY (c) AS SELECT a, b FROM {schema}.base")
+    assert d["Status"] == "FAILED" and 'column "c" named in SORTKEY does not exist' in d["Error"], d.get("Error")
+    assert pg_rows(f"SELECT table_name::text FROM information_schema.tables WHERE table_schema = '{schema}'") == [("base",)]
+    for sql in (f"CREATE TABLE {schema}.two (a int DISTKEY, b int DISTKEY)",
+                f"CREATE TABLE {schema}.two (a int DISTKEY, b int) DISTKEY (b)",
+                f"CREATE TABLE {schema}.two (a int SORTKEY, b int) SORTKEY (b)"):
+        assert run(rd, sql)["Status"] == "FAILED", sql
 
 
 def put_gzip_csv(s3, bucket: str, key: str, text: str):
@@ -401,16 +472,21 @@ def test_split_sql_segments():
     assert emu.split_sql("SELECT $1, a$b") == [("code", "SELECT $1, a$b")]
 
 
-def test_strip_table_options():
+def test_translate_table_design():
     sql = ("CREATE TABLE s.t (id bigint ENCODE az64 DISTKEY, ts timestamp SORTKEY, c text DEFAULT 'ENCODE x'"
-           " ENCODE zstd) DISTSTYLE KEY DISTKEY(id) INTERLEAVED SORTKEY (ts, id)")
-    out = emu.strip_table_options(sql)
+           " ENCODE zstd) BACKUP NO DISTSTYLE KEY")
+    out, design = emu.translate_table_design(sql)
     assert " ".join(out.split()) == "CREATE TABLE s.t (id bigint , ts timestamp , c text DEFAULT 'ENCODE x' )"
-    assert " ".join(emu.strip_table_options("create temp table t (a int) diststyle all sortkey auto").split()) == \
-        "create temp table t (a int)"
-    assert emu.strip_table_options("-- c\nCREATE TABLE t (a int) COMPOUND SORTKEY(a)").rstrip() == "-- c\nCREATE TABLE t (a int)"
+    assert (design.diststyle, design.distkey, design.sortkind, design.sortkey) == ("KEY", "id", "COMPOUND", ["ts"])
+    out, design = emu.translate_table_design("create temp table t (a int) diststyle all sortkey auto")
+    assert " ".join(out.split()) == "create temp table t (a int)"
+    assert (design.diststyle, design.sortkind, design.index_columns()) == ("ALL", "AUTO", [])
+    out, design = emu.translate_table_design("-- c\nCREATE TABLE t (a int, \"B\" int) COMPOUND SORTKEY(a, \"B\")")
+    assert out.rstrip() == "-- c\nCREATE TABLE t (a int, \"B\" int)" and design.index_columns() == [["a", "B"]]
+    out, design = emu.translate_table_design("CREATE TEMP TABLE k DISTKEY(a) AS SELECT DISTINCT a FROM x")
+    assert out == "CREATE TEMP TABLE k AS SELECT DISTINCT a FROM x" and design.columns is None
     untouched = "SELECT encode(x, 'hex') AS sortkey FROM t DISTSTYLE"
-    assert emu.strip_table_options(untouched) == untouched
+    assert emu.translate_table_design(untouched) == (untouched, None)
 
 
 def test_parse_copy():

@@ -398,12 +398,15 @@ impl DataApi {
         .map_err(|e| RunError::Call { text: format!("DescribeStatement {id}: {}", e.text), transient: e.transient })
     }
 
-    /// Polls until FINISHED, FAILED or ABORTED, backing off from 20 ms to 250 ms: a query
-    /// usually ends within the first polls, and a load is seen done at most 250 ms late
-    /// (four DescribeStatement calls a second is far below the Data API's quota).
+    /// Polls until FINISHED, FAILED or ABORTED, on [`PollSchedule`]: the first DescribeStatement
+    /// after [`FIRST_POLL`], then twice as long between polls up to [`MAX_POLL_INTERVAL`]. A
+    /// statement of `d` seconds costs [`PollSchedule::polls_for`]`(d)` calls (2 for 0.1 s, 3 for
+    /// 0.3 s, 5 for 1 s), the bound docs/design.md ("Data API calls") counts against the
+    /// account's DescribeStatement quota, and is seen ended at most `d` + 50 ms (or 1 s) late.
     async fn wait(&self, id: &str, sqls: &[String]) -> Result<Done, RunError> {
-        let mut delay = Duration::from_millis(20);
+        let mut schedule = PollSchedule::default();
         loop {
+            tokio::time::sleep(schedule.next_delay()).await;
             let d = self.describe(id).await?;
             match d.status() {
                 Some(StatusString::Finished) => {
@@ -428,8 +431,6 @@ impl DataApi {
                 None | Some(StatusString::Submitted | StatusString::Picked | StatusString::Started) => {}
                 Some(other) => return Err(RunError::Failed(format!("statement {id} is in unexpected state {other}"))),
             }
-            tokio::time::sleep(delay).await;
-            delay = delay.mul_f64(1.5).min(Duration::from_millis(250));
         }
     }
 
@@ -473,6 +474,42 @@ impl DataApi {
     }
 }
 
+/// The wait before a statement's first DescribeStatement: no statement has ended sooner
+/// (a submission is SUBMITTED when the call returns), so polling at once would only be spent.
+pub(super) const FIRST_POLL: Duration = Duration::from_millis(50);
+/// The longest wait between two DescribeStatement calls of one statement.
+pub(super) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When a running statement is asked about: after [`FIRST_POLL`], then after waits doubling up
+/// to [`MAX_POLL_INTERVAL`]. Doubling keeps the calls per statement logarithmic in its duration
+/// (they count against the account's DescribeStatement quota) while a statement is never seen
+/// ended later than its own duration plus [`FIRST_POLL`] (or the cap) after it ended.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PollSchedule {
+    last: Option<Duration>,
+}
+
+impl PollSchedule {
+    /// The wait before the next DescribeStatement.
+    pub(super) fn next_delay(&mut self) -> Duration {
+        let next = self.last.map_or(FIRST_POLL, |d| (d * 2).min(MAX_POLL_INTERVAL));
+        self.last = Some(next);
+        next
+    }
+
+    /// DescribeStatement calls a statement that runs `duration` costs: the polls up to the first
+    /// one at or after its end.
+    #[cfg(test)]
+    pub(super) fn polls_for(duration: Duration) -> u32 {
+        let (mut schedule, mut at, mut polls) = (PollSchedule::default(), Duration::ZERO, 0);
+        while at < duration || polls == 0 {
+            at += schedule.next_delay();
+            polls += 1;
+        }
+        polls
+    }
+}
+
 /// The statement's error, and for a batch which sub-statement failed and what it was.
 fn failure_text(d: &DescribeStatementOutput, sqls: &[String]) -> String {
     let mut text = d.error().unwrap_or("no error text").to_string();
@@ -511,6 +548,16 @@ mod tests {
         assert_eq!(RunError::Aborted("cancelled".into()).class(), Transient);
         assert!(Conflict.retryable() && Transient.retryable());
         assert!(!Fatal.retryable() && !Misuse.retryable() && !RejectedData.retryable());
+    }
+
+    #[test]
+    fn polls_double_from_the_first_wait_to_the_cap() {
+        let mut p = PollSchedule::default();
+        let waits: Vec<u64> = (0..7).map(|_| p.next_delay().as_millis() as u64).collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1000, 1000]);
+        let polls = |ms| PollSchedule::polls_for(Duration::from_millis(ms));
+        // The counts docs/design.md ("Data API calls") quotes.
+        assert_eq!([polls(10), polls(100), polls(300), polls(1000), polls(3000), polls(10_000)], [1, 2, 3, 5, 7, 14]);
     }
 
     #[test]
