@@ -6,7 +6,8 @@
 #   BENCH_OBJECTS=100000 bash bench/reconcile.sh
 #   BENCH_S3_OBJECTS=20000 bash bench/reconcile.sh s3   # on a private moto stack (free ports)
 #   BENCH_BIN=path/to/wau-ingest ...         # skip the release build
-# BENCH_DIR (default $TMPDIR or /tmp) holds the generated folder and ledger, deleted afterwards;
+# BENCH_DIR (default $TMPDIR or /tmp) holds the generated folder and ledger, deleted afterwards
+# unless BENCH_KEEP is set;
 # BENCH_MEMORY_LIMIT_MIB (default 100) is the PASS/FAIL line for each run's peak RSS.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +21,7 @@ if [[ -z "$BIN" ]]; then
     BIN="$CARGO_TARGET_DIR/release/wau-ingest"
 fi
 dir=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/wau-reconcile.XXXXXX")
-cleanup() { rm -rf "$dir"; }
+cleanup() { if [[ -n "${BENCH_KEEP:-}" ]]; then echo "kept $dir" >&2; else rm -rf "$dir"; fi; }
 limit="${BENCH_MEMORY_LIMIT_MIB:-100}"
 case "$mode" in
     local)

@@ -214,6 +214,9 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_format, level);
+    if matches!(cli.command, Command::Replay { .. } | Command::Reconcile) {
+        limit_malloc_arenas();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the runtime");
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
@@ -226,6 +229,19 @@ fn main() -> ExitCode {
     // (an interrupted merge rolls back by itself).
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// Replay and reconcile allocate listing and ledger pages on blocking threads and free them on
+/// the runtime's: glibc then grows an arena per thread (up to 8 per core) and keeps what each
+/// freed, which more than doubled their peak RSS over a large listing (bench/reconcile.sh:
+/// 144 MiB against 86 MiB with two arenas, 200,000 files). Two arenas keep them inside their
+/// memory bound; the service is left to glibc's default.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it runs before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 async fn shutdown_signal() {

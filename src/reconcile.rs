@@ -4,7 +4,7 @@
 //!
 //! - the listing, [`ObjectStore::list_pages`], in UTF-8 byte order of the keys (S3's order; the
 //!   local store walks folders in the same order);
-//! - the ledger's distinct (key, sequencer) pairs, [`Warehouse::recorded_page`], in keyset pages
+//! - the ledger's (key, sequencer) pairs, [`Warehouse::recorded_page`], in keyset pages
 //!   of [`LEDGER_PAGE_ROWS`] from the first listed key on, in the engine's `ORDER BY key,
 //!   sequencer`. Paging stops with the listing: rows past its last key are never fetched.
 //!
@@ -92,7 +92,8 @@ impl MergeJoin {
         self.counts.ledger_rows += page.len() as u64;
         self.ledger_ended = page.len() < limit;
         for r in page {
-            if self.last_fed.as_ref().is_some_and(|last| r <= *last) {
+            // A pair repeats once per version recorded with it: equal is in order.
+            if self.last_fed.as_ref().is_some_and(|last| r < *last) {
                 self.counts.ledger_out_of_order += 1;
             }
             self.last_fed = Some(r.clone());
@@ -320,7 +321,12 @@ mod tests {
                     ledger.insert(rec(&o.key, o.sequencer.as_deref().unwrap()));
                 }
             }
-            let ledger: Vec<Recorded> = ledger.into_iter().collect();
+            // A pair repeats once per version recorded with it.
+            let ledger: Vec<Recorded> = ledger
+                .into_iter()
+                .zip(also_listed.iter().cycle())
+                .flat_map(|(r, twice)| if *twice { vec![r.clone(), r] } else { vec![r] })
+                .collect();
             let model: Vec<String> = listing
                 .iter()
                 .filter(|o| !ledger.contains(&rec(&o.key, o.sequencer.as_deref().unwrap())))

@@ -959,8 +959,9 @@ fn update_race(x: &Scratch, once: bool) -> Result<(Vec<Result<(), String>>, i64)
     Ok((results, value))
 }
 
-/// 9. Reconcile's ledger side (`Sql::recorded_page`) on keys where byte order and a locale's
-/// order differ: is the database's `ORDER BY` on VARCHAR byte order? Reconcile is correct
+/// 9. Reconcile's ledger side (`Sql::recorded_page`) where byte and locale orders differ.
+///
+/// Is the database's `ORDER BY` on VARCHAR byte order? Reconcile is correct
 /// either way (it calls an object recorded only on a byte-equal key and sequencer); it is exact
 /// only if so. Otherwise recorded objects it passes by go to the pipeline, which finds them
 /// duplicates (one HeadObject and one ledger lookup each).

@@ -287,10 +287,11 @@ pub trait Warehouse: Send + Sync {
         sequencer: &str,
         size: u64,
     ) -> Result<Option<FileStatus>, WarehouseError>;
-    /// One keyset page of the distinct (key, sequencer) pairs recorded for `bucket`, in the
-    /// engine's order of (key, sequencer), starting at `start`, at most `limit` of them: the
-    /// ledger side of reconcile's merge-join (`reconcile`), which asks for the next page after
-    /// the last pair of this one until a page comes back short.
+    /// One keyset page of the (key, sequencer) pairs recorded for `bucket` (a pair repeats once
+    /// per version recorded with it), in the engine's order of (key, sequencer), starting at
+    /// `start`, at most `limit` of them: the ledger side of reconcile's merge-join
+    /// (`reconcile`), which asks for the next page after the last pair of this one until a page
+    /// comes back short.
     fn recorded_page(&self, bucket: &str, start: &PageStart, limit: usize) -> Result<Vec<Recorded>, WarehouseError>;
     /// Runs the merge as one transaction.
     fn merge(&self) -> Result<MergeReport, WarehouseError>;

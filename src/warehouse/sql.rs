@@ -697,19 +697,22 @@ impl<'a> Sql<'a> {
         format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL AND status = '{LOADED}'", self.t.files)
     }
 
-    /// One keyset page of the distinct (key, sequencer) pairs recorded for `:bucket`
+    /// One keyset page of the (key, sequencer) pairs recorded for `:bucket`
     /// (`Warehouse::recorded_page`): from `:key` on, or, `after` the previous page, past
-    /// (`:key`, `:sequencer`); in the engine's (key, sequencer) order, at most `limit`. The
-    /// range is written `key >= :key AND (...)` so an index on (bucket, key) serves it.
-    /// Reconcile does not rely on this order being byte order (see `reconcile`): the engine's
-    /// own `>` and `ORDER BY` agree with each other, which is all keyset paging needs.
+    /// (`:key`, `:sequencer`); in the engine's (key, sequencer) order, at most `limit`. A pair
+    /// repeats once per version recorded with it, and a page that ends on one skips its other
+    /// repeats: reconcile asks only whether a pair is recorded. (Not `DISTINCT`: SQLite would
+    /// then gather every row from `:key` on before the `LIMIT`, each page costing the rest of
+    /// the ledger.) The range is written `key >= :key AND (...)` so an index on (bucket, key)
+    /// serves it. Reconcile does not rely on this order being byte order (see `reconcile`): the
+    /// engine's own `>` and `ORDER BY` agree with each other, which is all keyset paging needs.
     pub fn recorded_page(&self, start: RecordedPage, limit: usize) -> String {
         let after = match start {
             RecordedPage::AtKey => "",
             RecordedPage::After => " AND (key > :key OR sequencer > :sequencer)",
         };
         format!(
-            "SELECT DISTINCT key, sequencer FROM {} WHERE bucket = :bucket AND key >= :key{after} ORDER BY key, sequencer LIMIT {limit}",
+            "SELECT key, sequencer FROM {} WHERE bucket = :bucket AND key >= :key{after} ORDER BY key, sequencer LIMIT {limit}",
             self.t.files
         )
     }
