@@ -767,11 +767,13 @@ mod tests {
         ) -> Result<Option<FileStatus>, WarehouseError> {
             self.w.lookup_stamp(bucket, key, sequencer, size)
         }
-        fn recorded_sequencers(
+        fn recorded_page(
             &self,
             bucket: &str,
-        ) -> Result<std::collections::HashSet<(String, String)>, WarehouseError> {
-            self.w.recorded_sequencers(bucket)
+            start: &crate::warehouse::PageStart,
+            limit: usize,
+        ) -> Result<Vec<crate::warehouse::Recorded>, WarehouseError> {
+            self.w.recorded_page(bucket, start, limit)
         }
         fn merge(&self) -> Result<crate::warehouse::MergeReport, WarehouseError> {
             self.w.merge()

@@ -1,4 +1,5 @@
-//! `replay` and `reconcile`: the store's listing fed through the same pipeline.
+//! `replay` and `reconcile`: the store's listing fed through the same pipeline as it streams
+//! (a page at a time; reconcile's merge-join with the ledger is in `reconcile`).
 //!
 //! Both are safe to run at any time, also beside `run`: the ledger turns every version it
 //! already holds into a duplicate, so a replay loads only what is missing (or, with
@@ -7,13 +8,15 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
 use globset::GlobMatcher;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::object::{ObjectRef, ObjectStore, StoreError};
 use crate::pipeline::{IngestError, Pipeline, Tally};
 use crate::source::{Delivery, NoAck};
-use crate::warehouse::Warehouse;
+use crate::warehouse::{Warehouse, WarehouseError};
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -31,52 +34,106 @@ impl Filter {
     }
 }
 
-/// Lists `prefix` and keeps what the filter keeps.
-pub async fn list(store: &dyn ObjectStore, prefix: &str, filter: &Filter) -> Result<Vec<ObjectRef>, StoreError> {
-    Ok(store.list(prefix).await?.into_iter().filter(|o| filter.keeps(o)).collect())
+/// Why a replay or reconcile stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("listing the store: {0}")]
+    List(#[from] StoreError),
+    #[error("reading the ledger: {0}")]
+    Ledger(#[from] WarehouseError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
 }
 
-/// Objects in the listing whose (key, sequencer) the ledger has never recorded.
-pub async fn missing(
-    store: &dyn ObjectStore,
-    warehouse: Arc<dyn Warehouse>,
-    prefix: &str,
-) -> Result<Vec<ObjectRef>, Box<dyn std::error::Error + Send + Sync>> {
-    let listed = store.list(prefix).await?;
-    let bucket = store.bucket().to_string();
-    let recorded = tokio::task::spawn_blocking(move || warehouse.recorded_sequencers(&bucket)).await??;
-    Ok(listed
-        .into_iter()
-        .filter(|o| !recorded.contains(&(o.key.clone(), o.sequencer.clone().unwrap_or_default())))
-        .collect())
+/// Objects as replay and reconcile feed them to the pipeline: a stream, in listing order.
+pub type Objects = BoxStream<'static, Result<ObjectRef, ReplayError>>;
+
+/// The objects under `prefix` the filter keeps, streamed from the store's listing pages.
+pub fn list(store: &dyn ObjectStore, prefix: &str, filter: &Filter) -> Objects {
+    let filter = filter.clone();
+    store
+        .list_pages(prefix)
+        .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok::<_, StoreError>)))
+        .try_flatten()
+        .try_filter(move |o| futures::future::ready(filter.keeps(o)))
+        .map_err(ReplayError::from)
+        .boxed()
 }
 
-fn progress(n: usize) -> ProgressBar {
-    let bar = ProgressBar::new(n as u64);
+/// A spinner with the count: a streamed listing has no total.
+fn progress() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} files {msg}").expect("valid template"),
     );
     bar
 }
 
-/// Ingests `objects` in listing order through `pipeline`, committing per the batch policy
-/// and once at the end. Files that fail transiently are counted as retried, not lost:
-/// a later replay or reconcile picks them up.
-pub async fn ingest_all(pipeline: &mut Pipeline, objects: Vec<ObjectRef>, force: bool) -> Result<Tally, IngestError> {
-    let bar = progress(objects.len());
-    for obj in objects {
-        bar.set_message(obj.key.clone());
-        pipeline.handle(Delivery { objects: vec![obj], ack: Box::new(NoAck) }, force).await?;
-        bar.inc(1);
+/// Ingests `objects` as they come through `pipeline`, committing per the batch policy and once
+/// at the end. Files that fail transiently are counted as retried, not lost: a later replay or
+/// reconcile picks them up. If the stream fails (the listing or the ledger), what was ingested
+/// before is committed and the stream's error returned.
+pub async fn ingest_stream<E>(
+    pipeline: &mut Pipeline,
+    mut objects: impl Stream<Item = Result<ObjectRef, E>> + Unpin,
+    force: bool,
+) -> Result<Tally, E>
+where
+    E: From<IngestError>,
+{
+    let bar = progress();
+    let mut failed = None;
+    while let Some(next) = objects.next().await {
+        match next {
+            Ok(obj) => {
+                bar.set_message(obj.key.clone());
+                pipeline.handle(Delivery { objects: vec![obj], ack: Box::new(NoAck) }, force).await?;
+                bar.inc(1);
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
     pipeline.flush().await?;
     bar.finish_and_clear();
-    Ok(pipeline.tally.clone())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(pipeline.tally.clone()),
+    }
 }
 
-/// One-shot ingest of `objects` with the config's limits and batch policy (replay, reconcile,
-/// demo): its own pipeline, writer and metrics.
+/// [`ingest_stream`] of objects already in hand.
+pub async fn ingest_all(pipeline: &mut Pipeline, objects: Vec<ObjectRef>, force: bool) -> Result<Tally, IngestError> {
+    ingest_stream(pipeline, futures::stream::iter(objects.into_iter().map(Ok)), force).await
+}
+
+fn one_shot_pipeline(
+    config: &crate::config::Config,
+    store: Arc<dyn ObjectStore>,
+    warehouse: Arc<dyn Warehouse>,
+    contract: Arc<crate::contract::Contract>,
+) -> Result<Pipeline, IngestError> {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    Ok(Pipeline::new(store, warehouse, contract, config.read_limits(), config.batch, metrics, Default::default())?)
+}
+
+/// One-shot ingest of a stream of objects (replay, reconcile) with the config's limits and
+/// batch policy: its own pipeline, writer and metrics.
+pub async fn ingest_listed(
+    config: &crate::config::Config,
+    store: Arc<dyn ObjectStore>,
+    warehouse: Arc<dyn Warehouse>,
+    contract: Arc<crate::contract::Contract>,
+    objects: Objects,
+    force: bool,
+) -> Result<Tally, ReplayError> {
+    let mut pipeline = one_shot_pipeline(config, store, warehouse, contract)?;
+    ingest_stream(&mut pipeline, objects, force).await
+}
+
+/// One-shot ingest of `objects` in hand (demo, tests), as [`ingest_listed`].
 pub async fn ingest_objects(
     config: &crate::config::Config,
     store: Arc<dyn ObjectStore>,
@@ -85,42 +142,54 @@ pub async fn ingest_objects(
     objects: Vec<ObjectRef>,
     force: bool,
 ) -> Result<Tally, IngestError> {
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut pipeline =
-        Pipeline::new(store, warehouse, contract, config.read_limits(), config.batch, metrics, Default::default())?;
+    let mut pipeline = one_shot_pipeline(config, store, warehouse, contract)?;
     ingest_all(&mut pipeline, objects, force).await
 }
 
-/// What a replay would do, without loading anything: (new, already in the ledger).
+/// What a dry run found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DryRun {
+    pub listed: u64,
+    pub new: u64,
+    pub known: u64,
+}
+
+/// What a replay would do, without loading anything; `on_new` hears each key it would load.
 pub async fn dry_run(
     store: &dyn ObjectStore,
     warehouse: Arc<dyn Warehouse>,
-    objects: &[ObjectRef],
-) -> Result<(Vec<String>, Vec<String>), Box<dyn std::error::Error + Send + Sync>> {
-    let (mut new, mut known) = (Vec::new(), Vec::new());
-    for o in objects {
+    mut objects: Objects,
+    mut on_new: impl FnMut(&str),
+) -> Result<DryRun, ReplayError> {
+    let mut out = DryRun::default();
+    let blocking = |e: tokio::task::JoinError| WarehouseError::Other(format!("ledger lookup: {e}"));
+    while let Some(o) = objects.try_next().await? {
+        out.listed += 1;
         // As the pipeline does: a local file recorded with the same stamp is not hashed again.
         if let (true, Some(seq), Some(size)) = (store.version_costs_a_read(), &o.sequencer, o.size) {
             let (w, b, k, q) = (warehouse.clone(), store.bucket().to_string(), o.key.clone(), seq.clone());
-            if tokio::task::spawn_blocking(move || w.lookup_stamp(&b, &k, &q, size)).await??.is_some() {
-                known.push(o.key.clone());
+            if tokio::task::spawn_blocking(move || w.lookup_stamp(&b, &k, &q, size)).await.map_err(blocking)??.is_some()
+            {
+                out.known += 1;
                 continue;
             }
         }
-        let r = match store.resolve(o).await {
+        let r = match store.resolve(&o).await {
             Ok(r) => r,
             Err(StoreError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
         let (w, b) = (warehouse.clone(), store.bucket().to_string());
-        let status = tokio::task::spawn_blocking(move || w.lookup(&b, &r.key, &r.version)).await??;
+        let status =
+            tokio::task::spawn_blocking(move || w.lookup(&b, &r.key, &r.version)).await.map_err(blocking)??;
         if status.is_some() {
-            known.push(o.key.clone());
+            out.known += 1;
         } else {
-            new.push(o.key.clone());
+            out.new += 1;
+            on_new(&o.key);
         }
     }
-    Ok((new, known))
+    Ok(out)
 }
 
 #[cfg(test)]

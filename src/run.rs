@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use chrono::{DateTime, Duration as ChronoDuration, NaiveTime, Utc};
+use futures::TryStreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -22,7 +23,7 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::object::{ObjectRef, ObjectStore};
 use crate::pipeline::{IngestError, Pipeline};
-use crate::replay;
+use crate::reconcile;
 use crate::source::{Delivery, NoAck, Source};
 use crate::warehouse::Warehouse;
 
@@ -440,19 +441,37 @@ fn spawn_reconcile_loop(
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            match replay::missing(store.as_ref(), warehouse.clone(), &prefix).await {
-                Ok(missing) => {
-                    info!(missing = missing.len(), "reconcile listed the store");
-                    metrics.reconciled(missing.len() as u64);
-                    for o in missing {
+            let mut found = reconcile::missing(store.as_ref(), warehouse.clone(), &prefix);
+            let mut handed = 0u64;
+            let ended = loop {
+                match found.objects.try_next().await {
+                    Ok(Some(o)) => {
+                        // The ingest loop's channel is bounded: the join waits for it.
                         if tx.send(o).await.is_err() {
                             return;
                         }
+                        handed += 1;
                     }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            let counts = *found.counts.lock().expect("counts lock");
+            match ended {
+                Ok(()) => {
+                    info!(
+                        missing = counts.missing,
+                        listed = counts.listed,
+                        ledger_rows = counts.ledger_rows,
+                        ledger_out_of_order = counts.ledger_out_of_order,
+                        listing_out_of_order = counts.listing_out_of_order,
+                        "reconcile listed the store"
+                    );
+                    metrics.reconciled(handed);
                 }
                 Err(e) => {
                     metrics.error("reconcile");
-                    error!(error = %e, "reconcile failed; it runs again tomorrow");
+                    error!(error = %e, handed, "reconcile failed; it runs again tomorrow");
                 }
             }
         }

@@ -17,7 +17,7 @@ use support::batches::{chunk, load, loaded, meta, reject, BUCKET};
 use support::warehouses::{Backend, Engine, Tuning};
 use wau_ingest::validate::Reject;
 use wau_ingest::warehouse::{
-    Admission, BatchReport, BatchSink, FileStatus, FileSummary, LedgerTotals, MergeReport, WauRow,
+    Admission, BatchReport, BatchSink, FileStatus, FileSummary, LedgerTotals, MergeReport, PageStart, Warehouse, WauRow,
 };
 
 // ------------------------------------------------------------------------------------------
@@ -59,6 +59,7 @@ conformance! {
     merge_publishes_the_current_versions_and_is_idempotent: Tuning::DEFAULT,
     superseding_one_file_keeps_the_key_another_file_holds: Tuning::DEFAULT,
     weekly_active_users_counts_distinct_users_per_iso_week: Tuning::DEFAULT,
+    recorded_pages_hold_every_pair_once_in_byte_order: Tuning::DEFAULT,
     the_same_version_from_two_writers_one_after_the_other_is_recorded_once: Tuning::DEFAULT,
     the_same_version_from_two_writers_at_the_same_time_is_recorded_once: Tuning::DEFAULT,
     admissions_asked_ahead_decide_as_admissions_asked_one_by_one: Tuning::DEFAULT,
@@ -123,6 +124,27 @@ fn counts(r: &BatchReport) -> (u64, u64, u64) {
     (r.files, r.rows_loaded, r.rows_rejected)
 }
 
+/// Every (key, sequencer) recorded for `BUCKET`, paged through as reconcile pages: from the
+/// first key on, then after the last pair of each page, `limit` at a time.
+fn recorded(w: &dyn Warehouse, limit: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut start = PageStart::AtKey(String::new());
+    loop {
+        let page = w.recorded_page(BUCKET, &start, limit).unwrap();
+        assert!(page.len() <= limit, "a page of {} over the limit {limit}", page.len());
+        let short = page.len() < limit;
+        if let Some(last) = page.last() {
+            start = PageStart::After(last.clone());
+        }
+        out.extend(page.into_iter().map(|r| (r.key, r.sequencer)));
+        if short {
+            // A pair repeats once per version recorded with it (within a page).
+            out.dedup();
+            return out;
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 
 fn migrate_is_idempotent_and_an_idle_merge_records_nothing(b: &Backend) {
@@ -133,7 +155,7 @@ fn migrate_is_idempotent_and_an_idle_merge_records_nothing(b: &Backend) {
     assert_eq!(w.merge().unwrap(), MergeReport::default(), "nothing to merge");
     assert_eq!(b.count("SELECT COUNT(*) FROM wau_ingest_merges"), 0, "an idle merge records nothing");
     assert_eq!(w.weekly_active_users("2000-01-01", None).unwrap(), vec![]);
-    assert_eq!(w.recorded_sequencers(BUCKET).unwrap(), Default::default());
+    assert_eq!(recorded(w, 3), Vec::<(String, String)>::new());
     assert_eq!(w.sink().unwrap().commit().unwrap(), None, "an empty batch commits nothing");
 }
 
@@ -162,10 +184,7 @@ fn new_files_are_admitted_with_rows_rejects_and_ledger_rows(b: &Backend) {
     assert_eq!(w.lookup(BUCKET, &a.key, "other").unwrap(), None);
     assert_eq!(w.lookup_stamp(BUCKET, &bb.key, "1", 100).unwrap(), Some(FileStatus::Loaded));
     assert_eq!(w.lookup_stamp(BUCKET, &bb.key, "1", 101).unwrap(), None, "another size is another version");
-    assert_eq!(
-        w.recorded_sequencers(BUCKET).unwrap(),
-        [(a.key.clone(), s("1")), (bb.key.clone(), s("1"))].into_iter().collect()
-    );
+    assert_eq!(recorded(w, 1), [(a.key.clone(), s("1")), (bb.key.clone(), s("1"))]);
     assert_eq!(
         w.totals().unwrap(),
         LedgerTotals {
@@ -598,7 +617,7 @@ fn nothing_is_visible_before_commit(b: &Backend) {
         assert_eq!(w.lookup(BUCKET, "a.csv", "v2").unwrap(), None, "{when}");
         assert_eq!(w.lookup(BUCKET, "a.csv", "v1").unwrap(), None, "{when}");
         assert_eq!(w.lookup_stamp(BUCKET, "a.csv", "2", 100).unwrap(), None, "{when}");
-        assert_eq!(w.recorded_sequencers(BUCKET).unwrap(), Default::default(), "{when}");
+        assert_eq!(recorded(w, 2), Vec::<(String, String)>::new(), "{when}");
         assert_eq!(w.totals().unwrap(), LedgerTotals::default(), "{when}");
         assert_eq!(b.ledger(), vec![], "{when}");
         assert_eq!(b.staging(), vec![], "{when}");
@@ -733,6 +752,48 @@ enum Timing {
     OneAfterTheOther,
     /// Both commits are submitted at the same moment.
     AtTheSameTime,
+}
+
+/// Reconcile's ledger side: keyset pages from a key on, whatever their size, hold every
+/// (key, sequencer) recorded, none twice but for the repeats of one pair within a page, in
+/// byte order of the keys — on keys where a locale's order
+/// would differ (case, `-` before `/`, punctuation, non-ASCII) — and other buckets stay out.
+fn recorded_pages_hold_every_pair_once_in_byte_order(b: &Backend) {
+    let w = b.warehouse();
+    let keys =
+        ["csv/B.csv", "csv/a-b.csv", "csv/a/x.csv", "csv/a.csv", "csv/a_b.csv", "csv/é.csv", "csv/z.csv", "csv/~"];
+    let mut sink = w.sink().unwrap();
+    for (i, key) in keys.iter().enumerate() {
+        let event = format!("e{i}");
+        assert_eq!(
+            load(sink.as_mut(), &meta(key, "v1", "00000001"), &[("acme", event.as_str(), "u1")]),
+            Admission::Load
+        );
+    }
+    // A second version of one key, and the same sequencer twice (two versions in one second).
+    load(sink.as_mut(), &meta("csv/a.csv", "v2", "00000002"), &[("acme", "e100", "u1")]);
+    load(sink.as_mut(), &meta("csv/z.csv", "v2", "00000001"), &[("acme", "e101", "u1")]);
+    let mut other = meta("csv/a.csv", "v9", "00000009");
+    other.bucket = "another-bucket".into();
+    load(sink.as_mut(), &other, &[("acme", "e102", "u1")]);
+    sink.commit().unwrap();
+
+    let mut want: Vec<(String, String)> = keys.iter().map(|k| (s(k), s("00000001"))).collect();
+    want.push((s("csv/a.csv"), s("00000002")));
+    want.sort();
+    for limit in [1, 2, 3, 100] {
+        assert_eq!(recorded(w, limit), want, "pages of {limit}");
+    }
+    let from_a: Vec<(String, String)> = want.iter().filter(|(k, _)| k.as_str() >= "csv/a.csv").cloned().collect();
+    let mut page: Vec<(String, String)> = w
+        .recorded_page(BUCKET, &PageStart::AtKey(s("csv/a.csv")), 100)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key, r.sequencer))
+        .collect();
+    assert_eq!(page.len(), from_a.len() + 1, "csv/z.csv has two versions with one sequencer");
+    page.dedup();
+    assert_eq!(page, from_a);
 }
 
 /// Two writers (two sinks, each on a thread of its own) each load the same version `s<round>.csv`

@@ -46,7 +46,8 @@ async fn selftest_passes_on_the_emulator_and_leaves_nothing_behind() {
             "copy_null_and_empty",
             "varchar_bytes",
             "iso_week",
-            "conflict_retry"
+            "conflict_retry",
+            "ledger_key_order"
         ]
     );
     let failed: Vec<String> = checks

@@ -9,10 +9,12 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::{normalise_sequencer, ObjectRef, ObjectStore, ObjectStream, ResolvedObject, StoreError};
+use super::{normalise_sequencer, ObjectRef, ObjectStore, ObjectStream, ResolvedObject, StoreError, LIST_PAGE_OBJECTS};
 
 #[derive(Clone)]
 pub struct LocalStore {
@@ -39,6 +41,13 @@ impl LocalStore {
     /// The key of a path below the root, or `None` for files the store ignores:
     /// hidden files and in-progress uploads (`.tmp`, `.part`), which writers should rename into place.
     pub fn key_of(&self, path: &Path) -> Option<String> {
+        let key = self.relative_key(path)?;
+        let ignored = key.is_empty() || key.ends_with(".tmp") || key.ends_with(".part") || key.ends_with('~');
+        (!ignored).then_some(key)
+    }
+
+    /// The `/`-joined path below the root, or `None` when a component is hidden or not UTF-8.
+    fn relative_key(&self, path: &Path) -> Option<String> {
         let rel = path.strip_prefix(&self.root).ok()?;
         let mut parts = Vec::new();
         for c in rel.components() {
@@ -48,9 +57,7 @@ impl LocalStore {
             }
             parts.push(s);
         }
-        let key = parts.join("/");
-        let ignored = key.is_empty() || key.ends_with(".tmp") || key.ends_with(".part") || key.ends_with('~');
-        (!ignored).then_some(key)
+        Some(parts.join("/"))
     }
 
     /// Describes a file from its metadata, without reading it.
@@ -67,35 +74,123 @@ impl LocalStore {
 
     /// All files below `dir` (recursively), as (key, metadata), sorted by key.
     pub fn walk(&self, dir: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let entries = match std::fs::read_dir(&d) {
-                Ok(e) => e,
+        SortedWalk::new(self.clone(), dir.to_path_buf(), String::new()).collect()
+    }
+}
+
+/// A walk of a folder that yields its files in key order — the byte order of the whole
+/// `/`-joined key, as S3 lists — holding one sorted directory per level, never the tree.
+///
+/// Sorting each directory by its entries' names is not enough: `a-b` sorts before `a/x`
+/// (`-` < `/`), yet the folder `a` sorts before the file `a-b`. So a folder sorts by its name
+/// followed by `/`, which is where all its keys sort; every key below it then comes out
+/// between its siblings exactly where byte order puts it.
+pub struct SortedWalk {
+    store: LocalStore,
+    prefix: String,
+    /// The folder the walk starts in, until the first `next` reads it.
+    start: Option<PathBuf>,
+    /// The entries still to visit, one sorted directory per level (deepest last).
+    levels: Vec<std::vec::IntoIter<WalkEntry>>,
+}
+
+struct WalkEntry {
+    /// The name, with `/` after a folder's: the order of the keys below it.
+    order: String,
+    entry: std::fs::DirEntry,
+    is_dir: bool,
+}
+
+impl SortedWalk {
+    /// The files below `dir` whose keys start with `prefix`.
+    pub fn new(store: LocalStore, dir: PathBuf, prefix: String) -> SortedWalk {
+        SortedWalk { store, prefix, start: Some(dir), levels: Vec::new() }
+    }
+
+    /// The files of the store whose keys start with `prefix`: the walk starts in the deepest
+    /// folder the prefix names.
+    pub fn of_prefix(store: LocalStore, prefix: &str) -> SortedWalk {
+        let prefix = prefix.trim_start_matches('/').to_string();
+        let dir = match prefix.rfind('/') {
+            Some(i) => store.root.join(&prefix[..i]),
+            None => store.root.clone(),
+        };
+        SortedWalk::new(store, dir, prefix)
+    }
+
+    fn read_sorted(&self, dir: &Path) -> std::io::Result<std::vec::IntoIter<WalkEntry>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new().into_iter()),
+            Err(e) => return Err(e),
+        };
+        let mut level = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            // Hidden entries and names that are not UTF-8 have no key (`key_of`).
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let ft = match entry.file_type() {
+                Ok(ft) => ft,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            for entry in entries {
-                let entry = entry?;
-                let ft = entry.file_type()?;
-                let path = entry.path();
-                if ft.is_dir() {
-                    if !entry.file_name().to_string_lossy().starts_with('.') {
-                        stack.push(path);
-                    }
-                } else if ft.is_file() {
-                    if let Some(key) = self.key_of(&path) {
-                        match entry.metadata() {
-                            Ok(m) => out.push((key, m)),
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
+            if ft.is_dir() {
+                level.push(WalkEntry { order: name + "/", entry, is_dir: true });
+            } else if ft.is_file() {
+                level.push(WalkEntry { order: name, entry, is_dir: false });
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        level.sort_unstable_by(|a, b| a.order.cmp(&b.order));
+        Ok(level.into_iter())
+    }
+
+    /// Can a key below this folder (its key, ending with `/`) start with the prefix?
+    fn may_hold_prefix(&self, dir_key: &str) -> bool {
+        dir_key.starts_with(&self.prefix) || self.prefix.starts_with(dir_key)
+    }
+}
+
+impl Iterator for SortedWalk {
+    type Item = std::io::Result<(String, std::fs::Metadata)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(dir) = self.start.take() {
+            match self.read_sorted(&dir) {
+                Ok(level) => self.levels.push(level),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+        loop {
+            let level = self.levels.last_mut()?;
+            let Some(e) = level.next() else {
+                self.levels.pop();
+                continue;
+            };
+            let path = e.entry.path();
+            if e.is_dir {
+                let Some(dir_key) = self.store.relative_key(&path) else { continue };
+                if !self.may_hold_prefix(&format!("{dir_key}/")) {
+                    continue;
+                }
+                match self.read_sorted(&path) {
+                    Ok(level) => self.levels.push(level),
+                    Err(err) => return Some(Err(err)),
+                }
+                continue;
+            }
+            let Some(key) = self.store.key_of(&path) else { continue };
+            if !key.starts_with(&self.prefix) {
+                continue;
+            }
+            match e.entry.metadata() {
+                Ok(m) => return Some(Ok((key, m))),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Some(Err(err)),
+            }
+        }
     }
 }
 
@@ -135,14 +230,37 @@ impl ObjectStore for LocalStore {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectRef>, StoreError> {
-        let prefix = prefix.trim_start_matches('/').to_string();
-        let this = self.clone();
-        let entries = tokio::task::spawn_blocking(move || this.walk(&this.root))
-            .await
-            .expect("walk does not panic")
-            .map_err(|e| io_err(&prefix, e))?;
-        Ok(entries.into_iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, m)| self.describe(&k, &m)).collect())
+    /// The sorted walk, a page at a time on the blocking pool.
+    fn list_pages(&self, prefix: &str) -> BoxStream<'static, Result<Vec<ObjectRef>, StoreError>> {
+        let walk = SortedWalk::of_prefix(self.clone(), prefix);
+        let prefix = prefix.to_string();
+        futures::stream::unfold(Some(walk), move |walk| {
+            let prefix = prefix.clone();
+            async move {
+                let mut walk = walk?;
+                let (walk, page) = tokio::task::spawn_blocking(move || {
+                    let mut page = Vec::with_capacity(LIST_PAGE_OBJECTS);
+                    while let Some(item) = walk.next() {
+                        match item {
+                            Ok((key, meta)) => page.push(walk.store.describe(&key, &meta)),
+                            Err(e) => return (None, Err(e)),
+                        }
+                        if page.len() == LIST_PAGE_OBJECTS {
+                            return (Some(walk), Ok(page));
+                        }
+                    }
+                    (None, Ok(page))
+                })
+                .await
+                .expect("the walk does not panic");
+                match page {
+                    Ok(page) if page.is_empty() => None,
+                    Ok(page) => Some((Ok(page), walk)),
+                    Err(e) => Some((Err(io_err(&prefix, e)), None)),
+                }
+            }
+        })
+        .boxed()
     }
 
     async fn resolve(&self, obj: &ObjectRef) -> Result<ResolvedObject, StoreError> {
@@ -204,6 +322,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::TryStreamExt;
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
@@ -226,5 +345,43 @@ mod tests {
         let missing =
             ObjectRef { key: "nope.csv".into(), version: None, sequencer: None, size: None, event_time: None };
         assert!(matches!(store.resolve(&missing).await, Err(StoreError::NotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn the_listing_streams_in_byte_order_of_whole_keys_and_honours_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["a-b", "a/x", "a/y/z", "a.c", "a0", "B", "é/x", "ab/.hidden", "a/w.tmp", ".git/x", "b"];
+        for n in names {
+            let p = dir.path().join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let store = LocalStore::new(dir.path()).unwrap();
+        let keys = |prefix: &str| {
+            let store = store.clone();
+            let prefix = prefix.to_string();
+            async move { store.list(&prefix).await.unwrap().into_iter().map(|o| o.key).collect::<Vec<_>>() }
+        };
+        let mut want: Vec<&str> = vec!["B", "a-b", "a.c", "a/x", "a/y/z", "a0", "b", "é/x"];
+        assert_eq!(keys("").await, want, "byte order: `-` and `.` before `/`, capitals first, é last");
+        want.sort();
+        assert_eq!(keys("").await, want);
+        assert_eq!(keys("a").await, ["a-b", "a.c", "a/x", "a/y/z", "a0"]);
+        assert_eq!(keys("a/").await, ["a/x", "a/y/z"]);
+        assert_eq!(keys("a/y").await, ["a/y/z"]);
+        assert_eq!(keys("nothing/").await, Vec::<String>::new());
+        // More than a page: every file once, pages in order.
+        for i in 0..(LIST_PAGE_OBJECTS + 5) {
+            let p = dir.path().join(format!("many/{}/f{i:05}", i % 7));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let pages: Vec<Vec<ObjectRef>> = store.list_pages("many/").try_collect().await.unwrap();
+        assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [LIST_PAGE_OBJECTS, 5]);
+        let listed: Vec<String> = pages.into_iter().flatten().map(|o| o.key).collect();
+        let mut sorted = listed.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(listed, sorted);
     }
 }

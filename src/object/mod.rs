@@ -3,6 +3,9 @@
 //! Owns listing, version resolution and streaming reads (with gzip and size limits).
 //! Implementations: [`local::LocalStore`] (a folder; version = content hash, order = mtime),
 //! [`s3::S3Store`] (version = VersionId or ETag, order = LastModified).
+//!
+//! Listings stream a page at a time in key order, the UTF-8 byte order S3 lists in, so
+//! replay and reconcile hold a page, never the whole listing (see `docs/design.md`).
 
 pub mod local;
 pub mod s3;
@@ -14,6 +17,8 @@ use std::task::{Context, Poll};
 
 use async_compression::tokio::bufread::GzipDecoder;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::TryStreamExt;
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 use crate::validate::{FileVerdict, RecordLimits};
@@ -66,8 +71,20 @@ pub struct ObjectStream {
 pub trait ObjectStore: Send + Sync {
     /// The store's identity in the ledger's `bucket` column.
     fn bucket(&self) -> &str;
-    /// Every object under `prefix`, in key order, with sequencer, size and time filled in.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectRef>, StoreError>;
+    /// The objects whose keys start with `prefix`, with sequencer, size and time filled in,
+    /// a page at a time in key order (byte order of the UTF-8 keys, as S3 lists). A page
+    /// holds at most [`LIST_PAGE_OBJECTS`] objects; the stream holds a page or two.
+    fn list_pages(&self, prefix: &str) -> BoxStream<'static, Result<Vec<ObjectRef>, StoreError>>;
+    /// The whole listing collected, for small folders (`demo`, tests). Replay and reconcile
+    /// stream [`ObjectStore::list_pages`] instead.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectRef>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self.list_pages(prefix);
+        while let Some(page) = pages.try_next().await? {
+            out.extend(page);
+        }
+        Ok(out)
+    }
     /// Fills in version, sequencer and size.
     async fn resolve(&self, obj: &ObjectRef) -> Result<ResolvedObject, StoreError>;
     /// True when resolving a version means reading the whole object (local files: a content
@@ -80,6 +97,9 @@ pub trait ObjectStore: Send + Sync {
     /// Streams the bytes of exactly `obj.version`.
     async fn open(&self, obj: &ResolvedObject) -> Result<ObjectStream, StoreError>;
 }
+
+/// The most objects one listing page holds (ListObjectsV2's own page size).
+pub const LIST_PAGE_OBJECTS: usize = 1000;
 
 /// Limits applied to every decoded stream.
 #[derive(Debug, Clone, Copy)]

@@ -15,6 +15,8 @@
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::StreamExt;
 
 use super::{normalise_sequencer, ObjectRef, ObjectStore, ObjectStream, ResolvedObject, StoreError};
 use crate::aws::status_of;
@@ -89,6 +91,19 @@ fn sdk_err<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// A listed object, or `None` for a "folder" placeholder.
+fn listed(o: &aws_sdk_s3::types::Object) -> Option<ObjectRef> {
+    let key = o.key().filter(|k| !k.ends_with('/'))?;
+    let time = o.last_modified().map(to_chrono);
+    Some(ObjectRef {
+        key: key.to_string(),
+        version: None,
+        sequencer: time.map(time_sequencer),
+        size: o.size().map(|s| s.max(0) as u64),
+        event_time: time,
+    })
+}
+
 fn version_of(version_id: Option<&str>, etag: Option<&str>) -> Option<String> {
     match version_id {
         Some(v) if !v.is_empty() && v != "null" => Some(v.to_string()),
@@ -102,28 +117,22 @@ impl ObjectStore for S3Store {
         &self.id
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectRef>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self.client.list_objects_v2().bucket(&self.target).prefix(prefix).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_err(prefix, e))?;
-            for o in page.contents() {
-                let Some(key) = o.key() else { continue };
-                if key.ends_with('/') {
-                    continue; // a "folder" placeholder
+    /// ListObjectsV2 pages as they arrive: S3 lists a general purpose bucket in UTF-8 binary
+    /// key order, so the pages are in key order as they come, and none is held after it is read.
+    fn list_pages(&self, prefix: &str) -> BoxStream<'static, Result<Vec<ObjectRef>, StoreError>> {
+        let pages = self.client.list_objects_v2().bucket(&self.target).prefix(prefix).into_paginator().send();
+        let prefix = prefix.to_string();
+        futures::stream::unfold(Some(pages), move |pages| {
+            let prefix = prefix.clone();
+            async move {
+                let mut pages = pages?;
+                match pages.next().await? {
+                    Ok(page) => Some((Ok(page.contents().iter().filter_map(listed).collect()), Some(pages))),
+                    Err(e) => Some((Err(sdk_err(&prefix, e)), None)),
                 }
-                let time = o.last_modified().map(to_chrono);
-                out.push(ObjectRef {
-                    key: key.to_string(),
-                    version: None,
-                    sequencer: time.map(time_sequencer),
-                    size: o.size().map(|s| s.max(0) as u64),
-                    event_time: time,
-                });
             }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        })
+        .boxed()
     }
 
     async fn resolve(&self, obj: &ObjectRef) -> Result<ResolvedObject, StoreError> {

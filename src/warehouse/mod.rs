@@ -252,6 +252,32 @@ pub struct LedgerTotals {
     pub reject_rows: u64,
 }
 
+/// A version as reconcile compares it with a listing: its key and sequencer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Recorded {
+    pub key: String,
+    pub sequencer: String,
+}
+
+/// Where a page of [`Warehouse::recorded_page`] starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageStart {
+    /// Every pair whose key is this one or after it.
+    AtKey(String),
+    /// Every pair after this one (the last of the previous page).
+    After(Recorded),
+}
+
+impl PageStart {
+    /// The form of [`sql::Sql::recorded_page`] this start takes, with its `:key` and `:sequencer`.
+    pub fn bound(&self) -> (sql::RecordedPage, &str, &str) {
+        match self {
+            PageStart::AtKey(key) => (sql::RecordedPage::AtKey, key, ""),
+            PageStart::After(r) => (sql::RecordedPage::After, &r.key, &r.sequencer),
+        }
+    }
+}
+
 pub trait Warehouse: Send + Sync {
     /// Creates every table and the view if missing.
     fn migrate(&self) -> Result<(), WarehouseError>;
@@ -269,8 +295,12 @@ pub trait Warehouse: Send + Sync {
         sequencer: &str,
         size: u64,
     ) -> Result<Option<FileStatus>, WarehouseError>;
-    /// (key, sequencer) of every version recorded for `bucket`: reconcile compares listings with it.
-    fn recorded_sequencers(&self, bucket: &str) -> Result<std::collections::HashSet<(String, String)>, WarehouseError>;
+    /// One keyset page of the (key, sequencer) pairs recorded for `bucket` (a pair repeats once
+    /// per version recorded with it), in the engine's order of (key, sequencer), starting at
+    /// `start`, at most `limit` of them: the ledger side of reconcile's merge-join
+    /// (`reconcile`), which asks for the next page after the last pair of this one until a page
+    /// comes back short.
+    fn recorded_page(&self, bucket: &str, start: &PageStart, limit: usize) -> Result<Vec<Recorded>, WarehouseError>;
     /// Runs the merge as one transaction.
     fn merge(&self) -> Result<MergeReport, WarehouseError>;
     /// Stops a running merge at once; its transaction rolls back and the next merge redoes it.

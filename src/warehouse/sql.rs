@@ -207,6 +207,15 @@ pub struct MergeStep {
     pub sql: String,
 }
 
+/// The two forms of [`Sql::recorded_page`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordedPage {
+    /// From `:key` on.
+    AtKey,
+    /// After (`:key`, `:sequencer`).
+    After,
+}
+
 pub struct Sql<'a> {
     pub dialect: Dialect,
     pub contract: &'a Contract,
@@ -738,9 +747,24 @@ impl<'a> Sql<'a> {
         format!("SELECT COUNT(*) FROM {} WHERE merged_at IS NULL AND status = '{LOADED}'", self.t.files)
     }
 
-    /// (key, sequencer) of every recorded version of `:bucket`, for reconcile.
-    pub fn recorded_sequencers(&self) -> String {
-        format!("SELECT key, sequencer FROM {} WHERE bucket = :bucket", self.t.files)
+    /// One keyset page of the (key, sequencer) pairs recorded for `:bucket`
+    /// (`Warehouse::recorded_page`): from `:key` on, or, `after` the previous page, past
+    /// (`:key`, `:sequencer`); in the engine's (key, sequencer) order, at most `limit`. A pair
+    /// repeats once per version recorded with it, and a page that ends on one skips its other
+    /// repeats: reconcile asks only whether a pair is recorded. (Not `DISTINCT`: SQLite would
+    /// then gather every row from `:key` on before the `LIMIT`, each page costing the rest of
+    /// the ledger.) The range is written `key >= :key AND (...)` so an index on (bucket, key)
+    /// serves it. Reconcile does not rely on this order being byte order (see `reconcile`): the
+    /// engine's own `>` and `ORDER BY` agree with each other, which is all keyset paging needs.
+    pub fn recorded_page(&self, start: RecordedPage, limit: usize) -> String {
+        let after = match start {
+            RecordedPage::AtKey => "",
+            RecordedPage::After => " AND (key > :key OR sequencer > :sequencer)",
+        };
+        format!(
+            "SELECT key, sequencer FROM {} WHERE bucket = :bucket AND key >= :key{after} ORDER BY key, sequencer LIMIT {limit}",
+            self.t.files
+        )
     }
 
     /// Ledger totals in one row: files loaded, rejected, superseded; rows read, loaded,

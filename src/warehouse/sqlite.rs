@@ -4,7 +4,6 @@
 //! savepoint, so a file rejected (or abandoned) mid-stream leaves nothing behind while the
 //! batch goes on. Rows stream straight into staging, so memory does not grow with file size.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,8 +14,8 @@ use rusqlite::{Connection, Statement, ToSql};
 use super::ledger::{self, Verdict};
 use super::sql::{Dialect, MergeStepKind, Sql, Tables};
 use super::{
-    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, Warehouse,
-    WarehouseError, WauRow,
+    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, LedgerTotals, MergeReport, PageStart,
+    Recorded, Warehouse, WarehouseError, WauRow,
 };
 use crate::contract::{format_timestamp, parse_timestamp, Contract};
 use crate::validate::{Reject, RowChunk};
@@ -230,12 +229,18 @@ impl Warehouse for SqliteWarehouse {
         })
     }
 
-    fn recorded_sequencers(&self, bucket: &str) -> Result<HashSet<(String, String)>, WarehouseError> {
-        let sql = self.sql().recorded_sequencers();
+    fn recorded_page(&self, bucket: &str, start: &PageStart, limit: usize) -> Result<Vec<Recorded>, WarehouseError> {
+        let (form, key, sequencer) = start.bound();
+        let sql = self.sql().recorded_page(form, limit);
         self.with_reader(|c| {
-            let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map(&[(":bucket", &bucket)], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let mut stmt = c.prepare_cached(&sql)?;
+            bind_named(&mut stmt, &[(":bucket", &bucket), (":key", &key), (":sequencer", &sequencer)])?;
+            let mut rows = stmt.raw_query();
+            let mut page = Vec::with_capacity(limit.min(16 * 1024));
+            while let Some(r) = rows.next()? {
+                page.push(Recorded { key: r.get(0)?, sequencer: r.get(1)? });
+            }
+            Ok(page)
         })
     }
 

@@ -89,7 +89,6 @@ mod literal;
 mod plan;
 mod spill;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -109,7 +108,7 @@ use literal::timestamp_text;
 use spill::Held;
 
 use super::sql::{Dialect, MergeStepKind, Sql, Tables};
-use super::{BatchSink, FileStatus, LedgerTotals, MergeReport, Warehouse, WarehouseError, WauRow};
+use super::{BatchSink, FileStatus, LedgerTotals, MergeReport, PageStart, Recorded, Warehouse, WarehouseError, WauRow};
 use crate::aws::{call_error, retry};
 use crate::config::WarehouseConfig;
 use crate::contract::{parse_timestamp, Contract};
@@ -454,10 +453,25 @@ impl Warehouse for RedshiftWarehouse {
         Ok(status_of(&rows))
     }
 
-    fn recorded_sequencers(&self, bucket: &str) -> Result<HashSet<(String, String)>, WarehouseError> {
-        let rows =
-            self.query_params(&self.inner.sql().recorded_sequencers(), &[("bucket", Lit::Str(bucket.into()))])?;
-        Ok(rows.into_iter().filter_map(|r| Some((r.first()?.text()?, r.get(1)?.text()?))).collect())
+    /// One statement per page; the page's rows come back through GetStatementResult's own
+    /// paging. A page of `limit` pairs stays far inside the Data API's result-size limit
+    /// (100 MB in the older documentation): a key is at most 1,024 bytes, a sequencer 32.
+    fn recorded_page(&self, bucket: &str, start: &PageStart, limit: usize) -> Result<Vec<Recorded>, WarehouseError> {
+        let (form, key, sequencer) = start.bound();
+        let rows = self.query_params(
+            &self.inner.sql().recorded_page(form, limit),
+            &[
+                ("bucket", Lit::Str(bucket.into())),
+                ("key", Lit::Str(key.into())),
+                ("sequencer", Lit::Str(sequencer.into())),
+            ],
+        )?;
+        rows.into_iter()
+            .map(|r| match (r.first().and_then(Cell::text), r.get(1).and_then(Cell::text)) {
+                (Some(key), Some(sequencer)) => Ok(Recorded { key, sequencer }),
+                _ => Err(WarehouseError::Other(format!("redshift: a recorded (key, sequencer) came back as {r:?}"))),
+            })
+            .collect()
     }
 
     fn merge(&self) -> Result<MergeReport, WarehouseError> {
