@@ -178,6 +178,10 @@ pub enum TableRole {
     Rejects,
 }
 
+/// The column of SQLite's key set that says whether the target held the key before the merge
+/// ([`Sql::merge_sqlite`]); underscored like the provenance columns, so no contract column is it.
+const HELD: &str = "_held";
+
 /// What one statement of [`Sql::merge`] does, so callers find a step by its role, not its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeStepKind {
@@ -662,51 +666,96 @@ impl<'a> Sql<'a> {
         .collect()
     }
 
-    /// The merge as SQLite runs it: [`Sql::merge`] with one dialect difference, the winner
-    /// selection ([`Sql::insert_winners_sqlite`]); every other step is the shared text.
+    /// The merge as SQLite runs it: [`Sql::merge`]'s semantics (DESIGN.md: each touched key's
+    /// winner among current-version rows, nothing else changes), in statements whose cost
+    /// follows the change, not the size of the target or of staging:
+    /// - The key set is a keyed table (`WITHOUT ROWID`, the dedupe key its primary key) filled by
+    ///   `INSERT OR IGNORE`: one B-tree, not a `DISTINCT` sort, a table and an index. Each key
+    ///   records whether the target holds it (`_held`), one probe of the target's primary key.
+    /// - The delete looks each held key up in the target's primary key (a row-value `IN`); the
+    ///   shared text's `customer IN (…)` walks every target row of a touched customer, the whole
+    ///   target when one customer holds it. A key the target does not hold has nothing to delete.
+    /// - The winners come in two statements ([`Sql::insert_new_winners_sqlite`],
+    ///   [`Sql::insert_held_winners_sqlite`]): the rows of the loads being merged that win their
+    ///   key, read batch by batch (staging's batch index walks them in the order they were
+    ///   written); then, for the held keys that got no winner so, the winner among the rest.
+    ///   Only a held key can need the second: a row of a load merged before, still current, had
+    ///   its key in the target since that merge (every merge leaves each current row's key with a
+    ///   winner), so a key the target does not hold has no candidate but the rows being merged.
+    ///
+    /// The superseded rows' removal, the history row and the ledger stamp are the shared text.
+    /// `tests/merge_differential.rs` checks the whole against the shared text and a model.
     pub fn merge_sqlite(&self) -> Vec<MergeStep> {
-        self.merge()
-            .into_iter()
-            .map(|s| match s.kind {
-                MergeStepKind::InsertWinners => MergeStep { kind: s.kind, sql: self.insert_winners_sqlite() },
-                _ => s,
-            })
-            .collect()
-    }
-
-    /// The InsertWinners step for SQLite, as an anti-join instead of `ROW_NUMBER()` over every
-    /// candidate: a candidate wins when no current-version row of its key orders after it by
-    /// (sequencer, batch, line, file key), the order of the shared text, compared as one row
-    /// value (SQLite ≥ 3.15; every column of it is NOT NULL). The version closes the order so
-    /// that exactly one row per key passes even where the shared order ties (two versions of
-    /// one key with one sequencer in one batch), where ROW_NUMBER() picks either. Each probe is
-    /// a walk of the key's few rows in the staging key index, not a sort of all candidates; a
-    /// key with one candidate is settled in the index (its only entry is the row itself, by
-    /// rowid). Winners go in in key order (the key index of the key set), as the target stores
-    /// them.
-    pub fn insert_winners_sqlite(&self) -> String {
         let t = self.t;
         let k = Self::MERGE_KEYS;
-        let cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
-        let s_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
+        let key = self.contract.dedupe_key.join(", ");
+        let key_ddl: Vec<String> = self
+            .contract
+            .dedupe_key
+            .iter()
+            .map(|name| {
+                let col = self.contract.columns.iter().find(|c| &c.name == name).expect("the dedupe key is columns");
+                format!("{name} {} NOT NULL", self.column_type(col))
+            })
+            .collect();
+        let s_key = self.contract.dedupe_key.iter().map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ");
+        let own = [
+            MergeStep {
+                kind: MergeStepKind::CollectKeys,
+                sql: format!(
+                    "CREATE TEMP TABLE {k} ({}, {HELD} INTEGER NOT NULL, PRIMARY KEY ({key})) WITHOUT ROWID",
+                    key_ddl.join(", ")
+                ),
+            },
+            MergeStep {
+                kind: MergeStepKind::CollectKeys,
+                sql: format!(
+                    "INSERT OR IGNORE INTO {k} ({key}, {HELD})
+                     SELECT {s_key}, EXISTS (SELECT 1 FROM {target} t WHERE {held})
+                     FROM {files} f CROSS JOIN {st} s WHERE f.merged_at IS NULL AND {join}",
+                    target = t.target,
+                    held = self.key_match("t", "s"),
+                    files = t.files,
+                    st = t.staging,
+                    join = self.staging_joins_ledger("s", "f"),
+                ),
+            },
+            MergeStep {
+                kind: MergeStepKind::DeleteTarget,
+                sql: format!("DELETE FROM {} WHERE ({key}) IN (SELECT {key} FROM {k} WHERE {HELD} = 1)", t.target),
+            },
+            MergeStep { kind: MergeStepKind::InsertWinners, sql: self.insert_new_winners_sqlite() },
+            MergeStep { kind: MergeStepKind::InsertWinners, sql: self.insert_held_winners_sqlite() },
+        ];
+        let shared = self.merge().into_iter().filter(|s| {
+            !matches!(
+                s.kind,
+                MergeStepKind::CollectKeys
+                    | MergeStepKind::IndexKeys
+                    | MergeStepKind::DeleteTarget
+                    | MergeStepKind::InsertWinners
+            )
+        });
+        own.into_iter().chain(shared).collect()
+    }
+
+    /// SQLite's winner test for candidate `s` (staging) of ledger row `f`, as an anti-join
+    /// instead of `ROW_NUMBER()` over every candidate: no current-version row of its key orders
+    /// after it by (sequencer, batch, line, file key), the order of the shared text, compared as
+    /// one row value (SQLite ≥ 3.15; every column of it is NOT NULL). The version closes the
+    /// order so that exactly one row per key passes even where the shared order ties (two
+    /// versions of one key with one sequencer in one batch), where ROW_NUMBER() picks either.
+    /// Each probe is a walk of the key's few rows in the staging key index; a key with one
+    /// candidate is settled in the index (its only entry is the row itself, by rowid).
+    fn unbeaten_sqlite(&self) -> String {
+        let t = self.t;
         format!(
-            "INSERT INTO {target} ({cols}, _file_key, _file_version, _line, _loaded_at)\n\
-             SELECT {s_cols}, s._file_key, s._file_version, s._line, :merged_at\n\
-             FROM {k} k CROSS JOIN {st} s CROSS JOIN {files} f\n\
-             WHERE {km} AND {join} AND f.status = '{LOADED}'\n\
-             \x20 AND NOT EXISTS (SELECT 1 FROM {st} s2 CROSS JOIN {files} f2\n\
+            "NOT EXISTS (SELECT 1 FROM {st} s2 CROSS JOIN {files} f2\n\
              \x20   WHERE {km2} AND s2.rowid <> s.rowid AND {join2} AND f2.status = '{LOADED}'\n\
-             \x20   AND ({theirs}) > ({ours}))\n\
-             ORDER BY {k_cols}",
-            target = t.target,
-            cols = cols.join(", "),
-            s_cols = s_cols.join(", "),
+             \x20   AND ({theirs}) > ({ours}))",
             st = t.staging,
             files = t.files,
-            km = self.key_match("k", "s"),
-            join = self.staging_joins_ledger("s", "f"),
             km2 = self.key_match("s2", "s"),
-            k_cols = self.contract.dedupe_key.iter().map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", "),
             join2 = self.staging_joins_ledger("s2", "f2"),
             // The shared order, then the file version: two loaded versions of one file key with
             // one sequencer in one batch would otherwise both win (the keyed target refuses it).
@@ -718,6 +767,64 @@ impl<'a> Sql<'a> {
                 .map(|c| c.replacen("s.", "s2.", 1).replacen("f.", "f2.", 1))
                 .collect::<Vec<_>>()
                 .join(", "),
+        )
+    }
+
+    /// `INSERT INTO target (…) SELECT s.…, :merged_at`, the head of both winner statements.
+    fn insert_target_from_staging(&self) -> String {
+        let cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
+        let s_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
+        format!(
+            "INSERT INTO {} ({}, _file_key, _file_version, _line, _loaded_at)\n\
+             SELECT {}, s._file_key, s._file_version, s._line, :merged_at",
+            self.t.target,
+            cols.join(", "),
+            s_cols.join(", ")
+        )
+    }
+
+    /// The first of SQLite's winner statements: every row of a load being merged (a loaded
+    /// version not stamped merged) that wins its key ([`Sql::unbeaten_sqlite`]). Driven from
+    /// the ledger's unmerged rows through staging's batch index, so the rows are read in the
+    /// order they were written, not looked up key by key.
+    pub fn insert_new_winners_sqlite(&self) -> String {
+        let t = self.t;
+        format!(
+            "{head}\n\
+             FROM {files} f CROSS JOIN {st} s\n\
+             WHERE f.merged_at IS NULL AND f.status = '{LOADED}' AND {join}\n\
+             \x20 AND {unbeaten}",
+            head = self.insert_target_from_staging(),
+            files = t.files,
+            st = t.staging,
+            join = self.staging_joins_ledger("s", "f"),
+            unbeaten = self.unbeaten_sqlite(),
+        )
+    }
+
+    /// The second: for each held key (the target held it before this merge) that the first left
+    /// without a row, its winner among every current-version row (a row of an earlier load, when
+    /// the loads being merged superseded, replaced or lost to it). In key order, as the target
+    /// stores them.
+    pub fn insert_held_winners_sqlite(&self) -> String {
+        let t = self.t;
+        let k = Self::MERGE_KEYS;
+        format!(
+            "{head}\n\
+             FROM {k} k CROSS JOIN {st} s CROSS JOIN {files} f\n\
+             WHERE k.{HELD} = 1 AND NOT EXISTS (SELECT 1 FROM {target} t WHERE {kt})\n\
+             \x20 AND {km} AND {join} AND f.status = '{LOADED}'\n\
+             \x20 AND {unbeaten}\n\
+             ORDER BY {k_cols}",
+            head = self.insert_target_from_staging(),
+            target = t.target,
+            kt = self.key_match("t", "k"),
+            st = t.staging,
+            files = t.files,
+            km = self.key_match("k", "s"),
+            join = self.staging_joins_ledger("s", "f"),
+            unbeaten = self.unbeaten_sqlite(),
+            k_cols = self.contract.dedupe_key.iter().map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", "),
         )
     }
 

@@ -152,8 +152,8 @@ impl SqliteWarehouse {
                     &[(":merged_at", &now), (":rows_deleted", &deleted), (":rows_inserted", &inserted)],
                 )? as i64;
                 match step.kind {
-                    MergeStepKind::DeleteTarget => deleted = n,
-                    MergeStepKind::InsertWinners => inserted = n,
+                    MergeStepKind::DeleteTarget => deleted += n,
+                    MergeStepKind::InsertWinners => inserted += n,
                     _ => {}
                 }
                 tracing::debug!(rows = n, ms = started.elapsed().as_millis() as u64, sql = %stmt.lines().next().unwrap_or(""), "merge statement");
@@ -483,14 +483,15 @@ impl BatchSink for SqliteSink {
         let batch_id = self.batch().batch_id;
         let mut stmt = self.conn.prepare_cached(&self.insert_staging)?;
         let ncols = chunk.ncols;
+        // The provenance every row of the chunk shares is bound once: a step keeps its bindings.
+        stmt.raw_bind_parameter(ncols + 1, &file.key)?;
+        stmt.raw_bind_parameter(ncols + 2, &file.version)?;
+        stmt.raw_bind_parameter(ncols + 4, batch_id)?;
         for i in 0..chunk.len() {
             for (c, v) in chunk.row(i).enumerate() {
                 stmt.raw_bind_parameter(c + 1, v)?;
             }
-            stmt.raw_bind_parameter(ncols + 1, &file.key)?;
-            stmt.raw_bind_parameter(ncols + 2, &file.version)?;
             stmt.raw_bind_parameter(ncols + 3, chunk.lines[i] as i64)?;
-            stmt.raw_bind_parameter(ncols + 4, batch_id)?;
             stmt.raw_execute()?;
         }
         let b = self.batch.as_mut().expect("open");
@@ -623,36 +624,71 @@ mod tests {
         (dir, w)
     }
 
-    /// The merge must stay proportional to what it touches: on SQLite no statement may scan
-    /// the target or staging whole.
+    fn plan(conn: &Connection, stmt: &str) -> Vec<String> {
+        let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {stmt}")).unwrap();
+        let mut rows = plan.raw_query();
+        let mut steps: Vec<String> = Vec::new();
+        while let Some(r) = rows.next().unwrap() {
+            steps.push(r.get(3).unwrap());
+        }
+        steps
+    }
+
+    /// The merge must stay proportional to what it touches: on SQLite no statement of either
+    /// form (the shared text and SQLite's own) may scan the target or staging whole.
     #[test]
     fn merge_statements_use_indexes_on_sqlite() {
         let (_d, w) = setup();
-        let conn = open(w.path()).unwrap();
         let sql = w.sql();
-        let merge: Vec<String> = sql.merge().into_iter().map(|s| s.sql).collect();
-        conn.execute_batch(&merge[0]).unwrap();
-        conn.execute_batch(&merge[1]).unwrap();
-        // The shared statements and SQLite's own winner selection.
-        let own = sql.insert_winners_sqlite();
-        assert!(sql.merge_sqlite().iter().any(|s| s.kind == MergeStepKind::InsertWinners && s.sql == own));
-        for stmt in merge[2..merge.len() - 1].iter().chain([&own]) {
-            let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {stmt}")).unwrap();
-            let mut rows = plan.raw_query();
-            let mut steps: Vec<String> = Vec::new();
-            while let Some(r) = rows.next().unwrap() {
-                steps.push(r.get(3).unwrap());
+        for (form, steps) in [("shared", sql.merge()), ("sqlite", sql.merge_sqlite())] {
+            let conn = open(w.path()).unwrap();
+            // The key set is built first (the statements after it name it).
+            let building =
+                steps.iter().take_while(|s| s.kind == MergeStepKind::CollectKeys || s.kind == MergeStepKind::IndexKeys);
+            let built = building.count();
+            for s in &steps[..built] {
+                conn.execute_batch(&s.sql).unwrap();
             }
-            for step in &steps {
-                // `s` and `s2` are staging's aliases in the merge text; an index walked whole is a scan too.
-                for table in ["wau_audit_logs", "wau_audit_logs_staging", "s", "s2"] {
-                    let scan = format!("SCAN {table}");
-                    assert!(
-                        !(step == &scan || step.starts_with(&format!("{scan} "))),
-                        "full scan of {table} in {stmt}: {steps:?}"
-                    );
+            for step in &steps[built..steps.len() - 1] {
+                let plan = plan(&conn, &step.sql);
+                for line in &plan {
+                    // `s` and `s2` are staging's aliases in the merge text; an index walked whole is a scan too.
+                    for table in ["wau_audit_logs", "wau_audit_logs_staging", "s", "s2"] {
+                        let scan = format!("SCAN {table}");
+                        assert!(
+                            !(line == &scan || line.starts_with(&format!("{scan} "))),
+                            "{form}: full scan of {table} in {}: {plan:?}",
+                            step.sql
+                        );
+                    }
                 }
             }
         }
+    }
+
+    /// SQLite's delete finds each touched key by the target's primary key; the shared text's
+    /// `customer IN (…)` would walk all of a touched customer's rows.
+    #[test]
+    fn the_sqlite_merge_deletes_by_the_targets_key() {
+        let (_d, w) = setup();
+        let conn = open(w.path()).unwrap();
+        let steps = w.sql().merge_sqlite();
+        let mut delete = None;
+        for s in &steps {
+            match s.kind {
+                MergeStepKind::CollectKeys => conn.execute_batch(&s.sql).unwrap(),
+                MergeStepKind::DeleteTarget => delete = Some(s.sql.clone()),
+                _ => {}
+            }
+        }
+        let delete = delete.expect("the merge deletes touched keys");
+        assert_eq!(
+            plan(&conn, &delete)[0],
+            "SEARCH wau_audit_logs USING PRIMARY KEY (customer=? AND event_id=?)",
+            "{delete}"
+        );
+        assert!(steps.iter().all(|s| s.kind != MergeStepKind::IndexKeys), "the key set is keyed: no index to build");
+        assert_eq!(steps.iter().filter(|s| s.kind == MergeStepKind::InsertWinners).count(), 2);
+        assert_eq!(steps.last().map(|s| s.kind), Some(MergeStepKind::DropKeys));
     }
 }
