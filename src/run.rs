@@ -432,6 +432,7 @@ fn spawn_reconcile_loop(
     let schedule = (!config.reconcile.schedule_utc.is_empty())
         .then(|| parse_hhmm(&config.reconcile.schedule_utc).expect("checked"));
     tokio::spawn(async move {
+        use crate::cli::status::ReconcileOutcome::{Failed, Listed};
         let Some((hh, mm)) = schedule else { return };
         loop {
             let at = next_daily(Utc::now(), hh, mm);
@@ -440,10 +441,13 @@ fn spawn_reconcile_loop(
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
+            let started = Utc::now();
             match replay::missing(store.as_ref(), warehouse.clone(), &prefix).await {
                 Ok(missing) => {
                     info!(missing = missing.len(), "reconcile listed the store");
                     metrics.reconciled(missing.len() as u64);
+                    let counts = [missing.len() as u64, 0, 0, 0];
+                    crate::cli::status::record_reconcile(warehouse.clone(), started, Listed, counts, None).await;
                     for o in missing {
                         if tx.send(o).await.is_err() {
                             return;
@@ -453,6 +457,8 @@ fn spawn_reconcile_loop(
                 Err(e) => {
                     metrics.error("reconcile");
                     error!(error = %e, "reconcile failed; it runs again tomorrow");
+                    let error = Some(e.to_string());
+                    crate::cli::status::record_reconcile(warehouse.clone(), started, Failed, [0; 4], error).await;
                 }
             }
         }
