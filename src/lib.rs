@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod object;
 pub mod pipeline;
 pub mod publish;
+pub mod reconcile;
 pub mod replay;
 pub mod run;
 pub mod selftest;

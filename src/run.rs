@@ -432,7 +432,7 @@ fn spawn_reconcile_loop(
     let schedule = (!config.reconcile.schedule_utc.is_empty())
         .then(|| parse_hhmm(&config.reconcile.schedule_utc).expect("checked"));
     tokio::spawn(async move {
-        use crate::cli::status::ReconcileOutcome::{Failed, Listed};
+        use crate::reconcile::ReconcileOutcome::{Failed, Listed};
         let Some((hh, mm)) = schedule else { return };
         loop {
             let at = next_daily(Utc::now(), hh, mm);
@@ -447,7 +447,7 @@ fn spawn_reconcile_loop(
                     info!(missing = missing.len(), "reconcile listed the store");
                     metrics.reconciled(missing.len() as u64);
                     let counts = [missing.len() as u64, 0, 0, 0];
-                    crate::cli::status::record_reconcile(warehouse.clone(), started, Listed, counts, None).await;
+                    crate::reconcile::record(warehouse.clone(), started, Listed, counts, None).await;
                     for o in missing {
                         if tx.send(o).await.is_err() {
                             return;
@@ -458,7 +458,7 @@ fn spawn_reconcile_loop(
                     metrics.error("reconcile");
                     error!(error = %e, "reconcile failed; it runs again tomorrow");
                     let error = Some(e.to_string());
-                    crate::cli::status::record_reconcile(warehouse.clone(), started, Failed, [0; 4], error).await;
+                    crate::reconcile::record(warehouse.clone(), started, Failed, [0; 4], error).await;
                 }
             }
         }

@@ -7,9 +7,10 @@ use anyhow::Context;
 use chrono::Utc;
 
 use super::report::{self, WauReport};
-use super::status::{self, ReconcileOutcome};
+use super::status;
 use super::{tally_line, Format, Verdict};
 use crate::config::Config;
+use crate::reconcile::{self as reconcile_log, ReconcileOutcome};
 use crate::replay::{self, Filter};
 use crate::warehouse::sql::{Dialect, Sql, Tables};
 use crate::warehouse::Warehouse;
@@ -132,13 +133,12 @@ pub async fn reconcile(config: Config) -> anyhow::Result<Verdict> {
     match result {
         Ok((missing, t)) => {
             let outcome = if t.retried > 0 { ReconcileOutcome::Incomplete } else { ReconcileOutcome::Ok };
-            status::record_reconcile(warehouse, started, outcome, [missing, t.loaded, t.rejected, t.retried], None)
-                .await;
+            reconcile_log::record(warehouse, started, outcome, [missing, t.loaded, t.rejected, t.retried], None).await;
             Ok(if t.retried > 0 { Verdict::Attention } else { Verdict::Done })
         }
         Err(e) => {
             let error = Some(format!("{e:#}"));
-            status::record_reconcile(warehouse, started, ReconcileOutcome::Failed, [0; 4], error).await;
+            reconcile_log::record(warehouse, started, ReconcileOutcome::Failed, [0; 4], error).await;
             Err(e)
         }
     }

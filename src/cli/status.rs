@@ -5,17 +5,15 @@
 //! history, reconcile runs, the ledger and the rejects table). Nothing here writes, except the
 //! idempotent `migrate` every warehouse command runs first.
 
-use std::fmt;
-use std::sync::Arc;
-
 use aws_sdk_sqs::types::QueueAttributeName;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::fmt;
 
 use crate::config::SourceKind;
 use crate::contract::Contract;
 use crate::source::sqs::parse_dead_letter_target;
-use crate::warehouse::sql::{Dialect, ReconcileRecord, Sql, Tables};
+use crate::warehouse::sql::{Dialect, Sql, Tables};
 use crate::warehouse::{Warehouse, WarehouseError};
 use crate::{replay, Setup};
 
@@ -297,57 +295,6 @@ pub fn read_warehouse(
         customers,
         top_reject_rules,
     })
-}
-
-/// How a reconcile ended, as [`ReconcileRecord::outcome`] says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReconcileOutcome {
-    /// Everything the ledger lacked is loaded or rejected (and, for the CLI, merged).
-    Ok,
-    /// Some files failed transiently and are left for the next run.
-    Incomplete,
-    /// The listing, the load or the merge failed.
-    Failed,
-    /// The service's daily run: the listing is done and its objects are handed to the ingest loop.
-    Listed,
-}
-
-impl ReconcileOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReconcileOutcome::Ok => "ok",
-            ReconcileOutcome::Incomplete => "incomplete",
-            ReconcileOutcome::Failed => "failed",
-            ReconcileOutcome::Listed => "listed",
-        }
-    }
-}
-
-/// Records a reconcile run in the warehouse; a failure to record is logged, not raised (the
-/// reconcile itself is what matters).
-pub async fn record_reconcile(
-    w: Arc<dyn Warehouse>,
-    started_at: DateTime<Utc>,
-    outcome: ReconcileOutcome,
-    counts: [u64; 4],
-    error: Option<String>,
-) {
-    let [objects_missing, files_loaded, files_rejected, files_to_retry] = counts;
-    let r = ReconcileRecord {
-        started_at,
-        finished_at: Utc::now(),
-        outcome: outcome.as_str().into(),
-        objects_missing,
-        files_loaded,
-        files_rejected,
-        files_to_retry,
-        error,
-    };
-    match tokio::task::spawn_blocking(move || w.record_reconcile(&r)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "recording the reconcile run failed"),
-        Err(e) => tracing::warn!(error = %e, "recording the reconcile run failed"),
-    }
 }
 
 fn percent(rate: Option<f64>) -> String {

@@ -169,7 +169,7 @@ pub mod reconciles_table {
     use super::OwnColumn;
     pub const STARTED_AT: OwnColumn = OwnColumn::time("started_at", true);
     pub const FINISHED_AT: OwnColumn = OwnColumn::time("finished_at", true);
-    /// `ok`, `incomplete` (files left to retry) or `failed` (see `ReconcileOutcome`).
+    /// `ok`, `incomplete`, `failed` or `listed` (see `crate::reconcile::ReconcileOutcome`).
     pub const OUTCOME: OwnColumn = OwnColumn::text("outcome", 16, true);
     /// Objects the listing held that the ledger lacked.
     pub const OBJECTS_MISSING: OwnColumn = OwnColumn::int("objects_missing", true);
