@@ -4,9 +4,11 @@
 //! [`source`] (what arrived) → [`object`] (read it) → [`validate`] against the [`contract`] →
 //! [`pipeline`] and [`writer`] (micro-batches into the [`warehouse`], ledger in the same
 //! transaction) → merge into the target ([`warehouse::sql`]), with [`replay`] for listings,
-//! [`run`] for the service, [`metrics`] and [`http`] for operators.
+//! [`run`] for the service, [`metrics`] and [`http`] for operators, and [`cli`] for the
+//! commands' workflows (the binary only parses arguments).
 
 pub mod aws;
+pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod demo;

@@ -794,6 +794,12 @@ mod tests {
         fn totals(&self) -> Result<crate::warehouse::LedgerTotals, WarehouseError> {
             self.w.totals()
         }
+        fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+            self.w.read_text(sql)
+        }
+        fn record_reconcile(&self, run: &crate::warehouse::sql::ReconcileRecord) -> Result<(), WarehouseError> {
+            self.w.record_reconcile(run)
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -433,6 +433,7 @@ fn spawn_reconcile_loop(
     let schedule = (!config.reconcile.schedule_utc.is_empty())
         .then(|| parse_hhmm(&config.reconcile.schedule_utc).expect("checked"));
     tokio::spawn(async move {
+        use crate::reconcile::ReconcileOutcome::{Failed, Listed};
         let Some((hh, mm)) = schedule else { return };
         loop {
             let at = next_daily(Utc::now(), hh, mm);
@@ -441,6 +442,7 @@ fn spawn_reconcile_loop(
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
+            let started = Utc::now();
             let mut found = reconcile::missing(store.as_ref(), warehouse.clone(), &prefix);
             let mut handed = 0u64;
             let ended = loop {
@@ -468,10 +470,13 @@ fn spawn_reconcile_loop(
                         "reconcile listed the store"
                     );
                     metrics.reconciled(handed);
+                    crate::reconcile::record(warehouse.clone(), started, Listed, [handed, 0, 0, 0], None).await;
                 }
                 Err(e) => {
                     metrics.error("reconcile");
                     error!(error = %e, handed, "reconcile failed; it runs again tomorrow");
+                    let error = Some(e.to_string());
+                    crate::reconcile::record(warehouse.clone(), started, Failed, [handed, 0, 0, 0], error).await;
                 }
             }
         }

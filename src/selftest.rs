@@ -333,9 +333,16 @@ fn probe_contract(contract: &Contract) -> Contract {
 /// The product's tables, named as configured, in `schema`.
 fn scratch_tables(contract: &Contract, schema: &str) -> Tables {
     let mut t = Tables::for_contract(contract);
-    for name in
-        [&mut t.target, &mut t.staging, &mut t.files, &mut t.rejects, &mut t.merges, &mut t.wau_view, &mut t.lock]
-    {
+    for name in [
+        &mut t.target,
+        &mut t.staging,
+        &mut t.files,
+        &mut t.rejects,
+        &mut t.merges,
+        &mut t.wau_view,
+        &mut t.lock,
+        &mut t.reconciles,
+    ] {
         let bare = name.rsplit('.').next().unwrap_or(name).to_string();
         *name = format!("{schema}.{bare}");
     }

@@ -790,3 +790,52 @@ async fn sigterm_with_a_backlog_releases_what_it_holds_and_exits_promptly() {
     assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some());
     assert_exact(&case, &written).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reads_the_queue_its_dlq_and_the_warehouse() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    // No notifications: the files arrive through the reconcile; the queue holds what we send.
+    let case = Case::new(&sdk, false, 5).await;
+    case.send_raw("waiting 1").await;
+    case.send_raw("waiting 2").await;
+    case.sqs.send_message().queue_url(&case.dlq_url).message_body("dead").send().await.unwrap();
+    put_version(&case, &Version { key: "csv/acme/a.csv".into(), rows: rows(0, 3, "a") }).await;
+    // Its one row is rejected: its customer comes from its key.
+    case.put("csv/acme/bad.csv", format!("{}\nacme,e9,yesterday,u9,,login,,\n", wau_ingest::demo::HEADER)).await;
+    let (code, out) = case.cli(&["reconcile"]);
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out) = case.cli(&["status", "--format", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let backlog = &s["backlog"];
+    assert_eq!(backlog["source"], "sqs");
+    assert_eq!((backlog["visible"].as_u64(), backlog["in_flight"].as_u64()), (Some(2), Some(0)), "{s}");
+    assert_eq!(backlog["dlq"]["visible"], 1, "{s}");
+    assert!(backlog["dlq"]["arn"].as_str().unwrap().ends_with(&format!(":{}-dlq", case.name)), "{s}");
+    let rec = &s["last_reconcile"];
+    assert_eq!((rec["outcome"].as_str(), rec["objects_missing"].as_u64()), (Some("ok"), Some(2)), "{s}");
+    assert_eq!(rec["files_loaded"].as_u64().unwrap() + rec["files_rejected"].as_u64().unwrap(), 2, "{s}");
+    // A merge on Redshift records its files, not its row counts.
+    assert_eq!(s["last_merge"]["files"], 2, "{s}");
+    assert!(s["last_merge"]["rows_inserted"].is_null(), "{s}");
+    assert_eq!(s["unmerged"]["files"], 0);
+    let customers = s["customers"].as_array().unwrap();
+    assert_eq!(customers.len(), 1, "{s}");
+    assert_eq!(customers[0]["customer"], CUSTOMER);
+    assert_eq!((customers[0]["files"].as_u64(), customers[0]["rows_read"].as_u64()), (Some(2), Some(4)));
+    assert_eq!(customers[0]["rows_rejected"], 1);
+    assert_eq!(customers[0]["reject_rate"].as_f64(), Some(0.25));
+    let rule = &s["top_reject_rules"][0];
+    assert_eq!((rule["rule"].as_str(), rule["rejects"].as_u64()), (Some("type"), Some(1)), "{s}");
+    assert_eq!(
+        (rule["example"]["key"].as_str(), rule["example"]["line"].as_u64()),
+        (Some("csv/acme/bad.csv"), Some(2))
+    );
+
+    let (code, text) = case.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("backlog:   2 message(s) waiting, 0 in flight"), "{text}");
+    assert!(text.contains("dlq:       1 message(s) in arn:"), "{text}");
+    assert!(text.contains(": ok, 2 object(s) missing"), "{text}");
+}

@@ -103,22 +103,129 @@ fn reconcile_loads_what_the_ledger_lacks_and_merges() {
     assert!(stdout(&again).contains("0 object(s)"), "{}", stdout(&again));
 }
 
-#[test]
-fn report_prints_weekly_active_users() {
-    let env = Env::new();
-    let today = chrono::Utc::now().format("%Y-%m-%dT10:00:00Z").to_string();
+/// A file of `customer` with one row per (event id, user) at `time`.
+fn write_events(env: &Env, key: &str, customer: &str, time: &str, users: &[&str]) {
     let mut text = format!("{}\n", wau_ingest::demo::HEADER);
-    for (i, user) in ["u1", "u1", "u2"].iter().enumerate() {
-        text.push_str(&format!("acme,e{i},{today},{user},,login,,\n"));
+    for (i, user) in users.iter().enumerate() {
+        text.push_str(&format!("{customer},{key}-e{i},{time},{user},,login,,\n"));
     }
-    wau_ingest::demo::write_atomically(&env.inbox.join("csv/acme/w.csv"), text.as_bytes()).unwrap();
-    run(&env, &["replay", env.inbox.to_str().unwrap()]);
-    run(&env, &["merge"]);
-    let out = stdout(&run(&env, &["report", "--weeks", "1", "--customer", "acme"]));
-    let line = out.lines().find(|l| l.starts_with("acme")).unwrap_or_else(|| panic!("{out}"));
-    assert!(line.trim_end().ends_with(" 2"), "two distinct users: {line}");
+    wau_ingest::demo::write_atomically(&env.inbox.join(key), text.as_bytes()).unwrap();
+}
+
+#[test]
+fn report_shows_each_customers_trend_and_the_change_from_last_week() {
+    let env = Env::new();
+    let now = chrono::Utc::now();
+    let this_week = now.format("%Y-%m-%dT00:00:01Z").to_string();
+    let last_week = (now - chrono::Duration::days(7)).format("%Y-%m-%dT10:00:00Z").to_string();
+    // acme: 1 user last week, 3 (one of them twice) this week; globex: 2 last week, none this week.
+    write_events(&env, "csv/acme/old.csv", "acme", &last_week, &["u1"]);
+    write_events(&env, "csv/acme/new.csv", "acme", &this_week, &["u1", "u2", "u3", "u3"]);
+    write_events(&env, "csv/globex/old.csv", "globex", &last_week, &["g1", "g2"]);
+    assert!(run(&env, &["replay", env.inbox.to_str().unwrap()]).status.success());
+    assert!(run(&env, &["merge"]).status.success());
+
+    let out = run(&env, &["report", "--weeks", "3"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    let acme = text.lines().find(|l| l.starts_with("acme")).unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = acme.split_whitespace().collect();
+    // customer, trend (no activity two weeks ago, then a third of the peak, then the peak), this week, previous, change.
+    assert_eq!(cols, ["acme", "·▃█", "3", "1", "+2", "(+200.0%)"], "{text}");
+    let globex = text.lines().find(|l| l.starts_with("globex")).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(globex.split_whitespace().collect::<Vec<_>>(), ["globex", "·█·", "0", "2", "-2", "(-100.0%)"]);
+
+    let csv = stdout(&run(&env, &["report", "--weeks", "2", "--customer", "acme", "--format", "csv"]));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert_eq!(lines[0], "customer,iso_week,week_start,active_users");
+    assert!(lines[1].starts_with("acme,") && lines[1].ends_with(",1"), "{csv}");
+    assert!(lines[2].starts_with("acme,") && lines[2].ends_with(",3"), "{csv}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&env, &["report", "--weeks", "2", "--format", "json"]))).unwrap();
+    assert_eq!(json["weeks"].as_array().unwrap().len(), 2);
+    let acme = &json["customers"][0];
+    assert_eq!(acme["customer"], "acme");
+    assert_eq!(acme["active_users"], serde_json::json!([1, 3]));
+    assert_eq!(
+        (acme["this_week"].as_i64(), acme["previous_week"].as_i64(), acme["change"].as_i64()),
+        (Some(3), Some(1), Some(2))
+    );
+    assert_eq!(acme["change_percent"].as_f64(), Some(200.0));
+
     let none = stdout(&run(&env, &["report", "--customer", "nobody"]));
     assert!(none.contains("no activity"), "{none}");
+}
+
+#[test]
+fn status_shows_backlog_merges_reconciles_customers_and_rejects() {
+    let env = Env::new();
+    write_version(&env.inbox, &version("csv/acme/a.csv", 0..3), "acme");
+    std::fs::create_dir_all(env.inbox.join("csv/globex")).unwrap();
+    std::fs::write(
+        env.inbox.join("csv/globex/bad.csv"),
+        format!(
+            "{}\nglobex,g1,2026-11-23T10:00:00Z,u1,,login,,\nglobex,g2,yesterday,u2,,login,,\nglobex,g3,later,u3,,login,,\nglobex,g4,2026-11-23T11:00:00Z,u4,,login,,\n",
+            wau_ingest::demo::HEADER
+        ),
+    )
+    .unwrap();
+    assert!(run(&env, &["replay", env.inbox.to_str().unwrap()]).status.success());
+    write_version(&env.inbox, &version("csv/acme/pending.csv", 10..12), "acme");
+
+    let status = |env: &Env| -> serde_json::Value {
+        let out = run(env, &["status", "--format", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))
+    };
+    let s = status(&env);
+    assert_eq!(s["backlog"]["source"], "folder");
+    assert_eq!(s["backlog"]["pending_files"], 1, "pending.csv is not in the ledger: {s}");
+    assert_eq!(s["unmerged"]["files"], 2, "loaded, not merged yet");
+    assert!(s["last_merge"].is_null() && s["last_reconcile"].is_null(), "{s}");
+    let customers = s["customers"].as_array().unwrap();
+    assert_eq!(customers.len(), 2, "{s}");
+    assert_eq!(customers[0]["customer"], "acme");
+    assert_eq!((customers[0]["files"].as_u64(), customers[0]["rows_read"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(customers[0]["reject_rate"].as_f64(), Some(0.0));
+    assert_eq!(customers[1]["customer"], "globex");
+    assert_eq!(customers[1]["last_file"], "csv/globex/bad.csv");
+    assert_eq!((customers[1]["rows_read"].as_u64(), customers[1]["rows_rejected"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(customers[1]["reject_rate"].as_f64(), Some(0.5));
+    let rules = s["top_reject_rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{s}");
+    assert_eq!((rules[0]["rule"].as_str(), rules[0]["rejects"].as_u64()), (Some("type"), Some(2)));
+    let example = &rules[0]["example"];
+    assert_eq!(example["key"], "csv/globex/bad.csv");
+    assert!(example["line"] == 3 || example["line"] == 4, "{example}");
+    assert_eq!(example["column"], "event_time");
+
+    let r = run(&env, &["reconcile"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let s = status(&env);
+    assert_eq!(s["backlog"]["pending_files"], 0);
+    assert_eq!(s["unmerged"]["files"], 0);
+    assert_eq!(s["last_merge"]["files"], 3, "the reconcile's merge published all three files: {s}");
+    assert_eq!(s["last_merge"]["rows_inserted"], 7);
+    let rec = &s["last_reconcile"];
+    assert_eq!((rec["outcome"].as_str(), rec["objects_missing"].as_u64()), (Some("ok"), Some(1)), "{s}");
+    assert_eq!((rec["files_loaded"].as_u64(), rec["files_to_retry"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(s["customers"][0]["files"], 2);
+    assert_eq!(s["customers"][0]["last_file"], "csv/acme/pending.csv");
+
+    let text = stdout(&run(&env, &["status"]));
+    for want in [
+        "backlog:   0 file(s) in",
+        "merge:     last at",
+        ": 3 file(s), 0 row(s) deleted, 7 inserted",
+        ": ok, 1 object(s) missing, files new 1 / rejected 0 / to retry 0",
+        "unmerged:  0 file(s)",
+        "50.0%",
+        "e.g. csv/globex/bad.csv:",
+    ] {
+        assert!(text.contains(want), "{want:?} in\n{text}");
+    }
 }
 
 #[test]

@@ -195,6 +195,12 @@ pub fn parse_max_receive_count(policy: &str) -> Option<u32> {
     }
 }
 
+/// The DLQ's ARN (`deadLetterTargetArn`) from a RedrivePolicy JSON.
+pub fn parse_dead_letter_target(policy: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(policy).ok()?;
+    v["deadLetterTargetArn"].as_str().map(str::to_string)
+}
+
 /// Turns one message into a delivery, or settles it here (deleted, or left for the DLQ).
 async fn accept(shared: &Arc<Shared>, m: Message) -> Option<Delivery> {
     let receipt = m.receipt_handle.clone()?;
@@ -521,6 +527,9 @@ mod tests {
         assert_eq!(parse_max_receive_count(r#"{"deadLetterTargetArn":"arn","maxReceiveCount":"3"}"#), Some(3));
         assert_eq!(parse_max_receive_count("{}"), None);
         assert_eq!(parse_max_receive_count("not json"), None);
+        let policy = r#"{"deadLetterTargetArn":"arn:aws:sqs:eu-west-1:123456789012:wau-dlq","maxReceiveCount":5}"#;
+        assert_eq!(parse_dead_letter_target(policy).as_deref(), Some("arn:aws:sqs:eu-west-1:123456789012:wau-dlq"));
+        assert_eq!(parse_dead_letter_target("{}"), None);
     }
 
     #[test]

@@ -309,4 +309,9 @@ pub trait Warehouse: Send + Sync {
     fn ping(&self) -> Result<(), WarehouseError>;
     fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError>;
     fn totals(&self) -> Result<LedgerTotals, WarehouseError>;
+    /// Runs one read-only query (text from [`sql::Sql`]) and returns every row, each value as
+    /// text and NULL as `None`: what `status` reads.
+    fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError>;
+    /// Records one reconcile run ([`sql::Sql::insert_reconcile`]) where another process reads it.
+    fn record_reconcile(&self, run: &sql::ReconcileRecord) -> Result<(), WarehouseError>;
 }

@@ -28,6 +28,8 @@ pub struct Tables {
     pub wau_view: String,
     /// Holds no rows: every writer (commit, merge) takes `LOCK` on it first, see [`Sql::lock_writers`].
     pub lock: String,
+    /// One row per reconcile run (see [`reconciles_table`]).
+    pub reconciles: String,
 }
 
 impl Tables {
@@ -40,6 +42,7 @@ impl Tables {
             merges: "wau_ingest_merges".into(),
             wau_view: "wau_weekly_active_users".into(),
             lock: "wau_ingest_lock".into(),
+            reconciles: "wau_ingest_reconciles".into(),
         }
     }
 }
@@ -158,6 +161,24 @@ pub mod rejects_table {
         CONTRACT_VERSION,
         REJECTED_AT,
     ];
+}
+
+/// Reconcile runs, `wau_ingest_reconciles`: one row per run, written when it ends, so
+/// `status` in another process can say when the last one ran and how it ended.
+pub mod reconciles_table {
+    use super::OwnColumn;
+    pub const STARTED_AT: OwnColumn = OwnColumn::time("started_at", true);
+    pub const FINISHED_AT: OwnColumn = OwnColumn::time("finished_at", true);
+    /// `ok`, `incomplete`, `failed` or `listed` (see `crate::reconcile::ReconcileOutcome`).
+    pub const OUTCOME: OwnColumn = OwnColumn::text("outcome", 16, true);
+    /// Objects the listing held that the ledger lacked.
+    pub const OBJECTS_MISSING: OwnColumn = OwnColumn::int("objects_missing", true);
+    pub const FILES_LOADED: OwnColumn = OwnColumn::int("files_loaded", true);
+    pub const FILES_REJECTED: OwnColumn = OwnColumn::int("files_rejected", true);
+    pub const FILES_TO_RETRY: OwnColumn = OwnColumn::int("files_to_retry", true);
+    pub const ERROR: OwnColumn = OwnColumn::text("error", 1024, false);
+    pub const COLUMNS: [OwnColumn; 8] =
+        [STARTED_AT, FINISHED_AT, OUTCOME, OBJECTS_MISSING, FILES_LOADED, FILES_REJECTED, FILES_TO_RETRY, ERROR];
 }
 
 /// Provenance columns staging rows carry after the contract columns.
@@ -389,6 +410,12 @@ impl<'a> Sql<'a> {
                 self.physical_design(role)
             ));
         }
+        // A few rows a day: no physical design of its own.
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n  {}\n)",
+            t.reconciles,
+            self.own_columns_ddl(&reconciles_table::COLUMNS, true).join(",\n  ")
+        ));
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (\n  merged_at {ts} NOT NULL,\n  batch_watermark {int} NOT NULL,\n  files {int} NOT NULL,\n  rows_deleted {int},\n  rows_inserted {int}\n)",
             t.merges
@@ -1009,6 +1036,133 @@ impl<'a> Sql<'a> {
             self.t.wau_view
         )
     }
+
+    // What `status` reads (through `Warehouse::read_text`; times are literals, see `time_literal`).
+
+    /// One reconcile run's row, every value a literal.
+    pub fn insert_reconcile(&self, r: &ReconcileRecord) -> String {
+        let cols = column_names(&reconciles_table::COLUMNS).join(", ");
+        // Redshift reads backslashes in literals as escapes; SQLite has no CHR() to spell them.
+        let text = |s: &str, c: OwnColumn| match self.dialect {
+            Dialect::Sqlite => format!("'{}'", sql_literal_body(truncate_bytes(s, c.width()))),
+            _ => super::redshift::sql_string(truncate_bytes(s, c.width())),
+        };
+        let error = r.error.as_deref().map_or("NULL".to_string(), |e| text(e, reconciles_table::ERROR));
+        format!(
+            "INSERT INTO {} ({cols}) VALUES ({}, {}, {}, {}, {}, {}, {}, {error})",
+            self.t.reconciles,
+            time_literal(r.started_at),
+            time_literal(r.finished_at),
+            text(&r.outcome, reconciles_table::OUTCOME),
+            r.objects_missing,
+            r.files_loaded,
+            r.files_rejected,
+            r.files_to_retry,
+        )
+    }
+
+    /// The latest reconcile run: the columns of [`reconciles_table::COLUMNS`].
+    pub fn last_reconcile(&self) -> String {
+        format!(
+            "SELECT {} FROM {} ORDER BY finished_at DESC LIMIT 1",
+            column_names(&reconciles_table::COLUMNS).join(", "),
+            self.t.reconciles
+        )
+    }
+
+    /// The latest merge: merged_at, files, rows_deleted, rows_inserted.
+    pub fn last_merge(&self) -> String {
+        format!(
+            "SELECT merged_at, files, rows_deleted, rows_inserted FROM {} ORDER BY merged_at DESC LIMIT 1",
+            self.t.merges
+        )
+    }
+
+    /// Ledger rows no merge has published yet: how many, and the oldest one's load time.
+    pub fn unmerged_files(&self) -> String {
+        format!(
+            "SELECT COUNT(*), MIN(loaded_at) FROM {} WHERE merged_at IS NULL AND status IN ('{LOADED}', '{REJECTED}')",
+            self.t.files
+        )
+    }
+
+    /// Files loaded or rejected at or after `since`, oldest first: key, status, loaded_at,
+    /// rows_read, rows_rejected and the customer their rows name (see [`Sql::file_customer`]).
+    pub fn files_since(&self, since: chrono::DateTime<chrono::Utc>) -> String {
+        let (joins, customer) = self.file_customer("f", since);
+        format!(
+            "SELECT f.key, f.status, f.loaded_at, f.rows_read, f.rows_rejected, {customer}\n\
+             FROM {files} f{joins}\n\
+             WHERE f.loaded_at >= {since} AND f.status IN ('{LOADED}', '{REJECTED}')\n\
+             ORDER BY f.loaded_at, f.key",
+            files = self.t.files,
+            since = time_literal(since)
+        )
+    }
+
+    /// A ledger row's customer until the ledger records one: the customer column of its staged
+    /// rows, else of its rows in the target (NULL for a file without rows). Joins (to append
+    /// after `FROM files {f}`) and the expression. The one place to change when the ledger
+    /// gains a customer column. Only files loaded at or after `since` are looked up.
+    pub fn file_customer(&self, f: &str, since: chrono::DateTime<chrono::Utc>) -> (String, String) {
+        let cust = &self.contract.customer_column;
+        let files = &self.t.files;
+        let since = time_literal(since);
+        let per_file = |table: &str| {
+            format!(
+                "(SELECT x._file_key AS k, x._file_version AS v, MIN(x.{cust}) AS customer FROM {table} x\n\
+                 \x20   JOIN {files} r ON r.key = x._file_key AND r.version = x._file_version WHERE r.loaded_at >= {since}\n\
+                 \x20   GROUP BY x._file_key, x._file_version)"
+            )
+        };
+        let joins = format!(
+            "\n LEFT JOIN {} sc ON sc.k = {f}.key AND sc.v = {f}.version\n LEFT JOIN {} tc ON tc.k = {f}.key AND tc.v = {f}.version",
+            per_file(&self.t.staging),
+            per_file(&self.t.target)
+        );
+        (joins, "COALESCE(sc.customer, tc.customer)".into())
+    }
+
+    /// The `limit` rules with the most rejects at or after `since`, most first, each with its
+    /// count and its latest reject as the example: rule, count, key, line, column_name, reason, value.
+    pub fn top_reject_rules(&self, since: chrono::DateTime<chrono::Utc>, limit: u32) -> String {
+        format!(
+            "SELECT rule, n, key, line, column_name, reason, value FROM (\n\
+             \x20 SELECT rule, key, line, column_name, reason, value, COUNT(*) OVER (PARTITION BY rule) AS n,\n\
+             \x20   ROW_NUMBER() OVER (PARTITION BY rule ORDER BY rejected_at DESC, key, line) AS rn\n\
+             \x20 FROM {} WHERE rejected_at >= {}\n\
+             ) x WHERE rn = 1 ORDER BY n DESC, rule LIMIT {limit}",
+            self.t.rejects,
+            time_literal(since)
+        )
+    }
+}
+
+/// A time as a literal every engine compares with its time columns (SQLite keeps them as this text).
+pub fn time_literal(t: chrono::DateTime<chrono::Utc>) -> String {
+    format!("'{}'", crate::contract::format_timestamp(t))
+}
+
+/// The longest prefix of `s` within `max` bytes, cut at a character boundary.
+fn truncate_bytes(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// One reconcile run as [`Sql::insert_reconcile`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileRecord {
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    pub outcome: String,
+    pub objects_missing: u64,
+    pub files_loaded: u64,
+    pub files_rejected: u64,
+    pub files_to_retry: u64,
+    pub error: Option<String>,
 }
 
 /// The inside of a single-quoted SQL literal: quotes doubled.

@@ -306,6 +306,34 @@ impl Warehouse for SqliteWarehouse {
             })?)
         })
     }
+
+    fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+        use rusqlite::types::ValueRef;
+        self.with_reader(|c| {
+            let mut stmt = c.prepare(sql)?;
+            let n = stmt.column_count();
+            let mut rows = stmt.raw_query();
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let mut row = Vec::with_capacity(n);
+                for i in 0..n {
+                    row.push(match r.get_ref(i)? {
+                        ValueRef::Null => None,
+                        ValueRef::Integer(v) => Some(v.to_string()),
+                        ValueRef::Real(v) => Some(v.to_string()),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                    });
+                }
+                out.push(row);
+            }
+            Ok(out)
+        })
+    }
+
+    fn record_reconcile(&self, run: &super::sql::ReconcileRecord) -> Result<(), WarehouseError> {
+        open(&self.path)?.execute_batch(&self.sql().insert_reconcile(run))?;
+        Ok(())
+    }
 }
 
 struct OpenBatch {

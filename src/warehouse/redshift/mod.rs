@@ -531,6 +531,14 @@ impl Warehouse for RedshiftWarehouse {
             reject_rows: g(9),
         })
     }
+
+    fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+        Ok(self.query(sql)?.iter().map(|r| r.iter().map(Cell::text).collect()).collect())
+    }
+
+    fn record_reconcile(&self, run: &super::sql::ReconcileRecord) -> Result<(), WarehouseError> {
+        self.execute(&self.inner.sql().insert_reconcile(run))
+    }
 }
 // selftest's access: the statement runner and the staging location, for `wau-ingest selftest`
 // (`crate::selftest`), which checks on a real workgroup what the product assumes of Redshift.
