@@ -75,7 +75,7 @@ fn progress() -> ProgressBar {
 /// before is committed and the stream's error returned.
 pub async fn ingest_stream<E>(
     pipeline: &mut Pipeline,
-    mut objects: impl Stream<Item = Result<ObjectRef, E>> + Unpin,
+    objects: impl Stream<Item = Result<ObjectRef, E>> + Unpin,
     force: bool,
 ) -> Result<Tally, E>
 where
@@ -83,17 +83,28 @@ where
 {
     let bar = progress();
     let mut failed = None;
-    while let Some(next) = objects.next().await {
-        match next {
-            Ok(obj) => {
-                bar.set_message(obj.key.clone());
-                pipeline.handle(Delivery { objects: vec![obj], ack: Box::new(NoAck) }, force).await?;
-                bar.inc(1);
+    // What the listing has ready, up to a receive's worth, goes in as one group: its versions
+    // are asked about in one ledger round trip (`Pipeline::handle_all`).
+    let mut groups = objects.ready_chunks(GROUP);
+    while let Some(group) = groups.next().await {
+        let mut deliveries = Vec::with_capacity(group.len());
+        for next in group {
+            match next {
+                Ok(obj) => deliveries.push(Delivery { objects: vec![obj], ack: Box::new(NoAck) }),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
+        }
+        if let Some(last) = deliveries.last() {
+            bar.set_message(last.objects[0].key.clone());
+        }
+        let n = deliveries.len() as u64;
+        pipeline.handle_all(deliveries, force).await?;
+        bar.inc(n);
+        if failed.is_some() {
+            break;
         }
     }
     pipeline.flush().await?;
@@ -103,6 +114,9 @@ where
         None => Ok(pipeline.tally.clone()),
     }
 }
+
+/// Objects taken into one group by [`ingest_stream`]: one SQS receive's worth, as `run` takes.
+const GROUP: usize = 10;
 
 /// [`ingest_stream`] of objects already in hand.
 pub async fn ingest_all(pipeline: &mut Pipeline, objects: Vec<ObjectRef>, force: bool) -> Result<Tally, IngestError> {
