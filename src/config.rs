@@ -150,14 +150,16 @@ impl Default for BatchConfig {
 impl BatchConfig {
     /// How many writers `run` starts. SQLite has one writer, so one. On Redshift each writer
     /// is what another task would be (its own batches, the same guarded commit, see
-    /// docs/design.md): two per CPU, at least 2 and at most 8, as reading and staging wait on
-    /// the network more than they compute.
+    /// docs/design.md): one per CPU, at least 2 and at most 4. More would not shorten a backlog
+    /// (commits take the writers' lock one after another) but would lengthen the drain at
+    /// shutdown (each writer commits its batch in flight and its open batch) and add commits
+    /// against the Data API's quotas.
     pub fn writers_for(&self, kind: WarehouseKind) -> usize {
         match (kind, self.writers) {
             (WarehouseKind::Sqlite, _) => 1,
             (WarehouseKind::Redshift, 0) => {
                 let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-                (2 * cpus).clamp(2, 8)
+                cpus.clamp(2, 4)
             }
             (WarehouseKind::Redshift, n) => n,
         }
