@@ -67,14 +67,15 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     let w = warehouse.clone();
     tokio::task::spawn_blocking(move || w.migrate()).await??;
 
-    // Set while the ingest loop waits out a backoff after a failure: /readyz then says why.
-    let backing_off: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    // Set while a writer (or the receiver) waits out a backoff after a failure: /readyz then says why.
+    let writers = config.batch.writers_for(config.warehouse.kind);
+    let backing_off = Arc::new(BackingOff { slots: std::sync::Mutex::new(vec![None; writers + 1]) });
     // /readyz: the ingest loop is not backing off, the store answers, the warehouse takes a query.
     let ready: http::ReadyCheck = {
         let (store, warehouse, backing_off) = (store.clone(), warehouse.clone(), backing_off.clone());
         Arc::new(move || {
             let (store, w) = (store.clone(), warehouse.clone());
-            let waiting = backing_off.lock().expect("readiness lock").clone();
+            let waiting = backing_off.first();
             Box::pin(async move {
                 if let Some(reason) = waiting {
                     return Err(format!("backing off after a failure: {reason}"));
@@ -105,7 +106,6 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         cancel.clone(),
     );
 
-    let writers = config.batch.writers_for(config.warehouse.kind);
     let mut pipelines = Vec::with_capacity(writers);
     for _ in 0..writers {
         pipelines.push(Pipeline::new(
@@ -130,7 +130,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     // receive's worth) as one group.
     let (tx, rx) = mpsc::channel::<Delivery>(GROUP);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let slots = Arc::new(BackingOff { slots: std::sync::Mutex::new(vec![None; writers + 1]), shared: backing_off });
+    let slots = backing_off;
     let dispatcher =
         tokio::spawn(dispatch(source, reconcile_rx, tx, slots.clone(), writers, metrics.clone(), cancel.clone()));
     let workers: Vec<_> = pipelines
@@ -171,14 +171,15 @@ const GROUP: usize = 10;
 /// first.
 struct BackingOff {
     slots: std::sync::Mutex<Vec<Option<String>>>,
-    shared: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl BackingOff {
     fn set(&self, slot: usize, reason: Option<String>) {
-        let mut slots = self.slots.lock().expect("readiness lock");
-        slots[slot] = reason;
-        *self.shared.lock().expect("readiness lock") = slots.iter().flatten().next().cloned();
+        self.slots.lock().expect("readiness lock")[slot] = reason;
+    }
+
+    fn first(&self) -> Option<String> {
+        self.slots.lock().expect("readiness lock").iter().flatten().next().cloned()
     }
 }
 

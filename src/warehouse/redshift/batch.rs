@@ -417,13 +417,14 @@ impl BatchSink for RedshiftSink {
     fn prepare(&mut self, files: &[FileMeta]) -> Result<(), WarehouseError> {
         // Taken before the ledger is asked, as in `admit`.
         let in_flight = self.in_flight();
-        let mut wanted: Vec<&FileMeta> = Vec::new();
-        for f in files {
-            let id = Prepared::id(f);
-            if !self.prepared.answers.contains_key(&id) && !wanted.iter().any(|w| Prepared::id(w) == id) {
-                wanted.push(f);
-            }
-        }
+        let mut seen = std::collections::HashSet::new();
+        let wanted: Vec<&FileMeta> = files
+            .iter()
+            .filter(|f| {
+                let id = Prepared::id(f);
+                !self.prepared.answers.contains_key(&id) && seen.insert(id)
+            })
+            .collect();
         if wanted.len() < 2 {
             return Ok(());
         }
