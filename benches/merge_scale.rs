@@ -20,6 +20,13 @@
 //!   `appended`: the new ids sort after every existing one, as time-ordered ids would.
 //! One customer holds every row (the case where a delete narrowed by customer is a full scan).
 //!
+//! The engine's own floor, in the same run: after each merge, one `INSERT OR REPLACE … SELECT`
+//! of BENCH_NEW_ROWS more rows with new keys (placed as above, ids `…-NNNNNNNN-f`) from a
+//! temporary table straight into the target, with the product's connection settings: no
+//! staging, no ledger, no dedupe. Into a freshly migrated empty database and into the large one,
+//! it prints the ratio that SQLite's keyed table alone costs (`bench/sqlite_upsert_floor.py`
+//! measures the same on its own).
+//!
 //! Environment: BENCH_TARGET_ROWS, BENCH_NEW_ROWS, BENCH_NEW_KEYS, BENCH_ROUNDS (2), BENCH_DIR (default a
 //! temporary folder; the large database takes ~5 GB per 10 M rows).
 
@@ -90,6 +97,48 @@ fn timed_merge(warehouse: &dyn Warehouse) -> (MergeReport, Duration) {
     let started = Instant::now();
     let report = warehouse.merge().unwrap();
     (report, started.elapsed())
+}
+
+/// The engine's floor: `new_rows` generated rows whose ids (`{prefix}-NNNNNNNN-f`) no table
+/// holds, upserted by one statement from a temporary table into the target, timed. The
+/// connection takes the product's settings (WAL, synchronous FULL, its page cache).
+fn upsert_floor(db: &Path, prefix: &str, new_rows: u64) -> Duration {
+    let contract = Contract::builtin();
+    let tables = wau_ingest::warehouse::sql::Tables::for_contract(&contract);
+    let conn = Connection::open(db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384").unwrap();
+    let cols: Vec<String> = conn
+        .prepare(&format!("SELECT name FROM pragma_table_info('{}')", tables.target))
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // Every other column copies a row the target holds; the key is new.
+    let exprs: Vec<String> = cols
+        .iter()
+        .map(|c| match c.as_str() {
+            "event_id" => format!("printf('{prefix}-%08d-f', r.n)"),
+            other => format!("t.{other}"),
+        })
+        .collect();
+    conn.execute_batch(&format!(
+        "CREATE TEMP TABLE floor_rows AS SELECT * FROM {target} WHERE 0;
+         WITH RECURSIVE r(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM r WHERE n + 1 < {new_rows})
+         INSERT INTO floor_rows ({cols}) SELECT {exprs} FROM r CROSS JOIN (SELECT * FROM {target} LIMIT 1) t;",
+        target = tables.target,
+        cols = cols.join(", "),
+        exprs = exprs.join(", "),
+    ))
+    .unwrap();
+    let started = Instant::now();
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; INSERT OR REPLACE INTO {target} ({cols}) SELECT {cols} FROM floor_rows; COMMIT",
+        target = tables.target,
+        cols = cols.join(", ")
+    ))
+    .unwrap();
+    started.elapsed()
 }
 
 fn count(conn: &Connection, table: &str) -> u64 {
@@ -232,12 +281,26 @@ fn main() {
 
     let empty = dir.join("empty.sqlite");
     let mut results = Vec::new();
+    let mut floors = Vec::new();
     // BENCH_ROUNDS times each (2 by default), alternating, so neither side alone meets a cold
     // cache or a busy machine.
     let rounds = env_u64("BENCH_ROUNDS", 2).max(1);
     for round in 0..rounds {
         remove_db(&empty);
         let (into_empty, _) = measure(&rt, &inbox, &empty, new_rows);
+        // The floor's empty side: a database holding only the product's tables and one row to copy.
+        let floor_empty = dir.join("floor-empty.sqlite");
+        remove_db(&floor_empty);
+        Connection::open(&empty).unwrap().execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        std::fs::copy(&empty, &floor_empty).unwrap();
+        let conn = Connection::open(&floor_empty).unwrap();
+        conn.execute_batch(
+            "DELETE FROM wau_audit_logs WHERE event_id <> (SELECT MIN(event_id) FROM wau_audit_logs); VACUUM",
+        )
+        .unwrap();
+        drop(conn);
+        let floor_into_empty = upsert_floor(&floor_empty, prefix, new_rows);
+        remove_db(&floor_empty);
         let copy = dir.join("large-copy.sqlite");
         remove_db(&copy);
         if round == 0 {
@@ -253,8 +316,10 @@ fn main() {
         let conn = Connection::open(&copy).unwrap();
         assert_eq!(count(&conn, "wau_audit_logs"), held + new_rows);
         drop(conn);
+        let floor_into_large = upsert_floor(&copy, prefix, new_rows);
         remove_db(&copy);
         results.push((into_empty, into_large));
+        floors.push((floor_into_empty, floor_into_large));
     }
     remove_db(&empty);
     let _ = std::fs::remove_file(dir.join("large-pristine.sqlite"));
@@ -271,7 +336,23 @@ fn main() {
             l.as_secs_f64() / e.as_secs_f64()
         );
     }
-    let best = |f: fn(&(Duration, Duration)) -> Duration| results.iter().map(f).min().unwrap().as_secs_f64();
-    let (e, l) = (best(|r| r.0), best(|r| r.1));
+    let best = |rs: &[(Duration, Duration)], f: fn(&(Duration, Duration)) -> Duration| {
+        rs.iter().map(f).min().unwrap().as_secs_f64()
+    };
+    let (e, l) = (best(&results, |r| r.0), best(&results, |r| r.1));
     println!("best of each: {e:.2} s and {l:.2} s; large / empty = {:.2}  (goal ≤ 2)", l / e);
+    println!();
+    println!("the engine's own floor: INSERT OR REPLACE of {new_rows} more new rows ({keys} keys) into the keyed target:");
+    for (i, (e, l)) in floors.iter().enumerate() {
+        println!(
+            "{:<12} {:>12.2} s {:>20.2} s {:>8.2}",
+            i + 1,
+            e.as_secs_f64(),
+            l.as_secs_f64(),
+            l.as_secs_f64() / e.as_secs_f64()
+        );
+    }
+    let (fe, fl) = (best(&floors, |r| r.0), best(&floors, |r| r.1));
+    println!("best of each: {fe:.2} s and {fl:.2} s; large / empty = {:.2} (SQLite alone)", fl / fe);
+    println!("merge / floor: {:.2} into the empty target, {:.2} into the large one", e / fe, l / fl);
 }
