@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{parse_hhmm, Config};
+use crate::contract::parse_timestamp;
 use crate::contract::Contract;
 use crate::http;
 use crate::metrics::Metrics;
@@ -25,7 +26,8 @@ use crate::object::{ObjectRef, ObjectStore};
 use crate::pipeline::{IngestError, Pipeline};
 use crate::reconcile;
 use crate::source::{Delivery, NoAck, Source};
-use crate::warehouse::Warehouse;
+use crate::warehouse::sql::{Dialect, Sql, Tables};
+use crate::warehouse::{Warehouse, WarehouseError};
 
 /// Everything `run` needs, built from the config by [`crate::Setup::parts`].
 pub struct Parts {
@@ -66,6 +68,20 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
 
     let w = warehouse.clone();
     tokio::task::spawn_blocking(move || w.migrate()).await??;
+    // Per-customer freshness survives a restart and is the same on every task: it is read from
+    // the ledger now and every `customer_refresh_secs`, and moved on by each commit.
+    metrics.customer_limits(config.metrics.max_customer_series, config.metrics.customer_silence_window_secs);
+    let freshness = Freshness {
+        warehouse: warehouse.clone(),
+        contract: contract.clone(),
+        dialect: config.warehouse.kind.dialect(),
+        metrics: metrics.clone(),
+    };
+    if let Err(e) = freshness.refresh().await {
+        metrics.error("freshness");
+        warn!(error = %e, "reading the customers' freshness failed; it is read again in {} s", config.metrics.customer_refresh_secs);
+    }
+    let freshness_task = freshness.spawn(Duration::from_secs(config.metrics.customer_refresh_secs), cancel.clone());
 
     // Set while a writer (or the receiver) waits out a backoff after a failure: /readyz then says why.
     let writers = config.batch.writers_for(config.warehouse.kind);
@@ -154,6 +170,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     }
     source.close().await;
     reconcile_task.abort();
+    freshness_task.abort();
     let _ = merge_task.await;
     http_stop.cancel();
     let _ = http_task.await;
@@ -328,6 +345,55 @@ async fn write_loop(
     match stopped_by {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Reads each customer's newest loaded file from the ledger's freshness view into the
+/// customer gauges (see [`Metrics::customer_files`]).
+pub struct Freshness {
+    pub warehouse: Arc<dyn Warehouse>,
+    pub contract: Arc<Contract>,
+    pub dialect: Dialect,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Freshness {
+    /// One read of the view: how many customers it named.
+    pub async fn refresh(&self) -> Result<usize, WarehouseError> {
+        let tables = Tables::for_contract(&self.contract);
+        let sql = Sql::new(self.dialect, &self.contract, &tables).customer_freshness();
+        let w = self.warehouse.clone();
+        let rows = tokio::task::spawn_blocking(move || w.read_text(&sql))
+            .await
+            .map_err(|e| WarehouseError::Other(format!("reading the freshness view did not end: {e}")))??;
+        let newest: Vec<(String, DateTime<Utc>)> = rows
+            .into_iter()
+            .filter_map(|r| {
+                let customer = r.first().cloned().flatten()?;
+                let at = r.get(1).cloned().flatten().and_then(|t| parse_timestamp(&t))?;
+                Some((customer, at))
+            })
+            .collect();
+        let n = newest.len();
+        self.metrics.customer_files(newest);
+        Ok(n)
+    }
+
+    /// [`Freshness::refresh`] every `every` until shutdown; a failed read is logged and counted
+    /// (`errors_total{operation="freshness"}`) and the series keep their values.
+    fn spawn(self, every: Duration, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = self.refresh().await {
+                    self.metrics.error("freshness");
+                    warn!(error = %e, "reading the customers' freshness failed; the series keep their values");
+                }
+            }
+        })
     }
 }
 

@@ -128,10 +128,7 @@ pub async fn gather(cx: &Setup) -> anyhow::Result<Status> {
             Backlog::Folder { dir: cx.config.source.dir.display().to_string(), pending_files: pending }
         }
     };
-    let dialect = match cx.config.warehouse.kind {
-        crate::config::WarehouseKind::Sqlite => Dialect::Sqlite,
-        crate::config::WarehouseKind::Redshift => Dialect::Redshift,
-    };
+    let dialect = cx.config.warehouse.kind.dialect();
     let contract = cx.contract.clone();
     let from_warehouse =
         tokio::task::spawn_blocking(move || read_warehouse(warehouse.as_ref(), &contract, dialect, now)).await??;
@@ -202,9 +199,9 @@ fn text(v: &Option<String>) -> String {
     v.clone().unwrap_or_default()
 }
 
-/// A file's customer for `status`: what its rows name ([`Sql::file_customer`]), else what its
-/// key names (the contract's pattern for legacy files), else `?`. The one place to swap
-/// when the ledger records the customer.
+/// A file's customer for `status`: what the ledger records ([`Sql::file_customer`]; for rows
+/// recorded before the ledger had the column, what its rows name), else what its key names
+/// (the contract's pattern), else `?`.
 pub fn file_customer(from_rows: Option<String>, key: &str, contract: &Contract) -> String {
     from_rows.filter(|c| !c.is_empty()).or_else(|| contract.customer_from_key(key)).unwrap_or_else(|| "?".into())
 }
