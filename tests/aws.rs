@@ -119,16 +119,18 @@ async fn each_customers_newest_file_is_in_the_ledger_and_the_metrics_and_survive
     let mut svc = case.spawn_run("run.log", &[("WAU_INGEST_HTTP_LISTEN", &listen)]);
     case.put("csv/acme/a.csv", csv("acme", &rows(0, 3, "a"))).await;
     case.put("csv/globex/g.csv", csv("globex", &rows(10, 2, "g"))).await;
-    // A key that names no customer: the rows' one customer.
-    case.put("initech-export.csv", csv("initech", &rows(20, 2, "i"))).await;
+    // A second, later acme file: the newest one counts.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    case.put("csv/acme/b.csv", csv("acme", &rows(20, 2, "b"))).await;
     assert!(eventually(Duration::from_secs(60), || settled(&case, 3)).await, "{}", case.log("run.log"));
     let recorded = case.query("SELECT key, customer FROM wau_ingest_files ORDER BY key").await;
     let pairs: Vec<(String, String)> = recorded.iter().map(|r| (cell(&r[0]), cell(&r[1]))).collect();
     let pair = |k: &str, c: &str| (k.to_string(), c.to_string());
     assert_eq!(
         pairs,
-        vec![pair("csv/acme/a.csv", "acme"), pair("csv/globex/g.csv", "globex"), pair("initech-export.csv", "initech")]
+        vec![pair("csv/acme/a.csv", "acme"), pair("csv/acme/b.csv", "acme"), pair("csv/globex/g.csv", "globex")]
     );
+    let b_event_at = case.query("SELECT event_at FROM wau_ingest_files WHERE key = 'csv/acme/b.csv'").await;
     // The gauges hold the ledger's event times (Unix seconds, milliseconds kept).
     let newest: Vec<(String, f64)> = case
         .query("SELECT customer, last_event_at FROM wau_ingest_customer_freshness ORDER BY customer")
@@ -139,7 +141,10 @@ async fn each_customers_newest_file_is_in_the_ledger_and_the_metrics_and_survive
             (cell(&r[0]), at.timestamp_millis() as f64 / 1000.0)
         })
         .collect();
-    assert_eq!(newest.len(), 3, "{newest:?}");
+    assert_eq!(newest.len(), 2, "{newest:?}");
+    assert_eq!(newest[0].0, "acme");
+    let b_at = wau_ingest::contract::parse_timestamp(&cell(&b_event_at[0][0])).unwrap();
+    assert_eq!(newest[0].1, b_at.timestamp_millis() as f64 / 1000.0, "acme's newest is b.csv");
     let series = |c: &str| format!("wau_ingest_customer_last_file_timestamp_seconds{{customer=\"{c}\"}}");
     let shows_all = |metrics: &str| newest.iter().all(|(c, at)| sample(metrics, &series(c)) == Some(*at));
     let mut metrics = String::new();
