@@ -476,6 +476,7 @@ impl<'a> Scratch<'a> {
                 ("loaded_at", Lit::Str("2026-01-02 03:04:05.000000".into())),
                 ("merged_at", Lit::Null),
                 ("contract_version", Lit::Int(self.contract.version as i64)),
+                ("customer", Lit::Str("selftest".into())),
             ],
         )
     }
