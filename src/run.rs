@@ -18,16 +18,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{parse_hhmm, Config};
-use crate::contract::parse_timestamp;
 use crate::contract::Contract;
+use crate::freshness::Freshness;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::object::{ObjectRef, ObjectStore};
 use crate::pipeline::{IngestError, Pipeline};
 use crate::reconcile;
 use crate::source::{Delivery, NoAck, Source};
-use crate::warehouse::sql::{Dialect, Sql, Tables};
-use crate::warehouse::{Warehouse, WarehouseError};
+use crate::warehouse::Warehouse;
 
 /// Everything `run` needs, built from the config by [`crate::Setup::parts`].
 pub struct Parts {
@@ -345,55 +344,6 @@ async fn write_loop(
     match stopped_by {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-/// Reads each customer's newest loaded file from the ledger's freshness view into the
-/// customer gauges (see [`Metrics::customer_files`]).
-pub struct Freshness {
-    pub warehouse: Arc<dyn Warehouse>,
-    pub contract: Arc<Contract>,
-    pub dialect: Dialect,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Freshness {
-    /// One read of the view: how many customers it named.
-    pub async fn refresh(&self) -> Result<usize, WarehouseError> {
-        let tables = Tables::for_contract(&self.contract);
-        let sql = Sql::new(self.dialect, &self.contract, &tables).customer_freshness();
-        let w = self.warehouse.clone();
-        let rows = tokio::task::spawn_blocking(move || w.read_text(&sql))
-            .await
-            .map_err(|e| WarehouseError::Other(format!("reading the freshness view did not end: {e}")))??;
-        let newest: Vec<(String, DateTime<Utc>)> = rows
-            .into_iter()
-            .filter_map(|r| {
-                let customer = r.first().cloned().flatten()?;
-                let at = r.get(1).cloned().flatten().and_then(|t| parse_timestamp(&t))?;
-                Some((customer, at))
-            })
-            .collect();
-        let n = newest.len();
-        self.metrics.customer_files(newest);
-        Ok(n)
-    }
-
-    /// [`Freshness::refresh`] every `every` until shutdown; a failed read is logged and counted
-    /// (`errors_total{operation="freshness"}`) and the series keep their values.
-    fn spawn(self, every: Duration, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                if let Err(e) = self.refresh().await {
-                    self.metrics.error("freshness");
-                    warn!(error = %e, "reading the customers' freshness failed; the series keep their values");
-                }
-            }
-        })
     }
 }
 
