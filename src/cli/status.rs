@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::fmt;
 
 use crate::config::SourceKind;
-use crate::contract::Contract;
+use crate::contract::{parse_timestamp, Contract};
 use crate::source::sqs::parse_dead_letter_target;
 use crate::warehouse::sql::{Dialect, Sql, Tables};
 use crate::warehouse::{Warehouse, WarehouseError};
@@ -33,7 +33,19 @@ pub struct Status {
     /// Since `generated_at` minus [`WINDOW_HOURS`].
     pub window_since: String,
     pub customers: Vec<CustomerDay>,
+    /// Every customer the ledger knows, most silent first (the freshness view).
+    pub freshness: Vec<CustomerFreshness>,
     pub top_reject_rules: Vec<RuleCount>,
+}
+
+/// One row of `wau_ingest_customer_freshness`: a customer's newest loaded file, all time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerFreshness {
+    pub customer: String,
+    /// Event time of its newest loaded file (what `WauIngestCustomerSilent` watches).
+    pub last_event_at: Option<String>,
+    pub last_loaded_at: String,
+    pub files_loaded: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -271,6 +283,18 @@ pub fn read_warehouse(
     }
     customers.sort_by(|a, b| a.customer.cmp(&b.customer));
 
+    let mut freshness: Vec<CustomerFreshness> = w
+        .read_text(&sql.customer_freshness())?
+        .iter()
+        .map(|r| CustomerFreshness {
+            customer: text(&r[0]),
+            last_event_at: r[1].clone(),
+            last_loaded_at: text(&r[2]),
+            files_loaded: num(&r[3]),
+        })
+        .collect();
+    freshness.sort_by_key(|c| (c.last_event_at.as_deref().and_then(parse_timestamp), c.customer.clone()));
+
     let top_reject_rules = w
         .read_text(&sql.top_reject_rules(since, TOP_RULES))?
         .iter()
@@ -295,6 +319,7 @@ pub fn read_warehouse(
         unmerged,
         window_since: since.to_rfc3339(),
         customers,
+        freshness,
         top_reject_rules,
     })
 }
@@ -368,6 +393,16 @@ impl fmt::Display for Status {
                     c.last_file,
                     c.last_loaded_at
                 )?;
+            }
+        }
+        writeln!(f, "\nnewest loaded file per customer, most silent first:")?;
+        if self.freshness.is_empty() {
+            writeln!(f, "  (none recorded with its customer)")?;
+        } else {
+            writeln!(f, "  {:<16} {:>6}  {:<26} loaded at", "customer", "files", "created (event time)")?;
+            for c in &self.freshness {
+                let created = c.last_event_at.as_deref().unwrap_or("-");
+                writeln!(f, "  {:<16} {:>6}  {:<26} {}", c.customer, c.files_loaded, created, c.last_loaded_at)?;
             }
         }
         writeln!(f, "\ntop reject rules, last {WINDOW_HOURS} h:")?;
