@@ -153,6 +153,8 @@ fn each_customers_newest_file_is_in_the_ledger_and_the_metrics_and_survives_a_re
         ("mixed.csv", format!("{header}\n{}{}", row("acme", "m1"), row("umbrella", "m2")), 1_790_000_900),
         // Rejected whole (no customer column, and a key that names none): unknown, not loaded.
         ("bad.csv", "who,what\nx,y\n".into(), 1_790_000_950),
+        // Rejected whole under a key that names hooli: recorded as hooli's, but not fresh data.
+        ("csv/hooli/bad.csv", "who,what\nx,y\n".into(), 1_790_000_960),
     ];
     // Each written outside the inbox with its modification time (the event time), then renamed in.
     let outside = env.dir.path().join("outside");
@@ -182,6 +184,7 @@ fn each_customers_newest_file_is_in_the_ledger_and_the_metrics_and_survives_a_re
         assert_eq!(sample(&metrics, &series(c)), Some(at), "{c}: {metrics}");
     }
     assert_eq!(sample(&metrics, &series("umbrella")), None, "a customer of a mixed file only is not known");
+    assert_eq!(sample(&metrics, &series("hooli")), None, "a rejected file is not a loaded one");
     assert_eq!(sample(&metrics, "wau_ingest_customer_series_left_out"), Some(0.0));
     assert_eq!(sample(&metrics, "wau_ingest_customer_silence_window_seconds"), Some(93_600.0), "the default, 26 h");
     let customers: Vec<(String, String, String)> = {
@@ -198,6 +201,7 @@ fn each_customers_newest_file_is_in_the_ledger_and_the_metrics_and_survives_a_re
             want("csv/acme/new.csv", "loaded", "acme"),
             want("csv/acme/old.csv", "loaded", "acme"),
             want("csv/globex/g.csv", "loaded", "globex"),
+            want("csv/hooli/bad.csv", "rejected", "hooli"),
             want("initech-export.csv", "loaded", "initech"),
             want("mixed.csv", "loaded", "NULL"),
         ]
