@@ -495,6 +495,9 @@ EVENTS = [
     'max by (job) (wau_ingest_last_reconcile_timestamp_seconds{job="%s"})' % JOB_EMBEDDED,
     'sum by (job) (increase(wau_ingest_sqs_messages_total{job="%s",action="dlq_bound"}[{r}]))' % JOB_AWS,
     'sum by (job) (increase(wau_ingest_s3_bytes_read_total{job="%s"}[{r}]))' % JOB_AWS,
+    # Both customers' freshness series, read from the ledger's view and moved by commits.
+    'count by (job) (wau_ingest_customer_last_file_timestamp_seconds{customer="acme"})',
+    'count by (job) (wau_ingest_customer_last_file_timestamp_seconds{customer="globex"})',
 ]
 
 

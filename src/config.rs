@@ -33,6 +33,7 @@ pub struct Config {
     pub contract: ContractConfig,
     pub limits: LimitsConfig,
     pub aws: AwsConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -144,6 +145,16 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig { max_rows: 100_000, max_bytes: 64 << 20, max_age_secs: 10, writers: 0 }
+    }
+}
+
+impl WarehouseKind {
+    /// The SQL dialect of this warehouse.
+    pub fn dialect(self) -> crate::warehouse::sql::Dialect {
+        match self {
+            WarehouseKind::Sqlite => crate::warehouse::sql::Dialect::Sqlite,
+            WarehouseKind::Redshift => crate::warehouse::sql::Dialect::Redshift,
+        }
     }
 }
 
@@ -271,6 +282,32 @@ pub struct AwsConfig {
     pub s3_force_path_style: bool,
 }
 
+/// Per-customer freshness (`wau_ingest_customer_last_file_timestamp_seconds{customer}`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Most customers with a freshness series; past it, the first ones in name order keep
+    /// theirs and `wau_ingest_customer_series_left_out` counts the rest (0: none has one).
+    pub max_customer_series: usize,
+    /// How long one customer may send no loaded file while others do before
+    /// `WauIngestCustomerSilent` fires (exported as `wau_ingest_customer_silence_window_seconds`).
+    pub customer_silence_window_secs: u64,
+    /// How often `run` reads the freshness series again from the ledger's
+    /// `wau_ingest_customer_freshness` view (also at start), so that every task of a fleet
+    /// shows every customer, whichever task loaded its files.
+    pub customer_refresh_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_customer_series: crate::metrics::DEFAULT_MAX_CUSTOMER_SERIES,
+            customer_silence_window_secs: crate::metrics::DEFAULT_CUSTOMER_SILENCE_WINDOW_SECS,
+            customer_refresh_secs: 60,
+        }
+    }
+}
+
 pub const ENV_PREFIX: &str = "WAU_INGEST_";
 
 impl Config {
@@ -379,6 +416,11 @@ impl Config {
         if !self.reconcile.schedule_utc.is_empty() {
             parse_hhmm(&self.reconcile.schedule_utc)?;
         }
+        if self.metrics.customer_silence_window_secs == 0 || self.metrics.customer_refresh_secs == 0 {
+            return Err(
+                "metrics.customer_silence_window_secs and metrics.customer_refresh_secs must be positive".into()
+            );
+        }
         let l = &self.limits;
         if !(1..=MAX_RECORD_BYTES_CEILING).contains(&l.max_record_bytes) {
             return Err(format!(
@@ -457,6 +499,8 @@ mod tests {
         assert_eq!(c.merge.interval_secs, 60);
         // The example shows the defaults, the per-record limits among them.
         assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.metrics, MetricsConfig::default(), "the example shows the [metrics] defaults");
+        assert_eq!(c.metrics.customer_silence_window_secs, 26 * 3600);
         assert_eq!(
             c.read_limits().record,
             RecordLimits { max_record_bytes: 1_048_576, max_columns: 1024 },

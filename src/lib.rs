@@ -13,6 +13,7 @@ pub mod config;
 pub mod contract;
 pub mod demo;
 pub mod event;
+pub mod freshness;
 pub mod glue;
 pub mod http;
 pub mod metrics;

@@ -4,11 +4,15 @@
 //! and every combination is created up front, so a dashboard or alert never points at a
 //! series that has not appeared yet. Metrics are recorded per file and per batch, never per row.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use chrono::{DateTime, Utc};
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use tracing::warn;
 
 use crate::validate::RULES;
 
@@ -25,9 +29,30 @@ pub const OPERATIONS: &[&str] = &[
     "sqs_delete",
     "sqs_visibility",
     "data_api_statement",
+    "freshness",
 ];
 pub const SQS_ACTIONS: &[&str] = &["received", "deleted", "released", "dlq_bound", "discarded"];
 pub const STATEMENT_OPERATIONS: &[&str] = &["load", "merge", "query", "migrate"];
+
+/// Default of `metrics.max_customer_series`: at most this many customers get a
+/// `customer_last_file_timestamp_seconds` series.
+pub const DEFAULT_MAX_CUSTOMER_SERIES: usize = 500;
+/// Default of `metrics.customer_silence_window_secs` (26 h, as `WauIngestNoFiles26h`).
+pub const DEFAULT_CUSTOMER_SILENCE_WINDOW_SECS: u64 = 26 * 3600;
+
+/// Each customer's newest loaded file, as the gauges show it. The customer label is the one
+/// label whose values are not a fixed set, so it is capped: of every customer known, the first
+/// `max_series` in byte order of their names have a series (the same ones on every task of a
+/// fleet, whatever order files come in); the rest are counted in
+/// `customer_series_left_out` and named in a warning when their number changes.
+struct CustomerSeries {
+    max_series: usize,
+    /// Every customer known (from the freshness view and this process's commits): its newest
+    /// loaded file's event time, Unix seconds.
+    known: BTreeMap<String, f64>,
+    /// How many were left out when last said.
+    left_out: usize,
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -50,6 +75,10 @@ pub struct Metrics {
     s3_bytes_read: IntCounter,
     bytes_read: IntCounter,
     statement_seconds: HistogramVec,
+    customer_last_file: GaugeVec,
+    customer_left_out: IntGauge,
+    customer_silence_window: Gauge,
+    customers: Mutex<CustomerSeries>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
@@ -175,7 +204,90 @@ impl Metrics {
                 }
                 register(&r, h)
             },
+            customer_last_file: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "customer_last_file_timestamp_seconds",
+                        "Event time (Unix) of each customer's newest loaded file, from the ledger; at most metrics.max_customer_series customers.",
+                    ),
+                    &["customer"],
+                )
+                .expect("valid"),
+            ),
+            customer_left_out: register(
+                &r,
+                IntGauge::new(
+                    "customer_series_left_out",
+                    "Customers the ledger knows that have no customer_last_file_timestamp_seconds series (over metrics.max_customer_series).",
+                )
+                .expect("valid"),
+            ),
+            customer_silence_window: {
+                let g = Gauge::new(
+                    "customer_silence_window_seconds",
+                    "How long a customer may send no file while others do (metrics.customer_silence_window_secs): WauIngestCustomerSilent's window.",
+                )
+                .expect("valid");
+                g.set(DEFAULT_CUSTOMER_SILENCE_WINDOW_SECS as f64);
+                register(&r, g)
+            },
+            customers: Mutex::new(CustomerSeries {
+                max_series: DEFAULT_MAX_CUSTOMER_SERIES,
+                known: BTreeMap::new(),
+                left_out: 0,
+            }),
             registry: r,
+        }
+    }
+
+    /// The configured cap on customer series and silence window (`[metrics]`).
+    pub fn customer_limits(&self, max_series: usize, silence_window_secs: u64) {
+        self.customer_silence_window.set(silence_window_secs as f64);
+        let mut c = self.customers.lock().expect("customer series lock");
+        c.max_series = max_series;
+        self.show_customers(&mut c);
+    }
+
+    /// A committed file of `customer` created at `event_time`: its series moves forward (never back).
+    pub fn customer_file(&self, customer: &str, event_time: DateTime<Utc>) {
+        self.customer_files(std::iter::once((customer.to_string(), event_time)));
+    }
+
+    /// Each customer's newest loaded file as the ledger's freshness view has it (or as this
+    /// process committed it): every series moves forward to it, never back.
+    pub fn customer_files(&self, newest: impl IntoIterator<Item = (String, DateTime<Utc>)>) {
+        let mut c = self.customers.lock().expect("customer series lock");
+        for (customer, t) in newest {
+            let t = t.timestamp_millis() as f64 / 1000.0;
+            let at = c.known.entry(customer).or_insert(t);
+            *at = at.max(t);
+        }
+        self.show_customers(&mut c);
+    }
+
+    /// Puts the first `max_series` known customers in the gauges and removes any other series.
+    fn show_customers(&self, c: &mut CustomerSeries) {
+        for (i, (customer, t)) in c.known.iter().enumerate() {
+            if i < c.max_series {
+                self.customer_last_file.with_label_values(&[customer]).set(*t);
+            } else {
+                let _ = self.customer_last_file.remove_label_values(&[customer]);
+            }
+        }
+        let left_out = c.known.len().saturating_sub(c.max_series);
+        self.customer_left_out.set(left_out as i64);
+        if left_out != c.left_out {
+            let first: Vec<&str> = c.known.keys().skip(c.max_series).take(5).map(String::as_str).collect();
+            if left_out > 0 {
+                warn!(
+                    left_out,
+                    max_customer_series = c.max_series,
+                    first_left_out = first.join(", "),
+                    "more customers than metrics.max_customer_series: the last in name order have no freshness series (see wau_ingest_customer_freshness)"
+                );
+            }
+            c.left_out = left_out;
         }
     }
 
@@ -265,6 +377,8 @@ mod tests {
             "wau_ingest_statement_seconds_count{operation=\"merge\"} 0",
             "wau_ingest_inflight_files 0",
             "wau_ingest_last_merge_timestamp_seconds 0",
+            "wau_ingest_customer_series_left_out 0",
+            "wau_ingest_customer_silence_window_seconds 93600",
             "wau_ingest_build_info{version=",
         ] {
             assert!(text.contains(needle), "missing {needle}");
@@ -285,5 +399,32 @@ mod tests {
         assert!(text.contains("wau_ingest_merge_rows_total{action=\"inserted\"} 3"));
         assert!(text.contains("wau_ingest_event_to_merge_seconds_count 1"));
         assert!(!text.contains("wau_ingest_last_merge_timestamp_seconds 0\n"));
+    }
+
+    #[test]
+    fn customer_series_move_forward_only_and_are_capped_by_name() {
+        let m = Metrics::new();
+        let t = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        m.customer_limits(2, 3600);
+        m.customer_file("globex", t(2_000));
+        m.customer_file("globex", t(1_000));
+        m.customer_files([("acme".to_string(), t(500)), ("initech".to_string(), t(9_000))]);
+        let text = m.render();
+        assert!(text.contains("wau_ingest_customer_last_file_timestamp_seconds{customer=\"globex\"} 2000"), "{text}");
+        assert!(text.contains("wau_ingest_customer_last_file_timestamp_seconds{customer=\"acme\"} 500"), "{text}");
+        assert!(!text.contains("customer=\"initech\""), "the third in name order is left out: {text}");
+        assert!(text.contains("wau_ingest_customer_series_left_out 1"), "{text}");
+        assert!(text.contains("wau_ingest_customer_silence_window_seconds 3600"), "{text}");
+        // A customer that sorts first takes a place: the last one in name order leaves.
+        m.customer_file("aaa", t(1));
+        let text = m.render();
+        assert!(text.contains("customer=\"aaa\"} 1"), "{text}");
+        assert!(!text.contains("customer=\"globex\""), "{text}");
+        assert!(text.contains("wau_ingest_customer_series_left_out 2"), "{text}");
+        // A wider cap shows them all again, with the newest times known.
+        m.customer_limits(10, 3600);
+        let text = m.render();
+        assert!(text.contains("customer=\"globex\"} 2000") && text.contains("customer=\"initech\"} 9000"), "{text}");
+        assert!(text.contains("wau_ingest_customer_series_left_out 0"), "{text}");
     }
 }

@@ -27,7 +27,8 @@ use crate::contract::Contract;
 use crate::metrics::Metrics;
 use crate::object::{decoded, ObjectRef, ObjectStore, ReadLimits, ResolvedObject, StoreError};
 use crate::source::{Ack, Delivery};
-use crate::validate::{validate_stream, ChunkSink, Options, Reject, RowChunk, ValidateError};
+use crate::validate::{validate_stream, ChunkSink, Options, Reject, RowChunk, RowCustomers, ValidateError};
+use crate::warehouse::ledger::file_customer;
 use crate::warehouse::{
     Admission, BatchReport, FileMeta, FileStatus, FileSummary, PendingCommit, Warehouse, WarehouseError,
 };
@@ -100,6 +101,8 @@ pub struct FileDone {
     pub version: String,
     pub event_time: Option<chrono::DateTime<chrono::Utc>>,
     pub outcome: Outcome,
+    /// The customer recorded for it, when it was recorded with one.
+    pub customer: Option<String>,
 }
 
 /// Totals of committed files, for summaries.
@@ -426,6 +429,10 @@ impl Pipeline {
             if let (Some(t), Outcome::Loaded { .. } | Outcome::Rejected { .. }) = (f.event_time, &f.outcome) {
                 self.metrics.committed_event(t);
             }
+            // What the freshness view counts: loaded files of a known customer.
+            if let (Some(t), Some(customer), Outcome::Loaded { .. }) = (f.event_time, &f.customer, &f.outcome) {
+                self.metrics.customer_file(customer, t);
+            }
             let batch_id = report.as_ref().map_or(0, |r| r.batch_id);
             if matches!(f.outcome, Outcome::Duplicate | Outcome::Skipped) {
                 tracing::debug!(key = %f.key, version = %f.version, outcome = f.outcome.label(), "file acknowledged");
@@ -473,6 +480,7 @@ impl Pipeline {
                 version: String::new(),
                 event_time: obj.event_time,
                 outcome: Outcome::Skipped,
+                customer: None,
             }));
         }
         if let (false, true, Some(seq), Some(size)) =
@@ -489,6 +497,7 @@ impl Pipeline {
                     version: String::new(),
                     event_time: obj.event_time,
                     outcome: Outcome::Duplicate,
+                    customer: None,
                 }));
             }
         }
@@ -501,6 +510,7 @@ impl Pipeline {
                     version: String::new(),
                     event_time: obj.event_time,
                     outcome: Outcome::Skipped,
+                    customer: None,
                 }))
             }
             Err(e) => Err(retry(e.to_string())),
@@ -517,6 +527,7 @@ impl Pipeline {
             size: resolved.size,
             event_time: obj.event_time.unwrap_or(resolved.event_time),
             contract_version: self.contract.version,
+            customer: self.contract.customer_from_key(&resolved.key),
         }
     }
 
@@ -529,6 +540,7 @@ impl Pipeline {
             version: meta.version.clone(),
             event_time: Some(meta.event_time),
             outcome,
+            customer: None,
         };
         // Check before work: the sink's admission asks the ledger (one round trip on Redshift)
         // before a byte is read, so a known version is never read again.
@@ -602,6 +614,8 @@ impl Pipeline {
                         rows_loaded: 0,
                         rows_rejected: account.rows_read,
                         reason: Some(format!("{}: {}", fr.rule, fr.reason)),
+                        // No row loads: the key's customer, if it names one.
+                        customer: file_customer(meta.customer.as_deref(), &RowCustomers::None),
                     },
                     Outcome::Rejected { rule: fr.rule, rows: account.rows_read },
                 )
@@ -616,15 +630,17 @@ impl Pipeline {
                         rows_loaded: account.rows_loaded,
                         rows_rejected: account.rows_rejected,
                         reason: None,
+                        customer: file_customer(meta.customer.as_deref(), &account.customers),
                     },
                     Outcome::Loaded { rows_loaded: account.rows_loaded, rows_rejected: account.rows_rejected, rules },
                 )
             }
         };
+        let customer = summary.customer.clone();
         if !self.writer.finish(summary).await? {
             return Ok(done(Outcome::Duplicate));
         }
-        Ok(done(outcome))
+        Ok(FileDone { customer, ..done(outcome) })
     }
 }
 

@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{parse_hhmm, Config};
 use crate::contract::Contract;
+use crate::freshness::Freshness;
 use crate::http;
 use crate::metrics::Metrics;
 use crate::object::{ObjectRef, ObjectStore};
@@ -66,6 +67,20 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
 
     let w = warehouse.clone();
     tokio::task::spawn_blocking(move || w.migrate()).await??;
+    // Per-customer freshness survives a restart and is the same on every task: it is read from
+    // the ledger now and every `customer_refresh_secs`, and moved on by each commit.
+    metrics.customer_limits(config.metrics.max_customer_series, config.metrics.customer_silence_window_secs);
+    let freshness = Freshness {
+        warehouse: warehouse.clone(),
+        contract: contract.clone(),
+        dialect: config.warehouse.kind.dialect(),
+        metrics: metrics.clone(),
+    };
+    if let Err(e) = freshness.refresh().await {
+        metrics.error("freshness");
+        warn!(error = %e, "reading the customers' freshness failed; it is read again in {} s", config.metrics.customer_refresh_secs);
+    }
+    let freshness_task = freshness.spawn(Duration::from_secs(config.metrics.customer_refresh_secs), cancel.clone());
 
     // Set while a writer (or the receiver) waits out a backoff after a failure: /readyz then says why.
     let writers = config.batch.writers_for(config.warehouse.kind);
@@ -154,6 +169,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     }
     source.close().await;
     reconcile_task.abort();
+    freshness_task.abort();
     let _ = merge_task.await;
     http_stop.cancel();
     let _ = http_task.await;

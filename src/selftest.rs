@@ -340,6 +340,7 @@ fn scratch_tables(contract: &Contract, schema: &str) -> Tables {
         &mut t.rejects,
         &mut t.merges,
         &mut t.wau_view,
+        &mut t.freshness_view,
         &mut t.lock,
         &mut t.reconciles,
     ] {
@@ -475,6 +476,7 @@ impl<'a> Scratch<'a> {
                 ("loaded_at", Lit::Str("2026-01-02 03:04:05.000000".into())),
                 ("merged_at", Lit::Null),
                 ("contract_version", Lit::Int(self.contract.version as i64)),
+                ("customer", Lit::Str("selftest".into())),
             ],
         )
     }
@@ -1119,6 +1121,11 @@ mod tests {
         assert!(ddl.contains("CREATE TABLE IF NOT EXISTS wau_selftest_x.wau_audit_logs_staging"), "{ddl}");
         assert!(ddl.contains(&format!("{PROBE_COLUMN} VARCHAR(64)")), "{ddl}");
         assert!(ddl.contains("CREATE OR REPLACE VIEW wau_selftest_x.wau_weekly_active_users"), "{ddl}");
+        assert!(ddl.contains("CREATE OR REPLACE VIEW wau_selftest_x.wau_ingest_customer_freshness"), "{ddl}");
+        for stmt in Sql::new(Dialect::Redshift, &c, &t).migrate() {
+            let created = stmt.split_whitespace().find(|w| w.contains("wau_")).unwrap_or_default();
+            assert!(created.starts_with("wau_selftest_x."), "every object in the scratch schema: {stmt}");
+        }
         assert_eq!(probe_contract(&c).columns.len(), c.columns.len(), "added once");
     }
 

@@ -197,12 +197,19 @@ mod tests {
             size: 1,
             event_time: chrono::Utc::now(),
             contract_version: 1,
+            customer: None,
         };
         assert_eq!(w.admit(meta, false).await.unwrap(), Admission::Load);
         assert!(w.is_alive());
         let _ = w.rows(RowChunk::new(8)).await;
-        let summary =
-            FileSummary { status: FileStatus::Loaded, rows_read: 0, rows_loaded: 0, rows_rejected: 0, reason: None };
+        let summary = FileSummary {
+            status: FileStatus::Loaded,
+            rows_read: 0,
+            rows_loaded: 0,
+            rows_rejected: 0,
+            reason: None,
+            customer: None,
+        };
         let err = w.finish(summary).await.unwrap_err();
         assert!(err.to_string().contains("writer thread stopped"), "{err}");
         assert!(!w.is_alive());

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_stack::{csv, eventually, Case, Isolation, PrivateEmulator};
-use support::{expected_target, free_port, signal, wait_exit, Service, Version};
+use support::{expected_target, free_port, sample, scrape, signal, wait_exit, wait_until, Service, Version};
 
 const CUSTOMER: &str = "acme";
 
@@ -105,6 +105,71 @@ async fn notified_files_load_exactly_once_with_odd_keys_duplicates_overwrites_an
     signal(&svc, "TERM");
     assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some_and(|s| s.success()), "clean exit");
     assert_eq!(case.queue_depth(&case.dlq_url).await, 0, "nothing went to the DLQ");
+}
+
+/// On the AWS path the ledger records each file's customer (in the batch's VALUES), and `run`
+/// exports each customer's newest loaded file; a restarted process reads the same from the
+/// freshness view before any new file.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_customers_newest_file_is_in_the_ledger_and_the_metrics_and_survives_a_restart() {
+    let Some(sdk) = aws_stack::stack().await else { return };
+    let case = Case::new(&sdk, true, 5).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut svc = case.spawn_run("run.log", &[("WAU_INGEST_HTTP_LISTEN", &listen)]);
+    case.put("csv/acme/a.csv", csv("acme", &rows(0, 3, "a"))).await;
+    case.put("csv/globex/g.csv", csv("globex", &rows(10, 2, "g"))).await;
+    // A second, later acme file: the newest one counts.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    case.put("csv/acme/b.csv", csv("acme", &rows(20, 2, "b"))).await;
+    assert!(eventually(Duration::from_secs(60), || settled(&case, 3)).await, "{}", case.log("run.log"));
+    let recorded = case.query("SELECT key, customer FROM wau_ingest_files ORDER BY key").await;
+    let pairs: Vec<(String, String)> = recorded.iter().map(|r| (cell(&r[0]), cell(&r[1]))).collect();
+    let pair = |k: &str, c: &str| (k.to_string(), c.to_string());
+    assert_eq!(
+        pairs,
+        vec![pair("csv/acme/a.csv", "acme"), pair("csv/acme/b.csv", "acme"), pair("csv/globex/g.csv", "globex")]
+    );
+    let b_event_at = case.query("SELECT event_at FROM wau_ingest_files WHERE key = 'csv/acme/b.csv'").await;
+    // The gauges hold the ledger's event times (Unix seconds, milliseconds kept).
+    let newest: Vec<(String, f64)> = case
+        .query("SELECT customer, last_event_at FROM wau_ingest_customer_freshness ORDER BY customer")
+        .await
+        .iter()
+        .map(|r| {
+            let at = wau_ingest::contract::parse_timestamp(&cell(&r[1])).unwrap();
+            (cell(&r[0]), at.timestamp_millis() as f64 / 1000.0)
+        })
+        .collect();
+    assert_eq!(newest.len(), 2, "{newest:?}");
+    assert_eq!(newest[0].0, "acme");
+    let b_at = wau_ingest::contract::parse_timestamp(&cell(&b_event_at[0][0])).unwrap();
+    assert_eq!(newest[0].1, b_at.timestamp_millis() as f64 / 1000.0, "acme's newest is b.csv");
+    let series = |c: &str| format!("wau_ingest_customer_last_file_timestamp_seconds{{customer=\"{c}\"}}");
+    let shows_all = |metrics: &str| newest.iter().all(|(c, at)| sample(metrics, &series(c)) == Some(*at));
+    let mut metrics = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            metrics = scrape(port).unwrap_or_default();
+            shows_all(&metrics)
+        }),
+        "the running service shows {newest:?}: {metrics}"
+    );
+    signal(&svc, "TERM");
+    assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some_and(|s| s.success()), "clean exit");
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut svc = case.spawn_run("run.log", &[("WAU_INGEST_HTTP_LISTEN", &listen)]);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            metrics = scrape(port).unwrap_or_default();
+            shows_all(&metrics)
+        }),
+        "after a restart, from the view: {newest:?}: {metrics}"
+    );
+    signal(&svc, "TERM");
+    assert!(wait_exit(&mut svc, Duration::from_secs(30)).is_some_and(|s| s.success()), "clean exit");
 }
 
 #[tokio::test(flavor = "multi_thread")]

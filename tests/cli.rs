@@ -193,6 +193,13 @@ fn status_shows_backlog_merges_reconciles_customers_and_rejects() {
     assert_eq!(customers[1]["last_file"], "csv/globex/bad.csv");
     assert_eq!((customers[1]["rows_read"].as_u64(), customers[1]["rows_rejected"].as_u64()), (Some(4), Some(2)));
     assert_eq!(customers[1]["reject_rate"].as_f64(), Some(0.5));
+    // Every customer's newest loaded file, from the ledger's column (most silent first).
+    let fresh = s["freshness"].as_array().unwrap();
+    let names: Vec<&str> = fresh.iter().map(|c| c["customer"].as_str().unwrap()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["acme", "globex"], "{s}");
+    assert!(fresh.iter().all(|c| c["files_loaded"] == 1 && c["last_event_at"].is_string()), "{s}");
     let rules = s["top_reject_rules"].as_array().unwrap();
     assert_eq!(rules.len(), 1, "{s}");
     assert_eq!((rules[0]["rule"].as_str(), rules[0]["rejects"].as_u64()), (Some("type"), Some(2)));
@@ -223,6 +230,7 @@ fn status_shows_backlog_merges_reconciles_customers_and_rejects() {
         "unmerged:  0 file(s)",
         "50.0%",
         "e.g. csv/globex/bad.csv:",
+        "newest loaded file per customer, most silent first:",
     ] {
         assert!(text.contains(want), "{want:?} in\n{text}");
     }

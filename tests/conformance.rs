@@ -63,6 +63,7 @@ conformance! {
     the_same_version_from_two_writers_one_after_the_other_is_recorded_once: Tuning::DEFAULT,
     the_same_version_from_two_writers_at_the_same_time_is_recorded_once: Tuning::DEFAULT,
     admissions_asked_ahead_decide_as_admissions_asked_one_by_one: Tuning::DEFAULT,
+    the_ledger_records_each_files_customer_and_the_freshness_view_reads_it: Tuning::DEFAULT,
 }
 
 fn run(engine: Engine, tuning: Tuning, case: fn(&Backend)) {
@@ -80,6 +81,7 @@ fn rejected_whole(rows_read: u64, reason: &str) -> FileSummary {
         rows_loaded: 0,
         rows_rejected: rows_read,
         reason: Some(reason.into()),
+        customer: None,
     }
 }
 
@@ -974,4 +976,82 @@ fn admissions_asked_ahead_decide_as_admissions_asked_one_by_one(b: &Backend) {
     assert_eq!(other.commit().unwrap(), None);
     let t = w.totals().unwrap();
     assert_eq!((t.files_loaded, t.files_rejected, t.files_superseded, t.unbalanced_files), (7, 1, 3, 0), "{t:?}");
+}
+
+/// Every file's customer lands in the ledger as its summary says (the superseded arrival: its
+/// key's), NULL when unknown; the freshness view gives each known customer its newest loaded
+/// file's event time and its loaded files, and leaves out rejected files and unknown customers.
+fn the_ledger_records_each_files_customer_and_the_freshness_view_reads_it(b: &Backend) {
+    use chrono::{DateTime, TimeZone, Utc};
+    use wau_ingest::warehouse::sql::{Dialect, Sql, Tables};
+    let w = b.warehouse();
+    let mut sink = w.sink().unwrap();
+    let at = |h: u32| Utc.with_ymd_and_hms(2026, 11, 23, h, 0, 0).unwrap();
+    let file = |key: &str, version: &str, seq: &str, h: u32, customer: Option<&str>| {
+        let mut m = meta(key, version, seq);
+        m.event_time = at(h);
+        m.customer = customer.map(str::to_string);
+        m
+    };
+    let finish = |sink: &mut dyn BatchSink,
+                  m: &wau_ingest::warehouse::FileMeta,
+                  rows: &[(&str, &str, &str)],
+                  customer: Option<&str>| {
+        assert_eq!(sink.admit(m, false).unwrap(), Admission::Load);
+        sink.write_rows(&chunk(rows)).unwrap();
+        let summary = FileSummary { customer: customer.map(str::to_string), ..loaded(rows.len() as u64, 0) };
+        assert!(sink.finish_file(&summary).unwrap());
+    };
+    // From the key; from the rows; rows of two customers (unknown); a quote in a name.
+    finish(sink.as_mut(), &file("csv/acme/a.csv", "v1", "1", 9, Some("acme")), &[("acme", "e1", "u1")], Some("acme"));
+    finish(sink.as_mut(), &file("g.csv", "v2", "2", 10, None), &[("globex", "e2", "u2")], Some("globex"));
+    finish(sink.as_mut(), &file("m.csv", "v1", "1", 11, None), &[("acme", "e3", "u3"), ("globex", "e4", "u4")], None);
+    finish(sink.as_mut(), &file("q.csv", "v1", "1", 8, None), &[("o'neil", "e5", "u5")], Some("o'neil"));
+    // Rejected whole: recorded with its key's customer, not fresh data.
+    assert_eq!(sink.admit(&file("csv/initech/r.csv", "v1", "1", 12, Some("initech")), false).unwrap(), Admission::Load);
+    sink.discard_file_rows().unwrap();
+    let rejected = FileSummary { customer: Some("initech".into()), ..rejected_whole(2, "missing_column: x") };
+    assert!(sink.finish_file(&rejected).unwrap());
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (5, 5, 2));
+    // A second batch: globex's newer file, and an older version superseded on arrival.
+    finish(
+        sink.as_mut(),
+        &file("csv/globex/h.csv", "v1", "1", 13, Some("globex")),
+        &[("globex", "e6", "u6")],
+        Some("globex"),
+    );
+    assert_eq!(sink.admit(&file("g.csv", "v1", "1", 7, Some("globex")), false).unwrap(), Admission::Superseded);
+    assert_eq!(counts(&sink.commit().unwrap().unwrap()), (2, 1, 0));
+
+    assert_eq!(
+        b.rows("SELECT key, version, status, COALESCE(customer, 'NULL') FROM wau_ingest_files ORDER BY key, version"),
+        vec![
+            row(&["csv/acme/a.csv", "v1", "loaded", "acme"]),
+            row(&["csv/globex/h.csv", "v1", "loaded", "globex"]),
+            row(&["csv/initech/r.csv", "v1", "rejected", "initech"]),
+            row(&["g.csv", "v1", "superseded", "globex"]),
+            row(&["g.csv", "v2", "loaded", "globex"]),
+            row(&["m.csv", "v1", "loaded", "NULL"]),
+            row(&["q.csv", "v1", "loaded", "o'neil"]),
+        ]
+    );
+    assert_eq!(
+        b.rows("SELECT customer, files_loaded FROM wau_ingest_customer_freshness ORDER BY customer"),
+        vec![row(&["acme", "1"]), row(&["globex", "2"]), row(&["o'neil", "1"])],
+        "loaded files of known customers only"
+    );
+    // What `run` reads (through `read_text`, as on every engine): the newest event time per customer.
+    let dialect = if matches!(b.engine, Engine::Sqlite) { Dialect::Sqlite } else { Dialect::Redshift };
+    let c = wau_ingest::contract::Contract::builtin();
+    let t = Tables::for_contract(&c);
+    let newest: Vec<(String, DateTime<Utc>)> = w
+        .read_text(&Sql::new(dialect, &c, &t).customer_freshness())
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let at = wau_ingest::contract::parse_timestamp(r[1].as_deref().unwrap()).unwrap();
+            (r[0].clone().unwrap(), at)
+        })
+        .collect();
+    assert_eq!(newest, vec![(s("acme"), at(9)), (s("globex"), at(13)), (s("o'neil"), at(8))]);
 }

@@ -167,7 +167,8 @@ async fn staging_parts_are_cut_as_rows_come_and_go_with_their_file() {
             rows_read: 2,
             rows_loaded: 0,
             rows_rejected: 2,
-            reason: Some("x".into())
+            reason: Some("x".into()),
+            customer: None,
         })
         .unwrap());
 
@@ -271,6 +272,7 @@ async fn rejects_beyond_the_memory_bound_spill_to_staging_and_load_once() {
         rows_loaded: 0,
         rows_rejected: 30,
         reason: Some("all bad".into()),
+        customer: None,
     };
     assert!(sink.finish_file(&whole).unwrap());
 
@@ -300,7 +302,8 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
             rows_read: 10,
             rows_loaded: 0,
             rows_rejected: 10,
-            reason: Some("x".into())
+            reason: Some("x".into()),
+            customer: None,
         })
         .unwrap());
     let kept = s.staging_objects().await;
@@ -334,7 +337,8 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
             rows_read: 500,
             rows_loaded: 0,
             rows_rejected: 500,
-            reason: Some("gzip_bomb: bomb".into())
+            reason: Some("gzip_bomb: bomb".into()),
+            customer: None,
         })
         .unwrap());
 
@@ -348,7 +352,8 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
                 rows_read: 300,
                 rows_loaded: 0,
                 rows_rejected: 300,
-                reason: Some("x".into())
+                reason: Some("x".into()),
+                customer: None,
             })
             .unwrap());
     }

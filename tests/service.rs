@@ -5,7 +5,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use support::{committed_in_log, expected_target, signal, wait_exit, wait_until, write_version, Env, Version};
+use support::{
+    committed_in_log, expected_target, free_port, sample, scrape, signal, wait_exit, wait_until, write_version, Env,
+    Version,
+};
 
 const CUSTOMER: &str = "acme";
 
@@ -124,4 +127,109 @@ fn sigterm_drains_within_the_deadline_and_a_restart_loads_the_rest_once() {
     assert!(done, "the restart did not load everything");
     assert!(status.success());
     assert_exact(&env, &written, rows as i64);
+}
+
+/// The ledger records each file's customer (from its key, else from its rows), `run` exports
+/// each customer's newest loaded file as a gauge, and a restarted process exports the same from
+/// the ledger before any new file arrives, within `metrics.max_customer_series`.
+#[test]
+fn each_customers_newest_file_is_in_the_ledger_and_the_metrics_and_survives_a_restart() {
+    let env = Env::new();
+    let header = wau_ingest::demo::HEADER;
+    let row = |customer: &str, id: &str| format!("{customer},{id},2026-11-23T10:00:00Z,u-{id},,login,,\n");
+    let files = [
+        // Key and rows name acme; two acme files, the newer one counts.
+        ("csv/acme/old.csv", format!("{header}\n{}", row("acme", "a1")), 1_790_000_000u64),
+        ("csv/acme/new.csv", format!("{header}\n{}", row("acme", "a2")), 1_790_000_500),
+        // No customer column: the key names globex, every row is globex's.
+        (
+            "csv/globex/g.csv",
+            "event_id,event_time,user_id,event_type\ng1,2026-11-23T10:00:00Z,u1,login\n".into(),
+            1_790_000_100,
+        ),
+        // A key that names no customer: the rows' one customer.
+        ("initech-export.csv", format!("{header}\n{}{}", row("initech", "i1"), row("initech", "i2")), 1_790_000_200),
+        // Rows of two customers under a key that names none: unknown.
+        ("mixed.csv", format!("{header}\n{}{}", row("acme", "m1"), row("umbrella", "m2")), 1_790_000_900),
+        // Rejected whole (no customer column, and a key that names none): unknown, not loaded.
+        ("bad.csv", "who,what\nx,y\n".into(), 1_790_000_950),
+        // Rejected whole under a key that names hooli: recorded as hooli's, but not fresh data.
+        ("csv/hooli/bad.csv", "who,what\nx,y\n".into(), 1_790_000_960),
+    ];
+    // Each written outside the inbox with its modification time (the event time), then renamed in.
+    let outside = env.dir.path().join("outside");
+    for (i, (key, body, mtime)) in files.iter().enumerate() {
+        std::fs::create_dir_all(&outside).unwrap();
+        let tmp = outside.join(i.to_string());
+        std::fs::write(&tmp, body).unwrap();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(*mtime);
+        std::fs::File::options().write(true).open(&tmp).unwrap().set_modified(t).unwrap();
+        let path = env.inbox.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    let log = env.dir.path().join("run.log");
+    let port = free_port();
+    let mut child = env.spawn_run_at(&log, &[], port);
+    let series = |c: &str| format!("wau_ingest_customer_last_file_timestamp_seconds{{customer=\"{c}\"}}");
+    let mut metrics = String::new();
+    let seen = wait_until(Duration::from_secs(60), || {
+        metrics = scrape(port).unwrap_or_default();
+        ["acme", "globex", "initech"].iter().all(|c| sample(&metrics, &series(c)).is_some())
+            && env.count("SELECT COUNT(*) FROM wau_ingest_files") == files.len() as i64
+    });
+    assert!(seen, "every customer's series after the commits: {metrics}");
+    let expected = [("acme", 1_790_000_500.0), ("globex", 1_790_000_100.0), ("initech", 1_790_000_200.0)];
+    for (c, at) in expected {
+        assert_eq!(sample(&metrics, &series(c)), Some(at), "{c}: {metrics}");
+    }
+    assert_eq!(sample(&metrics, &series("umbrella")), None, "a customer of a mixed file only is not known");
+    assert_eq!(sample(&metrics, &series("hooli")), None, "a rejected file is not a loaded one");
+    assert_eq!(sample(&metrics, "wau_ingest_customer_series_left_out"), Some(0.0));
+    assert_eq!(sample(&metrics, "wau_ingest_customer_silence_window_seconds"), Some(93_600.0), "the default, 26 h");
+    let customers: Vec<(String, String, String)> = {
+        let c = env.conn();
+        let mut s =
+            c.prepare("SELECT key, status, COALESCE(customer, 'NULL') FROM wau_ingest_files ORDER BY key").unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    };
+    let want = |k: &str, st: &str, c: &str| (k.to_string(), st.to_string(), c.to_string());
+    assert_eq!(
+        customers,
+        vec![
+            want("bad.csv", "rejected", "NULL"),
+            want("csv/acme/new.csv", "loaded", "acme"),
+            want("csv/acme/old.csv", "loaded", "acme"),
+            want("csv/globex/g.csv", "loaded", "globex"),
+            want("csv/hooli/bad.csv", "rejected", "hooli"),
+            want("initech-export.csv", "loaded", "initech"),
+            want("mixed.csv", "loaded", "NULL"),
+        ]
+    );
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).expect("exits on SIGTERM").success());
+
+    // A new process, no new file: the series come from the ledger, capped to the first two
+    // customers in name order, with the configured window.
+    let port = free_port();
+    let capped =
+        [("WAU_INGEST_METRICS_MAX_CUSTOMER_SERIES", "2"), ("WAU_INGEST_METRICS_CUSTOMER_SILENCE_WINDOW_SECS", "7200")];
+    let mut child = env.spawn_run_at(&log, &capped, port);
+    let mut metrics = String::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            metrics = scrape(port).unwrap_or_default();
+            sample(&metrics, &series("acme")).is_some()
+        }),
+        "the restarted process shows acme's series: {metrics}"
+    );
+    assert_eq!(sample(&metrics, &series("acme")), Some(1_790_000_500.0), "{metrics}");
+    assert_eq!(sample(&metrics, &series("globex")), Some(1_790_000_100.0), "{metrics}");
+    assert_eq!(sample(&metrics, &series("initech")), None, "past the cap: {metrics}");
+    assert_eq!(sample(&metrics, "wau_ingest_customer_series_left_out"), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "wau_ingest_customer_silence_window_seconds"), Some(7_200.0), "{metrics}");
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).expect("exits on SIGTERM").success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("more customers than metrics.max_customer_series"), "the cap is logged");
 }

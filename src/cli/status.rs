@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::fmt;
 
 use crate::config::SourceKind;
-use crate::contract::Contract;
+use crate::contract::{parse_timestamp, Contract};
 use crate::source::sqs::parse_dead_letter_target;
 use crate::warehouse::sql::{Dialect, Sql, Tables};
 use crate::warehouse::{Warehouse, WarehouseError};
@@ -33,7 +33,19 @@ pub struct Status {
     /// Since `generated_at` minus [`WINDOW_HOURS`].
     pub window_since: String,
     pub customers: Vec<CustomerDay>,
+    /// Every customer the ledger knows, most silent first (the freshness view).
+    pub freshness: Vec<CustomerFreshness>,
     pub top_reject_rules: Vec<RuleCount>,
+}
+
+/// One row of `wau_ingest_customer_freshness`: a customer's newest loaded file, all time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerFreshness {
+    pub customer: String,
+    /// Event time of its newest loaded file (what `WauIngestCustomerSilent` watches).
+    pub last_event_at: Option<String>,
+    pub last_loaded_at: String,
+    pub files_loaded: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -128,10 +140,7 @@ pub async fn gather(cx: &Setup) -> anyhow::Result<Status> {
             Backlog::Folder { dir: cx.config.source.dir.display().to_string(), pending_files: pending }
         }
     };
-    let dialect = match cx.config.warehouse.kind {
-        crate::config::WarehouseKind::Sqlite => Dialect::Sqlite,
-        crate::config::WarehouseKind::Redshift => Dialect::Redshift,
-    };
+    let dialect = cx.config.warehouse.kind.dialect();
     let contract = cx.contract.clone();
     let from_warehouse =
         tokio::task::spawn_blocking(move || read_warehouse(warehouse.as_ref(), &contract, dialect, now)).await??;
@@ -202,9 +211,9 @@ fn text(v: &Option<String>) -> String {
     v.clone().unwrap_or_default()
 }
 
-/// A file's customer for `status`: what its rows name ([`Sql::file_customer`]), else what its
-/// key names (the contract's pattern for legacy files), else `?`. The one place to swap
-/// when the ledger records the customer.
+/// A file's customer for `status`: what the ledger records ([`Sql::file_customer`]; for rows
+/// recorded before the ledger had the column, what its rows name), else what its key names
+/// (the contract's pattern), else `?`.
 pub fn file_customer(from_rows: Option<String>, key: &str, contract: &Contract) -> String {
     from_rows.filter(|c| !c.is_empty()).or_else(|| contract.customer_from_key(key)).unwrap_or_else(|| "?".into())
 }
@@ -274,6 +283,18 @@ pub fn read_warehouse(
     }
     customers.sort_by(|a, b| a.customer.cmp(&b.customer));
 
+    let mut freshness: Vec<CustomerFreshness> = w
+        .read_text(&sql.customer_freshness())?
+        .iter()
+        .map(|r| CustomerFreshness {
+            customer: text(&r[0]),
+            last_event_at: r[1].clone(),
+            last_loaded_at: text(&r[2]),
+            files_loaded: num(&r[3]),
+        })
+        .collect();
+    freshness.sort_by_key(|c| (c.last_event_at.as_deref().and_then(parse_timestamp), c.customer.clone()));
+
     let top_reject_rules = w
         .read_text(&sql.top_reject_rules(since, TOP_RULES))?
         .iter()
@@ -298,6 +319,7 @@ pub fn read_warehouse(
         unmerged,
         window_since: since.to_rfc3339(),
         customers,
+        freshness,
         top_reject_rules,
     })
 }
@@ -371,6 +393,16 @@ impl fmt::Display for Status {
                     c.last_file,
                     c.last_loaded_at
                 )?;
+            }
+        }
+        writeln!(f, "\nnewest loaded file per customer, most silent first:")?;
+        if self.freshness.is_empty() {
+            writeln!(f, "  (none recorded with its customer)")?;
+        } else {
+            writeln!(f, "  {:<16} {:>6}  {:<26} loaded at", "customer", "files", "created (event time)")?;
+            for c in &self.freshness {
+                let created = c.last_event_at.as_deref().unwrap_or("-");
+                writeln!(f, "  {:<16} {:>6}  {:<26} {}", c.customer, c.files_loaded, created, c.last_loaded_at)?;
             }
         }
         writeln!(f, "\ntop reject rules, last {WINDOW_HOURS} h:")?;

@@ -136,6 +136,38 @@ pub struct FileAccount {
     pub rows_loaded: u64,
     pub rows_rejected: u64,
     pub file_reject: Option<FileReject>,
+    /// The customers its loaded rows name, learnt as they pass (no second look at the rows).
+    pub customers: RowCustomers,
+}
+
+/// The customers a file's loaded rows name, as far as the ledger cares: none yet, all the
+/// same one, or more than one (a row without a customer counts as another).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RowCustomers {
+    #[default]
+    None,
+    One(String),
+    Mixed,
+}
+
+impl RowCustomers {
+    /// One more loaded row, naming `customer`.
+    pub fn observe(&mut self, customer: Option<&str>) {
+        match (&*self, customer) {
+            (RowCustomers::Mixed, _) => {}
+            (RowCustomers::One(c), Some(v)) if c == v => {}
+            (RowCustomers::None, Some(v)) => *self = RowCustomers::One(v.to_string()),
+            _ => *self = RowCustomers::Mixed,
+        }
+    }
+
+    /// The one customer every loaded row names, if there is one.
+    pub fn single(&self) -> Option<&str> {
+        match self {
+            RowCustomers::One(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 impl FileAccount {
@@ -402,6 +434,7 @@ where
     };
 
     let ncols = opts.contract.columns.len();
+    let customer_index = opts.contract.customer_index();
     let mut chunk = RowChunk::new(ncols);
     let mut rejects = Vec::new();
     loop {
@@ -421,6 +454,7 @@ where
         match checked {
             Ok(()) => {
                 account.rows_loaded += 1;
+                account.customers.observe(chunk.value(chunk.len() - 1, customer_index));
                 if chunk.len() >= CHUNK_ROWS {
                     let full = std::mem::replace(&mut chunk, RowChunk::new(ncols));
                     sink.rows(full).await.map_err(ValidateError::Sink)?;
@@ -435,6 +469,7 @@ where
                 }
                 account.rows_loaded = 0;
                 account.rows_rejected = account.rows_read;
+                account.customers = RowCustomers::None;
                 return Ok(account);
             }
             Err(r) => {
@@ -487,6 +522,7 @@ fn file_level(e: std::io::Error, mut account: FileAccount, line: u64) -> Result<
     account.file_reject = Some(reject);
     account.rows_loaded = 0;
     account.rows_rejected = account.rows_read;
+    account.customers = RowCustomers::None;
     Ok(account)
 }
 
@@ -548,7 +584,11 @@ mod tests {
             "{HEADER}\r\nacme,e1,2026-11-23T11:00:00+01:00,u1,a@b.io,login,10.0.0.1,\"Mozilla, \"\"5\"\"\"\r\nacme,e2,2026-11-23 10:00:00,u2,,logout,,\r\n"
         );
         let (acc, sink) = run_on("csv/acme/x.csv", data.as_bytes()).await;
-        assert_eq!(acc, FileAccount { rows_read: 2, rows_loaded: 2, rows_rejected: 0, file_reject: None });
+        let acme = RowCustomers::One("acme".into());
+        assert_eq!(
+            acc,
+            FileAccount { rows_read: 2, rows_loaded: 2, rows_rejected: 0, file_reject: None, customers: acme }
+        );
         let r0 = row(&sink.rows, 0);
         assert_eq!(r0[2].as_deref(), Some("2026-11-23 10:00:00"));
         assert_eq!(r0[7].as_deref(), Some("Mozilla, \"5\""));
@@ -583,6 +623,7 @@ mod tests {
         let (acc, sink) = run_on("csv/globex/w47.csv", data.as_bytes()).await;
         assert_eq!(acc.rows_loaded, 1);
         assert_eq!(row(&sink.rows, 0)[0].as_deref(), Some("globex"));
+        assert_eq!(acc.customers.single(), Some("globex"), "a derived customer is a loaded row's customer");
         let (acc, _) = run_on("w47.csv", data.as_bytes()).await;
         assert_eq!(acc.file_reject.unwrap().rule, "no_customer");
     }
@@ -594,6 +635,7 @@ mod tests {
         );
         let (acc, sink) = run_on("csv/acme/w47.csv", data.as_bytes()).await;
         assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (3, 2, 1));
+        assert_eq!(acc.customers, RowCustomers::One("acme".into()), "the rejected row's customer is not counted");
         let r = &sink.rejects[0];
         assert_eq!((r.line, r.column.as_deref(), r.rule), (3, Some("customer"), "customer_mismatch"));
         assert_eq!(r.reason, "customer \"globex\" in a file under customer \"acme\"'s key csv/acme/w47.csv");
@@ -610,6 +652,7 @@ mod tests {
         let verdict = acc.file_reject.clone().expect("the file is rejected whole");
         assert_eq!((verdict.rule, verdict.line), ("customer_mismatch", 3));
         assert_eq!((acc.rows_read, acc.rows_loaded, acc.rows_rejected), (3, 0, 3));
+        assert_eq!(acc.customers, RowCustomers::None, "a file rejected whole loads no row");
 
         let mut trusting = Contract::builtin();
         trusting.customer_policy = CustomerPolicy::TrustColumn;
@@ -618,6 +661,7 @@ mod tests {
         let acc = validate_stream(data.as_bytes(), &opts, &mut sink).await.unwrap();
         assert_eq!((acc.rows_loaded, acc.rows_rejected), (3, 0));
         assert_eq!(row(&sink.rows, 1)[0].as_deref(), Some("globex"));
+        assert_eq!(acc.customers, RowCustomers::Mixed, "rows of two customers");
     }
 
     #[tokio::test]
@@ -775,7 +819,11 @@ mod tests {
         // Blank lines, CRLF, and CR, LF and CRLF inside a quoted field, stored byte for byte.
         let data = format!("\n{HEADER}\r\n\r\n{}\r\n\n{}\r\n{}\n", row(1, "\"a\r\nb\rc\nd\""), row(2, ""), row(3, "x"));
         let (acc, sink) = run_on("k", data.as_bytes()).await;
-        assert_eq!(acc, FileAccount { rows_read: 3, rows_loaded: 3, rows_rejected: 0, file_reject: None });
+        let acme = RowCustomers::One("acme".into());
+        assert_eq!(
+            acc,
+            FileAccount { rows_read: 3, rows_loaded: 3, rows_rejected: 0, file_reject: None, customers: acme }
+        );
         assert_eq!(lines(&sink.rows), vec![4, 9, 10]);
         assert_eq!(row_of(&sink.rows, 0)[7].as_deref(), Some("a\r\nb\rc\nd"));
         // A reject names the physical line too.

@@ -8,7 +8,9 @@
 //! and the same comparison: a version is newer than another when its sequencer is greater.
 //! Pure: no I/O, no engine.
 
+use super::sql::ledger_table;
 use super::{FileMeta, FileStatus};
+use crate::validate::RowCustomers;
 
 /// What a writer should do with a version it is offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,20 @@ pub fn same_version(a: &FileMeta, b: &FileMeta) -> bool {
     a.bucket == b.bucket && a.key == b.key && a.version == b.version
 }
 
+/// The customer the ledger records for a file (its `customer` column): the one its key names
+/// (`FileMeta::customer`, the contract's `customer_from_key`), else the one every loaded row
+/// names. `None` (NULL) when neither says: rows of several customers (`customer_policy =
+/// "trust_column"` under a key that names none), no row loaded (a file rejected whole, a
+/// superseded arrival), or a name longer than the column ([`ledger_table::CUSTOMER`]), which is
+/// left out rather than cut (a cut name would be another customer's), or holding NUL (which
+/// the product's own columns store as U+FFFD, three bytes: it might no longer fit).
+pub fn file_customer(from_key: Option<&str>, rows: &RowCustomers) -> Option<String> {
+    from_key
+        .or_else(|| rows.single())
+        .filter(|c| !c.is_empty() && c.len() <= ledger_table::CUSTOMER.width() && !c.contains('\0'))
+        .map(str::to_string)
+}
+
 /// The SQL list of [`COUNTS_FOR_ORDER`], `('loaded', 'rejected')`.
 pub fn counts_for_order_sql() -> String {
     let names: Vec<String> = COUNTS_FOR_ORDER.iter().map(|s| format!("'{}'", s.as_str())).collect();
@@ -79,7 +95,40 @@ mod tests {
             size: 1,
             event_time: chrono::Utc::now(),
             contract_version: 1,
+            customer: None,
         }
+    }
+
+    #[test]
+    fn a_files_customer_is_its_keys_else_its_rows_one() {
+        let one = RowCustomers::One("acme".into());
+        assert_eq!(file_customer(Some("globex"), &one).as_deref(), Some("globex"), "the key names it first");
+        assert_eq!(file_customer(None, &one).as_deref(), Some("acme"));
+        assert_eq!(file_customer(Some("acme"), &RowCustomers::None).as_deref(), Some("acme"));
+        assert_eq!(file_customer(None, &RowCustomers::Mixed), None, "several customers: unknown");
+        assert_eq!(file_customer(None, &RowCustomers::None), None, "no row: unknown");
+        let width = ledger_table::CUSTOMER.width();
+        let widest = "é".repeat(width / 2);
+        assert_eq!(file_customer(Some(&widest), &one), Some(widest.clone()), "{width} bytes fit");
+        let over = format!("{widest}x");
+        assert_eq!(file_customer(None, &RowCustomers::One(over)), None, "over the width: unknown, not cut");
+        assert_eq!(file_customer(Some(""), &one), None);
+        assert_eq!(file_customer(Some("a\0b"), &one), None);
+    }
+
+    #[test]
+    fn row_customers_learn_one_or_several() {
+        let mut c = RowCustomers::None;
+        c.observe(Some("acme"));
+        c.observe(Some("acme"));
+        assert_eq!(c.single(), Some("acme"));
+        c.observe(Some("globex"));
+        assert_eq!(c, RowCustomers::Mixed);
+        c.observe(Some("acme"));
+        assert_eq!(c, RowCustomers::Mixed, "once several, always several");
+        let mut c = RowCustomers::None;
+        c.observe(None);
+        assert_eq!(c, RowCustomers::Mixed, "a row without a customer is not the same customer");
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct FileMeta {
     pub size: u64,
     pub event_time: DateTime<Utc>,
     pub contract_version: u32,
+    /// The customer its key names (the contract's `customer_from_key`), known before it is read.
+    pub customer: Option<String>,
 }
 
 /// What the ledger says about a version before any work is done.
@@ -145,6 +147,22 @@ pub struct FileSummary {
     pub rows_loaded: u64,
     pub rows_rejected: u64,
     pub reason: Option<String>,
+    /// The customer the ledger records for it ([`ledger::file_customer`]).
+    pub customer: Option<String>,
+}
+
+impl FileSummary {
+    /// A version recorded superseded on arrival: nothing read, its key's customer.
+    pub fn superseded(file: &FileMeta) -> FileSummary {
+        FileSummary {
+            status: FileStatus::Superseded,
+            rows_read: 0,
+            rows_loaded: 0,
+            rows_rejected: 0,
+            reason: None,
+            customer: ledger::file_customer(file.customer.as_deref(), &crate::validate::RowCustomers::None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

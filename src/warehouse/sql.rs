@@ -26,6 +26,8 @@ pub struct Tables {
     pub rejects: String,
     pub merges: String,
     pub wau_view: String,
+    /// Per customer, its last loaded file (see [`Sql::freshness_view`]).
+    pub freshness_view: String,
     /// Holds no rows: every writer (commit, merge) takes `LOCK` on it first, see [`Sql::lock_writers`].
     pub lock: String,
     /// One row per reconcile run (see [`reconciles_table`]).
@@ -41,6 +43,7 @@ impl Tables {
             rejects: "wau_ingest_rejects".into(),
             merges: "wau_ingest_merges".into(),
             wau_view: "wau_weekly_active_users".into(),
+            freshness_view: "wau_ingest_customer_freshness".into(),
             lock: "wau_ingest_lock".into(),
             reconciles: "wau_ingest_reconciles".into(),
         }
@@ -113,7 +116,13 @@ pub mod ledger_table {
     pub const LOADED_AT: OwnColumn = OwnColumn::time("loaded_at", true);
     pub const MERGED_AT: OwnColumn = OwnColumn::time("merged_at", false);
     pub const CONTRACT_VERSION: OwnColumn = OwnColumn::int("contract_version", true);
-    pub const COLUMNS: [OwnColumn; 15] = [
+    /// The file's customer (`ledger::file_customer`): the one its key names, else the one all
+    /// its loaded rows name; NULL when neither says (rows of several customers, no row loaded,
+    /// a name over this width) and in rows recorded before the column existed. A fixed width,
+    /// not the contract's: the ledger's columns are the same for every contract, and a value
+    /// that does not fit is recorded NULL, never cut (a cut name is another customer).
+    pub const CUSTOMER: OwnColumn = OwnColumn::text("customer", 256, false);
+    pub const COLUMNS: [OwnColumn; 16] = [
         BUCKET,
         KEY,
         VERSION,
@@ -129,6 +138,7 @@ pub mod ledger_table {
         LOADED_AT,
         MERGED_AT,
         CONTRACT_VERSION,
+        CUSTOMER,
     ];
 }
 
@@ -437,7 +447,37 @@ impl<'a> Sql<'a> {
             out.push(format!("CREATE INDEX IF NOT EXISTS {0}_file ON {0} (bucket, key, version)", t.rejects));
         }
         out.push(self.wau_view());
+        out.push(self.freshness_view());
         out
+    }
+
+    /// Per customer the ledger names, its newest loaded file: the latest event time
+    /// (`last_event_at`, what `wau_ingest_customer_last_file_timestamp_seconds` exports), the
+    /// latest load (`last_loaded_at`) and how many loaded files it has. Loaded files only (a
+    /// rejected file is not data arriving); files of no known customer are left out.
+    fn freshness_view(&self) -> String {
+        let create = match self.dialect {
+            Dialect::Sqlite => "CREATE VIEW IF NOT EXISTS",
+            Dialect::Postgres | Dialect::Redshift => "CREATE OR REPLACE VIEW",
+        };
+        let (cust, event_at, loaded_at) =
+            (ledger_table::CUSTOMER.name, ledger_table::EVENT_AT.name, ledger_table::LOADED_AT.name);
+        format!(
+            "{create} {} AS\n\
+             SELECT {cust} AS customer, MAX({event_at}) AS last_event_at, MAX({loaded_at}) AS last_loaded_at, COUNT(*) AS files_loaded\n\
+             FROM {} WHERE status = '{LOADED}' AND {cust} IS NOT NULL\n\
+             GROUP BY {cust}",
+            self.t.freshness_view, self.t.files
+        )
+    }
+
+    /// Every row of the freshness view, by customer: customer, last_event_at, last_loaded_at,
+    /// files_loaded (what the customer gauges are refreshed from).
+    pub fn customer_freshness(&self) -> String {
+        format!(
+            "SELECT customer, last_event_at, last_loaded_at, files_loaded FROM {} ORDER BY customer",
+            self.t.freshness_view
+        )
     }
 
     fn wau_view(&self) -> String {
@@ -1100,10 +1140,10 @@ impl<'a> Sql<'a> {
         )
     }
 
-    /// A ledger row's customer until the ledger records one: the customer column of its staged
-    /// rows, else of its rows in the target (NULL for a file without rows). Joins (to append
-    /// after `FROM files {f}`) and the expression. The one place to change when the ledger
-    /// gains a customer column. Only files loaded at or after `since` are looked up.
+    /// A ledger row's customer: the ledger's own column, else (rows recorded before the column
+    /// existed) the customer column of its staged rows, else of its rows in the target (NULL for
+    /// a file without rows). Joins (to append after `FROM files {f}`) and the expression. Only
+    /// files loaded at or after `since` are looked up.
     pub fn file_customer(&self, f: &str, since: chrono::DateTime<chrono::Utc>) -> (String, String) {
         let cust = &self.contract.customer_column;
         let files = &self.t.files;
@@ -1120,7 +1160,7 @@ impl<'a> Sql<'a> {
             per_file(&self.t.staging),
             per_file(&self.t.target)
         );
-        (joins, "COALESCE(sc.customer, tc.customer)".into())
+        (joins, format!("COALESCE({f}.{}, sc.customer, tc.customer)", ledger_table::CUSTOMER.name))
     }
 
     /// The `limit` rules with the most rejects at or after `since`, most first, each with its
@@ -1206,7 +1246,7 @@ mod tests {
                 .unwrap();
             assert!(ddl.ends_with(") DISTSTYLE KEY DISTKEY (event_id) COMPOUND SORTKEY (customer, event_id)"), "{ddl}");
         }
-        assert!(rs.contains("contract_version BIGINT NOT NULL\n) DISTSTYLE KEY DISTKEY (key) COMPOUND SORTKEY (bucket, key, version)"), "{rs}");
+        assert!(rs.contains("contract_version BIGINT NOT NULL,\n  customer VARCHAR(256)\n) DISTSTYLE KEY DISTKEY (key) COMPOUND SORTKEY (bucket, key, version)"), "{rs}");
         assert!(
             rs.contains("rejected_at TIMESTAMP NOT NULL\n) DISTSTYLE KEY DISTKEY (key) COMPOUND SORTKEY (batch_id)"),
             "{rs}"
@@ -1222,6 +1262,26 @@ mod tests {
         let pg = Sql::new(Dialect::Postgres, &c, &t).migrate().join("\n");
         assert!(pg.contains("customer VARCHAR(64) NOT NULL"));
         assert!(pg.contains("user_agent VARCHAR(512),"));
+    }
+
+    #[test]
+    fn the_freshness_view_groups_loaded_files_of_known_customers_on_every_engine() {
+        let (c, t, _) = sql_for(Dialect::Sqlite);
+        let body = "wau_ingest_customer_freshness AS\n\
+             SELECT customer AS customer, MAX(event_at) AS last_event_at, MAX(loaded_at) AS last_loaded_at, COUNT(*) AS files_loaded\n\
+             FROM wau_ingest_files WHERE status = 'loaded' AND customer IS NOT NULL\n\
+             GROUP BY customer";
+        for (d, create) in [
+            (Dialect::Sqlite, "CREATE VIEW IF NOT EXISTS"),
+            (Dialect::Postgres, "CREATE OR REPLACE VIEW"),
+            (Dialect::Redshift, "CREATE OR REPLACE VIEW"),
+        ] {
+            let sql = Sql::new(d, &c, &t);
+            assert!(sql.migrate().contains(&format!("{create} {body}")), "{d:?}: {:#?}", sql.migrate());
+            assert!(sql.files_since(chrono::Utc::now()).contains("COALESCE(f.customer, sc.customer, tc.customer)"));
+        }
+        let lite = Sql::new(Dialect::Sqlite, &c, &t).migrate().join("\n");
+        assert!(lite.contains("contract_version INTEGER NOT NULL,\n  customer TEXT\n)"), "nullable: {lite}");
     }
 
     #[test]

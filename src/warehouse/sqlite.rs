@@ -410,6 +410,7 @@ impl SqliteSink {
                 (":loaded_at", &b.now),
                 (":merged_at", &merged_at),
                 (":contract_version", &file.contract_version),
+                (":customer", &summary.customer),
             ],
         )?;
         Ok(n == 1)
@@ -461,13 +462,7 @@ impl BatchSink for SqliteSink {
         match ledger::admit(existing, newer > 0, force) {
             Verdict::Duplicate(status) => return Ok(Admission::Duplicate(status)),
             Verdict::Superseded => {
-                let summary = FileSummary {
-                    status: FileStatus::Superseded,
-                    rows_read: 0,
-                    rows_loaded: 0,
-                    rows_rejected: 0,
-                    reason: None,
-                };
+                let summary = FileSummary::superseded(file);
                 let now = self.batch().now.clone();
                 self.record(file, &summary, Some(&now))?;
                 self.batch.as_mut().expect("open").files += 1;

@@ -17,6 +17,7 @@ pub fn meta(key: &str, version: &str, seq: &str) -> FileMeta {
         size: 100,
         event_time: Utc::now(),
         contract_version: 1,
+        customer: None,
     }
 }
 
@@ -49,6 +50,7 @@ pub fn loaded(rows: u64, rejected: u64) -> FileSummary {
         rows_loaded: rows,
         rows_rejected: rejected,
         reason: None,
+        customer: None,
     }
 }
 

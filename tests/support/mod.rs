@@ -122,9 +122,14 @@ impl Env {
 
     /// Starts `wau-ingest run` on this environment with JSON logs into `log`.
     pub fn spawn_run(&self, log: &Path, extra_env: &[(&str, &str)]) -> Service {
+        self.spawn_run_at(log, extra_env, free_port())
+    }
+
+    /// [`Env::spawn_run`] with its HTTP endpoints on `port` (see [`scrape`]).
+    pub fn spawn_run_at(&self, log: &Path, extra_env: &[(&str, &str)], port: u16) -> Service {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["--log-format", "json", "run", "--http-listen", &format!("127.0.0.1:{}", free_port())])
+        cmd.args(["--log-format", "json", "run", "--http-listen", &format!("127.0.0.1:{port}")])
             .args(["--inbox", self.inbox.to_str().unwrap(), "--db", self.db.to_str().unwrap()])
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
@@ -138,6 +143,21 @@ impl Env {
         }
         Service(cmd.spawn().unwrap())
     }
+}
+
+/// The `/metrics` text of the service on `port`; `None` while it does not answer.
+pub fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.contains("200 OK").then_some(body)
+}
+
+/// The value of the series `series` (name and labels, as exposed) in a `/metrics` text.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A running `wau-ingest run`; killed when dropped, so a failing test leaves no process behind.

@@ -37,6 +37,8 @@ pub(super) struct Entry {
     pub(super) rows_loaded: u64,
     pub(super) rows_rejected: u64,
     pub(super) reason: Option<String>,
+    /// The ledger's `customer` of the file (`FileSummary::customer`).
+    pub(super) customer: Option<String>,
     /// `Some(now)` for files the merge has nothing to do for (rejected, superseded on arrival).
     pub(super) merged_at: Option<String>,
     /// `force`: earlier loads of this version are marked replaced first.
@@ -497,13 +499,15 @@ impl BatchSink for RedshiftSink {
         match ledger::admit(existing, newer_recorded > 0 || newer_in_batch || newer_in_flight, force) {
             Verdict::Duplicate(status) => Ok(Admission::Duplicate(status)),
             Verdict::Superseded => {
+                let summary = FileSummary::superseded(file);
                 batch.entries.push(Entry {
                     meta: file.clone(),
-                    status: FileStatus::Superseded,
-                    rows_read: 0,
-                    rows_loaded: 0,
-                    rows_rejected: 0,
-                    reason: None,
+                    status: summary.status,
+                    rows_read: summary.rows_read,
+                    rows_loaded: summary.rows_loaded,
+                    rows_rejected: summary.rows_rejected,
+                    reason: summary.reason,
+                    customer: summary.customer,
                     merged_at: Some(batch.now.clone()),
                     replaces: false,
                     parts: Vec::new(),
@@ -623,6 +627,7 @@ impl BatchSink for RedshiftSink {
             rows_loaded: summary.rows_loaded,
             rows_rejected: summary.rows_rejected,
             reason: summary.reason.clone(),
+            customer: summary.customer.clone(),
             merged_at: (summary.status != FileStatus::Loaded).then(|| batch.now.clone()),
             replaces: f.replaces,
             parts: f.parts,

@@ -16,6 +16,7 @@ pub(super) fn meta(key: &str, version: &str, seq: &str) -> FileMeta {
         size: 10,
         event_time: Utc::now(),
         contract_version: 1,
+        customer: None,
     }
 }
 
@@ -27,6 +28,7 @@ pub(super) fn entry(key: &str, rejects: usize, reject_bytes: usize) -> Entry {
         rows_loaded: 1,
         rows_rejected: rejects as u64,
         reason: None,
+        customer: None,
         merged_at: None,
         replaces: false,
         parts: vec![format!("staging/1/{key}.gz")],

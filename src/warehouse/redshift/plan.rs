@@ -52,6 +52,7 @@ fn ledger_values(e: &Entry, batch: &OpenBatch) -> Vec<Lit> {
         Lit::Str(batch.now.clone()),
         Lit::opt(e.merged_at.as_deref()),
         Lit::Int(m.contract_version as i64),
+        Lit::opt(e.customer.as_deref()),
         Lit::Int(e.replaces as i64),
     ]
 }
