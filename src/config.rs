@@ -33,6 +33,7 @@ pub struct Config {
     pub contract: ContractConfig,
     pub limits: LimitsConfig,
     pub aws: AwsConfig,
+    pub catalog: CatalogConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -269,6 +270,18 @@ pub struct AwsConfig {
     /// Path-style S3 addressing (`endpoint/bucket/key`), for S3-compatible endpoints such as
     /// moto or MinIO. Also on whenever `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` is set.
     pub s3_force_path_style: bool,
+}
+
+/// The Glue Data Catalog table over the raw CSV prefix that `migrate` keeps in step with the
+/// contract (as `catalog sync` does); an empty database: no catalog table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    pub database: String,
+    /// The table's name; empty: the contract's table name.
+    pub table: String,
+    /// `s3://bucket/prefix/` of the raw files; empty: `source.bucket` and `source.prefix`.
+    pub location: String,
 }
 
 pub const ENV_PREFIX: &str = "WAU_INGEST_";
