@@ -502,7 +502,10 @@ async fn a_new_optional_column_is_added_and_destructive_changes_are_refused() {
             "wider: VARCHAR(512) in the table, VARCHAR(1024) wanted",
         ),
         (
-            base.replace("name = \"event_type\"\ntype = \"string\"", "name = \"event_type\"\ntype = \"integer\""),
+            base.replace(
+                "name = \"event_type\"\ntype = \"string\"\nrequired = true\nmax_length = 64",
+                "name = \"event_type\"\ntype = \"integer\"\nrequired = true",
+            ),
             "type change: VARCHAR(64) in the table, BIGINT wanted",
         ),
     ] {
