@@ -196,12 +196,15 @@ pub async fn catalog_sync(
         Ok(got) => {
             if let Some(have) = got.table() {
                 // Columns by what the table input sets (a catalog may add empty fields of its own).
-                fn shape(
-                    d: Option<&StorageDescriptor>,
-                ) -> Option<(Vec<(&str, Option<&str>, Option<&str>)>, Option<&str>)> {
-                    d.map(|d| (d.columns().iter().map(|c| (c.name(), c.r#type(), c.comment())).collect(), d.location()))
-                }
-                let same_sd = |a: Option<&StorageDescriptor>, b: Option<&StorageDescriptor>| shape(a) == shape(b);
+                let same_sd = |a: Option<&StorageDescriptor>, b: Option<&StorageDescriptor>| {
+                    let cols = |d: &StorageDescriptor| {
+                        d.columns()
+                            .iter()
+                            .map(|c| format!("{} {:?} {:?}", c.name(), c.r#type(), c.comment()))
+                            .collect::<Vec<_>>()
+                    };
+                    a.map(|d| (cols(d), d.location())) == b.map(|d| (cols(d), d.location()))
+                };
                 let wanted_params = input.parameters().cloned().unwrap_or_default();
                 let params_match =
                     have.parameters().is_some_and(|p| wanted_params.iter().all(|(k, v)| p.get(k) == Some(v)));
