@@ -1153,6 +1153,10 @@ fn add_column(x: &Scratch) -> Check {
             added.ty
         ));
     }
+    // The form every command runs at start: a bare name, looked up in the current schema.
+    if let Err(e) = x.w.read_text(&sql.table_columns(&["wau_selftest_no_such_table"])) {
+        advice.push(format!("the catalog query for a table of the current schema failed: {}", brief(e)));
+    }
     let view = x.count(&format!("SELECT COUNT(*) FROM {}", x.tables.wau_view));
     if let Err(e) = &view {
         advice.push(format!("the WAU view no longer answers after ADD COLUMN on its table: {e}"));

@@ -130,6 +130,10 @@ fn an_optional_column_is_added_by_migrate_and_files_on_both_sides_of_it_load() {
         [("e1".into(), Some("us-east-1".into())), ("e2".into(), None), ("e3".into(), Some("eu-west-1".into()))],
         "the merge carries the new column to the target"
     );
+    // The WAU view over the target still answers after ADD COLUMN.
+    let report = run(&env, Some(&v3), &["report", "--format", "csv"]);
+    assert_eq!(report.status.code(), Some(0), "{}", out(&report));
+    assert!(out(&report).contains("acme,2026-W48,2026-11-23,3"), "{}", out(&report));
     let mut s = c.prepare("SELECT key, contract_version FROM wau_ingest_files ORDER BY key").unwrap();
     let versions: Vec<(String, i64)> =
         s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
