@@ -142,13 +142,21 @@ pub fn diff(sql: &Sql<'_>, wanted: &TableDef, actual: Option<&[ActualColumn]>) -
     let extra: Vec<&ActualColumn> =
         actual.iter().filter(|a| !wanted.columns.iter().any(|w| w.name.eq_ignore_ascii_case(&a.name))).collect();
     let rebuild = |col: &str, how: &str| {
-        vec![
-            format!("-- {t} cannot {how} in place: rebuild it with the wanted definition (`wau-ingest migrate --print` shows it), in one transaction, services stopped:"),
+        let mut steps = vec![
+            format!("-- {t} cannot {how} in place: rebuild it with the wanted definition (`wau-ingest migrate --print` shows it), services stopped:"),
             format!("ALTER TABLE {t} RENAME TO {t}_old;"),
-            "-- run `wau-ingest migrate` (it creates the table as the contract wants it), then:".to_string(),
+        ];
+        if *t == sql.t.target {
+            // A view follows a renamed table (SQLite rewrites it; Redshift binds it).
+            steps.push(format!("DROP VIEW {};", sql.t.wau_view));
+        }
+        steps.extend([
+            "-- run `wau-ingest migrate` (it creates the table, and the view, as the contract wants them), then:"
+                .to_string(),
             format!("INSERT INTO {t} (<every column>) SELECT <every column, {col} converted> FROM {t}_old;"),
             format!("DROP TABLE {t}_old;"),
-        ]
+        ]);
+        steps
     };
     let mut out = Vec::new();
     for w in &wanted.columns {
