@@ -42,6 +42,15 @@ What it emulates
     'Serializable' or 'Snapshot Isolation', blank-padded like Redshift's CHAR) is a view in the
     schema ``redshift_emulator`` that the emulator creates in every database it serves, on
     first use, and appends to every session's search_path.
+  * ``svv_columns`` (Redshift's SVV_COLUMNS: table_schema, table_name, column_name,
+    ordinal_position, is_nullable, data_type, character_maximum_length, …) is a view in the same
+    schema over information_schema.columns, as Redshift describes its local tables: TEXT (and
+    VARCHAR without a length) reads as ``character varying`` of 256, lengths are the VARCHAR
+    byte widths the emulator enforces (below).
+  * ``ALTER TABLE ... ADD [COLUMN]`` takes one column (Redshift's grammar has one action per
+    statement: a second, after a comma, is ``ERROR: syntax error at or near ","``), and a NOT
+    NULL column only with a DEFAULT (``ERROR: ALTER TABLE ADD COLUMN defined as NOT NULL must
+    have a non-null default expression``).
   * VARCHAR(n) holds n bytes of UTF-8, not n characters: after every CREATE TABLE (temporary,
     ``LIKE`` and ``AS`` included) and ``ALTER TABLE ... ADD`` run through the emulator, each
     VARCHAR, CHAR and TEXT column gets a CHECK constraint ``octet_length(col) <= n`` (VARCHAR
