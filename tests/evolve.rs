@@ -249,3 +249,31 @@ fn the_products_own_tables_upgrade_with_one_migrate() {
     let status = run(&env, None, &["status"]);
     assert_eq!(status.status.code(), Some(0), "{}", out(&status));
 }
+
+/// Several `migrate`s at once (an operator's and a deploy's) end with each column added once
+/// and every one of them done: a column another added first is planned away.
+#[test]
+fn concurrent_migrates_each_add_a_column_once() {
+    use wau_ingest::warehouse::evolve::{self, Applied};
+    use wau_ingest::warehouse::sql::{Dialect, Sql, Tables};
+    let env = Env::new();
+    assert!(run(&env, None, &["migrate"]).status.success());
+    let v3 = wau_ingest::contract::Contract::parse(V3, "v3").unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let w = wau_ingest::warehouse::sqlite::SqliteWarehouse::open(&env.db, &v3).unwrap();
+                    let t = Tables::for_contract(&v3);
+                    evolve::apply(&w, &Sql::new(Dialect::Sqlite, &v3, &t))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results {
+        assert!(matches!(r, Ok(Applied::Done(_))), "{r:?}");
+    }
+    let regions = columns(&env, "wau_audit_logs").into_iter().filter(|c| c.0 == "region").count();
+    assert_eq!(regions, 1);
+}

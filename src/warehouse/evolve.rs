@@ -333,10 +333,15 @@ pub fn apply(w: &dyn Warehouse, sql: &Sql<'_>) -> Result<Applied, WarehouseError
         return Ok(Applied::Refused(before));
     }
     for stmt in before.additions() {
-        // Planned again before each statement: a concurrent migrate may have added it.
-        let now = plan(sql, |q| w.read_text(q))?;
-        if now.additions().contains(&stmt) {
-            w.execute_ddl(&stmt)?;
+        // Planned again before each statement, and after one that failed: a concurrent
+        // migrate may have added the column first (then there is nothing left to do).
+        if !plan(sql, |q| w.read_text(q))?.additions().contains(&stmt) {
+            continue;
+        }
+        if let Err(e) = w.execute_ddl(&stmt) {
+            if plan(sql, |q| w.read_text(q))?.additions().contains(&stmt) {
+                return Err(e);
+            }
         }
     }
     w.migrate()?;
