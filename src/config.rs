@@ -34,6 +34,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub aws: AwsConfig,
     pub metrics: MetricsConfig,
+    pub catalog: CatalogConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -306,6 +307,18 @@ impl Default for MetricsConfig {
             customer_refresh_secs: 60,
         }
     }
+}
+
+/// The Glue Data Catalog table over the raw CSV prefix that `migrate` keeps in step with the
+/// contract (as `catalog sync` does); an empty database: no catalog table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    pub database: String,
+    /// The table's name; empty: the contract's table name.
+    pub table: String,
+    /// `s3://bucket/prefix/` of the raw files; empty: `source.bucket` and `source.prefix`.
+    pub location: String,
 }
 
 pub const ENV_PREFIX: &str = "WAU_INGEST_";

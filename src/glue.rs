@@ -167,8 +167,8 @@ pub fn table_input(contract: &Contract, table: &str, location: &str) -> TableInp
         .expect("name set")
 }
 
-/// Creates the database if needed, then creates the table or updates it. Returns "created"
-/// or "updated".
+/// Creates the database if needed, then creates the table or updates it. Returns "created",
+/// "updated", or "unchanged" when it already is as the contract wants it.
 pub async fn catalog_sync(
     client: &Client,
     contract: &Contract,
@@ -190,6 +190,32 @@ pub async fn catalog_sync(
         Err(e) => return Err(format!("GetDatabase {database}: {}", describe(&e))),
     }
     let input = table_input(contract, table, location);
+    // Unchanged when the table already has the columns, location and parameters wanted: no
+    // UpdateTable, so a rerun (every `migrate`) adds no table version.
+    match client.get_table().database_name(database).name(table).send().await {
+        Ok(got) => {
+            if let Some(have) = got.table() {
+                // Columns by what the table input sets (a catalog may add empty fields of its own).
+                let same_sd = |a: Option<&StorageDescriptor>, b: Option<&StorageDescriptor>| {
+                    let cols = |d: &StorageDescriptor| {
+                        d.columns()
+                            .iter()
+                            .map(|c| format!("{} {:?} {:?}", c.name(), c.r#type(), c.comment()))
+                            .collect::<Vec<_>>()
+                    };
+                    a.map(|d| (cols(d), d.location())) == b.map(|d| (cols(d), d.location()))
+                };
+                let wanted_params = input.parameters().cloned().unwrap_or_default();
+                let params_match =
+                    have.parameters().is_some_and(|p| wanted_params.iter().all(|(k, v)| p.get(k) == Some(v)));
+                if same_sd(have.storage_descriptor(), input.storage_descriptor()) && params_match {
+                    return Ok("unchanged");
+                }
+            }
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_entity_not_found_exception()) => {}
+        Err(e) => return Err(format!("GetTable {database}.{table}: {}", describe(&e))),
+    }
     match client.create_table().database_name(database).table_input(input.clone()).send().await {
         Ok(_) => Ok("created"),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_already_exists_exception()) => {

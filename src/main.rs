@@ -49,11 +49,19 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Create the warehouse tables and view (idempotent).
+    /// Create the warehouse tables and view, and add the optional columns the contract gained
+    /// (idempotent); refuse, changing nothing, when a change is destructive or narrowing.
     Migrate {
         /// Print the DDL for a dialect instead of running it.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, conflicts_with = "plan")]
         print: Option<PrintDialect>,
+        /// Print what migrate would change, table by table, and change nothing. Exit 0 nothing
+        /// to do, 1 changes migrate would apply, 2 a change it refuses.
+        #[arg(long)]
+        plan: bool,
+        /// The plan's format.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text, requires = "plan")]
+        format: StatusFormat,
     },
     /// Merge staging into the target now.
     Merge {
@@ -288,13 +296,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Verdict> {
             Ok(Verdict::Done)
         }
         Command::Validate { files } => files::validate(&config, &files).await,
-        Command::Migrate { print } => {
-            let dialect = print.map(|d| match d {
-                PrintDialect::Sqlite => Dialect::Sqlite,
-                PrintDialect::Postgres => Dialect::Postgres,
-                PrintDialect::Redshift => Dialect::Redshift,
-            });
-            ingest::migrate(config, dialect).await
+        Command::Migrate { print, plan, format } => {
+            let mode = match print {
+                Some(d) => ingest::MigrateMode::Print(match d {
+                    PrintDialect::Sqlite => Dialect::Sqlite,
+                    PrintDialect::Postgres => Dialect::Postgres,
+                    PrintDialect::Redshift => Dialect::Redshift,
+                }),
+                None if plan => ingest::MigrateMode::Plan(format.into()),
+                None => ingest::MigrateMode::Apply,
+            };
+            ingest::migrate(config, mode).await
         }
         Command::Merge { print_sql } => ingest::merge(config, print_sql).await,
         Command::Replay { path, since, until, glob, dry_run, force } => {

@@ -768,6 +768,9 @@ mod tests {
         fn migrate(&self) -> Result<(), WarehouseError> {
             self.w.migrate()
         }
+        fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError> {
+            self.w.execute_ddl(statement)
+        }
         fn sink(&self) -> Result<Box<dyn crate::warehouse::BatchSink>, WarehouseError> {
             Ok(Box::new(FirstCommitFails { sink: self.w.sink()?, fail: self.fail.lock().unwrap().take() }))
         }

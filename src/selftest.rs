@@ -248,7 +248,7 @@ fn run_blocking(
         let cleanup = guard.run();
         return Err(SelftestError::Setup { schema, reason, cleanup: cleanup.to_string() });
     }
-    let checks: [(&'static str, CheckFn); 9] = [
+    let checks: [(&'static str, CheckFn); 10] = [
         ("isolation_level", isolation_level),
         ("writer_lock", writer_lock),
         ("batch_size", batch_size),
@@ -258,6 +258,7 @@ fn run_blocking(
         ("iso_week", iso_week),
         ("conflict_retry", conflict_retry),
         ("ledger_key_order", ledger_key_order),
+        ("add_column", add_column),
     ];
     let mut results = Vec::new();
     for (name, check) in checks {
@@ -1106,6 +1107,72 @@ fn conflict_retry(x: &Scratch) -> Check {
         check.note("the runner's races did not conflict this time; the recognition above is what decides the rerun")
     } else {
         check
+    }
+}
+
+/// 10. `migrate` adds an optional column as the product writes it (`Sql::add_column`, one
+///     statement on its own): on a table with rows it works, the rows read NULL in it, the
+///     product's catalog query (`Sql::table_columns`, SVV_COLUMNS) sees it with its byte width,
+///     and the WAU view over the target still answers.
+fn add_column(x: &Scratch) -> Check {
+    const NAME: &str = "add_column";
+    let sql = x.sql();
+    let row = x.staging_row(&[]);
+    if let Err(e) = x.insert_staging_row("selftest/add-column", &row) {
+        return Check::fail(NAME, format!("could not insert a staging row: {e}"), "see the error");
+    }
+    let added = crate::warehouse::sql::WantedColumn {
+        name: "selftest_added".into(),
+        ty: "VARCHAR(64)".into(),
+        not_null: false,
+    };
+    for table in [&x.tables.staging, &x.tables.target] {
+        if let Err(e) = x.w.execute(&sql.add_column(table, &added)) {
+            return Check::fail(
+                NAME,
+                format!("ALTER TABLE {table} ADD COLUMN {} failed: {}", added.ddl(), brief(e)),
+                "migrate cannot add optional columns here: apply a contract's new column by hand (see docs/design.md, Schema evolution)",
+            );
+        }
+    }
+    let mut advice = Vec::new();
+    let nulls = x.count(&format!(
+        "SELECT COUNT(*) FROM {} WHERE _file_key = 'selftest/add-column' AND {} IS NULL",
+        x.tables.staging, added.name
+    ));
+    if nulls != Ok(1) {
+        advice.push(format!("the row already there does not read NULL in the new column ({nulls:?})"));
+    }
+    let catalog = x.w.read_text(&sql.table_columns(&[x.tables.staging.as_str()])).map_err(brief);
+    let seen = match &catalog {
+        Ok(rows) => rows.iter().filter_map(|r| sql.actual_column(&r[1..])).find(|c| c.name == added.name),
+        Err(_) => None,
+    };
+    let want = crate::warehouse::sql::ActualColumn { name: added.name.clone(), ty: added.ty.clone(), not_null: false };
+    if seen.as_ref() != Some(&want) {
+        advice.push(format!(
+            "SVV_COLUMNS does not describe the new column as {} (saw {seen:?}; {catalog:?}): fix Sql::table_columns / actual_column",
+            added.ty
+        ));
+    }
+    // The form every command runs at start: a bare name, looked up in the current schema.
+    if let Err(e) = x.w.read_text(&sql.table_columns(&["wau_selftest_no_such_table"])) {
+        advice.push(format!("the catalog query for a table of the current schema failed: {}", brief(e)));
+    }
+    let view = x.count(&format!("SELECT COUNT(*) FROM {}", x.tables.wau_view));
+    if let Err(e) = &view {
+        advice.push(format!("the WAU view no longer answers after ADD COLUMN on its table: {e}"));
+    }
+    let observed = format!(
+        "ADD COLUMN {} on staging (1 row) and the target: the row reads NULL: {}; SVV_COLUMNS: {seen:?}; the WAU view answers: {}",
+        added.ddl(),
+        nulls == Ok(1),
+        view.is_ok()
+    );
+    if advice.is_empty() {
+        Check::pass(NAME, observed)
+    } else {
+        Check::fail(NAME, observed, advice.join("; "))
     }
 }
 

@@ -770,10 +770,32 @@ async fn glue_catalog_sync_and_the_glue_merge_runner() {
     let glue = aws_sdk_glue::Client::new(&sdk);
     let db = case.name.clone();
 
-    // catalog sync: created, then updated in place.
+    // catalog sync: created, then left as it is (no new table version), then updated in
+    // place by `migrate` (`[catalog]` set) for a contract with one more column.
     let (code, out) = case.cli(&["catalog", "sync", "--database", &db, "--table", "wau_csv"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("created"), "{out}");
+    let (code, out) = case.cli(&["catalog", "sync", "--database", &db, "--table", "wau_csv"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("catalog table {db}.wau_csv unchanged")), "{out}");
+    let v3 = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/contracts/wau_audit_log_v3.toml");
+    let catalog_env = [
+        ("WAU_INGEST_CATALOG_DATABASE", db.as_str()),
+        ("WAU_INGEST_CATALOG_TABLE", "wau_csv"),
+        ("WAU_INGEST_CONTRACT_PATH", v3.to_str().unwrap()),
+    ];
+    let (code, out) = case.cli_with(&["migrate"], &catalog_env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("catalog table {db}.wau_csv updated")), "{out}");
+    let t = glue.get_table().database_name(&db).name("wau_csv").send().await.unwrap().table.unwrap();
+    let names: Vec<String> =
+        t.storage_descriptor.unwrap().columns.unwrap_or_default().into_iter().map(|c| c.name).collect();
+    assert_eq!(names.last().map(String::as_str), Some("region"), "{names:?}");
+    assert_eq!(t.parameters.unwrap()["wau_contract_version"], "3");
+    let (code, out) = case.cli_with(&["migrate"], &catalog_env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 column(s) added") && out.contains(&format!("{db}.wau_csv unchanged")), "idempotent: {out}");
+    // Back to the v2 catalog table for what follows.
     let (code, out) = case.cli(&["catalog", "sync", "--database", &db, "--table", "wau_csv"]);
     assert_eq!(code, 0);
     assert!(out.contains("updated"), "{out}");

@@ -32,6 +32,9 @@ struct Stack {
     /// On the emulator's default database, to drop this test's database at the end.
     admin: RedshiftWarehouse,
     database: String,
+    /// This test's warehouse configuration and SDK, for another contract's warehouse on it.
+    cfg: WarehouseConfig,
+    sdk: aws_config::SdkConfig,
 }
 
 impl Drop for Stack {
@@ -92,10 +95,15 @@ async fn stack_with(part_bytes: usize, tune: impl FnOnce(RedshiftWarehouse) -> R
         RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap().with_part_bytes(part_bytes),
     );
     w.migrate().unwrap();
-    Some(Stack { w, s3, bucket, metrics, admin, database: cfg.database })
+    Some(Stack { w, s3, bucket, metrics, admin, database: cfg.database.clone(), cfg, sdk })
 }
 
 impl Stack {
+    /// A warehouse of `contract` on this test's database (not migrated).
+    fn with_contract(&self, contract: &Contract) -> RedshiftWarehouse {
+        RedshiftWarehouse::new(&self.cfg, contract, &self.sdk, self.s3.clone(), self.metrics.clone()).unwrap()
+    }
+
     /// Keys of every object under the staging prefix.
     async fn staging_objects(&self) -> Vec<String> {
         let out = self.s3.list_objects_v2().bucket(&self.bucket).prefix("staging/").send().await.unwrap();
@@ -400,4 +408,172 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
         "{t:?}"
     );
     assert!(s.staging_objects().await.is_empty());
+}
+
+/// Schema evolution on the emulator: a contract that gains an optional column plans one ADD
+/// per table (staging, target) read from SVV_COLUMNS, which `evolve::apply` makes; rows of
+/// before read NULL, rows with it load it and the merge carries it; the WAU view keeps
+/// working; destructive and narrowing changes are refused and change nothing; an old ledger
+/// upgrades with one apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_optional_column_is_added_and_destructive_changes_are_refused() {
+    use wau_ingest::warehouse::evolve::{self, Applied, Change};
+    use wau_ingest::warehouse::sql::{Dialect, Sql, Tables};
+    let Some(s) = stack(1 << 20).await else { return };
+    let mut sink = s.w.sink().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]);
+    sink.commit().unwrap().unwrap();
+    s.w.merge().unwrap();
+
+    let v3 = Contract::parse(include_str!("fixtures/contracts/wau_audit_log_v3.toml"), "v3").unwrap();
+    let t3 = Tables::for_contract(&v3);
+    let sql3 = Sql::new(Dialect::Redshift, &v3, &t3);
+    let w3 = s.with_contract(&v3);
+    let e = w3.migrate().unwrap_err();
+    assert!(e.to_string().contains("behind the contract: run `wau-ingest migrate --plan`"), "{e}");
+    let plan = evolve::plan(&sql3, |q| w3.read_text(q)).unwrap();
+    assert_eq!(
+        plan.additions(),
+        [
+            "ALTER TABLE wau_audit_logs ADD COLUMN region VARCHAR(32)",
+            "ALTER TABLE wau_audit_logs_staging ADD COLUMN region VARCHAR(32)"
+        ],
+        "{plan}"
+    );
+    assert!(!plan.refused());
+    assert!(matches!(evolve::apply(&w3, &sql3).unwrap(), Applied::Done(_)));
+    assert!(evolve::plan(&sql3, |q| w3.read_text(q)).unwrap().is_empty(), "nothing left to do");
+    assert!(matches!(evolve::apply(&w3, &sql3).unwrap(), Applied::Done(p) if p.is_empty()), "idempotent");
+    w3.migrate().unwrap();
+    assert_eq!(
+        s.strings("SELECT data_type, character_maximum_length, is_nullable FROM svv_columns WHERE table_schema = current_schema() AND table_name = 'wau_audit_logs' AND column_name = 'region'"),
+        [["character varying", "32", "YES"]]
+    );
+
+    // Rows of a file without the column (NULL) and with it; the merge carries both.
+    let mut sink = w3.sink().unwrap();
+    let mut m = meta("b.csv", "v1", "2");
+    m.contract_version = 3;
+    assert_eq!(sink.admit(&m, false).unwrap(), Admission::Load);
+    let mut c = wau_ingest::validate::RowChunk::new(9);
+    c.push_row(
+        &[
+            Some("acme"),
+            Some("e2"),
+            Some("2026-11-23 10:00:00"),
+            Some("u2"),
+            None,
+            Some("login"),
+            None,
+            None,
+            Some("eu-west-1"),
+        ],
+        2,
+    );
+    c.push_row(
+        &[Some("acme"), Some("e3"), Some("2026-11-23 10:00:00"), Some("u3"), None, Some("login"), None, None, None],
+        3,
+    );
+    sink.write_rows(&c).unwrap();
+    assert!(sink.finish_file(&loaded(2, 0)).unwrap());
+    sink.commit().unwrap().unwrap();
+    w3.merge().unwrap();
+    assert_eq!(
+        s.strings("SELECT event_id, COALESCE(region, 'NULL') FROM wau_audit_logs ORDER BY event_id"),
+        [["e1", "NULL"], ["e2", "eu-west-1"], ["e3", "NULL"]]
+    );
+    assert_eq!(
+        s.strings("SELECT key, contract_version FROM wau_ingest_files ORDER BY key"),
+        [["a.csv", "1"], ["b.csv", "3"]],
+        "the ledger says which contract accepted each file"
+    );
+    assert_eq!(
+        w3.weekly_active_users("2026-01-01", None).unwrap().iter().map(|r| r.active_users).sum::<i64>(),
+        3,
+        "the view keeps working"
+    );
+
+    // Refusals change nothing: a drop, a type change, a shorter max_length, a wider one.
+    let before = s.strings("SELECT table_name, column_name, data_type, character_maximum_length FROM svv_columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position");
+    let base = include_str!("fixtures/contracts/wau_audit_log_v3.toml");
+    for (text, reason) in [
+        (base.replace("name = \"region\"", "name = \"area\""), "a rename, or a drop and an add"),
+        (
+            base.replace("max_length = 512", "max_length = 256"),
+            "narrower: VARCHAR(512) in the table, VARCHAR(256) wanted",
+        ),
+        (
+            base.replace("max_length = 512", "max_length = 1024"),
+            "wider: VARCHAR(512) in the table, VARCHAR(1024) wanted",
+        ),
+        (
+            base.replace(
+                "name = \"event_type\"\ntype = \"string\"\nrequired = true\nmax_length = 64",
+                "name = \"event_type\"\ntype = \"integer\"\nrequired = true",
+            ),
+            "type change: VARCHAR(64) in the table, BIGINT wanted",
+        ),
+    ] {
+        let c = Contract::parse(&text, "changed").unwrap();
+        let w = s.with_contract(&c);
+        let t = Tables::for_contract(&c);
+        let applied = evolve::apply(&w, &Sql::new(Dialect::Redshift, &c, &t)).unwrap();
+        let Applied::Refused(plan) = applied else { panic!("{reason}: not refused") };
+        let reasons: Vec<&str> = plan
+            .tables
+            .iter()
+            .flat_map(|t| &t.changes)
+            .filter_map(|c| match c {
+                Change::Refused { reason, .. } | Change::ExtraColumn { reason, .. } => Some(reason.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(reasons.iter().any(|r| r.contains(reason)), "{reason}: {plan}");
+        assert_eq!(s.strings("SELECT table_name, column_name, data_type, character_maximum_length FROM svv_columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"), before, "{reason}: nothing changed");
+    }
+}
+
+/// The ledger as an earlier release made it (no `merged_at`) upgrades with one apply, which
+/// also creates every missing table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_ledger_upgrades_with_one_migrate() {
+    use wau_ingest::warehouse::evolve::{self, Applied};
+    use wau_ingest::warehouse::sql::{ledger_table, Dialect, Sql, Tables};
+    let Some(s) = stack(1 << 20).await else { return };
+    let w = s.with_contract(&Contract::builtin());
+    // Back to no tables (CASCADE: the views over them go too).
+    for t in [
+        "wau_audit_logs",
+        "wau_audit_logs_staging",
+        "wau_ingest_files",
+        "wau_ingest_rejects",
+        "wau_ingest_merges",
+        "wau_ingest_reconciles",
+    ] {
+        w.execute(&format!("DROP TABLE {t} CASCADE")).unwrap();
+    }
+    w.execute(
+        "CREATE TABLE wau_ingest_files (bucket VARCHAR(1024) NOT NULL, key VARCHAR(1024) NOT NULL, version VARCHAR(256) NOT NULL, \
+         sequencer VARCHAR(64) NOT NULL, size_bytes BIGINT, rows_read BIGINT NOT NULL, rows_loaded BIGINT NOT NULL, \
+         rows_rejected BIGINT NOT NULL, status VARCHAR(16) NOT NULL, reason VARCHAR(1024), batch_id BIGINT NOT NULL, \
+         event_at TIMESTAMP, loaded_at TIMESTAMP NOT NULL, contract_version BIGINT NOT NULL)",
+    )
+    .unwrap();
+    w.execute("INSERT INTO wau_ingest_files VALUES ('b', 'old.csv', 'v1', '1', 1, 1, 1, 0, 'loaded', NULL, 1, NULL, '2026-11-20 00:00:00', 2)").unwrap();
+    assert!(w.migrate().unwrap_err().to_string().contains("the tables wau_ingest_files are behind the contract"));
+    let c = Contract::builtin();
+    let t = Tables::for_contract(&c);
+    let sql = Sql::new(Dialect::Redshift, &c, &t);
+    let Applied::Done(plan) = evolve::apply(&w, &sql).unwrap() else { panic!("refused") };
+    assert!(
+        plan.additions().contains(&"ALTER TABLE wau_ingest_files ADD COLUMN merged_at TIMESTAMP".to_string()),
+        "{plan}"
+    );
+    assert!(evolve::plan(&sql, |q| w.read_text(q)).unwrap().is_empty());
+    let have = s.strings("SELECT column_name FROM svv_columns WHERE table_schema = current_schema() AND table_name = 'wau_ingest_files' ORDER BY ordinal_position");
+    for col in ledger_table::COLUMNS {
+        assert!(have.iter().any(|r| r[0] == col.name), "{}: {have:?}", col.name);
+    }
+    assert_eq!(s.strings("SELECT COUNT(*) FROM wau_ingest_files WHERE merged_at IS NULL"), [["1"]]);
+    w.merge().unwrap();
 }

@@ -47,7 +47,8 @@ async fn selftest_passes_on_the_emulator_and_leaves_nothing_behind() {
             "varchar_bytes",
             "iso_week",
             "conflict_retry",
-            "ledger_key_order"
+            "ledger_key_order",
+            "add_column"
         ]
     );
     let failed: Vec<String> = checks

@@ -12,6 +12,7 @@ use super::{tally_line, Format, Verdict};
 use crate::config::Config;
 use crate::reconcile::{self as reconcile_log, ReconcileOutcome};
 use crate::replay::{self, Filter};
+use crate::warehouse::evolve;
 use crate::warehouse::sql::{Dialect, Sql, Tables};
 use crate::warehouse::Warehouse;
 use crate::{run, Setup};
@@ -22,9 +23,27 @@ pub async fn migrate_warehouse(w: &Arc<dyn Warehouse>) -> anyhow::Result<()> {
     Ok(tokio::task::spawn_blocking(move || w.migrate()).await??)
 }
 
-/// `migrate`: runs the DDL, or prints it for `print`.
-pub async fn migrate(config: Config, print: Option<Dialect>) -> anyhow::Result<Verdict> {
-    if let Some(dialect) = print {
+/// What `migrate` does: print the DDL of a dialect, print the plan, or apply it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrateMode {
+    Print(Dialect),
+    Plan(Format),
+    Apply,
+}
+
+/// The dialect of the configured warehouse.
+pub fn configured_dialect(config: &Config) -> Dialect {
+    match config.warehouse.kind {
+        crate::config::WarehouseKind::Sqlite => Dialect::Sqlite,
+        crate::config::WarehouseKind::Redshift => Dialect::Redshift,
+    }
+}
+
+/// `migrate`: prints the DDL, prints the plan (`--plan`: exit 0 nothing to do, 1 changes that
+/// `migrate` would apply, 2 a change it refuses), or applies it (exit 0; 2 and nothing changed
+/// when a change is refused). With `catalog.database` set, the Glue catalog table follows.
+pub async fn migrate(config: Config, mode: MigrateMode) -> anyhow::Result<Verdict> {
+    if let MigrateMode::Print(dialect) = mode {
         let contract = config.contract()?;
         let tables = Tables::for_contract(&contract);
         for s in Sql::new(dialect, &contract, &tables).migrate() {
@@ -33,9 +52,53 @@ pub async fn migrate(config: Config, print: Option<Dialect>) -> anyhow::Result<V
         return Ok(Verdict::Done);
     }
     let cx = Setup::new(config)?;
-    migrate_warehouse(&cx.warehouse().await?).await?;
-    println!("migrated the {:?} warehouse", cx.config.warehouse.kind);
-    Ok(Verdict::Done)
+    let w = cx.warehouse().await?;
+    let contract = cx.contract.clone();
+    let dialect = configured_dialect(&cx.config);
+    if let MigrateMode::Plan(format) = mode {
+        let plan = tokio::task::spawn_blocking(move || {
+            let tables = Tables::for_contract(&contract);
+            evolve::plan(&Sql::new(dialect, &contract, &tables), |q| w.read_text(q))
+        })
+        .await??;
+        match format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            _ => print!("{plan}"),
+        }
+        return Ok(if plan.refused() {
+            Verdict::Failed
+        } else if plan.is_empty() {
+            Verdict::Done
+        } else {
+            Verdict::Attention
+        });
+    }
+    let applied = tokio::task::spawn_blocking(move || {
+        let tables = Tables::for_contract(&contract);
+        evolve::apply(w.as_ref(), &Sql::new(dialect, &contract, &tables))
+    })
+    .await??;
+    match applied {
+        evolve::Applied::Refused(plan) => {
+            print!("{plan}");
+            println!(
+                "migrate: refused, nothing was changed: make the changes above by hand, or change the contract back"
+            );
+            Ok(Verdict::Failed)
+        }
+        evolve::Applied::Done(plan) => {
+            let (created, added, _) = plan.counts();
+            print!("{plan}");
+            println!(
+                "migrated the {:?} warehouse: {created} table(s) created, {added} column(s) added (contract {} v{})",
+                cx.config.warehouse.kind, cx.contract.name, cx.contract.version
+            );
+            if !cx.config.catalog.database.is_empty() {
+                super::ops::sync_catalog(&cx).await?;
+            }
+            Ok(Verdict::Done)
+        }
+    }
 }
 
 /// `merge`: in-service SQL, or the Glue job when configured; `print_sql` prints the job's SQL.

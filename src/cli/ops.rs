@@ -51,21 +51,43 @@ pub async fn catalog_sync(
     table: &str,
     location: Option<String>,
 ) -> anyhow::Result<Verdict> {
-    let location = match location {
-        Some(l) => l,
-        None if !config.source.bucket.is_empty() => format!("s3://{}/{}", config.source.bucket, config.source.prefix),
-        None => anyhow::bail!("--location s3://bucket/csv/ is needed when source.bucket is not configured"),
-    };
+    let location = catalog_location(&config, location)?;
     let cx = Setup::new(config)?;
+    sync_catalog_to(&cx, database, table, &location).await?;
+    Ok(Verdict::Done)
+}
+
+/// The raw files' location: `given`, else `source.bucket`/`source.prefix`.
+fn catalog_location(config: &Config, given: Option<String>) -> anyhow::Result<String> {
+    match given.filter(|l| !l.is_empty()) {
+        Some(l) => Ok(l),
+        None if !config.source.bucket.is_empty() => {
+            Ok(format!("s3://{}/{}", config.source.bucket, config.source.prefix))
+        }
+        None => anyhow::bail!(
+            "--location (or catalog.location) s3://bucket/csv/ is needed when source.bucket is not configured"
+        ),
+    }
+}
+
+/// `migrate`'s step for the configured catalog table (`[catalog]`).
+pub async fn sync_catalog(cx: &Setup) -> anyhow::Result<()> {
+    let c = &cx.config.catalog;
+    let location = catalog_location(&cx.config, Some(c.location.clone()))?;
+    let table = if c.table.is_empty() { cx.contract.table.clone() } else { c.table.clone() };
+    sync_catalog_to(cx, &c.database, &table, &location).await
+}
+
+async fn sync_catalog_to(cx: &Setup, database: &str, table: &str, location: &str) -> anyhow::Result<()> {
     let client = aws_sdk_glue::Client::new(cx.sdk().await);
-    let what = crate::glue::catalog_sync(&client, &cx.contract, database, table, &location)
+    let what = crate::glue::catalog_sync(&client, &cx.contract, database, table, location)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     println!(
         "catalog table {database}.{table} {what} for {location} (contract {} v{})",
         cx.contract.name, cx.contract.version
     );
-    Ok(Verdict::Done)
+    Ok(())
 }
 
 fn print_totals(t: &LedgerTotals) {

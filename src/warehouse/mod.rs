@@ -6,6 +6,7 @@
 //! nothing may be acknowledged, before `commit` returns. Implementations: [`sqlite`] (embedded) and
 //! [`redshift`] (the Redshift Data API with COPY from S3 staging).
 
+pub mod evolve;
 pub mod ledger;
 pub mod redshift;
 pub mod sql;
@@ -297,8 +298,13 @@ impl PageStart {
 }
 
 pub trait Warehouse: Send + Sync {
-    /// Creates every table and the view if missing.
+    /// Creates every table and the view if missing; refuses ([`ErrorClass::Fatal`]) when an
+    /// existing table differs from what the contract and the product want: then the operator
+    /// runs `wau-ingest migrate` ([`evolve::apply`]) first.
     fn migrate(&self) -> Result<(), WarehouseError>;
+    /// Runs one DDL statement on its own, outside any transaction block (`evolve::apply`'s
+    /// `ALTER TABLE … ADD COLUMN`).
+    fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError>;
     /// A new writer with its own connection.
     fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError>;
     /// Read-only ledger lookup used to skip work before reading a file.

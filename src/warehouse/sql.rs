@@ -194,6 +194,75 @@ pub mod reconciles_table {
 /// Provenance columns staging rows carry after the contract columns.
 pub const STAGING_PROVENANCE: [&str; 4] = ["_file_key", "_file_version", "_line", "_batch_id"];
 
+/// The provenance columns of the target and staging, after the contract columns: where each row
+/// came from (and, in the target, when the merge published it).
+pub mod provenance {
+    use super::{ledger_table, OwnColumn};
+    pub const FILE_KEY: OwnColumn = OwnColumn::text("_file_key", ledger_table::KEY.width(), true);
+    pub const FILE_VERSION: OwnColumn = OwnColumn::text("_file_version", ledger_table::VERSION.width(), true);
+    pub const LINE: OwnColumn = OwnColumn::int("_line", true);
+    pub const LOADED_AT: OwnColumn = OwnColumn::time("_loaded_at", true);
+    pub const BATCH_ID: OwnColumn = OwnColumn::int("_batch_id", true);
+    pub const TARGET: [OwnColumn; 4] = [FILE_KEY, FILE_VERSION, LINE, LOADED_AT];
+    pub const STAGING: [OwnColumn; 4] = [FILE_KEY, FILE_VERSION, LINE, BATCH_ID];
+}
+
+/// The merge history, `wau_ingest_merges`: one row per merge that published something.
+pub mod merges_table {
+    use super::OwnColumn;
+    pub const MERGED_AT: OwnColumn = OwnColumn::time("merged_at", true);
+    pub const BATCH_WATERMARK: OwnColumn = OwnColumn::int("batch_watermark", true);
+    pub const FILES: OwnColumn = OwnColumn::int("files", true);
+    pub const ROWS_DELETED: OwnColumn = OwnColumn::int("rows_deleted", false);
+    pub const ROWS_INSERTED: OwnColumn = OwnColumn::int("rows_inserted", false);
+    pub const COLUMNS: [OwnColumn; 5] = [MERGED_AT, BATCH_WATERMARK, FILES, ROWS_DELETED, ROWS_INSERTED];
+}
+
+/// One column of a table as the product wants it: its name, its type as this engine's DDL
+/// spells it, and whether it is NOT NULL.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WantedColumn {
+    pub name: String,
+    pub ty: String,
+    pub not_null: bool,
+}
+
+impl WantedColumn {
+    /// `name TYPE [NOT NULL]`, as CREATE TABLE and ADD COLUMN write it.
+    pub fn ddl(&self) -> String {
+        format!("{} {}{}", self.name, self.ty, if self.not_null { " NOT NULL" } else { "" })
+    }
+}
+
+/// One table as the product creates it ([`Sql::tables`]): the single source of its CREATE TABLE
+/// and of what `migrate --plan` (`super::evolve`) compares the warehouse's table with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDef {
+    pub name: String,
+    pub columns: Vec<WantedColumn>,
+    /// Table constraints after the columns (SQLite's keyed target: its PRIMARY KEY).
+    pub constraints: Vec<String>,
+    /// What follows the closing parenthesis (the physical design, SQLite's `WITHOUT ROWID`).
+    pub options: String,
+}
+
+impl TableDef {
+    pub fn create(&self) -> String {
+        let mut lines: Vec<String> = self.columns.iter().map(WantedColumn::ddl).collect();
+        lines.extend(self.constraints.iter().cloned());
+        format!("CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}", self.name, lines.join(",\n  "), self.options)
+    }
+}
+
+/// A table's column as the engine's catalog describes it ([`Sql::table_columns`] reads it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ActualColumn {
+    pub name: String,
+    /// The type as this engine's DDL spells it (`VARCHAR(64)`, `BIGINT`, `TEXT` …).
+    pub ty: String,
+    pub not_null: bool,
+}
+
 /// A key's winner among its candidate rows (staging `s` joined to its ledger row `f`): the
 /// newest sequencer, then the latest batch, then the last line, then the file key. Both merge
 /// forms (the shared `ROW_NUMBER()` text and SQLite's anti-join) are built from it.
@@ -326,12 +395,121 @@ impl<'a> Sql<'a> {
             .collect()
     }
 
-    fn contract_columns_ddl(&self) -> Vec<String> {
+    fn contract_columns(&self) -> Vec<WantedColumn> {
         self.contract
             .columns
             .iter()
-            .map(|c| format!("{} {}{}", c.name, self.column_type(c), if c.required { " NOT NULL" } else { "" }))
+            .map(|c| WantedColumn { name: c.name.clone(), ty: self.column_type(c), not_null: c.required })
             .collect()
+    }
+
+    fn own_wanted(&self, cols: &[OwnColumn]) -> Vec<WantedColumn> {
+        cols.iter()
+            .map(|c| WantedColumn { name: c.name.into(), ty: self.own_type(c.ty), not_null: c.not_null })
+            .collect()
+    }
+
+    /// Every table the product keeps, as it creates them: the target, staging, the ledger, the
+    /// rejects, the reconcile runs and the merge history (not the lock table, one column that
+    /// never changes). [`Sql::migrate`] creates them; `migrate --plan` compares them.
+    pub fn tables(&self) -> Vec<TableDef> {
+        let t = self.t;
+        let mut target = self.contract_columns();
+        target.extend(self.own_wanted(&provenance::TARGET));
+        // The target holds each dedupe key once. SQLite enforces it and stores the table in key
+        // order (the key is the table: no second index to write); elsewhere an index serves.
+        let (constraints, target_options) = match self.dialect {
+            Dialect::Sqlite => {
+                (vec![format!("PRIMARY KEY ({})", self.contract.dedupe_key.join(", "))], " WITHOUT ROWID".to_string())
+            }
+            _ => (Vec::new(), self.physical_design(TableRole::Target)),
+        };
+        let mut staging = self.contract_columns();
+        staging.extend(self.own_wanted(&provenance::STAGING));
+        let own = |name: &str, cols: &[OwnColumn], options: String| TableDef {
+            name: name.to_string(),
+            columns: self.own_wanted(cols),
+            constraints: Vec::new(),
+            options,
+        };
+        vec![
+            TableDef { name: t.target.clone(), columns: target, constraints, options: target_options },
+            TableDef {
+                name: t.staging.clone(),
+                columns: staging,
+                constraints: Vec::new(),
+                options: self.physical_design(TableRole::Staging),
+            },
+            own(&t.files, &ledger_table::COLUMNS, self.physical_design(TableRole::Ledger)),
+            own(&t.rejects, &rejects_table::COLUMNS, self.physical_design(TableRole::Rejects)),
+            // A few rows a day: no physical design of its own.
+            own(&t.reconciles, &reconciles_table::COLUMNS, String::new()),
+            own(&t.merges, &merges_table::COLUMNS, String::new()),
+        ]
+    }
+
+    /// The columns of `tables` as the engine's catalog has them, one query for all, one row per
+    /// column in each table's order: table name, column name, data type, character maximum
+    /// length (NULL but for VARCHAR), is_nullable (`YES`/`NO`). A table without rows does not
+    /// exist. Redshift: `SVV_COLUMNS`, which covers local tables and gives VARCHAR lengths in
+    /// bytes (docs/design.md, "Schema evolution").
+    pub fn table_columns(&self, tables: &[&str]) -> String {
+        match self.dialect {
+            Dialect::Sqlite => tables
+                .iter()
+                .map(|t| {
+                    let n = format!("'{}'", sql_literal_body(&t.to_lowercase()));
+                    format!(
+                        "SELECT {n}, name, type, NULL, CASE WHEN \"notnull\" = 0 THEN 'YES' ELSE 'NO' END FROM pragma_table_info({n})"
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\nUNION ALL\n"),
+            Dialect::Redshift | Dialect::Postgres => {
+                // A schema-qualified name is looked up in its schema, a bare one in the current one.
+                let which: Vec<String> = tables
+                    .iter()
+                    .map(|t| {
+                        let t = t.to_lowercase();
+                        let (schema, name) = match t.rsplit_once('.') {
+                            Some((s, n)) => (format!("'{}'", sql_literal_body(s)), n.to_string()),
+                            None => ("current_schema()".to_string(), t.clone()),
+                        };
+                        format!("(table_schema = {schema} AND table_name = '{}')", sql_literal_body(&name))
+                    })
+                    .collect();
+                format!(
+                    "SELECT table_name, column_name, data_type, character_maximum_length, is_nullable FROM {} WHERE {} ORDER BY table_name, ordinal_position",
+                    if self.dialect == Dialect::Redshift { "svv_columns" } else { "information_schema.columns" },
+                    which.join(" OR ")
+                )
+            }
+        }
+    }
+
+    /// One row of [`Sql::table_columns`] (after its table name) as an [`ActualColumn`]: the
+    /// catalog's type named as this engine's DDL names it, so it compares with [`WantedColumn::ty`].
+    pub fn actual_column(&self, row: &[Option<String>]) -> Option<ActualColumn> {
+        let cell = |i: usize| row.get(i).cloned().flatten();
+        let name = cell(0)?;
+        let data_type = cell(1).unwrap_or_default();
+        let ty = match self.dialect {
+            Dialect::Sqlite => data_type.to_uppercase(),
+            _ => match (data_type.to_lowercase().as_str(), cell(2)) {
+                ("character varying", Some(n)) => format!("VARCHAR({n})"),
+                ("character varying", None) => "VARCHAR".into(),
+                ("text", _) => "TEXT".into(),
+                ("timestamp without time zone", _) => "TIMESTAMP".into(),
+                (other, _) => other.to_uppercase(),
+            },
+        };
+        let not_null = cell(3).is_some_and(|n| n.eq_ignore_ascii_case("NO"));
+        Some(ActualColumn { name: name.to_lowercase(), ty, not_null })
+    }
+
+    /// Adds one column: one column per statement, as Redshift takes it.
+    pub fn add_column(&self, table: &str, col: &WantedColumn) -> String {
+        format!("ALTER TABLE {table} ADD COLUMN {}", col.ddl())
     }
 
     /// The column rows of the target and staging are distributed by on Redshift: the dedupe
@@ -373,63 +551,7 @@ impl<'a> Sql<'a> {
     /// Idempotent DDL: tables, indexes (where the engine has them) and the WAU view.
     pub fn migrate(&self) -> Vec<String> {
         let t = self.t;
-        let (int, ts) = (self.int(), self.ts());
-        let mut out = Vec::new();
-        let mut target_cols = self.contract_columns_ddl();
-        target_cols.extend([
-            format!("_file_key {} NOT NULL", self.text(ledger_table::KEY.width())),
-            format!("_file_version {} NOT NULL", self.text(ledger_table::VERSION.width())),
-            format!("_line {int} NOT NULL"),
-            format!("_loaded_at {ts} NOT NULL"),
-        ]);
-        // The target holds each dedupe key once. SQLite enforces it and stores the table in key
-        // order (the key is the table: no second index to write); elsewhere an index serves.
-        let target_options = match self.dialect {
-            Dialect::Sqlite => {
-                target_cols.push(format!("PRIMARY KEY ({})", self.contract.dedupe_key.join(", ")));
-                " WITHOUT ROWID".to_string()
-            }
-            _ => self.physical_design(TableRole::Target),
-        };
-        out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}",
-            t.target,
-            target_cols.join(",\n  "),
-            target_options
-        ));
-        let mut staging_cols = self.contract_columns_ddl();
-        staging_cols.extend([
-            format!("_file_key {} NOT NULL", self.text(ledger_table::KEY.width())),
-            format!("_file_version {} NOT NULL", self.text(ledger_table::VERSION.width())),
-            format!("_line {int} NOT NULL"),
-            format!("_batch_id {int} NOT NULL"),
-        ]);
-        out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}",
-            t.staging,
-            staging_cols.join(",\n  "),
-            self.physical_design(TableRole::Staging)
-        ));
-        for (table, cols, role) in [
-            (&t.files, &ledger_table::COLUMNS[..], TableRole::Ledger),
-            (&t.rejects, &rejects_table::COLUMNS[..], TableRole::Rejects),
-        ] {
-            out.push(format!(
-                "CREATE TABLE IF NOT EXISTS {table} (\n  {}\n){}",
-                self.own_columns_ddl(cols, true).join(",\n  "),
-                self.physical_design(role)
-            ));
-        }
-        // A few rows a day: no physical design of its own.
-        out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  {}\n)",
-            t.reconciles,
-            self.own_columns_ddl(&reconciles_table::COLUMNS, true).join(",\n  ")
-        ));
-        out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  merged_at {ts} NOT NULL,\n  batch_watermark {int} NOT NULL,\n  files {int} NOT NULL,\n  rows_deleted {int},\n  rows_inserted {int}\n)",
-            t.merges
-        ));
+        let mut out: Vec<String> = self.tables().iter().map(TableDef::create).collect();
         if self.dialect != Dialect::Sqlite {
             out.push(self.lock_table());
         }

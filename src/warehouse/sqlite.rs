@@ -180,12 +180,21 @@ impl SqliteWarehouse {
 
 impl Warehouse for SqliteWarehouse {
     fn migrate(&self) -> Result<(), WarehouseError> {
+        // Tables behind the contract first: then nothing is changed (an index could name a
+        // column they lack).
+        let sql = self.sql();
+        super::evolve::require_current(&super::evolve::plan(&sql, |q| self.read_text(q))?)?;
         let conn = open(&self.path)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        for stmt in self.sql().migrate() {
+        for stmt in sql.migrate() {
             conn.execute_batch(&stmt)?;
         }
         conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError> {
+        open(&self.path)?.execute_batch(statement)?;
         Ok(())
     }
 

@@ -235,10 +235,16 @@ impl Case {
 
     /// Runs the CLI to completion with this case's configuration: (exit code, stdout).
     pub fn cli(&self, args: &[&str]) -> (i32, String) {
+        self.cli_with(args, &[])
+    }
+
+    /// [`Case::cli`] with more environment variables.
+    pub fn cli_with(&self, args: &[&str], extra: &[(&str, &str)]) -> (i32, String) {
         let out = Command::new(BIN)
             .args(args)
             .current_dir(self.dir.path())
             .envs(self.service_env())
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .stdin(Stdio::null())
             .output()
             .unwrap();

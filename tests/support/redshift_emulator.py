@@ -42,6 +42,15 @@ What it emulates
     'Serializable' or 'Snapshot Isolation', blank-padded like Redshift's CHAR) is a view in the
     schema ``redshift_emulator`` that the emulator creates in every database it serves, on
     first use, and appends to every session's search_path.
+  * ``svv_columns`` (Redshift's SVV_COLUMNS: table_schema, table_name, column_name,
+    ordinal_position, is_nullable, data_type, character_maximum_length, …) is a view in the same
+    schema over information_schema.columns, as Redshift describes its local tables: TEXT (and
+    VARCHAR without a length) reads as ``character varying`` of 256, lengths are the VARCHAR
+    byte widths the emulator enforces (below).
+  * ``ALTER TABLE ... ADD [COLUMN]`` takes one column (Redshift's grammar has one action per
+    statement: a second, after a comma, is ``ERROR: syntax error at or near ","``), and a NOT
+    NULL column only with a DEFAULT (``ERROR: ALTER TABLE ADD COLUMN defined as NOT NULL must
+    have a non-null default expression``).
   * VARCHAR(n) holds n bytes of UTF-8, not n characters: after every CREATE TABLE (temporary,
     ``LIKE`` and ``AS`` included) and ``ALTER TABLE ... ADD`` run through the emulator, each
     VARCHAR, CHAR and TEXT column gets a CHECK constraint ``octet_length(col) <= n`` (VARCHAR
@@ -337,6 +346,29 @@ def created_as_select(sql: str) -> bool:
     masked, _ = _mask(sql)
     m = _CREATE_TABLE_NAME.match(masked)
     return bool(m) and _AS_SELECT.match(masked, m.end()) is not None
+
+
+_ADD_COLUMN = re.compile(r"\bADD\s+(?:COLUMN\s+)?(?!CONSTRAINT\b|PRIMARY\b|UNIQUE\b|FOREIGN\b|CHECK\b)", re.I)
+
+
+def check_add_column(sql: str) -> None:
+    """Redshift's limits on ``ALTER TABLE ... ADD [COLUMN]``
+    (https://docs.aws.amazon.com/redshift/latest/dg/r_ALTER_TABLE.html): one column per
+    statement (its grammar takes one action: a second, after a comma, is a syntax error), and a
+    NOT NULL column needs a DEFAULT (the rows already there must get a value)."""
+    masked, _ = _mask(sql)
+    m = _ALTER_TABLE_ADD.match(masked)
+    if not m or not _ADD_COLUMN.match(masked, m.end() - 3):
+        return
+    rest = masked[m.end():]
+    depth = 0
+    for ch in rest:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            raise StatementError('syntax error at or near ","')
+    if re.search(r"\bNOT\s+NULL\b", rest, re.I) and not re.search(r"\bDEFAULT\b", rest, re.I):
+        raise StatementError("ALTER TABLE ADD COLUMN defined as NOT NULL must have a non-null default expression")
 
 
 def created_table(sql: str) -> str | None:
@@ -944,6 +976,23 @@ SESSION_SQL = (
     f" THEN current_setting('search_path') ELSE current_setting('search_path') || ', {SCHEMA}' END, false),"
     " set_config('temp_buffers', '64MB', false),"
     " set_config('random_page_cost', '1.1', false), set_config('effective_cache_size', '8GB', false)")
+# Redshift's SVV_COLUMNS (https://docs.aws.amazon.com/redshift/latest/dg/r_SVV_COLUMNS.html):
+# the columns of local tables and views, by schema, in their order. Redshift has no TEXT type
+# (TEXT and VARCHAR without a length are VARCHAR(256)) and counts VARCHAR lengths in bytes, as
+# the emulator's VARCHAR(n) does (see enforce_byte_lengths): a PostgreSQL text column reads
+# as character varying(256), as Redshift would have made it.
+SVV_COLUMNS_SQL = (
+    f"CREATE OR REPLACE VIEW {SCHEMA}.svv_columns AS SELECT c.table_catalog::text AS table_catalog,"
+    " c.table_schema::text AS table_schema, c.table_name::text AS table_name, c.column_name::text AS column_name,"
+    " c.ordinal_position::int AS ordinal_position, c.column_default::text AS column_default,"
+    " c.is_nullable::text AS is_nullable,"
+    " (CASE WHEN c.data_type = 'text' THEN 'character varying' ELSE c.data_type END)::text AS data_type,"
+    " (CASE WHEN c.data_type IN ('text', 'character varying') THEN COALESCE(c.character_maximum_length, 256)"
+    " ELSE c.character_maximum_length END)::int AS character_maximum_length,"
+    " c.numeric_precision::int AS numeric_precision, c.numeric_precision_radix::int AS numeric_precision_radix,"
+    " c.numeric_scale::int AS numeric_scale, c.datetime_precision::int AS datetime_precision,"
+    " NULL::text AS remarks"
+    f" FROM information_schema.columns c WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema', '{SCHEMA}')")
 # Redshift's STV_DB_ISOLATION_LEVEL: db_name character(128), isolation_level character(20).
 ISOLATION_VIEW_SQL = (
     f"CREATE OR REPLACE VIEW {SCHEMA}.stv_db_isolation_level AS SELECT d.datname::char(128) AS db_name,"
@@ -1001,6 +1050,8 @@ def prepare_database(conn: psycopg.Connection, varchar_ops: bool = False) -> Non
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         if conn.execute(f"SELECT to_regclass('{SCHEMA}.stv_db_isolation_level')").fetchone()[0] is None:
             conn.execute(ISOLATION_VIEW_SQL)
+        if conn.execute(f"SELECT to_regclass('{SCHEMA}.svv_columns')").fetchone()[0] is None:
+            conn.execute(SVV_COLUMNS_SQL)
         if conn.execute(f"SELECT to_regprocedure('{SCHEMA}.load_error(tid, integer, text)')").fetchone()[0] is None:
             conn.execute(LOAD_ERROR_SQL)
         if varchar_ops and conn.execute(f"SELECT to_regprocedure('{SCHEMA}.varchar_eq(varchar, varchar)')").fetchone()[0] is None:
@@ -1375,6 +1426,7 @@ class Emulator:
             return
         sql, design = translate_table_design(st.sql)
         sql = translate_char_types(sql)
+        check_add_column(sql)
         table = created_table(sql)
         if (dropped := dropped_database(sql)) is not None:  # a database of that name made later is new
             with self.lock:

@@ -988,3 +988,31 @@ def test_create_table_as_is_analyzed_as_redshift_does(rd, schema):
     assert got == {"keys": 1000, "made": 500}, got  # never analyzed would read -1
     assert emu.created_as_select("CREATE TEMP TABLE k AS SELECT 1") and emu.created_as_select("create table t (a) as (select 1)")
     assert not emu.created_as_select("CREATE TABLE t (a int, b text)") and not emu.created_as_select("CREATE TABLE x (LIKE y)")
+
+
+def test_add_column_takes_one_nullable_column_or_a_not_null_one_with_a_default(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.e (id int NOT NULL, a varchar(8))")
+    run_ok(rd, f"INSERT INTO {schema}.e (id, a) VALUES (1, 'x')")
+    d = run(rd, f"ALTER TABLE {schema}.e ADD COLUMN b varchar(4), ADD COLUMN c int")
+    assert d["Status"] == "FAILED" and d["Error"] == 'ERROR: syntax error at or near ","', d.get("Error")
+    d = run(rd, f"ALTER TABLE {schema}.e ADD COLUMN b varchar(4) NOT NULL")
+    assert d["Status"] == "FAILED" and d["Error"] == (
+        "ERROR: ALTER TABLE ADD COLUMN defined as NOT NULL must have a non-null default expression"), d.get("Error")
+    assert [r[0] for r in pg_rows(f"SELECT column_name FROM information_schema.columns WHERE table_schema = '{schema}'"
+                                  " ORDER BY ordinal_position")] == ["id", "a"], "nothing added by the refused statements"
+    run_ok(rd, f"ALTER TABLE {schema}.e ADD COLUMN b varchar(4) NOT NULL DEFAULT 'd'")
+    run_ok(rd, f"ALTER TABLE {schema}.e ADD COLUMN c varchar(4)")
+    run_ok(rd, f"ALTER TABLE {schema}.e ADD CONSTRAINT e_id UNIQUE (id)")  # a constraint is no column
+    assert pg_rows(f"SELECT id, a, b, c FROM {schema}.e") == [(1, "x", "d", None)]
+    d = run(rd, f"UPDATE {schema}.e SET c = 'ééé'")  # an added VARCHAR is held to its bytes too
+    assert d["Error"] == "ERROR: value too long for type character varying(4)", d.get("Error")
+
+
+def test_svv_columns_describes_local_tables_as_redshift_does(rd, schema):
+    run_ok(rd, f"CREATE TABLE {schema}.s (id bigint NOT NULL, v varchar(64), t text, at timestamp, f double precision)")
+    sid = run_ok(rd, "SELECT column_name, data_type, character_maximum_length, is_nullable FROM svv_columns"
+                     f" WHERE table_schema = '{schema}' AND table_name = 's' ORDER BY ordinal_position")["Id"]
+    got = [[next(iter(f.values())) if not f.get("isNull") else None for f in r] for r in records(rd, sid)]
+    assert got == [["id", "bigint", None, "NO"], ["v", "character varying", 64, "YES"],
+                   ["t", "character varying", 256, "YES"], ["at", "timestamp without time zone", None, "YES"],
+                   ["f", "double precision", None, "YES"]], got

@@ -389,6 +389,8 @@ impl Warehouse for RedshiftWarehouse {
     /// tasks that start together (autoscaling, a deploy) do not race their DDL.
     fn migrate(&self) -> Result<(), WarehouseError> {
         let sql = self.inner.sql();
+        // Tables behind the contract: refused before any DDL (`wau-ingest migrate` first).
+        super::evolve::require_current(&super::evolve::plan(&sql, |q| self.read_text(q))?)?;
         let lock_table = sql.lock_table();
         let mut statements = vec![sql.lock_writers()];
         statements.extend(sql.migrate().into_iter().filter(|s| *s != lock_table));
@@ -416,6 +418,10 @@ impl Warehouse for RedshiftWarehouse {
             }
             self.inner.api.run("migrate", &statements, true, None).await.map(|_| ())
         })
+    }
+
+    fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError> {
+        self.execute(statement)
     }
 
     fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError> {
