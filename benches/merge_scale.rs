@@ -342,7 +342,9 @@ fn main() {
     let (e, l) = (best(&results, |r| r.0), best(&results, |r| r.1));
     println!("best of each: {e:.2} s and {l:.2} s; large / empty = {:.2}  (goal ≤ 2)", l / e);
     println!();
-    println!("the engine's own floor: INSERT OR REPLACE of {new_rows} more new rows ({keys} keys) into the keyed target:");
+    println!(
+        "the engine's own floor: INSERT OR REPLACE of {new_rows} more new rows ({keys} keys) into the keyed target:"
+    );
     for (i, (e, l)) in floors.iter().enumerate() {
         println!(
             "{:<12} {:>12.2} s {:>20.2} s {:>8.2}",
