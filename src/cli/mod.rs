@@ -74,17 +74,21 @@ impl Output {
 /// Prints a command's outcome (the report on stdout and its notice on stderr, or the error on
 /// stderr) and returns the exit code: the one place both happen.
 pub fn finish(outcome: anyhow::Result<Output>) -> u8 {
+    finish_to(outcome, &mut std::io::stdout().lock(), &mut std::io::stderr())
+}
+
+/// [`finish`] onto given streams. A report that cannot be written (a closed pipe) is an error.
+pub fn finish_to(outcome: anyhow::Result<Output>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let printed = outcome.and_then(|o| {
-        let mut out = std::io::stdout().lock();
-        o.report.render(o.format, &mut out)?;
+        o.report.render(o.format, out)?;
         out.flush()?;
         if let Some(notice) = o.report.notice(o.format) {
-            eprintln!("{notice}");
+            let _ = writeln!(err, "{notice}");
         }
         Ok(o.report.verdict())
     });
     if let Err(e) = &printed {
-        eprintln!("error: {e:#}");
+        let _ = writeln!(err, "error: {e:#}");
     }
     exit_code(&printed)
 }
@@ -146,6 +150,55 @@ mod tests {
         assert_eq!(exit_code(&Ok(Verdict::Attention)), 1);
         assert_eq!(exit_code(&Ok(Verdict::Failed)), 2);
         assert_eq!(exit_code(&Err(anyhow::anyhow!("no such file"))), 2);
+    }
+
+    /// A report whose verdict, text and notice are given.
+    struct Fixed(Verdict, &'static str, Option<&'static str>);
+
+    impl Report for Fixed {
+        fn verdict(&self) -> Verdict {
+            self.0
+        }
+        fn render(&self, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+            writeln!(out, "{} ({format:?})", self.1)?;
+            Ok(())
+        }
+        fn notice(&self, _: Format) -> Option<String> {
+            self.2.map(String::from)
+        }
+    }
+
+    fn finished(outcome: anyhow::Result<Output>) -> (u8, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = finish_to(outcome, &mut out, &mut err);
+        (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+    }
+
+    #[test]
+    fn finish_prints_the_report_in_its_format_and_exits_by_its_verdict() {
+        let done = Output::new(Fixed(Verdict::Done, "all loaded", None), Format::Json);
+        assert_eq!(finished(Ok(done)), (0, "all loaded (Json)\n".into(), String::new()));
+        let todo = Output::text(Fixed(Verdict::Attention, "draft", Some("2 to decide")));
+        assert_eq!(finished(Ok(todo)), (1, "draft (Text)\n".into(), "2 to decide\n".into()));
+        let error = finished(Err(anyhow::anyhow!("no such file").context("opening a.csv")));
+        assert_eq!(error, (2, String::new(), "error: opening a.csv: no such file\n".into()));
+    }
+
+    #[test]
+    fn a_report_that_cannot_be_written_is_an_error() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut err = Vec::new();
+        let code = finish_to(Ok(Output::text(Fixed(Verdict::Done, "x", None))), &mut Closed, &mut err);
+        assert_eq!(code, 2);
+        assert!(String::from_utf8(err).unwrap().starts_with("error: "));
     }
 
     #[test]
