@@ -338,4 +338,25 @@ mod tests {
         let text = rendered(&r);
         assert!(text.starts_with("# Drafted by `wau-ingest contract infer` from s.csv (1 rows). Review before use.\n# TODO: which column is the event time\n"), "{text}");
     }
+
+    #[test]
+    fn infer_reads_its_sample_as_the_csv_crate_does_quotes_crlf_bom_and_gzip() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let text = "\u{feff}event_id,note\r\ne1,\"a, b\"\r\ne2,\"two\r\nlines \"\"quoted\"\"\"\r\ne3,x\r\n";
+        let plain = dir.path().join("s.csv");
+        std::fs::write(&plain, text).unwrap();
+        let gz = dir.path().join("s.csv.gz");
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), Default::default());
+        enc.write_all(text.as_bytes()).unwrap();
+        enc.finish().unwrap();
+        for f in [&plain, &gz] {
+            let (headers, rows) = read_sample(f, 2).unwrap();
+            assert_eq!(headers, ["event_id", "note"], "{}", f.display());
+            assert_eq!(rows, [vec!["e1", "a, b"], vec!["e2", "two\r\nlines \"quoted\""]], "{}", f.display());
+        }
+        let empty = dir.path().join("empty.csv");
+        std::fs::write(&empty, "").unwrap();
+        assert!(read_sample(&empty, 10).unwrap_err().to_string().contains("is empty"));
+    }
 }
