@@ -1,4 +1,5 @@
-//! The `wau-ingest` binary: argument parsing and printing only; the work is in the library.
+//! The `wau-ingest` binary: argument parsing and dispatch only; the work, its reports and the
+//! exit codes are in the library (`wau_ingest::cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use wau_ingest::cli::{self, files, ingest, ops, Format, Verdict};
+use wau_ingest::cli::{self, files, ingest, ops, Format, Output};
 use wau_ingest::config::Config;
 use wau_ingest::replay::Filter;
 use wau_ingest::warehouse::sql::Dialect;
@@ -253,13 +254,11 @@ fn main() -> ExitCode {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the runtime");
     let outcome = runtime.block_on(dispatch(cli));
-    if let Err(e) = &outcome {
-        eprintln!("error: {e:#}");
-    }
+    let code = cli::finish(outcome);
     // Everything that must be durable is committed by now; do not wait for blocking threads
     // (an interrupted merge rolls back by itself).
     runtime.shutdown_timeout(Duration::from_secs(1));
-    ExitCode::from(cli::exit_code(&outcome))
+    ExitCode::from(code)
 }
 
 /// Replay and reconcile allocate listing and ledger pages on blocking threads and free them on
@@ -284,18 +283,18 @@ async fn shutdown_signal() {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<Verdict> {
+async fn dispatch(cli: Cli) -> anyhow::Result<Output> {
     let config = load_config(&cli)?;
-    match cli.command {
+    Ok(match cli.command {
         Command::Run { http_listen } => {
             let mut config = config;
             if let Some(l) = http_listen {
                 config.http.listen = l;
             }
             run::run(Setup::new(config)?.parts().await?, shutdown_signal()).await?;
-            Ok(Verdict::Done)
+            Output::text(cli::Stopped)
         }
-        Command::Validate { files } => files::validate(&config, &files).await,
+        Command::Validate { files } => Output::text(files::validate(&config, &files).await?),
         Command::Migrate { print, plan, format } => {
             let mode = match print {
                 Some(d) => ingest::MigrateMode::Print(match d {
@@ -303,30 +302,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Verdict> {
                     PrintDialect::Postgres => Dialect::Postgres,
                     PrintDialect::Redshift => Dialect::Redshift,
                 }),
-                None if plan => ingest::MigrateMode::Plan(format.into()),
+                None if plan => ingest::MigrateMode::Plan,
                 None => ingest::MigrateMode::Apply,
             };
-            ingest::migrate(config, mode).await
+            Output::new(ingest::migrate(config, mode).await?, format.into())
         }
-        Command::Merge { print_sql } => ingest::merge(config, print_sql).await,
+        Command::Merge { print_sql } => Output::text(ingest::merge(config, print_sql).await?),
         Command::Replay { path, since, until, glob, dry_run, force } => {
             let filter = Filter {
                 since: since.as_deref().map(cli::parse_time).transpose()?,
                 until: until.as_deref().map(cli::parse_time).transpose()?,
                 glob: glob.as_deref().map(|g| globset::Glob::new(g).map(|g| g.compile_matcher())).transpose()?,
             };
-            ingest::replay(config, ingest::ReplayArgs { path: &path, filter, dry_run, force }).await
+            Output::text(ingest::replay(config, ingest::ReplayArgs { path: &path, filter, dry_run, force }).await?)
         }
-        Command::Reconcile => ingest::reconcile(config).await,
-        Command::Report { weeks, customer, format } => ingest::report(config, weeks, customer, format.into()).await,
-        Command::Status { format } => ingest::status(config, format.into()).await,
-        Command::Demo { dir } => ops::demo(&dir).await,
-        Command::Selftest { format } => ops::selftest(config, format.into()).await,
-        Command::Contract { command: ContractCommand::Infer { file, name, rows } } => files::infer(&file, &name, rows),
-        Command::Publish { file, customer, to, gzip } => files::publish(config, &file, &customer, &to, gzip).await,
+        Command::Reconcile => Output::text(ingest::reconcile(config).await?),
+        Command::Report { weeks, customer, format } => {
+            Output::new(ingest::report(config, weeks, customer).await?, format.into())
+        }
+        Command::Status { format } => Output::new(ingest::status(config).await?, format.into()),
+        Command::Demo { dir } => Output::text(ops::demo(&dir).await?),
+        Command::Selftest { format } => Output::new(ops::selftest(config).await?, format.into()),
+        Command::Contract { command: ContractCommand::Infer { file, name, rows } } => {
+            Output::text(files::infer(&file, &name, rows)?)
+        }
+        Command::Publish { file, customer, to, gzip } => {
+            Output::text(files::publish(config, &file, &customer, &to, gzip).await?)
+        }
         Command::Catalog { command: CatalogCommand::Sync { database, table, location } } => {
-            ops::catalog_sync(config, &database, &table, location).await
+            Output::text(ops::catalog_sync(config, &database, &table, location).await?)
         }
-        Command::Healthcheck { ready, addr } => ops::healthcheck(&config, ready, addr).await,
-    }
+        Command::Healthcheck { ready, addr } => Output::text(ops::healthcheck(&config, ready, addr).await?),
+    })
 }

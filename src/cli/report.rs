@@ -171,6 +171,22 @@ impl fmt::Display for WauReport {
     }
 }
 
+impl crate::cli::Report for WauReport {
+    fn verdict(&self) -> crate::cli::Verdict {
+        crate::cli::Verdict::Done
+    }
+
+    fn render(&self, format: crate::cli::Format, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+        use crate::cli::Format;
+        match format {
+            Format::Text => write!(out, "{self}")?,
+            Format::Csv => write!(out, "{}", self.to_csv())?,
+            Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(self)?)?,
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -416,3 +416,18 @@ impl fmt::Display for Status {
         Ok(())
     }
 }
+
+impl crate::cli::Report for Status {
+    /// Done: the screen is for a person to read (alerts watch the same numbers).
+    fn verdict(&self) -> crate::cli::Verdict {
+        crate::cli::Verdict::Done
+    }
+
+    fn render(&self, format: crate::cli::Format, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+        match format {
+            crate::cli::Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(self)?)?,
+            _ => write!(out, "{self}")?,
+        }
+        Ok(())
+    }
+}
