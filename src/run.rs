@@ -64,8 +64,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         });
     }
 
-    let w = warehouse.clone();
-    tokio::task::spawn_blocking(move || w.migrate()).await??;
+    warehouse.migrate().await?;
 
     // Set while a writer (or the receiver) waits out a backoff after a failure: /readyz then says why.
     let writers = config.batch.writers_for(config.warehouse.kind);
@@ -81,10 +80,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
                     return Err(format!("backing off after a failure: {reason}"));
                 }
                 store.ping().await.map_err(|e| format!("store: {e}"))?;
-                tokio::task::spawn_blocking(move || w.ping())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
+                w.ping().await.map_err(|e| e.to_string())
             })
         })
     };
@@ -363,7 +359,7 @@ fn spawn_merge_loop(
                 let (w, cancel) = (warehouse.clone(), cancel.clone());
                 tokio::spawn(async move {
                     cancel.cancelled().await;
-                    w.interrupt_merge();
+                    w.interrupt_merge().await;
                 })
             };
             merge_once(warehouse.clone(), &metrics).await;
@@ -374,7 +370,7 @@ fn spawn_merge_loop(
 
 /// One merge with its metrics and log line (the warehouse itself times its statements).
 pub async fn merge_once(warehouse: Arc<dyn Warehouse>, metrics: &Metrics) -> Option<crate::warehouse::MergeReport> {
-    match tokio::task::spawn_blocking(move || warehouse.merge()).await.expect("merge does not panic") {
+    match warehouse.merge().await {
         Ok(r) => {
             metrics.merged(r.rows_deleted, r.rows_inserted, &r.event_times);
             if r.files > 0 || r.rows_deleted > 0 {

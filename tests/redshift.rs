@@ -36,7 +36,11 @@ struct Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Err(e) = self.admin.execute(&format!("DROP DATABASE IF EXISTS {}", self.database)) {
+        let sql = format!("DROP DATABASE IF EXISTS {}", self.database);
+        let drop_database = self.admin.execute(&sql);
+        // The tests run on a multi-thread runtime: block this worker only.
+        let dropped = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(drop_database));
+        if let Err(e) = dropped {
             eprintln!("test database {} not dropped: {e}", self.database);
         }
     }
@@ -87,11 +91,11 @@ async fn stack_with(part_bytes: usize, tune: impl FnOnce(RedshiftWarehouse) -> R
     let metrics = Arc::new(Metrics::new());
     let admin = RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap();
     cfg.database = format!("wau_t_{id}");
-    admin.execute(&format!("CREATE DATABASE {}", cfg.database)).unwrap();
+    admin.execute(&format!("CREATE DATABASE {}", cfg.database)).await.unwrap();
     let w = tune(
         RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap().with_part_bytes(part_bytes),
     );
-    w.migrate().unwrap();
+    w.migrate().await.unwrap();
     Some(Stack { w, s3, bucket, metrics, admin, database: cfg.database })
 }
 
@@ -102,14 +106,15 @@ impl Stack {
         out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
     }
 
-    fn strings(&self, sql: &str) -> Vec<Vec<String>> {
-        let rows = self.w.query(sql).unwrap();
+    async fn strings(&self, sql: &str) -> Vec<Vec<String>> {
+        let rows = self.w.query(sql).await.unwrap();
         rows.iter().map(|r| r.iter().map(|c| c.text().unwrap_or_else(|| "NULL".into())).collect()).collect()
     }
 
     /// The target as (event_id, user_id, _file_key), by event_id.
-    fn target(&self) -> Vec<(String, String, String)> {
+    async fn target(&self) -> Vec<(String, String, String)> {
         self.strings("SELECT event_id, user_id, _file_key FROM wau_audit_logs ORDER BY event_id")
+            .await
             .into_iter()
             .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
             .collect()
@@ -119,14 +124,14 @@ impl Stack {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_are_timed_by_operation() {
     let Some(s) = stack(1 << 20).await else { return };
-    s.w.migrate().unwrap();
+    s.w.migrate().await.unwrap();
     // Two migrates (the stack's and this one), each two statements: the lock table, then the rest.
     let metrics = s.metrics.render();
     assert!(metrics.contains("wau_ingest_statement_seconds_count{operation=\"migrate\"} 4"), "{metrics}");
     let mut sink = s.w.sink().unwrap();
-    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]);
-    sink.commit().unwrap().unwrap();
-    s.w.merge().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]).await;
+    sink.commit().await.unwrap().unwrap();
+    s.w.merge().await.unwrap();
     let metrics = s.metrics.render();
     assert!(metrics.contains("wau_ingest_statement_seconds_count{operation=\"load\"} 1"), "{metrics}");
     // Two Data API statements: the check for unmerged files, then the merge's batch.
@@ -140,26 +145,26 @@ async fn staging_parts_are_cut_as_rows_come_and_go_with_their_file() {
     // Tiny parts: every row cuts a part, so a file spans several.
     let Some(s) = stack(50).await else { return };
     let mut sink = s.w.sink().unwrap();
-    assert_eq!(sink.admit(&meta("a.csv", "va", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e1", "u1"), ("acme", "e2", "u2"), ("acme", "e3", "u1")])).unwrap();
-    sink.write_rejects(&[reject(5, "x", "y")]).unwrap();
-    assert!(sink.finish_file(&loaded(3, 1)).unwrap());
-    assert_eq!(sink.admit(&meta("b.csv", "vb", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e4", "u3")])).unwrap();
-    assert!(sink.finish_file(&loaded(1, 0)).unwrap());
+    assert_eq!(sink.admit(&meta("a.csv", "va", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e1", "u1"), ("acme", "e2", "u2"), ("acme", "e3", "u1")])).await.unwrap();
+    sink.write_rejects(vec![reject(5, "x", "y")]).await.unwrap();
+    assert!(sink.finish_file(&loaded(3, 1)).await.unwrap());
+    assert_eq!(sink.admit(&meta("b.csv", "vb", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e4", "u3")])).await.unwrap();
+    assert!(sink.finish_file(&loaded(1, 0)).await.unwrap());
     let kept = s.staging_objects().await;
     assert_eq!(kept.len(), 4, "parts are uploaded as they are cut, one file's rows to its own parts: {kept:?}");
 
-    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e5", "u1"), ("acme", "e6", "u2")])).unwrap();
+    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e5", "u1"), ("acme", "e6", "u2")])).await.unwrap();
     assert_eq!(s.staging_objects().await.len(), 6);
-    sink.abandon_file().unwrap();
+    sink.abandon_file().await.unwrap();
     assert_eq!(s.staging_objects().await, kept, "an abandoned file's parts are deleted, nothing else");
 
-    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e7", "u1"), ("acme", "e8", "u2")])).unwrap();
+    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e7", "u1"), ("acme", "e8", "u2")])).await.unwrap();
     assert_eq!(s.staging_objects().await.len(), 6);
-    sink.discard_file_rows().unwrap();
+    sink.discard_file_rows().await.unwrap();
     assert_eq!(s.staging_objects().await, kept, "a discarded file's parts are deleted, nothing else");
     assert!(sink
         .finish_file(&FileSummary {
@@ -169,16 +174,17 @@ async fn staging_parts_are_cut_as_rows_come_and_go_with_their_file() {
             rows_rejected: 2,
             reason: Some("x".into())
         })
+        .await
         .unwrap());
 
-    assert_eq!(sink.commit().unwrap().unwrap().files, 3);
+    assert_eq!(sink.commit().await.unwrap().unwrap().files, 3);
     assert!(s.staging_objects().await.is_empty(), "staging objects are deleted after the commit");
-    assert_eq!(s.w.totals().unwrap().staging_rows, 4);
+    assert_eq!(s.w.totals().await.unwrap().staging_rows, 4);
 
-    assert_eq!(sink.admit(&meta("e.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e9", "u1")])).unwrap();
+    assert_eq!(sink.admit(&meta("e.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e9", "u1")])).await.unwrap();
     assert!(!s.staging_objects().await.is_empty());
-    sink.rollback();
+    sink.rollback().await;
     assert!(s.staging_objects().await.is_empty(), "a rolled back batch's parts are deleted");
 }
 
@@ -189,33 +195,37 @@ async fn staging_parts_are_cut_as_rows_come_and_go_with_their_file() {
 async fn a_batch_in_flight_counts_for_admission_until_its_commit_ended() {
     let Some(s) = stack(1 << 20).await else { return };
     let mut sink = s.w.sink().unwrap();
-    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "u1")]), Admission::Load);
-    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v1", "1"), &[("acme", "e2", "u2")]), Admission::Load);
-    let pending = sink.commit_begin().unwrap().expect("a commit in flight");
-    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Superseded, "older than v2 in flight");
-    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v2", "2"), &[("acme", "e2", "u9")]), Admission::Load);
-    assert!(sink.commit_begin().is_err(), "never two commits in flight");
-
-    let r1 = tokio::task::spawn_blocking(move || pending.wait()).await.unwrap().unwrap().unwrap();
-    assert_eq!((r1.files, r1.rows_loaded), (2, 2));
-    let r2 = sink.commit().unwrap().unwrap();
-    assert_eq!((r2.files, r2.rows_loaded), (2, 1), "a.csv v1 recorded superseded, b.csv v2 loaded");
-    assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), Some(FileStatus::Superseded));
-    assert_eq!(s.w.lookup("central", "a.csv", "v2").unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "u1")]).await, Admission::Load);
+    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v1", "1"), &[("acme", "e2", "u2")]).await, Admission::Load);
+    let pending = sink.commit_begin().await.unwrap().expect("a commit in flight");
+    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).await.unwrap(), Admission::Duplicate(FileStatus::Loaded));
     assert_eq!(
-        s.w.lookup("central", "b.csv", "v1").unwrap(),
+        sink.admit(&meta("a.csv", "v1", "1"), false).await.unwrap(),
+        Admission::Superseded,
+        "older than v2 in flight"
+    );
+    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v2", "2"), &[("acme", "e2", "u9")]).await, Admission::Load);
+    assert!(sink.commit_begin().await.is_err(), "never two commits in flight");
+
+    let r1 = tokio::spawn(async move { pending.wait().await }).await.unwrap().unwrap().unwrap();
+    assert_eq!((r1.files, r1.rows_loaded), (2, 2));
+    let r2 = sink.commit().await.unwrap().unwrap();
+    assert_eq!((r2.files, r2.rows_loaded), (2, 1), "a.csv v1 recorded superseded, b.csv v2 loaded");
+    assert_eq!(s.w.lookup("central", "a.csv", "v1").await.unwrap(), Some(FileStatus::Superseded));
+    assert_eq!(s.w.lookup("central", "a.csv", "v2").await.unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(
+        s.w.lookup("central", "b.csv", "v1").await.unwrap(),
         Some(FileStatus::Superseded),
         "superseded by the next batch"
     );
-    assert_eq!(s.w.lookup("central", "b.csv", "v2").unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(s.w.lookup("central", "b.csv", "v2").await.unwrap(), Some(FileStatus::Loaded));
     // Ended: the ledger answers again.
-    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
-    sink.rollback();
+    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).await.unwrap(), Admission::Duplicate(FileStatus::Loaded));
+    sink.rollback().await;
     assert!(s.staging_objects().await.is_empty());
-    s.w.merge().unwrap();
+    s.w.merge().await.unwrap();
     assert_eq!(
-        s.target(),
+        s.target().await,
         vec![("e1".into(), "u1".into(), "a.csv".into()), ("e2".into(), "u9".into(), "b.csv".into())]
     );
 }
@@ -225,8 +235,8 @@ fn many_rejects(lines: std::ops::Range<u64>, raw: &str) -> Vec<Reject> {
 }
 
 /// (key, rejects, distinct lines, first line, last line) of the rejects table, by key.
-fn reject_lines(s: &Stack) -> Vec<Vec<String>> {
-    s.strings("SELECT key, COUNT(*), COUNT(DISTINCT line), MIN(line), MAX(line) FROM wau_ingest_rejects GROUP BY key ORDER BY key")
+async fn reject_lines(s: &Stack) -> Vec<Vec<String>> {
+    s.strings("SELECT key, COUNT(*), COUNT(DISTINCT line), MIN(line), MAX(line) FROM wau_ingest_rejects GROUP BY key ORDER BY key").await
 }
 
 fn row(cells: &[&str]) -> Vec<String> {
@@ -245,26 +255,26 @@ async fn rejects_beyond_the_memory_bound_spill_to_staging_and_load_once() {
     let reject_parts = |keys: &[String]| keys.iter().filter(|k| k.contains("/rejects-")).count();
 
     // b.csv: 60 rejects, within the bound: held in memory.
-    assert_eq!(sink.admit(&meta("b.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-    sink.write_rejects(&many_rejects(3..63, raw)).unwrap();
-    assert!(sink.finish_file(&loaded(1, 60)).unwrap());
+    assert_eq!(sink.admit(&meta("b.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e1", "u1")])).await.unwrap();
+    sink.write_rejects(many_rejects(3..63, raw)).await.unwrap();
+    assert!(sink.finish_file(&loaded(1, 60)).await.unwrap());
     assert_eq!(reject_parts(&s.staging_objects().await), 0);
 
     // a.csv: 1000 rejects in chunks of 70; the first chunk already passes the bound (60 + 70).
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e2", "u2"), ("acme", "e3", "u3")])).unwrap();
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e2", "u2"), ("acme", "e3", "u3")])).await.unwrap();
     for start in (4..1004).step_by(70) {
-        sink.write_rejects(&many_rejects(start..(start + 70).min(1004), raw)).unwrap();
+        sink.write_rejects(many_rejects(start..(start + 70).min(1004), raw)).await.unwrap();
     }
     let spilled = reject_parts(&s.staging_objects().await);
     assert!(spilled >= 10, "parts uploaded as they are cut: {spilled}");
-    assert!(sink.finish_file(&loaded(2, 1000)).unwrap());
+    assert!(sink.finish_file(&loaded(2, 1000)).await.unwrap());
     assert!(reject_parts(&s.staging_objects().await) > spilled, "the last part at finish");
 
     // c.csv: 30 more fit in memory beside b.csv's 60 (a.csv holds none).
-    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rejects(&many_rejects(2..32, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rejects(many_rejects(2..32, raw)).await.unwrap();
     let whole = FileSummary {
         status: FileStatus::Rejected,
         rows_read: 30,
@@ -272,13 +282,13 @@ async fn rejects_beyond_the_memory_bound_spill_to_staging_and_load_once() {
         rows_rejected: 30,
         reason: Some("all bad".into()),
     };
-    assert!(sink.finish_file(&whole).unwrap());
+    assert!(sink.finish_file(&whole).await.unwrap());
 
     // What the rejects table then holds is checked by the conformance suite's
     // `rejects_beyond_the_memory_bound_load_exactly_once` (the same batch).
-    let report = sink.commit().unwrap().unwrap();
+    let report = sink.commit().await.unwrap().unwrap();
     assert_eq!((report.files, report.rows_loaded, report.rows_rejected), (3, 3, 1090));
-    assert_eq!(s.w.totals().unwrap().reject_rows, 1090);
+    assert_eq!(s.w.totals().await.unwrap().reject_rows, 1090);
     assert!(s.staging_objects().await.is_empty(), "reject parts, the last part and the manifests are deleted");
 }
 
@@ -292,8 +302,8 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
     let has_reject_parts = |keys: Vec<String>| keys.iter().any(|k| k.contains("/rejects-"));
 
     // Kept: k.csv, with rejects in memory.
-    assert_eq!(sink.admit(&meta("k.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rejects(&many_rejects(2..12, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("k.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rejects(many_rejects(2..12, raw)).await.unwrap();
     assert!(sink
         .finish_file(&FileSummary {
             status: FileStatus::Rejected,
@@ -302,24 +312,25 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
             rows_rejected: 10,
             reason: Some("x".into())
         })
+        .await
         .unwrap());
     let kept = s.staging_objects().await;
 
     // Abandoned after spilling.
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-    sink.write_rejects(&many_rejects(3..503, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e1", "u1")])).await.unwrap();
+    sink.write_rejects(many_rejects(3..503, raw)).await.unwrap();
     assert!(has_reject_parts(s.staging_objects().await));
-    sink.abandon_file().unwrap();
+    sink.abandon_file().await.unwrap();
     assert_eq!(s.staging_objects().await, kept, "the abandoned file's row and reject parts are deleted, nothing else");
 
     // Discarded after spilling, then rejected whole with one reject (held in memory again).
-    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rejects(&many_rejects(3..503, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rejects(many_rejects(3..503, raw)).await.unwrap();
     assert!(has_reject_parts(s.staging_objects().await));
-    sink.discard_file_rows().unwrap();
+    sink.discard_file_rows().await.unwrap();
     assert_eq!(s.staging_objects().await, kept, "the discarded file's reject parts are deleted");
-    sink.write_rejects(&[Reject {
+    sink.write_rejects(vec![Reject {
         line: 0,
         column: None,
         rule: "gzip_bomb",
@@ -327,6 +338,7 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
         value: None,
         raw: None,
     }])
+    .await
     .unwrap();
     assert!(sink
         .finish_file(&FileSummary {
@@ -336,12 +348,13 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
             rows_rejected: 500,
             reason: Some("gzip_bomb: bomb".into())
         })
+        .await
         .unwrap());
 
     // Forced twice in the batch: the first copy's spilled parts go, the second's stay.
     for _ in 0..2 {
-        assert_eq!(sink.admit(&meta("f.csv", "v1", "1"), true).unwrap(), Admission::Load);
-        sink.write_rejects(&many_rejects(2..302, raw)).unwrap();
+        assert_eq!(sink.admit(&meta("f.csv", "v1", "1"), true).await.unwrap(), Admission::Load);
+        sink.write_rejects(many_rejects(2..302, raw)).await.unwrap();
         assert!(sink
             .finish_file(&FileSummary {
                 status: FileStatus::Rejected,
@@ -350,12 +363,13 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
                 rows_rejected: 300,
                 reason: Some("x".into())
             })
+            .await
             .unwrap());
     }
-    let report = sink.commit().unwrap().unwrap();
+    let report = sink.commit().await.unwrap().unwrap();
     assert_eq!((report.files, report.rows_rejected), (3, 810));
     assert_eq!(
-        reject_lines(&s),
+        reject_lines(&s).await,
         vec![
             row(&["d.csv", "1", "1", "0", "0"]),
             row(&["f.csv", "300", "300", "2", "301"]),
@@ -363,31 +377,31 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
         ]
     );
     assert!(s.staging_objects().await.is_empty());
-    assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), None);
+    assert_eq!(s.w.lookup("central", "a.csv", "v1").await.unwrap(), None);
 
     // Rolled back after spilling.
-    assert_eq!(sink.admit(&meta("r.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rejects(&many_rejects(2..302, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("r.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rejects(many_rejects(2..302, raw)).await.unwrap();
     assert!(has_reject_parts(s.staging_objects().await));
-    sink.rollback();
+    sink.rollback().await;
     assert!(s.staging_objects().await.is_empty());
 
     // Recorded first by another writer: the second writer's spilled rejects are removed in
     // its commit, like its staged rows.
     let (mut first, mut second) = (s.w.sink().unwrap(), s.w.sink().unwrap());
     for sink in [&mut first, &mut second] {
-        assert_eq!(sink.admit(&meta("w.csv", "v1", "1"), false).unwrap(), Admission::Load);
-        sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-        sink.write_rejects(&many_rejects(3..403, raw)).unwrap();
-        assert!(sink.finish_file(&loaded(1, 400)).unwrap());
+        assert_eq!(sink.admit(&meta("w.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+        sink.write_rows(chunk(&[("acme", "e1", "u1")])).await.unwrap();
+        sink.write_rejects(many_rejects(3..403, raw)).await.unwrap();
+        assert!(sink.finish_file(&loaded(1, 400)).await.unwrap());
     }
-    assert_eq!(first.commit().unwrap().unwrap().rows_rejected, 400);
-    assert_eq!(second.commit().unwrap(), None, "nothing of the second writer was recorded");
+    assert_eq!(first.commit().await.unwrap().unwrap().rows_rejected, 400);
+    assert_eq!(second.commit().await.unwrap(), None, "nothing of the second writer was recorded");
     assert_eq!(
-        s.strings("SELECT COUNT(*), COUNT(DISTINCT line) FROM wau_ingest_rejects WHERE key = 'w.csv'"),
+        s.strings("SELECT COUNT(*), COUNT(DISTINCT line) FROM wau_ingest_rejects WHERE key = 'w.csv'").await,
         vec![row(&["400", "400"])]
     );
-    let t = s.w.totals().unwrap();
+    let t = s.w.totals().await.unwrap();
     // d.csv was rejected whole: 500 rows rejected in the ledger, one reject row (the bomb).
     assert_eq!(
         (t.rows_rejected, t.reject_rows, t.staging_rows, t.unbalanced_files),

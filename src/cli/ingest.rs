@@ -16,10 +16,9 @@ use crate::warehouse::sql::{Dialect, Sql, Tables};
 use crate::warehouse::Warehouse;
 use crate::{run, Setup};
 
-/// Creates the warehouse tables if missing (off the async threads: the warehouse API blocks).
+/// Creates the warehouse tables if missing.
 pub async fn migrate_warehouse(w: &Arc<dyn Warehouse>) -> anyhow::Result<()> {
-    let w = w.clone();
-    Ok(tokio::task::spawn_blocking(move || w.migrate()).await??)
+    Ok(w.migrate().await?)
 }
 
 /// `migrate`: runs the DDL, or prints it for `print`.
@@ -168,8 +167,7 @@ pub async fn report(config: Config, weeks: u32, customer: Option<String>, format
     let w = Setup::new(config)?.warehouse().await?;
     migrate_warehouse(&w).await?;
     let today = Utc::now().date_naive();
-    let r: WauReport =
-        tokio::task::spawn_blocking(move || report::read(w.as_ref(), today, weeks, customer.as_deref())).await??;
+    let r: WauReport = report::read(w.as_ref(), today, weeks, customer.as_deref()).await?;
     match format {
         Format::Text => print!("{r}"),
         Format::Csv => print!("{}", r.to_csv()),

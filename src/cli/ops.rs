@@ -107,7 +107,7 @@ pub async fn demo(dir: &Path) -> anyhow::Result<Verdict> {
     let contract = Arc::new(config.contract()?);
     let store: Arc<dyn ObjectStore> = crate::embedded_store(&config)?;
     let warehouse = crate::open_warehouse(&config, &contract)?;
-    warehouse.migrate()?;
+    warehouse.migrate().await?;
     let metrics = Metrics::new();
 
     let all = store.list("").await?;
@@ -127,9 +127,9 @@ pub async fn demo(dir: &Path) -> anyhow::Result<Verdict> {
     println!("   merge: {} row(s) deleted, {} inserted", m.rows_deleted, m.rows_inserted);
 
     println!();
-    print_totals(&warehouse.totals()?);
+    print_totals(&warehouse.totals().await?);
     println!();
-    print!("{}", report::read(warehouse.as_ref(), today, 6, None)?);
+    print!("{}", report::read(warehouse.as_ref(), today, 6, None).await?);
     println!(
         "\nexplore: sqlite3 {} 'SELECT rule, COUNT(*) FROM wau_ingest_rejects GROUP BY rule'",
         config.warehouse.sqlite_path.display()
