@@ -129,14 +129,16 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     let slots = backing_off;
     let dispatcher =
         tokio::spawn(dispatch(source, reconcile_rx, tx, slots.clone(), writers, metrics.clone(), cancel.clone()));
-    let workers: Vec<_> = pipelines
+    let mut workers: futures::stream::FuturesUnordered<_> = pipelines
         .into_iter()
         .enumerate()
         .map(|(i, p)| tokio::spawn(write_loop(i, p, rx.clone(), slots.clone(), metrics.clone(), cancel.clone())))
         .collect();
     let mut stopped_by: Option<anyhow::Error> = None;
-    for w in workers {
-        let end = w.await.unwrap_or_else(|e| Err(anyhow::anyhow!("a writer panicked: {e}")));
+    // In the order they end: a writer that panics (a bug in a sink, which now runs in the
+    // writer's task) stops the others at once.
+    while let Some(end) = futures::StreamExt::next(&mut workers).await {
+        let end = end.unwrap_or_else(|e| Err(anyhow::anyhow!("a writer panicked: {e}")));
         if let Err(e) = end {
             cancel.cancel();
             stopped_by.get_or_insert(e);

@@ -216,7 +216,10 @@ pub async fn run(setup: &Setup) -> Result<Report, SelftestError> {
     };
     let database = cfg.database.trim().to_string();
     let staging_uri = cfg.staging_uri.clone();
-    run_checks(Arc::new(w), &metrics, &contract, Where { target, database, staging_uri }).await
+    // A task of its own: a check that panics is reported, and the cleanup guard still runs.
+    tokio::spawn(run_checks(Arc::new(w), metrics, contract, Where { target, database, staging_uri }))
+        .await
+        .map_err(|e| SelftestError::Panicked(e.to_string()))?
 }
 
 struct Where {
@@ -227,10 +230,11 @@ struct Where {
 
 async fn run_checks(
     w: Arc<RedshiftWarehouse>,
-    metrics: &Metrics,
-    contract: &Contract,
+    metrics: Arc<Metrics>,
+    contract: Contract,
     at: Where,
 ) -> Result<Report, SelftestError> {
+    let (metrics, contract) = (metrics.as_ref(), &contract);
     w.ping().await.map_err(|e| SelftestError::Connect(e.to_string()))?;
     let schema = format!("wau_selftest_{}", random_hex());
     let dir = format!("selftest-{schema}/");
