@@ -66,7 +66,9 @@ pub(super) struct OpenFile {
     held: Held,
     /// Once set, every reject of the file goes to `reject_writer` (and its parts to `reject_parts`).
     spilling: bool,
-    reject_writer: CsvParts,
+    /// `None` only while rejects are being encoded (on the blocking pool), or after such a write
+    /// was interrupted.
+    reject_writer: Option<CsvParts>,
     pub(super) reject_parts: Vec<String>,
 }
 
@@ -82,7 +84,7 @@ impl OpenFile {
             rejects: Vec::new(),
             held: Held::default(),
             spilling: false,
-            reject_writer: CsvParts::new(part_bytes),
+            reject_writer: Some(CsvParts::new(part_bytes)),
             reject_parts: Vec::new(),
         }
     }
@@ -298,18 +300,33 @@ impl RedshiftSink {
         Ok(())
     }
 
-    /// Renders rejects of the open file into its reject parts, uploading each part as it is cut.
-    async fn spill_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
+    /// Renders rejects of the open file into its reject parts (on the blocking pool, as rows
+    /// are: up to a chunk of rejects, each up to a record long), then uploads the parts it cut.
+    async fn spill_rejects(&mut self, rejects: Vec<Reject>) -> Result<(), WarehouseError> {
+        let batch = self.batch.as_ref().expect("a batch is open while a file is");
+        let (batch_id, now) = (batch.id, batch.now.clone());
+        let f = self.file.as_mut().expect("checked");
+        let (meta, key) = (f.meta.clone(), f.meta.key.clone());
+        let failed = |e: String| WarehouseError::Other(format!("staging rejects of {key}: {e}"));
+        let mut writer = f.reject_writer.take().ok_or_else(|| failed("an earlier write was interrupted".into()))?;
+        let (writer, cut) = tokio::task::spawn_blocking(move || {
+            let mut cut = Vec::new();
+            for r in &rejects {
+                match writer.push(&reject_values(&meta, r, batch_id, &now)) {
+                    Ok(part) => cut.extend(part),
+                    Err(e) => return (writer, Err(e)),
+                }
+            }
+            (writer, Ok(cut))
+        })
+        .await
+        .map_err(|e| failed(format!("the encoder failed: {e}")))?;
         let inner = &self.inner;
         let batch = self.batch.as_mut().expect("a batch is open while a file is");
         let f = self.file.as_mut().expect("checked");
-        for r in rejects {
-            let cut = f.reject_writer.push(&reject_values(&f.meta, r, batch.id, &batch.now));
-            if let Some(body) =
-                cut.map_err(|e| WarehouseError::Other(format!("staging rejects of {}: {e}", f.meta.key)))?
-            {
-                upload_reject_part(inner, batch, f, body).await?;
-            }
+        f.reject_writer = Some(writer);
+        for body in cut.map_err(|e| failed(e.to_string()))? {
+            upload_reject_part(inner, batch, f, body).await?;
         }
         Ok(())
     }
@@ -325,7 +342,7 @@ impl RedshiftSink {
             f.rejects = Vec::new();
             f.held = Held::default();
             f.spilling = false;
-            f.reject_writer = CsvParts::new(self.part_bytes);
+            f.reject_writer = Some(CsvParts::new(self.part_bytes));
             if !parts.is_empty() {
                 self.inner.delete(parts).await;
             }
@@ -581,9 +598,9 @@ impl BatchSink for RedshiftSink {
             f.held = Held::default();
             let earlier = std::mem::take(&mut f.rejects);
             debug!(key = %f.meta.key, held = earlier.len(), "rejects pass the memory bound: spilling them to staging");
-            self.spill_rejects(&earlier).await?;
+            self.spill_rejects(earlier).await?;
         }
-        self.spill_rejects(&rejects).await
+        self.spill_rejects(rejects).await
     }
 
     async fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
@@ -612,6 +629,10 @@ impl BatchSink for RedshiftSink {
             let f = self.file.as_mut().expect("checked");
             let last = f
                 .reject_writer
+                .as_mut()
+                .ok_or_else(|| {
+                    WarehouseError::Other(format!("staging rejects of {key}: an earlier write was interrupted"))
+                })?
                 .finish()
                 .map_err(|e| WarehouseError::Other(format!("staging rejects of {key}: {e}")))?;
             if let Some(body) = last {
