@@ -908,6 +908,131 @@ mod tests {
         assert_eq!(loaded().await, 2);
     }
 
+    /// A real SQLite sink whose row writes each wait for a permit: a slow warehouse.
+    struct Gated {
+        sink: Box<dyn crate::warehouse::BatchSink>,
+        permits: Arc<tokio::sync::Semaphore>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::warehouse::BatchSink for Gated {
+        async fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+            self.sink.admit(file, force).await
+        }
+        async fn write_rows(&mut self, chunk: RowChunk) -> Result<(), WarehouseError> {
+            self.permits.acquire().await.expect("the gate stays open").forget();
+            self.sink.write_rows(chunk).await
+        }
+        async fn write_rejects(&mut self, rejects: Vec<Reject>) -> Result<(), WarehouseError> {
+            self.sink.write_rejects(rejects).await
+        }
+        async fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+            self.sink.discard_file_rows().await
+        }
+        async fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
+            self.sink.finish_file(summary).await
+        }
+        async fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+            self.sink.abandon_file().await
+        }
+        fn pending(&self) -> (u64, u64) {
+            self.sink.pending()
+        }
+        async fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+            self.sink.commit().await
+        }
+        async fn rollback(&mut self) {
+            self.sink.rollback().await
+        }
+    }
+
+    fn one_row(i: usize) -> RowChunk {
+        let mut c = RowChunk::new(8);
+        let id = format!("e{i}");
+        c.push_row(
+            &[Some("acme"), Some(&id), Some("2026-11-23 10:00:00"), Some("u1"), None, Some("login"), None, None],
+            i as u64 + 2,
+        );
+        c
+    }
+
+    /// The reader runs ahead of a slow sink by the channel's chunks and one being written, and no
+    /// further (the memory bound and the backpressure); every chunk is written, in order.
+    #[tokio::test]
+    async fn validation_runs_ahead_of_a_slow_sink_by_the_channel_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let contract = Contract::builtin();
+        let w = SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap();
+        w.migrate().await.unwrap();
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut sink = Gated { sink: w.sink().unwrap(), permits: permits.clone() };
+        let meta = FileMeta {
+            bucket: "b".into(),
+            key: "csv/acme/a.csv".into(),
+            version: "v1".into(),
+            sequencer: "1".into(),
+            size: 1,
+            event_time: chrono::Utc::now(),
+            contract_version: contract.version,
+        };
+        assert_eq!(sink.admit(&meta, false).await.unwrap(), Admission::Load);
+        let chunks = CHANNEL_CHUNKS + 3;
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let cancel = CancellationToken::new();
+        let sent = AtomicU64::new(0);
+        let feeding = async {
+            let mut validated = ChannelSink { tx, cancel: &cancel, rules: HashMap::new() };
+            for i in 0..chunks {
+                validated.rows(one_row(i)).await.unwrap();
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let slow_warehouse = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let ahead = sent.load(Ordering::SeqCst);
+            permits.add_permits(chunks);
+            ahead
+        };
+        let (_, ahead, written) = tokio::join!(feeding, slow_warehouse, drain(&mut sink, rx));
+        written.unwrap();
+        assert_eq!(ahead, CHANNEL_CHUNKS as u64 + 1, "the channel's chunks and the one being written");
+        let summary = FileSummary {
+            status: FileStatus::Loaded,
+            rows_read: chunks as u64,
+            rows_loaded: chunks as u64,
+            rows_rejected: 0,
+            reason: None,
+        };
+        assert!(sink.finish_file(&summary).await.unwrap());
+        assert_eq!(sink.commit().await.unwrap().map(|r| r.rows_loaded), Some(chunks as u64));
+        let lines = w.read_text("SELECT _line FROM wau_audit_logs_staging ORDER BY rowid").await.unwrap();
+        let expected: Vec<Vec<Option<String>>> = (0..chunks).map(|i| vec![Some((i + 2).to_string())]).collect();
+        assert_eq!(lines, expected, "written in order");
+    }
+
+    /// The first failed write is the file's answer; what follows is taken and dropped, so the
+    /// reader is not held up by a sink that will never write again.
+    #[tokio::test]
+    async fn the_first_failed_write_is_the_answer_and_the_reader_is_not_held_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = SqliteWarehouse::open(&dir.path().join("w.sqlite"), &Contract::builtin()).unwrap();
+        w.migrate().await.unwrap();
+        // No file admitted: every write fails (the real sink's own refusal).
+        let mut sink = w.sink().unwrap();
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let cancel = CancellationToken::new();
+        let feeding = async {
+            let mut validated = ChannelSink { tx, cancel: &cancel, rules: HashMap::new() };
+            for i in 0..CHANNEL_CHUNKS * 3 {
+                validated.rows(one_row(i)).await.unwrap();
+            }
+        };
+        let (_, written) = tokio::join!(feeding, drain(sink.as_mut(), rx));
+        let err = written.unwrap_err();
+        assert!(err.to_string().contains("no file is open"), "{err}");
+        assert_eq!(w.totals().await.unwrap().staging_rows, 0);
+    }
+
     #[test]
     fn flush_on_rows_bytes_or_age() {
         let p = BatchConfig { max_rows: 100, max_bytes: 1000, max_age_secs: 10, writers: 1 };
