@@ -3,6 +3,8 @@
 //! On a generated 1,000,000-row audit log (~150 MB), in one run:
 //!   raw CSV parse MB/s (csv-async byte records, nothing else),
 //!   validate MB/s (the contract's rules, rows counted and dropped),
+//!   Redshift staging encode: milliseconds per full chunk of gzip CSV (`stage::PartWriter`, what
+//!   `RedshiftSink::write_rows` runs on the blocking pool because it takes more than ~1 ms),
 //!   end-to-end embedded ingest rows/s (file → staging → ledger → merged target),
 //!   two references on the same file: the sqlite3 CLI's `.import --csv` into a table with the
 //!   same columns, and the naive Python loader (`bench/naive_loader.py`: csv + executemany into
@@ -59,6 +61,48 @@ impl ChunkSink for Counting {
     }
 }
 
+/// Encodes every chunk into staging parts as the Redshift sink does, timing each full chunk.
+struct Encoding {
+    writer: wau_ingest::warehouse::stage::PartWriter,
+    full_chunks: u32,
+    full_chunk_time: Duration,
+    bytes_out: usize,
+}
+
+impl ChunkSink for Encoding {
+    async fn rows(&mut self, chunk: RowChunk) -> Result<(), String> {
+        let t = Instant::now();
+        let parts =
+            self.writer.write_chunk(&chunk, "csv/acme/bench.csv", "sha256:bench", 1).map_err(|e| e.to_string())?;
+        if chunk.len() == wau_ingest::validate::CHUNK_ROWS {
+            self.full_chunks += 1;
+            self.full_chunk_time += t.elapsed();
+        }
+        self.bytes_out += parts.iter().map(|p| p.bytes.len()).sum::<usize>();
+        Ok(())
+    }
+    async fn rejects(&mut self, _: Vec<Reject>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Milliseconds per full chunk (`CHUNK_ROWS` rows) of staging encode, on the default part size.
+async fn encode_only(path: &Path, contract: &Contract) -> f64 {
+    let f = tokio::fs::File::open(path).await.unwrap();
+    let mut sink = Encoding {
+        writer: wau_ingest::warehouse::stage::PartWriter::new(wau_ingest::warehouse::redshift::DEFAULT_PART_BYTES),
+        full_chunks: 0,
+        full_chunk_time: Duration::ZERO,
+        bytes_out: 0,
+    };
+    validate_stream(f, &Options { contract, key: "csv/acme/bench.csv", limits: Default::default() }, &mut sink)
+        .await
+        .unwrap();
+    sink.bytes_out += sink.writer.finish().unwrap().map_or(0, |p| p.bytes.len());
+    assert!(sink.full_chunks > 0 && sink.bytes_out > 0, "the file fills at least one chunk and encodes to bytes");
+    sink.full_chunk_time.as_secs_f64() * 1000.0 / sink.full_chunks as f64
+}
+
 async fn raw_parse(path: &Path) -> u64 {
     let f = tokio::fs::File::open(path).await.unwrap();
     let mut r =
@@ -87,14 +131,13 @@ async fn end_to_end(inbox: &Path, db: &Path) -> (u64, Duration, Duration) {
     let contract = Arc::new(config.contract().unwrap());
     let store = wau_ingest::embedded_store(&config).unwrap();
     let warehouse = wau_ingest::open_warehouse(&config, &contract).unwrap();
-    warehouse.migrate().unwrap();
+    warehouse.migrate().await.unwrap();
     let started = Instant::now();
     let objects = store.list("").await.unwrap();
     let tally =
         wau_ingest::replay::ingest_objects(&config, store, warehouse.clone(), contract, objects, false).await.unwrap();
     let loaded = started.elapsed();
-    let w = warehouse.clone();
-    let merged = tokio::task::spawn_blocking(move || w.merge()).await.unwrap().unwrap();
+    let merged = warehouse.merge().await.unwrap();
     assert_eq!(merged.rows_inserted, tally.rows_loaded, "every row is a distinct key");
     (tally.rows_loaded, loaded, started.elapsed())
 }
@@ -198,6 +241,11 @@ fn main() {
     let val = t.elapsed();
     let expected_valid = rows - rows / 1000;
     assert_eq!(valid, expected_valid);
+    let encode_ms = rt.block_on(encode_only(&file, &contract));
+    println!(
+        "redshift staging encode: {encode_ms:.2} ms per chunk of {} rows (on the blocking pool when over ~1 ms)",
+        wau_ingest::validate::CHUNK_ROWS
+    );
 
     if std::env::var("BENCH_PARSE_ONLY").is_ok() {
         let (raw_mbs, val_mbs) = (mb(size) / raw.as_secs_f64(), mb(size) / val.as_secs_f64());

@@ -83,7 +83,7 @@ fn ingest(rt: &tokio::runtime::Runtime, inbox: &Path, db: &Path) -> (Arc<dyn War
     let contract = Arc::new(config.contract().unwrap());
     let store = wau_ingest::embedded_store(&config).unwrap();
     let warehouse = wau_ingest::open_warehouse(&config, &contract).unwrap();
-    warehouse.migrate().unwrap();
+    rt.block_on(warehouse.migrate()).unwrap();
     let tally = rt
         .block_on(async {
             let objects = store.list("").await.unwrap();
@@ -93,9 +93,9 @@ fn ingest(rt: &tokio::runtime::Runtime, inbox: &Path, db: &Path) -> (Arc<dyn War
     (warehouse, tally.rows_loaded)
 }
 
-fn timed_merge(warehouse: &dyn Warehouse) -> (MergeReport, Duration) {
+fn timed_merge(rt: &tokio::runtime::Runtime, warehouse: &dyn Warehouse) -> (MergeReport, Duration) {
     let started = Instant::now();
-    let report = warehouse.merge().unwrap();
+    let report = rt.block_on(warehouse.merge()).unwrap();
     (report, started.elapsed())
 }
 
@@ -154,7 +154,7 @@ fn build_large(rt: &tokio::runtime::Runtime, dir: &Path, db: &Path, per_file: u6
     generate(&seed_inbox, "seed.csv", "seed", per_file, 11);
     let (warehouse, loaded) = ingest(rt, &seed_inbox, db);
     assert_eq!(loaded, per_file);
-    let (merged, _) = timed_merge(warehouse.as_ref());
+    let (merged, _) = timed_merge(rt, warehouse.as_ref());
     assert_eq!(merged.rows_inserted, per_file);
     std::fs::remove_dir_all(&seed_inbox).unwrap();
 
@@ -226,7 +226,7 @@ fn build_large(rt: &tokio::runtime::Runtime, dir: &Path, db: &Path, per_file: u6
     conn.execute_batch("COMMIT").unwrap();
     drop(conn);
     // Staging's indexes again, by the product's own DDL.
-    warehouse.migrate().unwrap();
+    rt.block_on(warehouse.migrate()).unwrap();
     let conn = Connection::open(db).unwrap();
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     let rows = per_file * (copies + 1);
@@ -242,7 +242,7 @@ fn measure(rt: &tokio::runtime::Runtime, inbox: &Path, db: &Path, new_rows: u64)
     let conn = Connection::open(db).unwrap();
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     drop(conn);
-    let (report, took) = timed_merge(warehouse.as_ref());
+    let (report, took) = timed_merge(rt, warehouse.as_ref());
     assert_eq!((report.rows_deleted, report.rows_inserted), (0, new_rows), "every key of the new file is new");
     (took, report)
 }

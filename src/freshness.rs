@@ -30,10 +30,7 @@ impl Freshness {
     pub async fn refresh(&self) -> Result<usize, WarehouseError> {
         let tables = Tables::for_contract(&self.contract);
         let sql = Sql::new(self.dialect, &self.contract, &tables).customer_freshness();
-        let w = self.warehouse.clone();
-        let rows = tokio::task::spawn_blocking(move || w.read_text(&sql))
-            .await
-            .map_err(|e| WarehouseError::Other(format!("reading the freshness view did not end: {e}")))??;
+        let rows = self.warehouse.read_text(&sql).await?;
         let newest: Vec<(String, DateTime<Utc>)> = rows
             .into_iter()
             .filter_map(|r| {

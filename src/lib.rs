@@ -2,7 +2,7 @@
 //!
 //! Read `docs/design.md` first. The modules follow the flow:
 //! [`source`] (what arrived) → [`object`] (read it) → [`validate`] against the [`contract`] →
-//! [`pipeline`] and [`writer`] (micro-batches into the [`warehouse`], ledger in the same
+//! [`pipeline`] (micro-batches into the [`warehouse`], ledger in the same
 //! transaction) → merge into the target ([`warehouse::sql`]), with [`replay`] for listings,
 //! [`run`] for the service, [`metrics`] and [`http`] for operators, and [`cli`] for the
 //! commands' workflows (the binary only parses arguments).
@@ -27,7 +27,6 @@ pub mod selftest;
 pub mod source;
 pub mod validate;
 pub mod warehouse;
-pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -13,12 +13,18 @@
 //! acknowledged) once it has. If it failed, the batch opened meanwhile — whose admissions
 //! counted the files in flight as recorded — is rolled back too, and every delivery of both
 //! is given back.
+//!
+//! While a file is read, the reader validates the next chunk while the sink writes the previous
+//! one: chunks pass through a bounded channel ([`CHANNEL_CHUNKS`]) from the validation to a
+//! drain that awaits the sink, both run together in the writer's task, so a slow warehouse
+//! slows the reader instead of growing memory.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -30,9 +36,11 @@ use crate::source::{Ack, Delivery};
 use crate::validate::{validate_stream, ChunkSink, Options, Reject, RowChunk, RowCustomers, ValidateError};
 use crate::warehouse::ledger::file_customer;
 use crate::warehouse::{
-    Admission, BatchReport, FileMeta, FileStatus, FileSummary, PendingCommit, Warehouse, WarehouseError,
+    Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, Warehouse, WarehouseError,
 };
-use crate::writer::WriterHandle;
+
+/// Chunks in flight between the reader and the sink (each at most `CHUNK_ROWS` rows).
+pub const CHANNEL_CHUNKS: usize = 4;
 
 /// The flush decision, as a pure function of the open batch.
 pub fn should_flush(policy: &BatchConfig, rows: u64, bytes: u64, age: Duration) -> bool {
@@ -150,7 +158,7 @@ struct InFlight {
 pub struct Pipeline {
     store: Arc<dyn ObjectStore>,
     warehouse: Arc<dyn Warehouse>,
-    writer: WriterHandle,
+    sink: Box<dyn BatchSink>,
     contract: Arc<Contract>,
     limits: ReadLimits,
     policy: BatchConfig,
@@ -164,26 +172,54 @@ pub struct Pipeline {
     pub tally: Tally,
 }
 
-/// Sends validated chunks to the writer, counting reject rules and honouring shutdown.
-struct WriterSink<'a> {
-    writer: &'a WriterHandle,
+/// What the validation hands the sink, in order.
+enum Piece {
+    Rows(RowChunk),
+    Rejects(Vec<Reject>),
+}
+
+/// Sends validated chunks towards the sink, counting reject rules and honouring shutdown.
+struct ChannelSink<'a> {
+    tx: mpsc::Sender<Piece>,
     cancel: &'a CancellationToken,
     rules: HashMap<&'static str, u64>,
 }
 
-impl ChunkSink for WriterSink<'_> {
+fn drain_stopped() -> String {
+    "the sink stopped taking rows".into()
+}
+
+impl ChunkSink for ChannelSink<'_> {
     async fn rows(&mut self, chunk: RowChunk) -> Result<(), String> {
         if self.cancel.is_cancelled() {
             return Err("shutting down".into());
         }
-        self.writer.rows(chunk).await.map_err(|e| e.to_string())
+        self.tx.send(Piece::Rows(chunk)).await.map_err(|_| drain_stopped())
     }
     async fn rejects(&mut self, rejects: Vec<Reject>) -> Result<(), String> {
         for r in &rejects {
             *self.rules.entry(r.rule).or_default() += 1;
         }
-        self.writer.rejects(rejects).await.map_err(|e| e.to_string())
+        self.tx.send(Piece::Rejects(rejects)).await.map_err(|_| drain_stopped())
     }
+}
+
+/// Writes what the validation sends into the open file until the channel closes. The first
+/// failed write spoils the file: what follows is received and dropped (the reader is not held
+/// up) and the failure is the answer.
+async fn drain(sink: &mut dyn BatchSink, mut rx: mpsc::Receiver<Piece>) -> Result<(), WarehouseError> {
+    let mut failed = None;
+    while let Some(piece) = rx.recv().await {
+        if failed.is_some() {
+            continue;
+        }
+        failed = match piece {
+            Piece::Rows(chunk) => sink.write_rows(chunk).await,
+            Piece::Rejects(rejects) => sink.write_rejects(rejects).await,
+        }
+        .err();
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 impl Pipeline {
@@ -197,12 +233,12 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> Result<Pipeline, WarehouseError> {
-        let writer = WriterHandle::spawn(warehouse.sink()?);
+        let sink = warehouse.sink()?;
         let from_s3 = !store.bucket().starts_with("file://");
         Ok(Pipeline {
             store,
             warehouse,
-            writer,
+            sink,
             contract,
             limits,
             policy,
@@ -217,9 +253,10 @@ impl Pipeline {
         })
     }
 
-    /// False when the writer thread died (a bug): the service must stop rather than retry.
+    /// False when the sink can no longer work (its engine's thread died: a bug): the service
+    /// must stop rather than retry.
     pub fn writer_alive(&self) -> bool {
-        self.writer.is_alive()
+        self.sink.alive()
     }
 
     /// Ingests every object of a delivery into the open batch, then flushes if the policy says so.
@@ -247,7 +284,7 @@ impl Pipeline {
             })
             .collect();
         if asked.len() > 1 {
-            if let Err(e) = self.writer.prepare(asked).await {
+            if let Err(e) = self.sink.prepare(&asked).await {
                 for d in deliveries {
                     d.ack.release().await;
                 }
@@ -306,7 +343,7 @@ impl Pipeline {
     }
 
     async fn maybe_flush(&mut self) -> Result<(), IngestError> {
-        let (rows, bytes) = self.writer.pending().await?;
+        let (rows, bytes) = self.sink.pending();
         let age = self.opened_at.map(|t| t.elapsed()).unwrap_or_default();
         // Deliveries that only produced duplicates need no commit; acknowledge them promptly.
         let nothing_to_commit =
@@ -339,7 +376,7 @@ impl Pipeline {
     pub async fn commit_open(&mut self) -> Result<Option<BatchReport>, IngestError> {
         self.settle().await?;
         let started = Instant::now();
-        let pending = match self.writer.commit_begin().await {
+        let pending = match self.sink.commit_begin().await {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.error("warehouse_commit");
@@ -352,13 +389,13 @@ impl Pipeline {
         self.opened_at = None;
         match pending {
             None => self.conclude(Ok(None), started.elapsed(), files, acks).await,
-            Some(p) if p.is_done() => self.conclude(p.wait(), started.elapsed(), files, acks).await,
+            Some(p) if p.is_done() => self.conclude(p.wait().await, started.elapsed(), files, acks).await,
             Some(p) => {
                 let ended = CancellationToken::new();
                 let signal = ended.clone().drop_guard();
-                let commit = tokio::task::spawn_blocking(move || {
+                let commit = tokio::spawn(async move {
                     let _signal = signal;
-                    let result = PendingCommit::wait(p);
+                    let result = p.wait().await;
                     (result, started.elapsed())
                 });
                 self.in_flight = Some(InFlight { commit, ended, files, acks });
@@ -448,7 +485,7 @@ impl Pipeline {
 
     /// Rolls back the open batch and gives its deliveries back.
     pub async fn abort(&mut self) {
-        let _ = self.writer.rollback().await;
+        self.sink.rollback().await;
         self.open_files.clear();
         for ack in self.open_acks.drain(..) {
             ack.release().await;
@@ -457,7 +494,7 @@ impl Pipeline {
     }
 
     /// One file into the open batch. The returned outcome counts only once the batch commits.
-    pub async fn ingest(&self, obj: &ObjectRef, force: bool) -> Result<FileDone, IngestError> {
+    pub async fn ingest(&mut self, obj: &ObjectRef, force: bool) -> Result<FileDone, IngestError> {
         match self.resolve(obj, force).await? {
             Ready::Done(done) => Ok(done),
             Ready::Resolved(obj, resolved) => self.load(&obj, resolved, force).await,
@@ -487,10 +524,7 @@ impl Pipeline {
             (force, self.store.version_costs_a_read(), &obj.sequencer, obj.size)
         {
             // A file already recorded with this exact stamp is not read again just to hash it.
-            let (w, b, k, q) = (self.warehouse.clone(), self.store.bucket().to_string(), obj.key.clone(), seq.clone());
-            let known = tokio::task::spawn_blocking(move || w.lookup_stamp(&b, &k, &q, size))
-                .await
-                .expect("lookup does not panic")?;
+            let known = self.warehouse.lookup_stamp(self.store.bucket(), &obj.key, seq, size).await?;
             if known.is_some() {
                 return Ok(Ready::Done(FileDone {
                     key: obj.key.clone(),
@@ -532,7 +566,7 @@ impl Pipeline {
     }
 
     /// A resolved file: admitted, read, validated and written into the open batch.
-    async fn load(&self, obj: &ObjectRef, resolved: ResolvedObject, force: bool) -> Result<FileDone, IngestError> {
+    async fn load(&mut self, obj: &ObjectRef, resolved: ResolvedObject, force: bool) -> Result<FileDone, IngestError> {
         let retry = |reason: String| IngestError::Retry { key: obj.key.clone(), reason };
         let meta = self.meta_of(obj, &resolved);
         let done = |outcome| FileDone {
@@ -544,7 +578,7 @@ impl Pipeline {
         };
         // Check before work: the sink's admission asks the ledger (one round trip on Redshift)
         // before a byte is read, so a known version is never read again.
-        match self.writer.admit(meta.clone(), force).await? {
+        match self.sink.admit(&meta, force).await? {
             Admission::Load => {}
             Admission::Duplicate(_) => return Ok(done(Outcome::Duplicate)),
             Admission::Superseded => {
@@ -555,33 +589,35 @@ impl Pipeline {
         let stream = match self.store.open(&resolved).await {
             Ok(s) => s,
             Err(StoreError::NotFound { .. }) => {
-                self.writer.abandon().await?;
+                self.sink.abandon_file().await?;
                 return Ok(done(Outcome::Skipped));
             }
             Err(e) => {
-                self.writer.abandon().await?;
+                self.sink.abandon_file().await?;
                 return Err(retry(e.to_string()));
             }
         };
         let read_version = stream.read_version.clone();
         let raw_bytes = Arc::new(AtomicU64::new(0));
         let reader = decoded(stream, &resolved, self.limits, raw_bytes.clone());
-        let mut sink = WriterSink { writer: &self.writer, cancel: &self.cancel, rules: HashMap::new() };
-        let res = validate_stream(
-            reader,
-            &Options { contract: &self.contract, key: &meta.key, limits: self.limits.record },
-            &mut sink,
-        )
-        .await;
+        // The reader validates ahead while the sink writes (see the module docs).
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let mut chunks = ChannelSink { tx, cancel: &self.cancel, rules: HashMap::new() };
+        let options = Options { contract: &self.contract, key: &meta.key, limits: self.limits.record };
+        let validating = async move {
+            let res = validate_stream(reader, &options, &mut chunks).await;
+            (res, chunks.rules)
+        };
+        let ((res, rules), written) = tokio::join!(validating, drain(self.sink.as_mut(), rx));
         self.metrics.bytes_read(raw_bytes.load(Ordering::Relaxed), self.from_s3);
         let account = match res {
             Ok(a) => a,
             Err(ValidateError::Io(e)) => {
-                self.writer.abandon().await?;
+                self.sink.abandon_file().await?;
                 return Err(retry(format!("reading failed: {e}")));
             }
             Err(ValidateError::Sink(reason)) => {
-                self.writer.abandon().await?;
+                self.sink.abandon_file().await?;
                 if self.cancel.is_cancelled() {
                     return Err(IngestError::Shutdown);
                 }
@@ -590,14 +626,16 @@ impl Pipeline {
         };
         if let Some(read) = read_version.as_ref().and_then(|v| v.get()) {
             if *read != meta.version {
-                self.writer.abandon().await?;
+                self.sink.abandon_file().await?;
                 return Err(retry("the file changed while it was read".into()));
             }
         }
+        // A failed write is the warehouse's failure (the caller rolls the batch back).
+        written?;
         let (summary, outcome) = match &account.file_reject {
             Some(fr) => {
                 warn!(key = %meta.key, version = %meta.version, rule = fr.rule, line = fr.line, reason = %fr.reason, "file rejected");
-                self.writer.discard().await?;
+                self.sink.discard_file_rows().await?;
                 let reject = Reject {
                     line: fr.line,
                     column: None,
@@ -606,7 +644,7 @@ impl Pipeline {
                     value: None,
                     raw: None,
                 };
-                self.writer.rejects(vec![reject]).await?;
+                self.sink.write_rejects(vec![reject]).await?;
                 (
                     FileSummary {
                         status: FileStatus::Rejected,
@@ -621,7 +659,7 @@ impl Pipeline {
                 )
             }
             None => {
-                let mut rules: Vec<(&'static str, u64)> = sink.rules.into_iter().collect();
+                let mut rules: Vec<(&'static str, u64)> = rules.into_iter().collect();
                 rules.sort();
                 (
                     FileSummary {
@@ -637,7 +675,7 @@ impl Pipeline {
             }
         };
         let customer = summary.customer.clone();
-        if !self.writer.finish(summary).await? {
+        if !self.sink.finish_file(&summary).await? {
             return Ok(done(Outcome::Duplicate));
         }
         Ok(FileDone { customer, ..done(outcome) })
@@ -649,6 +687,7 @@ mod tests {
     use super::*;
     use crate::object::local::LocalStore;
     use crate::warehouse::sqlite::SqliteWarehouse;
+    use crate::warehouse::PendingCommit;
 
     #[tokio::test]
     async fn a_file_recorded_with_the_same_stamp_is_not_read_again() {
@@ -660,7 +699,7 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&inbox).unwrap());
         let warehouse: Arc<dyn Warehouse> =
             Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap());
-        warehouse.migrate().unwrap();
+        warehouse.migrate().await.unwrap();
         let metrics = Arc::new(Metrics::new());
         let mut p = Pipeline::new(
             store.clone(),
@@ -708,116 +747,119 @@ mod tests {
     /// fails (nothing of it reaches the warehouse).
     struct FirstCommitFails {
         sink: Box<dyn crate::warehouse::BatchSink>,
-        fail: Option<std::sync::mpsc::Receiver<()>>,
+        fail: Option<tokio::sync::oneshot::Receiver<()>>,
     }
 
-    struct FailsWhenTold(std::sync::mpsc::Receiver<()>);
+    struct FailsWhenTold(tokio::sync::oneshot::Receiver<()>);
 
+    #[async_trait::async_trait]
     impl PendingCommit for FailsWhenTold {
-        fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
-            let _ = self.0.recv();
+        async fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
+            let _ = self.0.await;
             Err(WarehouseError::Other("the commit failed".into()))
         }
     }
 
+    #[async_trait::async_trait]
     impl crate::warehouse::BatchSink for FirstCommitFails {
-        fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
-            self.sink.admit(file, force)
+        async fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+            self.sink.admit(file, force).await
         }
-        fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError> {
-            self.sink.write_rows(chunk)
+        async fn write_rows(&mut self, chunk: RowChunk) -> Result<(), WarehouseError> {
+            self.sink.write_rows(chunk).await
         }
-        fn write_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
-            self.sink.write_rejects(rejects)
+        async fn write_rejects(&mut self, rejects: Vec<Reject>) -> Result<(), WarehouseError> {
+            self.sink.write_rejects(rejects).await
         }
-        fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
-            self.sink.discard_file_rows()
+        async fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+            self.sink.discard_file_rows().await
         }
-        fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
-            self.sink.finish_file(summary)
+        async fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
+            self.sink.finish_file(summary).await
         }
-        fn abandon_file(&mut self) -> Result<(), WarehouseError> {
-            self.sink.abandon_file()
+        async fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+            self.sink.abandon_file().await
         }
         fn pending(&self) -> (u64, u64) {
             self.sink.pending()
         }
-        fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
-            self.sink.commit()
+        async fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+            self.sink.commit().await
         }
-        fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
+        async fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
             match self.fail.take() {
                 Some(fail) => {
-                    self.sink.rollback();
+                    self.sink.rollback().await;
                     Ok(Some(Box::new(FailsWhenTold(fail))))
                 }
-                None => self.sink.commit_begin(),
+                None => self.sink.commit_begin().await,
             }
         }
-        fn rollback(&mut self) {
-            self.sink.rollback()
+        async fn rollback(&mut self) {
+            self.sink.rollback().await
         }
     }
 
     struct Wrapped {
         w: SqliteWarehouse,
-        fail: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+        fail: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     }
 
+    #[async_trait::async_trait]
     impl Warehouse for Wrapped {
-        fn migrate(&self) -> Result<(), WarehouseError> {
-            self.w.migrate()
+        async fn migrate(&self) -> Result<(), WarehouseError> {
+            self.w.migrate().await
         }
-        fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError> {
-            self.w.execute_ddl(statement)
+        async fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError> {
+            self.w.execute_ddl(statement).await
         }
         fn sink(&self) -> Result<Box<dyn crate::warehouse::BatchSink>, WarehouseError> {
             Ok(Box::new(FirstCommitFails { sink: self.w.sink()?, fail: self.fail.lock().unwrap().take() }))
         }
-        fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
-            self.w.lookup(bucket, key, version)
+        async fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
+            self.w.lookup(bucket, key, version).await
         }
-        fn lookup_stamp(
+        async fn lookup_stamp(
             &self,
             bucket: &str,
             key: &str,
             sequencer: &str,
             size: u64,
         ) -> Result<Option<FileStatus>, WarehouseError> {
-            self.w.lookup_stamp(bucket, key, sequencer, size)
+            self.w.lookup_stamp(bucket, key, sequencer, size).await
         }
-        fn recorded_page(
+        async fn recorded_page(
             &self,
             bucket: &str,
             start: &crate::warehouse::PageStart,
             limit: usize,
         ) -> Result<Vec<crate::warehouse::Recorded>, WarehouseError> {
-            self.w.recorded_page(bucket, start, limit)
+            self.w.recorded_page(bucket, start, limit).await
         }
-        fn merge(&self) -> Result<crate::warehouse::MergeReport, WarehouseError> {
-            self.w.merge()
+        async fn merge(&self) -> Result<crate::warehouse::MergeReport, WarehouseError> {
+            self.w.merge().await
         }
-        fn interrupt_merge(&self) {
-            self.w.interrupt_merge()
+        async fn interrupt_merge(&self) {
+            self.w.interrupt_merge().await
         }
-        fn ping(&self) -> Result<(), WarehouseError> {
-            self.w.ping()
+        async fn ping(&self) -> Result<(), WarehouseError> {
+            self.w.ping().await
         }
-        fn weekly_active_users(
+        async fn weekly_active_users(
             &self,
             since: &str,
             customer: Option<&str>,
         ) -> Result<Vec<crate::warehouse::WauRow>, WarehouseError> {
-            self.w.weekly_active_users(since, customer)
+            self.w.weekly_active_users(since, customer).await
         }
-        fn totals(&self) -> Result<crate::warehouse::LedgerTotals, WarehouseError> {
-            self.w.totals()
+        async fn totals(&self) -> Result<crate::warehouse::LedgerTotals, WarehouseError> {
+            self.w.totals().await
         }
-        fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
-            self.w.read_text(sql)
+        async fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+            self.w.read_text(sql).await
         }
-        fn record_reconcile(&self, run: &crate::warehouse::sql::ReconcileRecord) -> Result<(), WarehouseError> {
-            self.w.record_reconcile(run)
+        async fn record_reconcile(&self, run: &crate::warehouse::sql::ReconcileRecord) -> Result<(), WarehouseError> {
+            self.w.record_reconcile(run).await
         }
     }
 
@@ -831,13 +873,13 @@ mod tests {
         }
         let contract = Arc::new(Contract::builtin());
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&inbox).unwrap());
-        let (fail, told) = std::sync::mpsc::channel();
+        let (fail, told) = tokio::sync::oneshot::channel();
         let wrapped = Wrapped {
             w: SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap(),
             fail: Some(told).into(),
         };
         let warehouse: Arc<dyn Warehouse> = Arc::new(wrapped);
-        warehouse.migrate().unwrap();
+        warehouse.migrate().await.unwrap();
         let mut p = Pipeline::new(
             store.clone(),
             warehouse.clone(),
@@ -858,7 +900,7 @@ mod tests {
             objects: vec![obj.clone()],
             ack: Box::new(Recorded { name, log: log.clone() }),
         };
-        let loaded = || warehouse.totals().unwrap().files_loaded;
+        let loaded = || async { warehouse.totals().await.unwrap().files_loaded };
 
         p.handle(delivery("a", a), false).await.unwrap();
         assert_eq!(p.commit_open().await.unwrap(), None, "batch 1 is in flight");
@@ -872,7 +914,7 @@ mod tests {
         assert!(err.to_string().contains("the commit failed"), "{err}");
         assert_eq!(*log.lock().unwrap(), ["release a", "release b"], "both batches' deliveries are given back");
         assert_eq!(p.tally, Tally::default(), "nothing counts");
-        assert_eq!(loaded(), 0, "batch 2 was rolled back, not committed");
+        assert_eq!(loaded().await, 0, "batch 2 was rolled back, not committed");
         assert!(p.commit_ended().is_none());
 
         // Delivered again, both load, once.
@@ -882,7 +924,134 @@ mod tests {
         p.flush().await.unwrap();
         assert_eq!(*log.lock().unwrap(), ["ack a", "ack b"]);
         assert_eq!(p.tally.loaded, 2);
-        assert_eq!(loaded(), 2);
+        assert_eq!(loaded().await, 2);
+    }
+
+    /// A real SQLite sink whose row writes each wait for a permit: a slow warehouse.
+    struct Gated {
+        sink: Box<dyn crate::warehouse::BatchSink>,
+        permits: Arc<tokio::sync::Semaphore>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::warehouse::BatchSink for Gated {
+        async fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+            self.sink.admit(file, force).await
+        }
+        async fn write_rows(&mut self, chunk: RowChunk) -> Result<(), WarehouseError> {
+            self.permits.acquire().await.expect("the gate stays open").forget();
+            self.sink.write_rows(chunk).await
+        }
+        async fn write_rejects(&mut self, rejects: Vec<Reject>) -> Result<(), WarehouseError> {
+            self.sink.write_rejects(rejects).await
+        }
+        async fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+            self.sink.discard_file_rows().await
+        }
+        async fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
+            self.sink.finish_file(summary).await
+        }
+        async fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+            self.sink.abandon_file().await
+        }
+        fn pending(&self) -> (u64, u64) {
+            self.sink.pending()
+        }
+        async fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+            self.sink.commit().await
+        }
+        async fn rollback(&mut self) {
+            self.sink.rollback().await
+        }
+    }
+
+    fn one_row(i: usize) -> RowChunk {
+        let mut c = RowChunk::new(8);
+        let id = format!("e{i}");
+        c.push_row(
+            &[Some("acme"), Some(&id), Some("2026-11-23 10:00:00"), Some("u1"), None, Some("login"), None, None],
+            i as u64 + 2,
+        );
+        c
+    }
+
+    /// The reader runs ahead of a slow sink by the channel's chunks and one being written, and no
+    /// further (the memory bound and the backpressure); every chunk is written, in order.
+    #[tokio::test]
+    async fn validation_runs_ahead_of_a_slow_sink_by_the_channel_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let contract = Contract::builtin();
+        let w = SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap();
+        w.migrate().await.unwrap();
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut sink = Gated { sink: w.sink().unwrap(), permits: permits.clone() };
+        let meta = FileMeta {
+            bucket: "b".into(),
+            key: "csv/acme/a.csv".into(),
+            version: "v1".into(),
+            sequencer: "1".into(),
+            size: 1,
+            event_time: chrono::Utc::now(),
+            contract_version: contract.version,
+            customer: None,
+        };
+        assert_eq!(sink.admit(&meta, false).await.unwrap(), Admission::Load);
+        let chunks = CHANNEL_CHUNKS + 3;
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let cancel = CancellationToken::new();
+        let sent = AtomicU64::new(0);
+        let feeding = async {
+            let mut validated = ChannelSink { tx, cancel: &cancel, rules: HashMap::new() };
+            for i in 0..chunks {
+                validated.rows(one_row(i)).await.unwrap();
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let slow_warehouse = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let ahead = sent.load(Ordering::SeqCst);
+            permits.add_permits(chunks);
+            ahead
+        };
+        let (_, ahead, written) = tokio::join!(feeding, slow_warehouse, drain(&mut sink, rx));
+        written.unwrap();
+        assert_eq!(ahead, CHANNEL_CHUNKS as u64 + 1, "the channel's chunks and the one being written");
+        let summary = FileSummary {
+            status: FileStatus::Loaded,
+            rows_read: chunks as u64,
+            rows_loaded: chunks as u64,
+            rows_rejected: 0,
+            reason: None,
+            customer: None,
+        };
+        assert!(sink.finish_file(&summary).await.unwrap());
+        assert_eq!(sink.commit().await.unwrap().map(|r| r.rows_loaded), Some(chunks as u64));
+        let lines = w.read_text("SELECT _line FROM wau_audit_logs_staging ORDER BY rowid").await.unwrap();
+        let expected: Vec<Vec<Option<String>>> = (0..chunks).map(|i| vec![Some((i + 2).to_string())]).collect();
+        assert_eq!(lines, expected, "written in order");
+    }
+
+    /// The first failed write is the file's answer; what follows is taken and dropped, so the
+    /// reader is not held up by a sink that will never write again.
+    #[tokio::test]
+    async fn the_first_failed_write_is_the_answer_and_the_reader_is_not_held_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = SqliteWarehouse::open(&dir.path().join("w.sqlite"), &Contract::builtin()).unwrap();
+        w.migrate().await.unwrap();
+        // No file admitted: every write fails (the real sink's own refusal).
+        let mut sink = w.sink().unwrap();
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let cancel = CancellationToken::new();
+        let feeding = async {
+            let mut validated = ChannelSink { tx, cancel: &cancel, rules: HashMap::new() };
+            for i in 0..CHANNEL_CHUNKS * 3 {
+                validated.rows(one_row(i)).await.unwrap();
+            }
+        };
+        let (_, written) = tokio::join!(feeding, drain(sink.as_mut(), rx));
+        let err = written.unwrap_err();
+        assert!(err.to_string().contains("no file is open"), "{err}");
+        assert_eq!(w.totals().await.unwrap().staging_rows, 0);
     }
 
     #[test]

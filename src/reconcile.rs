@@ -28,7 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::object::{ObjectRef, ObjectStore, StoreError};
 use crate::replay::ReplayError;
 use crate::warehouse::sql::ReconcileRecord;
-use crate::warehouse::{PageStart, Recorded, Warehouse, WarehouseError};
+use crate::warehouse::{PageStart, Recorded, Warehouse};
 
 /// Ledger pairs per keyset page: ~1 MB of keys, a few Data API result pages.
 pub const LEDGER_PAGE_ROWS: usize = 10_000;
@@ -209,10 +209,8 @@ impl Join {
 
     async fn fetch_ledger_page(&mut self, key: &str) -> Result<(), ReplayError> {
         let start = self.merge.next_page(key);
-        let (w, bucket, limit) = (self.warehouse.clone(), self.bucket.clone(), self.page_rows);
-        let page = tokio::task::spawn_blocking(move || w.recorded_page(&bucket, &start, limit))
-            .await
-            .map_err(|e| WarehouseError::Other(format!("reading the ledger: {e}")))??;
+        let page = self.warehouse.recorded_page(&self.bucket, &start, self.page_rows).await?;
+        let limit = self.page_rows;
         self.merge.feed(page, limit);
         Ok(())
     }
@@ -267,10 +265,8 @@ pub async fn record(
         files_to_retry,
         error,
     };
-    match tokio::task::spawn_blocking(move || w.record_reconcile(&r)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "recording the reconcile run failed"),
-        Err(e) => tracing::warn!(error = %e, "recording the reconcile run failed"),
+    if let Err(e) = w.record_reconcile(&r).await {
+        tracing::warn!(error = %e, "recording the reconcile run failed");
     }
 }
 
@@ -457,19 +453,19 @@ mod record_tests {
         let dir = tempfile::tempdir().unwrap();
         let contract = Contract::builtin();
         let w = Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite"), &contract).unwrap());
-        w.migrate().unwrap();
+        w.migrate().await.unwrap();
         let started = Utc::now() - chrono::Duration::seconds(5);
         let error = r"listing s3://b/csv/: it's C:\gone".to_string();
         record(w.clone(), started, ReconcileOutcome::Failed, [0; 4], Some(error.clone())).await;
         record(w.clone(), Utc::now(), ReconcileOutcome::Listed, [3, 0, 0, 0], None).await;
         let tables = Tables::for_contract(&contract);
-        let rows = w.read_text(&Sql::new(Dialect::Sqlite, &contract, &tables).last_reconcile()).unwrap();
+        let rows = w.read_text(&Sql::new(Dialect::Sqlite, &contract, &tables).last_reconcile()).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0][2].as_deref(), rows[0][3].as_deref(), rows[0][7].as_deref()),
             (Some("listed"), Some("3"), None)
         );
-        let all = w.read_text("SELECT outcome, error FROM wau_ingest_reconciles ORDER BY finished_at").unwrap();
+        let all = w.read_text("SELECT outcome, error FROM wau_ingest_reconciles ORDER BY finished_at").await.unwrap();
         assert_eq!(all[0], [Some("failed".to_string()), Some(error)]);
     }
 }

@@ -176,14 +176,11 @@ pub async fn dry_run(
     mut on_new: impl FnMut(&str),
 ) -> Result<DryRun, ReplayError> {
     let mut out = DryRun::default();
-    let blocking = |e: tokio::task::JoinError| WarehouseError::Other(format!("ledger lookup: {e}"));
     while let Some(o) = objects.try_next().await? {
         out.listed += 1;
         // As the pipeline does: a local file recorded with the same stamp is not hashed again.
         if let (true, Some(seq), Some(size)) = (store.version_costs_a_read(), &o.sequencer, o.size) {
-            let (w, b, k, q) = (warehouse.clone(), store.bucket().to_string(), o.key.clone(), seq.clone());
-            if tokio::task::spawn_blocking(move || w.lookup_stamp(&b, &k, &q, size)).await.map_err(blocking)??.is_some()
-            {
+            if warehouse.lookup_stamp(store.bucket(), &o.key, seq, size).await?.is_some() {
                 out.known += 1;
                 continue;
             }
@@ -193,9 +190,7 @@ pub async fn dry_run(
             Err(StoreError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        let (w, b) = (warehouse.clone(), store.bucket().to_string());
-        let status =
-            tokio::task::spawn_blocking(move || w.lookup(&b, &r.key, &r.version)).await.map_err(blocking)??;
+        let status = warehouse.lookup(store.bucket(), &r.key, &r.version).await?;
         if status.is_some() {
             out.known += 1;
         } else {

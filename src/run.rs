@@ -65,8 +65,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
         });
     }
 
-    let w = warehouse.clone();
-    tokio::task::spawn_blocking(move || w.migrate()).await??;
+    warehouse.migrate().await?;
     // Per-customer freshness survives a restart and is the same on every task: it is read from
     // the ledger now and every `customer_refresh_secs`, and moved on by each commit.
     metrics.customer_limits(config.metrics.max_customer_series, config.metrics.customer_silence_window_secs);
@@ -96,10 +95,7 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
                     return Err(format!("backing off after a failure: {reason}"));
                 }
                 store.ping().await.map_err(|e| format!("store: {e}"))?;
-                tokio::task::spawn_blocking(move || w.ping())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
+                w.ping().await.map_err(|e| e.to_string())
             })
         })
     };
@@ -148,14 +144,16 @@ pub async fn run(parts: Parts, shutdown: impl Future<Output = ()> + Send + 'stat
     let slots = backing_off;
     let dispatcher =
         tokio::spawn(dispatch(source, reconcile_rx, tx, slots.clone(), writers, metrics.clone(), cancel.clone()));
-    let workers: Vec<_> = pipelines
+    let mut workers: futures::stream::FuturesUnordered<_> = pipelines
         .into_iter()
         .enumerate()
         .map(|(i, p)| tokio::spawn(write_loop(i, p, rx.clone(), slots.clone(), metrics.clone(), cancel.clone())))
         .collect();
     let mut stopped_by: Option<anyhow::Error> = None;
-    for w in workers {
-        let end = w.await.unwrap_or_else(|e| Err(anyhow::anyhow!("a writer panicked: {e}")));
+    // In the order they end: a writer that panics (a bug in a sink, which now runs in the
+    // writer's task) stops the others at once.
+    while let Some(end) = futures::StreamExt::next(&mut workers).await {
+        let end = end.unwrap_or_else(|e| Err(anyhow::anyhow!("a writer panicked: {e}")));
         if let Err(e) = end {
             cancel.cancel();
             stopped_by.get_or_insert(e);
@@ -379,7 +377,7 @@ fn spawn_merge_loop(
                 let (w, cancel) = (warehouse.clone(), cancel.clone());
                 tokio::spawn(async move {
                     cancel.cancelled().await;
-                    w.interrupt_merge();
+                    w.interrupt_merge().await;
                 })
             };
             merge_once(warehouse.clone(), &metrics).await;
@@ -390,7 +388,7 @@ fn spawn_merge_loop(
 
 /// One merge with its metrics and log line (the warehouse itself times its statements).
 pub async fn merge_once(warehouse: Arc<dyn Warehouse>, metrics: &Metrics) -> Option<crate::warehouse::MergeReport> {
-    match tokio::task::spawn_blocking(move || warehouse.merge()).await.expect("merge does not panic") {
+    match warehouse.merge().await {
         Ok(r) => {
             metrics.merged(r.rows_deleted, r.rows_inserted, &r.event_times);
             if r.files > 0 || r.rows_deleted > 0 {

@@ -20,7 +20,7 @@
 //! product's COPY with every other column as production fills it.
 
 use std::fmt;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -216,13 +216,11 @@ pub async fn run(setup: &Setup) -> Result<Report, SelftestError> {
     };
     let database = cfg.database.trim().to_string();
     let staging_uri = cfg.staging_uri.clone();
-    tokio::task::spawn_blocking(move || run_blocking(&w, &metrics, &contract, Where { target, database, staging_uri }))
+    // A task of its own: a check that panics is reported, and the cleanup guard still runs.
+    tokio::spawn(run_checks(Arc::new(w), metrics, contract, Where { target, database, staging_uri }))
         .await
         .map_err(|e| SelftestError::Panicked(e.to_string()))?
 }
-
-/// One check: runs in the scratch schema, never fails to return a verdict.
-type CheckFn = fn(&Scratch) -> Check;
 
 struct Where {
     target: String,
@@ -230,45 +228,60 @@ struct Where {
     staging_uri: String,
 }
 
-fn run_blocking(
-    w: &RedshiftWarehouse,
-    metrics: &Metrics,
-    contract: &Contract,
+async fn run_checks(
+    w: Arc<RedshiftWarehouse>,
+    metrics: Arc<Metrics>,
+    contract: Contract,
     at: Where,
 ) -> Result<Report, SelftestError> {
-    w.ping().map_err(|e| SelftestError::Connect(e.to_string()))?;
+    let (metrics, contract) = (metrics.as_ref(), &contract);
+    w.ping().await.map_err(|e| SelftestError::Connect(e.to_string()))?;
     let schema = format!("wau_selftest_{}", random_hex());
     let dir = format!("selftest-{schema}/");
     w.execute(&format!("CREATE SCHEMA {schema}"))
+        .await
         .map_err(|e| SelftestError::CreateSchema { schema: schema.clone(), reason: e.to_string() })?;
     // From here on the schema and the staging objects go, whatever happens (also on a panic).
-    let mut guard = CleanupGuard { w, schema: schema.clone(), dir: dir.clone(), done: None };
-    let x = Scratch::new(w, metrics, contract, &schema, &dir);
-    if let Err(reason) = x.create() {
-        let cleanup = guard.run();
+    let mut guard = CleanupGuard { w: w.clone(), schema: schema.clone(), dir: dir.clone(), done: None };
+    let x = Scratch::new(&w, metrics, contract, &schema, &dir);
+    if let Err(reason) = x.create().await {
+        let cleanup = guard.run().await;
         return Err(SelftestError::Setup { schema, reason, cleanup: cleanup.to_string() });
     }
-    let checks: [(&'static str, CheckFn); 10] = [
-        ("isolation_level", isolation_level),
-        ("writer_lock", writer_lock),
-        ("batch_size", batch_size),
-        ("copy_fractional_seconds", copy_fractional_seconds),
-        ("copy_null_and_empty", copy_null_and_empty),
-        ("varchar_bytes", varchar_bytes),
-        ("iso_week", iso_week),
-        ("conflict_retry", conflict_retry),
-        ("ledger_key_order", ledger_key_order),
-        ("add_column", add_column),
+    let checks = [
+        "isolation_level",
+        "writer_lock",
+        "batch_size",
+        "copy_fractional_seconds",
+        "copy_null_and_empty",
+        "varchar_bytes",
+        "iso_week",
+        "conflict_retry",
+        "ledger_key_order",
+        "add_column",
     ];
     let mut results = Vec::new();
-    for (name, check) in checks {
+    for name in checks {
         let started = Instant::now();
-        let mut c = check(&x);
+        // One check: runs in the scratch schema, never fails to return a verdict.
+        let mut c = match name {
+            "isolation_level" => isolation_level(&x).await,
+            "writer_lock" => writer_lock(&x).await,
+            "batch_size" => batch_size(&x).await,
+            "copy_fractional_seconds" => copy_fractional_seconds(&x).await,
+            "copy_null_and_empty" => copy_null_and_empty(&x).await,
+            "varchar_bytes" => varchar_bytes(&x).await,
+            "iso_week" => iso_week(&x).await,
+            "conflict_retry" => conflict_retry(&x).await,
+            "ledger_key_order" => ledger_key_order(&x).await,
+            "add_column" => add_column(&x).await,
+            other => unreachable!("no check {other}"),
+        };
         debug_assert_eq!(c.name, name);
         c.seconds = started.elapsed().as_secs_f64();
         results.push(c);
     }
-    let cleanup = guard.run();
+    let cleanup = guard.run().await;
     Ok(Report {
         target: at.target,
         database: at.database,
@@ -279,25 +292,26 @@ fn run_blocking(
     })
 }
 
-/// Drops the scratch schema and deletes the staging objects once: explicitly, or when dropped.
-struct CleanupGuard<'a> {
-    w: &'a RedshiftWarehouse,
+/// Drops the scratch schema and deletes the staging objects once: explicitly, or when dropped
+/// (then as a task on the runtime, when the checks panicked).
+struct CleanupGuard {
+    w: Arc<RedshiftWarehouse>,
     schema: String,
     dir: String,
     done: Option<Cleanup>,
 }
 
-impl CleanupGuard<'_> {
-    fn run(&mut self) -> Cleanup {
+impl CleanupGuard {
+    async fn run(&mut self) -> Cleanup {
         if let Some(c) = &self.done {
             return c.clone();
         }
         let mut c = Cleanup::default();
-        match self.w.execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema)) {
+        match self.w.execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema)).await {
             Ok(()) => c.schema_dropped = true,
             Err(e) => c.errors.push(format!("dropping schema {}: {}", self.schema, brief(e))),
         }
-        match self.w.delete_staging_prefix(&self.dir) {
+        match self.w.delete_staging_prefix(&self.dir).await {
             Ok(n) => c.objects_deleted = n,
             Err(e) => c.errors.push(brief(e)),
         }
@@ -306,9 +320,23 @@ impl CleanupGuard<'_> {
     }
 }
 
-impl Drop for CleanupGuard<'_> {
+impl Drop for CleanupGuard {
     fn drop(&mut self) {
-        self.run();
+        if self.done.is_some() {
+            return;
+        }
+        let mut left = CleanupGuard {
+            w: self.w.clone(),
+            schema: std::mem::take(&mut self.schema),
+            dir: std::mem::take(&mut self.dir),
+            done: Some(Cleanup::default()),
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                left.done = None;
+                left.run().await;
+            });
+        }
     }
 }
 
@@ -378,21 +406,17 @@ fn brief(e: impl ToString) -> String {
     }
 }
 
-/// Runs `f(0..n)` on `n` threads released together; results in order.
-fn concurrently<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let barrier = Barrier::new(n);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                let (barrier, f) = (&barrier, &f);
-                s.spawn(move || {
-                    barrier.wait();
-                    f(i)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a selftest writer thread panicked")).collect()
-    })
+/// Runs `f(0..n)` concurrently, released together; results in order.
+async fn concurrently<T, F: std::future::Future<Output = T>>(n: usize, f: impl Fn(usize) -> F) -> Vec<T> {
+    let barrier = tokio::sync::Barrier::new(n);
+    futures::future::join_all((0..n).map(|i| {
+        let (barrier, f) = (&barrier, &f);
+        async move {
+            barrier.wait().await;
+            f(i).await
+        }
+    }))
+    .await
 }
 
 /// The scratch schema and what the checks share.
@@ -429,7 +453,7 @@ impl<'a> Scratch<'a> {
     }
 
     /// The product's tables (its own DDL, the writer lock table too) and the helper tables, in one batch.
-    fn create(&self) -> Result<(), String> {
+    async fn create(&self) -> Result<(), String> {
         let mut sqls = self.sql().migrate();
         let digits = (0..10).map(|d| format!("({d})")).collect::<Vec<_>>().join(", ");
         // 10^5 × 3 rows: a cross join, since Redshift cannot INSERT from generate_series.
@@ -447,7 +471,7 @@ impl<'a> Scratch<'a> {
             format!("INSERT INTO {} (id, v) VALUES (1, 0)", self.counter),
             format!("CREATE TABLE {} (v VARCHAR(65535))", self.pad),
         ]);
-        self.w.run_batch(&sqls).map(|_| ()).map_err(brief)
+        self.w.run_batch(&sqls).await.map(|_| ()).map_err(brief)
     }
 
     /// A statement that reads [`WIDEN_ROWS`] rows and hashes each: it takes the transaction's
@@ -482,8 +506,8 @@ impl<'a> Scratch<'a> {
         )
     }
 
-    fn count(&self, sql: &str) -> Result<i64, String> {
-        let rows = self.w.query(sql).map_err(brief)?;
+    async fn count(&self, sql: &str) -> Result<i64, String> {
+        let rows = self.w.query(sql).await.map_err(brief)?;
         rows.first()
             .and_then(|r| r.first())
             .and_then(Cell::as_i64)
@@ -516,7 +540,7 @@ impl<'a> Scratch<'a> {
 
     /// Loads `rows` (one file `file_key`, lines 1…) through the product's part writer,
     /// manifest and COPY; the batch's error text if it failed.
-    fn copy_rows(&self, name: &str, file_key: &str, rows: &[Vec<Option<String>>]) -> Result<(), String> {
+    async fn copy_rows(&self, name: &str, file_key: &str, rows: &[Vec<Option<String>>]) -> Result<(), String> {
         let mut chunk = RowChunk::new(self.contract.columns.len());
         for (i, r) in rows.iter().enumerate() {
             let values: Vec<Option<&str>> = r.iter().map(Option::as_deref).collect();
@@ -528,28 +552,29 @@ impl<'a> Scratch<'a> {
         let mut urls = Vec::new();
         for p in parts {
             let part = format!("{}{name}/part-{:05}.csv.gz", self.dir, p.index);
-            urls.push(self.w.put_staging(&part, p.bytes).map_err(brief)?);
+            urls.push(self.w.put_staging(&part, p.bytes).await.map_err(brief)?);
         }
         let manifest = self
             .w
             .put_staging(&format!("{}{name}/manifest.json", self.dir), stage::manifest(&urls).into_bytes())
+            .await
             .map_err(brief)?;
-        self.w.run_batch(&[self.w.copy_staging_sql(&self.sql(), &manifest)]).map(|_| ()).map_err(brief)
+        self.w.run_batch(&[self.w.copy_staging_sql(&self.sql(), &manifest)]).await.map(|_| ()).map_err(brief)
     }
 
     /// One staging row by `INSERT … VALUES` with the product's literals.
-    fn insert_staging_row(&self, file_key: &str, row: &[Option<String>]) -> Result<(), String> {
+    async fn insert_staging_row(&self, file_key: &str, row: &[Option<String>]) -> Result<(), String> {
         let mut cols: Vec<&str> = self.contract.columns.iter().map(|c| c.name.as_str()).collect();
         cols.extend(crate::warehouse::sql::STAGING_PROVENANCE);
         let mut values: Vec<String> =
             row.iter().map(|v| v.as_deref().map_or(Lit::Null, |s| Lit::Str(s.into())).sql()).collect();
         values.extend([Lit::Str(file_key.into()).sql(), Lit::Str("v1".into()).sql(), "1".into(), "1".into()]);
         let sql = format!("INSERT INTO {} ({}) VALUES ({})", self.tables.staging, cols.join(", "), values.join(", "));
-        self.w.run_batch(&[sql]).map(|_| ()).map_err(brief)
+        self.w.run_batch(&[sql]).await.map(|_| ()).map_err(brief)
     }
 
     /// `_line` → the probe column's value, for one file of staging.
-    fn probe_values(&self, file_key: &str) -> Result<Vec<(i64, Option<String>)>, String> {
+    async fn probe_values(&self, file_key: &str) -> Result<Vec<(i64, Option<String>)>, String> {
         let rows = self
             .w
             .query(&format!(
@@ -557,6 +582,7 @@ impl<'a> Scratch<'a> {
                 self.tables.staging,
                 sql_string(file_key)
             ))
+            .await
             .map_err(brief)?;
         Ok(rows
             .iter()
@@ -585,10 +611,10 @@ fn copy_advice(error: &str, otherwise: &str) -> String {
 }
 
 /// 1. Which isolation level the database runs (both are supported; informational).
-fn isolation_level(x: &Scratch) -> Check {
+async fn isolation_level(x: &Scratch<'_>) -> Check {
     const NAME: &str = "isolation_level";
     let sql = "SELECT isolation_level FROM stv_db_isolation_level WHERE db_name = current_database()";
-    match x.w.query(sql) {
+    match x.w.query(sql).await {
         Ok(rows) => match rows.first().and_then(|r| r.first()).and_then(Cell::text) {
             Some(level) => {
                 let level = level.trim();
@@ -627,7 +653,7 @@ struct Race {
     reruns: u64,
 }
 
-fn guard_race(x: &Scratch, key: &str, lock: bool) -> Result<Race, String> {
+async fn guard_race(x: &Scratch<'_>, key: &str, lock: bool) -> Result<Race, String> {
     let mut batches = Vec::new();
     for i in 0..WRITERS {
         let mut sqls = Vec::new();
@@ -639,21 +665,23 @@ fn guard_race(x: &Scratch, key: &str, lock: bool) -> Result<Race, String> {
         batches.push(sqls);
     }
     let before = x.reruns();
-    let results = concurrently(WRITERS, |i| x.w.run_batch(&batches[i]));
+    let results = concurrently(WRITERS, |i| x.w.run_batch(&batches[i])).await;
     let reruns = x.reruns() - before;
     let failures = results.into_iter().filter_map(Result::err).map(brief).collect();
-    let rows = x.count(&format!(
-        "SELECT COUNT(*) FROM {} WHERE bucket = 'selftest' AND key = {}",
-        x.tables.files,
-        sql_string(key)
-    ))?;
+    let rows = x
+        .count(&format!(
+            "SELECT COUNT(*) FROM {} WHERE bucket = 'selftest' AND key = {}",
+            x.tables.files,
+            sql_string(key)
+        ))
+        .await?;
     Ok(Race { rows, failures, reruns })
 }
 
 /// 2. The writer lock serializes the guarded ledger insert of concurrent writers.
-fn writer_lock(x: &Scratch) -> Check {
+async fn writer_lock(x: &Scratch<'_>) -> Check {
     const NAME: &str = "writer_lock";
-    let locked = match guard_race(x, "selftest/lock/locked", true) {
+    let locked = match guard_race(x, "selftest/lock/locked", true).await {
         Ok(r) => r,
         Err(e) => return Check::fail(NAME, format!("could not run the race: {e}"), "see the error"),
     };
@@ -676,7 +704,7 @@ fn writer_lock(x: &Scratch) -> Check {
     } else {
         Check::pass(NAME, observed)
     };
-    match guard_race(x, "selftest/lock/unlocked", false) {
+    match guard_race(x, "selftest/lock/unlocked", false).await {
         Ok(r) => {
             let meaning = if r.rows > 1 {
                 "the anomaly the lock exists for (SNAPSHOT isolation)"
@@ -713,11 +741,11 @@ fn pad_statements(table: &str, n: usize, total: usize) -> Vec<String> {
 }
 
 /// 3. A batch whose text is just under the limit runs; whether the limit is per statement.
-fn batch_size(x: &Scratch) -> Check {
+async fn batch_size(x: &Scratch<'_>) -> Check {
     const NAME: &str = "batch_size";
     let near = pad_statements(&x.pad, 4, MAX_STATEMENT_BYTES - 512);
     let bytes: usize = near.iter().map(String::len).sum();
-    let mut check = match x.w.run_batch(&near) {
+    let mut check = match x.w.run_batch(&near).await {
         Ok(_) => Check::pass(NAME, format!("a batch of {} statements, {bytes} bytes of SQL in all, ran", near.len())),
         Err(e) => Check::fail(
             NAME,
@@ -729,7 +757,7 @@ fn batch_size(x: &Scratch) -> Check {
     };
     let two = pad_statements(&x.pad, 2, 2 * 60 * 1024);
     let bytes: usize = two.iter().map(String::len).sum();
-    check = check.note(match x.w.run_batch(&two) {
+    check = check.note(match x.w.run_batch(&two).await {
         Ok(_) => format!(
             "two statements of 60 KB ({bytes} bytes) in one batch were accepted: the limit is per statement; keeping the whole batch under it, as the product does, is conservative"
         ),
@@ -742,7 +770,7 @@ fn batch_size(x: &Scratch) -> Check {
 }
 
 /// 4. Six-digit fractional seconds survive the product's part writer and COPY.
-fn copy_fractional_seconds(x: &Scratch) -> Check {
+async fn copy_fractional_seconds(x: &Scratch<'_>) -> Check {
     const NAME: &str = "copy_fractional_seconds";
     let expected = "2026-01-02 03:04:05.123456";
     let col = &x.contract.event_time_column;
@@ -757,7 +785,7 @@ fn copy_fractional_seconds(x: &Scratch) -> Check {
         }
     };
     let key = "selftest/copy/fractional-seconds.csv";
-    if let Err(e) = x.copy_rows("fractional-seconds", key, &[x.staging_row(&[(col, Some(&stored))])]) {
+    if let Err(e) = x.copy_rows("fractional-seconds", key, &[x.staging_row(&[(col, Some(&stored))])]).await {
         return Check::fail(
             NAME,
             format!("the COPY of {stored:?} failed: {e}"),
@@ -772,7 +800,7 @@ fn copy_fractional_seconds(x: &Scratch) -> Check {
         x.tables.staging,
         sql_string(key)
     );
-    match x.w.query(&sql) {
+    match x.w.query(&sql).await {
         Ok(rows) => match rows.first().and_then(|r| r.first()).and_then(Cell::text) {
             Some(got) if got == expected => {
                 Check::pass(NAME, format!("{stored:?} through the product's COPY reads back as {got}"))
@@ -788,7 +816,7 @@ fn copy_fractional_seconds(x: &Scratch) -> Check {
 }
 
 /// 5. What `\N`, an empty unquoted field and a quoted `""` load as through the product's COPY.
-fn copy_null_and_empty(x: &Scratch) -> Check {
+async fn copy_null_and_empty(x: &Scratch<'_>) -> Check {
     const NAME: &str = "copy_null_and_empty";
     let key = "selftest/copy/null-and-empty.csv";
     // Lines 1–3: the text `\N` (the contract keeps it as text), NULL (an empty optional value,
@@ -798,14 +826,14 @@ fn copy_null_and_empty(x: &Scratch) -> Check {
         x.staging_row(&[(PROBE_COLUMN, None)]),
         x.staging_row(&[(PROBE_COLUMN, Some(""))]),
     ];
-    if let Err(e) = x.copy_rows("null-and-empty", key, &rows) {
+    if let Err(e) = x.copy_rows("null-and-empty", key, &rows).await {
         return Check::fail(
             NAME,
             format!("the COPY failed: {e}"),
             copy_advice(&e, "see the error: the product's COPY must load these fields"),
         );
     }
-    let got = match x.probe_values(key) {
+    let got = match x.probe_values(key).await {
         Ok(v) => v,
         Err(e) => return Check::fail(NAME, format!("reading the rows back failed: {e}"), "see the error"),
     };
@@ -837,7 +865,7 @@ fn copy_null_and_empty(x: &Scratch) -> Check {
 
 /// 6. VARCHAR widths are bytes: 32 two-byte characters fit VARCHAR(64), 33 do not; and the
 ///    contract (`max_length` in bytes) draws the line where the warehouse does.
-fn varchar_bytes(x: &Scratch) -> Check {
+async fn varchar_bytes(x: &Scratch<'_>) -> Check {
     const NAME: &str = "varchar_bytes";
     let fits = "é".repeat(PROBE_BYTES / 2);
     let over = "é".repeat(PROBE_BYTES / 2 + 1);
@@ -847,10 +875,10 @@ fn varchar_bytes(x: &Scratch) -> Check {
         Ok(()) => "loaded".to_string(),
         Err(e) => format!("refused ({e})"),
     };
-    let insert_fits = x.insert_staging_row("selftest/bytes/insert-fits", &row(&fits));
-    let insert_over = x.insert_staging_row("selftest/bytes/insert-over", &row(&over));
-    let copy_fits = x.copy_rows("bytes-fits", "selftest/bytes/copy-fits", &[row(&fits)]);
-    let copy_over = x.copy_rows("bytes-over", "selftest/bytes/copy-over", &[row(&over)]);
+    let insert_fits = x.insert_staging_row("selftest/bytes/insert-fits", &row(&fits)).await;
+    let insert_over = x.insert_staging_row("selftest/bytes/insert-over", &row(&over)).await;
+    let copy_fits = x.copy_rows("bytes-fits", "selftest/bytes/copy-fits", &[row(&fits)]).await;
+    let copy_over = x.copy_rows("bytes-over", "selftest/bytes/copy-over", &[row(&over)]).await;
     let observed = format!(
         "VARCHAR({PROBE_BYTES}) (the product's DDL for max_length = {PROBE_BYTES}): 'é'×{} ({} bytes) by INSERT {}, by COPY {}; 'é'×{} ({} bytes) by INSERT {}, by COPY {}",
         PROBE_BYTES / 2,
@@ -886,7 +914,7 @@ fn varchar_bytes(x: &Scratch) -> Check {
 }
 
 /// 7. The WAU view's ISO week (`TO_CHAR(ts, 'IYYY-"W"IW')`) at the year boundaries.
-fn iso_week(x: &Scratch) -> Check {
+async fn iso_week(x: &Scratch<'_>) -> Check {
     const NAME: &str = "iso_week";
     let cases = [("2021-01-03 12:00:00", "2020-W53"), ("2024-12-30 12:00:00", "2025-W01")];
     let c = x.contract;
@@ -918,13 +946,17 @@ fn iso_week(x: &Scratch) -> Check {
         rows.push(format!("({})", values.join(", ")));
     }
     let insert = format!("INSERT INTO {} ({}) VALUES {}", x.tables.target, cols.join(", "), rows.join(", "));
-    if let Err(e) = x.w.run_batch(&[insert]) {
+    if let Err(e) = x.w.run_batch(&[insert]).await {
         return Check::fail(NAME, format!("inserting the rows failed: {}", brief(e)), "see the error");
     }
-    let got = match x.w.query(&format!(
-        "SELECT customer, iso_week FROM {} WHERE customer LIKE 'selftest-week-%' ORDER BY customer",
-        x.tables.wau_view
-    )) {
+    let got = match x
+        .w
+        .query(&format!(
+            "SELECT customer, iso_week FROM {} WHERE customer LIKE 'selftest-week-%' ORDER BY customer",
+            x.tables.wau_view
+        ))
+        .await
+    {
         Ok(rows) => rows,
         Err(e) => {
             return Check::fail(NAME, format!("reading the product's view failed: {}", brief(e)), "see the error")
@@ -952,20 +984,24 @@ fn iso_week(x: &Scratch) -> Check {
 }
 
 /// Two concurrent batches adding to the same row without a lock: how they ended, and the value.
-fn update_race(x: &Scratch, once: bool) -> Result<(Vec<Result<(), String>>, i64), String> {
-    x.w.run_batch(&[format!("UPDATE {} SET v = 0 WHERE id = 1", x.counter)]).map_err(brief)?;
+async fn update_race(x: &Scratch<'_>, once: bool) -> Result<(Vec<Result<(), String>>, i64), String> {
+    x.w.run_batch(&[format!("UPDATE {} SET v = 0 WHERE id = 1", x.counter)]).await.map_err(brief)?;
     let batches: Vec<Vec<String>> = [1, 10]
         .iter()
         .map(|add| vec![x.widen(), format!("UPDATE {} SET v = v + {add} WHERE id = 1", x.counter)])
         .collect();
     let results = concurrently(2, |i| {
-        if once {
-            x.w.try_batch_once(&batches[i]).map_err(brief)
-        } else {
-            x.w.run_batch(&batches[i]).map(|_| ()).map_err(brief)
+        let batch = &batches[i];
+        async move {
+            if once {
+                x.w.try_batch_once(batch).await.map_err(brief)
+            } else {
+                x.w.run_batch(batch).await.map(|_| ()).map_err(brief)
+            }
         }
-    });
-    let value = x.count(&format!("SELECT v FROM {} WHERE id = 1", x.counter))?;
+    })
+    .await;
+    let value = x.count(&format!("SELECT v FROM {} WHERE id = 1", x.counter)).await?;
     Ok((results, value))
 }
 
@@ -975,7 +1011,7 @@ fn update_race(x: &Scratch, once: bool) -> Result<(Vec<Result<(), String>>, i64)
 /// either way (it calls an object recorded only on a byte-equal key and sequencer); it is exact
 /// only if so. Otherwise recorded objects it passes by go to the pipeline, which finds them
 /// duplicates (one HeadObject and one ledger lookup each).
-fn ledger_key_order(x: &Scratch) -> Check {
+async fn ledger_key_order(x: &Scratch<'_>) -> Check {
     const NAME: &str = "ledger_key_order";
     const BUCKET: &str = "s3://selftest-order";
     let keys = ["k/B", "k/a-b", "k/a.csv", "k/a/x", "k/a_b", "k/z", "k/~", "k/é"];
@@ -1004,21 +1040,21 @@ fn ledger_key_order(x: &Scratch) -> Check {
         x.tables.files,
         rows.join(", ")
     );
-    if let Err(e) = x.w.run_batch(&[insert]) {
+    if let Err(e) = x.w.run_batch(&[insert]).await {
         return Check::fail(NAME, format!("inserting the ledger rows failed: {}", brief(e)), "see the error");
     }
-    let page = |start: RecordedPage, key: &str, sequencer: &str| -> Result<Vec<String>, String> {
+    let page = |start: RecordedPage, key: &'static str, sequencer: &'static str| async move {
         let params = [
             ("bucket", Lit::Str(BUCKET.into())),
             ("key", Lit::Str(key.into())),
             ("sequencer", Lit::Str(sequencer.into())),
         ];
         let sql = render(&x.sql().recorded_page(start, 100), &params)?;
-        let rows = x.w.query(&sql).map_err(brief)?;
-        Ok(rows.iter().filter_map(|r| r.first().and_then(Cell::text)).collect())
+        let rows = x.w.query(&sql).await.map_err(brief)?;
+        Ok::<Vec<String>, String>(rows.iter().filter_map(|r| r.first().and_then(Cell::text)).collect())
     };
     let (all, after_third) =
-        match (page(RecordedPage::AtKey, "k/", ""), page(RecordedPage::After, "k/a.csv", "00000001")) {
+        match (page(RecordedPage::AtKey, "k/", "").await, page(RecordedPage::After, "k/a.csv", "00000001").await) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
                 return Check::fail(NAME, format!("reading the pages failed: {e}"), "see the error")
@@ -1041,12 +1077,12 @@ fn ledger_key_order(x: &Scratch) -> Check {
 }
 
 /// 8. A concurrency conflict is recognised and rerun by the product's statement runner.
-fn conflict_retry(x: &Scratch) -> Check {
+async fn conflict_retry(x: &Scratch<'_>) -> Check {
     const NAME: &str = "conflict_retry";
     // First without the runner's reruns, to see the error Redshift gives.
     let mut error = None;
     for _ in 0..RACE_ATTEMPTS {
-        match update_race(x, true) {
+        match update_race(x, true).await {
             Ok((results, _)) => {
                 if let Some(e) = results.into_iter().find_map(Result::err) {
                     error = Some(e);
@@ -1068,7 +1104,7 @@ fn conflict_retry(x: &Scratch) -> Check {
     let mut last = None;
     for _ in 0..RACE_ATTEMPTS {
         let before = x.reruns();
-        match update_race(x, false) {
+        match update_race(x, false).await {
             Ok((results, value)) => {
                 let reruns = x.reruns() - before;
                 let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
@@ -1114,11 +1150,11 @@ fn conflict_retry(x: &Scratch) -> Check {
 ///     statement on its own): on a table with rows it works, the rows read NULL in it, the
 ///     product's catalog query (`Sql::table_columns`, SVV_COLUMNS) sees it with its byte width,
 ///     and the WAU view over the target still answers.
-fn add_column(x: &Scratch) -> Check {
+async fn add_column(x: &Scratch<'_>) -> Check {
     const NAME: &str = "add_column";
     let sql = x.sql();
     let row = x.staging_row(&[]);
-    if let Err(e) = x.insert_staging_row("selftest/add-column", &row) {
+    if let Err(e) = x.insert_staging_row("selftest/add-column", &row).await {
         return Check::fail(NAME, format!("could not insert a staging row: {e}"), "see the error");
     }
     let added = crate::warehouse::sql::WantedColumn {
@@ -1127,7 +1163,7 @@ fn add_column(x: &Scratch) -> Check {
         not_null: false,
     };
     for table in [&x.tables.staging, &x.tables.target] {
-        if let Err(e) = x.w.execute(&sql.add_column(table, &added)) {
+        if let Err(e) = x.w.execute(&sql.add_column(table, &added)).await {
             return Check::fail(
                 NAME,
                 format!("ALTER TABLE {table} ADD COLUMN {} failed: {}", added.ddl(), brief(e)),
@@ -1136,14 +1172,16 @@ fn add_column(x: &Scratch) -> Check {
         }
     }
     let mut advice = Vec::new();
-    let nulls = x.count(&format!(
-        "SELECT COUNT(*) FROM {} WHERE _file_key = 'selftest/add-column' AND {} IS NULL",
-        x.tables.staging, added.name
-    ));
+    let nulls = x
+        .count(&format!(
+            "SELECT COUNT(*) FROM {} WHERE _file_key = 'selftest/add-column' AND {} IS NULL",
+            x.tables.staging, added.name
+        ))
+        .await;
     if nulls != Ok(1) {
         advice.push(format!("the row already there does not read NULL in the new column ({nulls:?})"));
     }
-    let catalog = x.w.read_text(&sql.table_columns(&[x.tables.staging.as_str()])).map_err(brief);
+    let catalog = x.w.read_text(&sql.table_columns(&[x.tables.staging.as_str()])).await.map_err(brief);
     let seen = match &catalog {
         Ok(rows) => rows.iter().filter_map(|r| sql.actual_column(&r[1..])).find(|c| c.name == added.name),
         Err(_) => None,
@@ -1156,10 +1194,10 @@ fn add_column(x: &Scratch) -> Check {
         ));
     }
     // The form every command runs at start: a bare name, looked up in the current schema.
-    if let Err(e) = x.w.read_text(&sql.table_columns(&["wau_selftest_no_such_table"])) {
+    if let Err(e) = x.w.read_text(&sql.table_columns(&["wau_selftest_no_such_table"])).await {
         advice.push(format!("the catalog query for a table of the current schema failed: {}", brief(e)));
     }
-    let view = x.count(&format!("SELECT COUNT(*) FROM {}", x.tables.wau_view));
+    let view = x.count(&format!("SELECT COUNT(*) FROM {}", x.tables.wau_view)).await;
     if let Err(e) = &view {
         advice.push(format!("the WAU view no longer answers after ADD COLUMN on its table: {e}"));
     }

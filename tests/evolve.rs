@@ -265,7 +265,9 @@ fn concurrent_migrates_each_add_a_column_once() {
                 s.spawn(|| {
                     let w = wau_ingest::warehouse::sqlite::SqliteWarehouse::open(&env.db, &v3).unwrap();
                     let t = Tables::for_contract(&v3);
-                    evolve::apply(&w, &Sql::new(Dialect::Sqlite, &v3, &t))
+                    // A runtime per thread: four migrates at once, each on its own connection.
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(evolve::apply(&w, &Sql::new(Dialect::Sqlite, &v3, &t)))
                 })
             })
             .collect();

@@ -91,14 +91,14 @@ fn target(rows: &[Vec<String>]) -> Target {
 }
 
 /// One history, applied to both warehouses and the model; returns the merges it checked.
-fn run_history(seed: u64, dir: &std::path::Path) -> usize {
+async fn run_history(seed: u64, dir: &std::path::Path) -> usize {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let contract = Contract::builtin();
     let fast = SqliteWarehouse::open(&dir.join(format!("fast-{seed}.sqlite")), &contract).unwrap();
     let shared =
         SqliteWarehouse::open(&dir.join(format!("shared-{seed}.sqlite")), &contract).unwrap().with_shared_merge();
-    fast.migrate().unwrap();
-    shared.migrate().unwrap();
+    fast.migrate().await.unwrap();
+    shared.migrate().await.unwrap();
     let mut sinks: [Box<dyn BatchSink>; 2] = [fast.sink().unwrap(), shared.sink().unwrap()];
 
     let file_keys = 1 + rng.below(4);
@@ -117,9 +117,9 @@ fn run_history(seed: u64, dir: &std::path::Path) -> usize {
                 let rows: Vec<(&str, &str, &str)> =
                     c.rows.iter().map(|(a, b, u)| (a.as_str(), b.as_str(), u.as_str())).collect();
                 for sink in sinks.iter_mut() {
-                    assert_eq!(sink.admit(&m, true).unwrap(), Admission::Load, "seed {seed}");
-                    sink.write_rows(&chunk(&rows)).unwrap();
-                    assert!(sink.finish_file(&loaded(rows.len() as u64, 0)).unwrap());
+                    assert_eq!(sink.admit(&m, true).await.unwrap(), Admission::Load, "seed {seed}");
+                    sink.write_rows(chunk(&rows)).await.unwrap();
+                    assert!(sink.finish_file(&loaded(rows.len() as u64, 0)).await.unwrap());
                 }
                 current.get_mut(&key).unwrap().batch = batch;
                 continue;
@@ -150,10 +150,10 @@ fn run_history(seed: u64, dir: &std::path::Path) -> usize {
                 rows.iter().map(|(a, b, u)| (a.as_str(), b.as_str(), u.as_str())).collect();
             let want = if late { Admission::Superseded } else { Admission::Load };
             for sink in sinks.iter_mut() {
-                assert_eq!(sink.admit(&m, false).unwrap(), want, "seed {seed} {key} {version}");
+                assert_eq!(sink.admit(&m, false).await.unwrap(), want, "seed {seed} {key} {version}");
                 if want == Admission::Load {
-                    sink.write_rows(&chunk(&borrowed)).unwrap();
-                    assert!(sink.finish_file(&loaded(rows.len() as u64, 0)).unwrap());
+                    sink.write_rows(chunk(&borrowed)).await.unwrap();
+                    assert!(sink.finish_file(&loaded(rows.len() as u64, 0)).await.unwrap());
                 }
             }
             if !late {
@@ -161,10 +161,10 @@ fn run_history(seed: u64, dir: &std::path::Path) -> usize {
             }
         }
         for sink in sinks.iter_mut() {
-            sink.commit().unwrap();
+            sink.commit().await.unwrap();
         }
         if batch == batches || rng.chance(50) {
-            let (a, b) = (fast.merge().unwrap(), shared.merge().unwrap());
+            let (a, b) = (fast.merge().await.unwrap(), shared.merge().await.unwrap());
             assert_eq!(
                 (a.files, a.rows_deleted, a.rows_inserted),
                 (b.files, b.rows_deleted, b.rows_inserted),
@@ -183,8 +183,8 @@ fn run_history(seed: u64, dir: &std::path::Path) -> usize {
     merges
 }
 
-#[test]
-fn the_sqlite_merge_and_the_shared_sql_publish_the_same_target() {
+#[tokio::test]
+async fn the_sqlite_merge_and_the_shared_sql_publish_the_same_target() {
     let histories: u64 = std::env::var("WAU_DIFF_HISTORIES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
     let seed: u64 = std::env::var("WAU_DIFF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(20261201);
     // Thousands of small durable commits: on a memory file system where there is one.
@@ -192,7 +192,7 @@ fn the_sqlite_merge_and_the_shared_sql_publish_the_same_target() {
     let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
     let mut merges = 0;
     for h in 0..histories {
-        merges += run_history(seed.wrapping_add(h), dir.path());
+        merges += run_history(seed.wrapping_add(h), dir.path()).await;
         for name in ["fast", "shared"] {
             for ext in ["sqlite", "sqlite-wal", "sqlite-shm"] {
                 let _ = std::fs::remove_file(dir.path().join(format!("{name}-{}.{ext}", seed.wrapping_add(h))));
@@ -207,9 +207,9 @@ fn the_sqlite_merge_and_the_shared_sql_publish_the_same_target() {
 /// (not a check: a measurement). `WAU_BENCH_ROWS` rows (1 M by default) in one file, and a
 /// second, newer file that overwrites `WAU_BENCH_OVERLAP` percent of them (0 by default):
 ///   cargo test --release --test merge_differential -- --ignored --nocapture
-#[test]
+#[tokio::test]
 #[ignore]
-fn merge_time_fast_against_shared() {
+async fn merge_time_fast_against_shared() {
     let n: usize = std::env::var("WAU_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let overlap: usize = std::env::var("WAU_BENCH_OVERLAP").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let dir = tempfile::tempdir().unwrap();
@@ -217,24 +217,24 @@ fn merge_time_fast_against_shared() {
     let staged = dir.path().join("staged.sqlite");
     {
         let w = SqliteWarehouse::open(&staged, &contract).unwrap();
-        w.migrate().unwrap();
+        w.migrate().await.unwrap();
         let mut sink = w.sink().unwrap();
         let files = [("csv/acme/a.csv", 0..n), ("csv/acme/b.csv", 0..n * overlap / 100)];
         for (i, (key, ids)) in files.into_iter().enumerate() {
             if ids.is_empty() {
                 continue;
             }
-            assert_eq!(sink.admit(&meta(key, "v1", &sequencer(i as u64 + 1)), false).unwrap(), Admission::Load);
+            assert_eq!(sink.admit(&meta(key, "v1", &sequencer(i as u64 + 1)), false).await.unwrap(), Admission::Load);
             let ids: Vec<usize> = ids.collect();
             for part in ids.chunks(10_000) {
                 let text: Vec<(String, String)> =
                     part.iter().map(|j| (format!("e{j:08}"), format!("u{i}-{}", j % 5000))).collect();
                 let rows: Vec<(&str, &str, &str)> =
                     text.iter().map(|(e, u)| ("acme", e.as_str(), u.as_str())).collect();
-                sink.write_rows(&chunk(&rows)).unwrap();
+                sink.write_rows(chunk(&rows)).await.unwrap();
             }
-            assert!(sink.finish_file(&loaded(ids.len() as u64, 0)).unwrap());
-            sink.commit().unwrap();
+            assert!(sink.finish_file(&loaded(ids.len() as u64, 0)).await.unwrap());
+            sink.commit().await.unwrap();
         }
         let c = rusqlite::Connection::open(&staged).unwrap();
         c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
@@ -251,7 +251,7 @@ fn merge_time_fast_against_shared() {
         let w = SqliteWarehouse::open(&path, &contract).unwrap();
         let w = if shared { w.with_shared_merge() } else { w };
         let started = std::time::Instant::now();
-        let r = w.merge().unwrap();
+        let r = w.merge().await.unwrap();
         let secs = started.elapsed().as_secs_f64();
         eprintln!("{name}: merge of {n} rows (+{}% overwritten) in {secs:.2} s, {} inserted", overlap, r.rows_inserted);
         results.push((name, secs, full_target(&w).len()));

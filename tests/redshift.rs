@@ -39,7 +39,11 @@ struct Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Err(e) = self.admin.execute(&format!("DROP DATABASE IF EXISTS {}", self.database)) {
+        let sql = format!("DROP DATABASE IF EXISTS {}", self.database);
+        let drop_database = self.admin.execute(&sql);
+        // The tests run on a multi-thread runtime: block this worker only.
+        let dropped = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(drop_database));
+        if let Err(e) = dropped {
             eprintln!("test database {} not dropped: {e}", self.database);
         }
     }
@@ -90,11 +94,11 @@ async fn stack_with(part_bytes: usize, tune: impl FnOnce(RedshiftWarehouse) -> R
     let metrics = Arc::new(Metrics::new());
     let admin = RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap();
     cfg.database = format!("wau_t_{id}");
-    admin.execute(&format!("CREATE DATABASE {}", cfg.database)).unwrap();
+    admin.execute(&format!("CREATE DATABASE {}", cfg.database)).await.unwrap();
     let w = tune(
         RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap().with_part_bytes(part_bytes),
     );
-    w.migrate().unwrap();
+    w.migrate().await.unwrap();
     Some(Stack { w, s3, bucket, metrics, admin, database: cfg.database.clone(), cfg, sdk })
 }
 
@@ -110,14 +114,15 @@ impl Stack {
         out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
     }
 
-    fn strings(&self, sql: &str) -> Vec<Vec<String>> {
-        let rows = self.w.query(sql).unwrap();
+    async fn strings(&self, sql: &str) -> Vec<Vec<String>> {
+        let rows = self.w.query(sql).await.unwrap();
         rows.iter().map(|r| r.iter().map(|c| c.text().unwrap_or_else(|| "NULL".into())).collect()).collect()
     }
 
     /// The target as (event_id, user_id, _file_key), by event_id.
-    fn target(&self) -> Vec<(String, String, String)> {
+    async fn target(&self) -> Vec<(String, String, String)> {
         self.strings("SELECT event_id, user_id, _file_key FROM wau_audit_logs ORDER BY event_id")
+            .await
             .into_iter()
             .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
             .collect()
@@ -127,14 +132,14 @@ impl Stack {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_are_timed_by_operation() {
     let Some(s) = stack(1 << 20).await else { return };
-    s.w.migrate().unwrap();
+    s.w.migrate().await.unwrap();
     // Two migrates (the stack's and this one), each two statements: the lock table, then the rest.
     let metrics = s.metrics.render();
     assert!(metrics.contains("wau_ingest_statement_seconds_count{operation=\"migrate\"} 4"), "{metrics}");
     let mut sink = s.w.sink().unwrap();
-    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]);
-    sink.commit().unwrap().unwrap();
-    s.w.merge().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]).await;
+    sink.commit().await.unwrap().unwrap();
+    s.w.merge().await.unwrap();
     let metrics = s.metrics.render();
     assert!(metrics.contains("wau_ingest_statement_seconds_count{operation=\"load\"} 1"), "{metrics}");
     // Two Data API statements: the check for unmerged files, then the merge's batch.
@@ -148,26 +153,26 @@ async fn staging_parts_are_cut_as_rows_come_and_go_with_their_file() {
     // Tiny parts: every row cuts a part, so a file spans several.
     let Some(s) = stack(50).await else { return };
     let mut sink = s.w.sink().unwrap();
-    assert_eq!(sink.admit(&meta("a.csv", "va", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e1", "u1"), ("acme", "e2", "u2"), ("acme", "e3", "u1")])).unwrap();
-    sink.write_rejects(&[reject(5, "x", "y")]).unwrap();
-    assert!(sink.finish_file(&loaded(3, 1)).unwrap());
-    assert_eq!(sink.admit(&meta("b.csv", "vb", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e4", "u3")])).unwrap();
-    assert!(sink.finish_file(&loaded(1, 0)).unwrap());
+    assert_eq!(sink.admit(&meta("a.csv", "va", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e1", "u1"), ("acme", "e2", "u2"), ("acme", "e3", "u1")])).await.unwrap();
+    sink.write_rejects(vec![reject(5, "x", "y")]).await.unwrap();
+    assert!(sink.finish_file(&loaded(3, 1)).await.unwrap());
+    assert_eq!(sink.admit(&meta("b.csv", "vb", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e4", "u3")])).await.unwrap();
+    assert!(sink.finish_file(&loaded(1, 0)).await.unwrap());
     let kept = s.staging_objects().await;
     assert_eq!(kept.len(), 4, "parts are uploaded as they are cut, one file's rows to its own parts: {kept:?}");
 
-    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e5", "u1"), ("acme", "e6", "u2")])).unwrap();
+    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e5", "u1"), ("acme", "e6", "u2")])).await.unwrap();
     assert_eq!(s.staging_objects().await.len(), 6);
-    sink.abandon_file().unwrap();
+    sink.abandon_file().await.unwrap();
     assert_eq!(s.staging_objects().await, kept, "an abandoned file's parts are deleted, nothing else");
 
-    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e7", "u1"), ("acme", "e8", "u2")])).unwrap();
+    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e7", "u1"), ("acme", "e8", "u2")])).await.unwrap();
     assert_eq!(s.staging_objects().await.len(), 6);
-    sink.discard_file_rows().unwrap();
+    sink.discard_file_rows().await.unwrap();
     assert_eq!(s.staging_objects().await, kept, "a discarded file's parts are deleted, nothing else");
     assert!(sink
         .finish_file(&FileSummary {
@@ -178,16 +183,17 @@ async fn staging_parts_are_cut_as_rows_come_and_go_with_their_file() {
             reason: Some("x".into()),
             customer: None,
         })
+        .await
         .unwrap());
 
-    assert_eq!(sink.commit().unwrap().unwrap().files, 3);
+    assert_eq!(sink.commit().await.unwrap().unwrap().files, 3);
     assert!(s.staging_objects().await.is_empty(), "staging objects are deleted after the commit");
-    assert_eq!(s.w.totals().unwrap().staging_rows, 4);
+    assert_eq!(s.w.totals().await.unwrap().staging_rows, 4);
 
-    assert_eq!(sink.admit(&meta("e.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e9", "u1")])).unwrap();
+    assert_eq!(sink.admit(&meta("e.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e9", "u1")])).await.unwrap();
     assert!(!s.staging_objects().await.is_empty());
-    sink.rollback();
+    sink.rollback().await;
     assert!(s.staging_objects().await.is_empty(), "a rolled back batch's parts are deleted");
 }
 
@@ -198,33 +204,37 @@ async fn staging_parts_are_cut_as_rows_come_and_go_with_their_file() {
 async fn a_batch_in_flight_counts_for_admission_until_its_commit_ended() {
     let Some(s) = stack(1 << 20).await else { return };
     let mut sink = s.w.sink().unwrap();
-    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "u1")]), Admission::Load);
-    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v1", "1"), &[("acme", "e2", "u2")]), Admission::Load);
-    let pending = sink.commit_begin().unwrap().expect("a commit in flight");
-    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Superseded, "older than v2 in flight");
-    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v2", "2"), &[("acme", "e2", "u9")]), Admission::Load);
-    assert!(sink.commit_begin().is_err(), "never two commits in flight");
-
-    let r1 = tokio::task::spawn_blocking(move || pending.wait()).await.unwrap().unwrap().unwrap();
-    assert_eq!((r1.files, r1.rows_loaded), (2, 2));
-    let r2 = sink.commit().unwrap().unwrap();
-    assert_eq!((r2.files, r2.rows_loaded), (2, 1), "a.csv v1 recorded superseded, b.csv v2 loaded");
-    assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), Some(FileStatus::Superseded));
-    assert_eq!(s.w.lookup("central", "a.csv", "v2").unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(load(sink.as_mut(), &meta("a.csv", "v2", "2"), &[("acme", "e1", "u1")]).await, Admission::Load);
+    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v1", "1"), &[("acme", "e2", "u2")]).await, Admission::Load);
+    let pending = sink.commit_begin().await.unwrap().expect("a commit in flight");
+    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).await.unwrap(), Admission::Duplicate(FileStatus::Loaded));
     assert_eq!(
-        s.w.lookup("central", "b.csv", "v1").unwrap(),
+        sink.admit(&meta("a.csv", "v1", "1"), false).await.unwrap(),
+        Admission::Superseded,
+        "older than v2 in flight"
+    );
+    assert_eq!(load(sink.as_mut(), &meta("b.csv", "v2", "2"), &[("acme", "e2", "u9")]).await, Admission::Load);
+    assert!(sink.commit_begin().await.is_err(), "never two commits in flight");
+
+    let r1 = tokio::spawn(async move { pending.wait().await }).await.unwrap().unwrap().unwrap();
+    assert_eq!((r1.files, r1.rows_loaded), (2, 2));
+    let r2 = sink.commit().await.unwrap().unwrap();
+    assert_eq!((r2.files, r2.rows_loaded), (2, 1), "a.csv v1 recorded superseded, b.csv v2 loaded");
+    assert_eq!(s.w.lookup("central", "a.csv", "v1").await.unwrap(), Some(FileStatus::Superseded));
+    assert_eq!(s.w.lookup("central", "a.csv", "v2").await.unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(
+        s.w.lookup("central", "b.csv", "v1").await.unwrap(),
         Some(FileStatus::Superseded),
         "superseded by the next batch"
     );
-    assert_eq!(s.w.lookup("central", "b.csv", "v2").unwrap(), Some(FileStatus::Loaded));
+    assert_eq!(s.w.lookup("central", "b.csv", "v2").await.unwrap(), Some(FileStatus::Loaded));
     // Ended: the ledger answers again.
-    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).unwrap(), Admission::Duplicate(FileStatus::Loaded));
-    sink.rollback();
+    assert_eq!(sink.admit(&meta("a.csv", "v2", "2"), false).await.unwrap(), Admission::Duplicate(FileStatus::Loaded));
+    sink.rollback().await;
     assert!(s.staging_objects().await.is_empty());
-    s.w.merge().unwrap();
+    s.w.merge().await.unwrap();
     assert_eq!(
-        s.target(),
+        s.target().await,
         vec![("e1".into(), "u1".into(), "a.csv".into()), ("e2".into(), "u9".into(), "b.csv".into())]
     );
 }
@@ -234,8 +244,8 @@ fn many_rejects(lines: std::ops::Range<u64>, raw: &str) -> Vec<Reject> {
 }
 
 /// (key, rejects, distinct lines, first line, last line) of the rejects table, by key.
-fn reject_lines(s: &Stack) -> Vec<Vec<String>> {
-    s.strings("SELECT key, COUNT(*), COUNT(DISTINCT line), MIN(line), MAX(line) FROM wau_ingest_rejects GROUP BY key ORDER BY key")
+async fn reject_lines(s: &Stack) -> Vec<Vec<String>> {
+    s.strings("SELECT key, COUNT(*), COUNT(DISTINCT line), MIN(line), MAX(line) FROM wau_ingest_rejects GROUP BY key ORDER BY key").await
 }
 
 fn row(cells: &[&str]) -> Vec<String> {
@@ -254,26 +264,26 @@ async fn rejects_beyond_the_memory_bound_spill_to_staging_and_load_once() {
     let reject_parts = |keys: &[String]| keys.iter().filter(|k| k.contains("/rejects-")).count();
 
     // b.csv: 60 rejects, within the bound: held in memory.
-    assert_eq!(sink.admit(&meta("b.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-    sink.write_rejects(&many_rejects(3..63, raw)).unwrap();
-    assert!(sink.finish_file(&loaded(1, 60)).unwrap());
+    assert_eq!(sink.admit(&meta("b.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e1", "u1")])).await.unwrap();
+    sink.write_rejects(many_rejects(3..63, raw)).await.unwrap();
+    assert!(sink.finish_file(&loaded(1, 60)).await.unwrap());
     assert_eq!(reject_parts(&s.staging_objects().await), 0);
 
     // a.csv: 1000 rejects in chunks of 70; the first chunk already passes the bound (60 + 70).
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e2", "u2"), ("acme", "e3", "u3")])).unwrap();
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e2", "u2"), ("acme", "e3", "u3")])).await.unwrap();
     for start in (4..1004).step_by(70) {
-        sink.write_rejects(&many_rejects(start..(start + 70).min(1004), raw)).unwrap();
+        sink.write_rejects(many_rejects(start..(start + 70).min(1004), raw)).await.unwrap();
     }
     let spilled = reject_parts(&s.staging_objects().await);
     assert!(spilled >= 10, "parts uploaded as they are cut: {spilled}");
-    assert!(sink.finish_file(&loaded(2, 1000)).unwrap());
+    assert!(sink.finish_file(&loaded(2, 1000)).await.unwrap());
     assert!(reject_parts(&s.staging_objects().await) > spilled, "the last part at finish");
 
     // c.csv: 30 more fit in memory beside b.csv's 60 (a.csv holds none).
-    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rejects(&many_rejects(2..32, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("c.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rejects(many_rejects(2..32, raw)).await.unwrap();
     let whole = FileSummary {
         status: FileStatus::Rejected,
         rows_read: 30,
@@ -282,13 +292,13 @@ async fn rejects_beyond_the_memory_bound_spill_to_staging_and_load_once() {
         reason: Some("all bad".into()),
         customer: None,
     };
-    assert!(sink.finish_file(&whole).unwrap());
+    assert!(sink.finish_file(&whole).await.unwrap());
 
     // What the rejects table then holds is checked by the conformance suite's
     // `rejects_beyond_the_memory_bound_load_exactly_once` (the same batch).
-    let report = sink.commit().unwrap().unwrap();
+    let report = sink.commit().await.unwrap().unwrap();
     assert_eq!((report.files, report.rows_loaded, report.rows_rejected), (3, 3, 1090));
-    assert_eq!(s.w.totals().unwrap().reject_rows, 1090);
+    assert_eq!(s.w.totals().await.unwrap().reject_rows, 1090);
     assert!(s.staging_objects().await.is_empty(), "reject parts, the last part and the manifests are deleted");
 }
 
@@ -302,8 +312,8 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
     let has_reject_parts = |keys: Vec<String>| keys.iter().any(|k| k.contains("/rejects-"));
 
     // Kept: k.csv, with rejects in memory.
-    assert_eq!(sink.admit(&meta("k.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rejects(&many_rejects(2..12, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("k.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rejects(many_rejects(2..12, raw)).await.unwrap();
     assert!(sink
         .finish_file(&FileSummary {
             status: FileStatus::Rejected,
@@ -313,24 +323,25 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
             reason: Some("x".into()),
             customer: None,
         })
+        .await
         .unwrap());
     let kept = s.staging_objects().await;
 
     // Abandoned after spilling.
-    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-    sink.write_rejects(&many_rejects(3..503, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("a.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "e1", "u1")])).await.unwrap();
+    sink.write_rejects(many_rejects(3..503, raw)).await.unwrap();
     assert!(has_reject_parts(s.staging_objects().await));
-    sink.abandon_file().unwrap();
+    sink.abandon_file().await.unwrap();
     assert_eq!(s.staging_objects().await, kept, "the abandoned file's row and reject parts are deleted, nothing else");
 
     // Discarded after spilling, then rejected whole with one reject (held in memory again).
-    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rejects(&many_rejects(3..503, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("d.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rejects(many_rejects(3..503, raw)).await.unwrap();
     assert!(has_reject_parts(s.staging_objects().await));
-    sink.discard_file_rows().unwrap();
+    sink.discard_file_rows().await.unwrap();
     assert_eq!(s.staging_objects().await, kept, "the discarded file's reject parts are deleted");
-    sink.write_rejects(&[Reject {
+    sink.write_rejects(vec![Reject {
         line: 0,
         column: None,
         rule: "gzip_bomb",
@@ -338,6 +349,7 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
         value: None,
         raw: None,
     }])
+    .await
     .unwrap();
     assert!(sink
         .finish_file(&FileSummary {
@@ -348,12 +360,13 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
             reason: Some("gzip_bomb: bomb".into()),
             customer: None,
         })
+        .await
         .unwrap());
 
     // Forced twice in the batch: the first copy's spilled parts go, the second's stay.
     for _ in 0..2 {
-        assert_eq!(sink.admit(&meta("f.csv", "v1", "1"), true).unwrap(), Admission::Load);
-        sink.write_rejects(&many_rejects(2..302, raw)).unwrap();
+        assert_eq!(sink.admit(&meta("f.csv", "v1", "1"), true).await.unwrap(), Admission::Load);
+        sink.write_rejects(many_rejects(2..302, raw)).await.unwrap();
         assert!(sink
             .finish_file(&FileSummary {
                 status: FileStatus::Rejected,
@@ -363,12 +376,13 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
                 reason: Some("x".into()),
                 customer: None,
             })
+            .await
             .unwrap());
     }
-    let report = sink.commit().unwrap().unwrap();
+    let report = sink.commit().await.unwrap().unwrap();
     assert_eq!((report.files, report.rows_rejected), (3, 810));
     assert_eq!(
-        reject_lines(&s),
+        reject_lines(&s).await,
         vec![
             row(&["d.csv", "1", "1", "0", "0"]),
             row(&["f.csv", "300", "300", "2", "301"]),
@@ -376,31 +390,31 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
         ]
     );
     assert!(s.staging_objects().await.is_empty());
-    assert_eq!(s.w.lookup("central", "a.csv", "v1").unwrap(), None);
+    assert_eq!(s.w.lookup("central", "a.csv", "v1").await.unwrap(), None);
 
     // Rolled back after spilling.
-    assert_eq!(sink.admit(&meta("r.csv", "v1", "1"), false).unwrap(), Admission::Load);
-    sink.write_rejects(&many_rejects(2..302, raw)).unwrap();
+    assert_eq!(sink.admit(&meta("r.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rejects(many_rejects(2..302, raw)).await.unwrap();
     assert!(has_reject_parts(s.staging_objects().await));
-    sink.rollback();
+    sink.rollback().await;
     assert!(s.staging_objects().await.is_empty());
 
     // Recorded first by another writer: the second writer's spilled rejects are removed in
     // its commit, like its staged rows.
     let (mut first, mut second) = (s.w.sink().unwrap(), s.w.sink().unwrap());
     for sink in [&mut first, &mut second] {
-        assert_eq!(sink.admit(&meta("w.csv", "v1", "1"), false).unwrap(), Admission::Load);
-        sink.write_rows(&chunk(&[("acme", "e1", "u1")])).unwrap();
-        sink.write_rejects(&many_rejects(3..403, raw)).unwrap();
-        assert!(sink.finish_file(&loaded(1, 400)).unwrap());
+        assert_eq!(sink.admit(&meta("w.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+        sink.write_rows(chunk(&[("acme", "e1", "u1")])).await.unwrap();
+        sink.write_rejects(many_rejects(3..403, raw)).await.unwrap();
+        assert!(sink.finish_file(&loaded(1, 400)).await.unwrap());
     }
-    assert_eq!(first.commit().unwrap().unwrap().rows_rejected, 400);
-    assert_eq!(second.commit().unwrap(), None, "nothing of the second writer was recorded");
+    assert_eq!(first.commit().await.unwrap().unwrap().rows_rejected, 400);
+    assert_eq!(second.commit().await.unwrap(), None, "nothing of the second writer was recorded");
     assert_eq!(
-        s.strings("SELECT COUNT(*), COUNT(DISTINCT line) FROM wau_ingest_rejects WHERE key = 'w.csv'"),
+        s.strings("SELECT COUNT(*), COUNT(DISTINCT line) FROM wau_ingest_rejects WHERE key = 'w.csv'").await,
         vec![row(&["400", "400"])]
     );
-    let t = s.w.totals().unwrap();
+    let t = s.w.totals().await.unwrap();
     // d.csv was rejected whole: 500 rows rejected in the ledger, one reject row (the bomb).
     assert_eq!(
         (t.rows_rejected, t.reject_rows, t.staging_rows, t.unbalanced_files),
@@ -421,17 +435,17 @@ async fn a_new_optional_column_is_added_and_destructive_changes_are_refused() {
     use wau_ingest::warehouse::sql::{Dialect, Sql, Tables};
     let Some(s) = stack(1 << 20).await else { return };
     let mut sink = s.w.sink().unwrap();
-    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]);
-    sink.commit().unwrap().unwrap();
-    s.w.merge().unwrap();
+    load(sink.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "e1", "u1")]).await;
+    sink.commit().await.unwrap().unwrap();
+    s.w.merge().await.unwrap();
 
     let v3 = Contract::parse(include_str!("fixtures/contracts/wau_audit_log_v3.toml"), "v3").unwrap();
     let t3 = Tables::for_contract(&v3);
     let sql3 = Sql::new(Dialect::Redshift, &v3, &t3);
     let w3 = s.with_contract(&v3);
-    let e = w3.migrate().unwrap_err();
+    let e = w3.migrate().await.unwrap_err();
     assert!(e.to_string().contains("behind the contract: run `wau-ingest migrate --plan`"), "{e}");
-    let plan = evolve::plan(&sql3, |q| w3.read_text(q)).unwrap();
+    let plan = evolve::plan(&sql3, &w3).await.unwrap();
     assert_eq!(
         plan.additions(),
         [
@@ -441,12 +455,12 @@ async fn a_new_optional_column_is_added_and_destructive_changes_are_refused() {
         "{plan}"
     );
     assert!(!plan.refused());
-    assert!(matches!(evolve::apply(&w3, &sql3).unwrap(), Applied::Done(_)));
-    assert!(evolve::plan(&sql3, |q| w3.read_text(q)).unwrap().is_empty(), "nothing left to do");
-    assert!(matches!(evolve::apply(&w3, &sql3).unwrap(), Applied::Done(p) if p.is_empty()), "idempotent");
-    w3.migrate().unwrap();
+    assert!(matches!(evolve::apply(&w3, &sql3).await.unwrap(), Applied::Done(_)));
+    assert!(evolve::plan(&sql3, &w3).await.unwrap().is_empty(), "nothing left to do");
+    assert!(matches!(evolve::apply(&w3, &sql3).await.unwrap(), Applied::Done(p) if p.is_empty()), "idempotent");
+    w3.migrate().await.unwrap();
     assert_eq!(
-        s.strings("SELECT data_type, character_maximum_length, is_nullable FROM svv_columns WHERE table_schema = current_schema() AND table_name = 'wau_audit_logs' AND column_name = 'region'"),
+        s.strings("SELECT data_type, character_maximum_length, is_nullable FROM svv_columns WHERE table_schema = current_schema() AND table_name = 'wau_audit_logs' AND column_name = 'region'").await,
         [["character varying", "32", "YES"]]
     );
 
@@ -454,7 +468,7 @@ async fn a_new_optional_column_is_added_and_destructive_changes_are_refused() {
     let mut sink = w3.sink().unwrap();
     let mut m = meta("b.csv", "v1", "2");
     m.contract_version = 3;
-    assert_eq!(sink.admit(&m, false).unwrap(), Admission::Load);
+    assert_eq!(sink.admit(&m, false).await.unwrap(), Admission::Load);
     let mut c = wau_ingest::validate::RowChunk::new(9);
     c.push_row(
         &[
@@ -474,27 +488,27 @@ async fn a_new_optional_column_is_added_and_destructive_changes_are_refused() {
         &[Some("acme"), Some("e3"), Some("2026-11-23 10:00:00"), Some("u3"), None, Some("login"), None, None, None],
         3,
     );
-    sink.write_rows(&c).unwrap();
-    assert!(sink.finish_file(&loaded(2, 0)).unwrap());
-    sink.commit().unwrap().unwrap();
-    w3.merge().unwrap();
+    sink.write_rows(c).await.unwrap();
+    assert!(sink.finish_file(&loaded(2, 0)).await.unwrap());
+    sink.commit().await.unwrap().unwrap();
+    w3.merge().await.unwrap();
     assert_eq!(
-        s.strings("SELECT event_id, COALESCE(region, 'NULL') FROM wau_audit_logs ORDER BY event_id"),
+        s.strings("SELECT event_id, COALESCE(region, 'NULL') FROM wau_audit_logs ORDER BY event_id").await,
         [["e1", "NULL"], ["e2", "eu-west-1"], ["e3", "NULL"]]
     );
     assert_eq!(
-        s.strings("SELECT key, contract_version FROM wau_ingest_files ORDER BY key"),
+        s.strings("SELECT key, contract_version FROM wau_ingest_files ORDER BY key").await,
         [["a.csv", "1"], ["b.csv", "3"]],
         "the ledger says which contract accepted each file"
     );
     assert_eq!(
-        w3.weekly_active_users("2026-01-01", None).unwrap().iter().map(|r| r.active_users).sum::<i64>(),
+        w3.weekly_active_users("2026-01-01", None).await.unwrap().iter().map(|r| r.active_users).sum::<i64>(),
         3,
         "the view keeps working"
     );
 
     // Refusals change nothing: a drop, a type change, a shorter max_length, a wider one.
-    let before = s.strings("SELECT table_name, column_name, data_type, character_maximum_length FROM svv_columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position");
+    let before = s.strings("SELECT table_name, column_name, data_type, character_maximum_length FROM svv_columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position").await;
     let base = include_str!("fixtures/contracts/wau_audit_log_v3.toml");
     for (text, reason) in [
         (base.replace("name = \"region\"", "name = \"area\""), "a rename, or a drop and an add"),
@@ -517,7 +531,7 @@ async fn a_new_optional_column_is_added_and_destructive_changes_are_refused() {
         let c = Contract::parse(&text, "changed").unwrap();
         let w = s.with_contract(&c);
         let t = Tables::for_contract(&c);
-        let applied = evolve::apply(&w, &Sql::new(Dialect::Redshift, &c, &t)).unwrap();
+        let applied = evolve::apply(&w, &Sql::new(Dialect::Redshift, &c, &t)).await.unwrap();
         let Applied::Refused(plan) = applied else { panic!("{reason}: not refused") };
         let reasons: Vec<&str> = plan
             .tables
@@ -529,7 +543,7 @@ async fn a_new_optional_column_is_added_and_destructive_changes_are_refused() {
             })
             .collect();
         assert!(reasons.iter().any(|r| r.contains(reason)), "{reason}: {plan}");
-        assert_eq!(s.strings("SELECT table_name, column_name, data_type, character_maximum_length FROM svv_columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"), before, "{reason}: nothing changed");
+        assert_eq!(s.strings("SELECT table_name, column_name, data_type, character_maximum_length FROM svv_columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position").await, before, "{reason}: nothing changed");
     }
 }
 
@@ -550,7 +564,7 @@ async fn an_old_ledger_upgrades_with_one_migrate() {
         "wau_ingest_merges",
         "wau_ingest_reconciles",
     ] {
-        w.execute(&format!("DROP TABLE {t} CASCADE")).unwrap();
+        w.execute(&format!("DROP TABLE {t} CASCADE")).await.unwrap();
     }
     w.execute(
         "CREATE TABLE wau_ingest_files (bucket VARCHAR(1024) NOT NULL, key VARCHAR(1024) NOT NULL, version VARCHAR(256) NOT NULL, \
@@ -558,22 +572,23 @@ async fn an_old_ledger_upgrades_with_one_migrate() {
          rows_rejected BIGINT NOT NULL, status VARCHAR(16) NOT NULL, reason VARCHAR(1024), batch_id BIGINT NOT NULL, \
          event_at TIMESTAMP, loaded_at TIMESTAMP NOT NULL, contract_version BIGINT NOT NULL)",
     )
+    .await
     .unwrap();
-    w.execute("INSERT INTO wau_ingest_files VALUES ('b', 'old.csv', 'v1', '1', 1, 1, 1, 0, 'loaded', NULL, 1, NULL, '2026-11-20 00:00:00', 2)").unwrap();
-    assert!(w.migrate().unwrap_err().to_string().contains("the tables wau_ingest_files are behind the contract"));
+    w.execute("INSERT INTO wau_ingest_files VALUES ('b', 'old.csv', 'v1', '1', 1, 1, 1, 0, 'loaded', NULL, 1, NULL, '2026-11-20 00:00:00', 2)").await.unwrap();
+    assert!(w.migrate().await.unwrap_err().to_string().contains("the tables wau_ingest_files are behind the contract"));
     let c = Contract::builtin();
     let t = Tables::for_contract(&c);
     let sql = Sql::new(Dialect::Redshift, &c, &t);
-    let Applied::Done(plan) = evolve::apply(&w, &sql).unwrap() else { panic!("refused") };
+    let Applied::Done(plan) = evolve::apply(&w, &sql).await.unwrap() else { panic!("refused") };
     assert!(
         plan.additions().contains(&"ALTER TABLE wau_ingest_files ADD COLUMN merged_at TIMESTAMP".to_string()),
         "{plan}"
     );
-    assert!(evolve::plan(&sql, |q| w.read_text(q)).unwrap().is_empty());
-    let have = s.strings("SELECT column_name FROM svv_columns WHERE table_schema = current_schema() AND table_name = 'wau_ingest_files' ORDER BY ordinal_position");
+    assert!(evolve::plan(&sql, &w).await.unwrap().is_empty());
+    let have = s.strings("SELECT column_name FROM svv_columns WHERE table_schema = current_schema() AND table_name = 'wau_ingest_files' ORDER BY ordinal_position").await;
     for col in ledger_table::COLUMNS {
         assert!(have.iter().any(|r| r[0] == col.name), "{}: {have:?}", col.name);
     }
-    assert_eq!(s.strings("SELECT COUNT(*) FROM wau_ingest_files WHERE merged_at IS NULL"), [["1"]]);
-    w.merge().unwrap();
+    assert_eq!(s.strings("SELECT COUNT(*) FROM wau_ingest_files WHERE merged_at IS NULL").await, [["1"]]);
+    w.merge().await.unwrap();
 }

@@ -21,10 +21,9 @@ use crate::warehouse::sql::{Dialect, Sql, Tables};
 use crate::warehouse::Warehouse;
 use crate::{run, Setup};
 
-/// Creates the warehouse tables if missing (off the async threads: the warehouse API blocks).
+/// Creates the warehouse tables if missing.
 pub async fn migrate_warehouse(w: &Arc<dyn Warehouse>) -> anyhow::Result<()> {
-    let w = w.clone();
-    Ok(tokio::task::spawn_blocking(move || w.migrate()).await??)
+    Ok(w.migrate().await?)
 }
 
 /// What `migrate` does: print the DDL of a dialect, print the plan, or apply it.
@@ -33,14 +32,6 @@ pub enum MigrateMode {
     Print(Dialect),
     Plan,
     Apply,
-}
-
-/// The dialect of the configured warehouse.
-pub fn configured_dialect(config: &Config) -> Dialect {
-    match config.warehouse.kind {
-        crate::config::WarehouseKind::Sqlite => Dialect::Sqlite,
-        crate::config::WarehouseKind::Redshift => Dialect::Redshift,
-    }
 }
 
 /// What `migrate` did.
@@ -120,20 +111,13 @@ pub async fn migrate(config: Config, mode: MigrateMode) -> anyhow::Result<Migrat
     let cx = Setup::new(config)?;
     let w = cx.warehouse().await?;
     let contract = cx.contract.clone();
-    let dialect = configured_dialect(&cx.config);
+    let dialect = cx.config.warehouse.kind.dialect();
+    let tables = Tables::for_contract(&contract);
+    let sql = Sql::new(dialect, &contract, &tables);
     if mode == MigrateMode::Plan {
-        let plan = tokio::task::spawn_blocking(move || {
-            let tables = Tables::for_contract(&contract);
-            evolve::plan(&Sql::new(dialect, &contract, &tables), |q| w.read_text(q))
-        })
-        .await??;
-        return Ok(MigrateReport::Plan(plan));
+        return Ok(MigrateReport::Plan(evolve::plan(&sql, w.as_ref()).await?));
     }
-    let applied = tokio::task::spawn_blocking(move || {
-        let tables = Tables::for_contract(&contract);
-        evolve::apply(w.as_ref(), &Sql::new(dialect, &contract, &tables))
-    })
-    .await??;
+    let applied = evolve::apply(w.as_ref(), &sql).await?;
     match applied {
         evolve::Applied::Refused(plan) => Ok(MigrateReport::Refused(plan)),
         evolve::Applied::Done(plan) => {
@@ -367,8 +351,7 @@ pub async fn report(config: Config, weeks: u32, customer: Option<String>) -> any
     let w = Setup::new(config)?.warehouse().await?;
     migrate_warehouse(&w).await?;
     let today = Utc::now().date_naive();
-    let r: WauReport =
-        tokio::task::spawn_blocking(move || report::read(w.as_ref(), today, weeks, customer.as_deref())).await??;
+    let r: WauReport = report::read(w.as_ref(), today, weeks, customer.as_deref()).await?;
     Ok(r)
 }
 

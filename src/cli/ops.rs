@@ -272,7 +272,7 @@ pub async fn demo(dir: &Path) -> anyhow::Result<DemoReport> {
     let contract = Arc::new(config.contract()?);
     let store: Arc<dyn ObjectStore> = crate::embedded_store(&config)?;
     let warehouse = crate::open_warehouse(&config, &contract)?;
-    warehouse.migrate()?;
+    warehouse.migrate().await?;
     let metrics = Metrics::new();
 
     let all = store.list("").await?;
@@ -299,8 +299,8 @@ pub async fn demo(dir: &Path) -> anyhow::Result<DemoReport> {
         overwrite_rows,
         second,
         second_merge,
-        totals: warehouse.totals()?,
-        wau: report::read(warehouse.as_ref(), today, 6, None)?,
+        totals: warehouse.totals().await?,
+        wau: report::read(warehouse.as_ref(), today, 6, None).await?,
         inbox,
     })
 }

@@ -85,14 +85,14 @@ pub fn build(rows: &[WauRow], today: NaiveDate, weeks: u32) -> WauReport {
     WauReport { weeks: mondays, customers }
 }
 
-/// Reads the view and builds the report (blocking: call off the async threads).
-pub fn read(
+/// Reads the view and builds the report.
+pub async fn read(
     w: &dyn Warehouse,
     today: NaiveDate,
     weeks: u32,
     customer: Option<&str>,
 ) -> Result<WauReport, WarehouseError> {
-    let rows = w.weekly_active_users(&first_week(today, weeks).to_string(), customer)?;
+    let rows = w.weekly_active_users(&first_week(today, weeks).to_string(), customer).await?;
     Ok(build(&rows, today, weeks))
 }
 

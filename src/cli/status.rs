@@ -122,8 +122,7 @@ pub struct RejectExample {
 pub async fn gather(cx: &Setup) -> anyhow::Result<Status> {
     let now = Utc::now();
     let warehouse = cx.warehouse().await?;
-    let w = warehouse.clone();
-    tokio::task::spawn_blocking(move || w.migrate()).await??;
+    warehouse.migrate().await?;
     let backlog = match cx.config.source.kind {
         SourceKind::Sqs => {
             queue_backlog(&aws_sdk_sqs::Client::new(cx.sdk().await), &cx.config.source.queue_url).await?
@@ -141,9 +140,7 @@ pub async fn gather(cx: &Setup) -> anyhow::Result<Status> {
         }
     };
     let dialect = cx.config.warehouse.kind.dialect();
-    let contract = cx.contract.clone();
-    let from_warehouse =
-        tokio::task::spawn_blocking(move || read_warehouse(warehouse.as_ref(), &contract, dialect, now)).await??;
+    let from_warehouse = read_warehouse(warehouse.as_ref(), &cx.contract, dialect, now).await?;
     Ok(Status { generated_at: now.to_rfc3339(), backlog, ..from_warehouse })
 }
 
@@ -218,8 +215,8 @@ pub fn file_customer(from_rows: Option<String>, key: &str, contract: &Contract) 
     from_rows.filter(|c| !c.is_empty()).or_else(|| contract.customer_from_key(key)).unwrap_or_else(|| "?".into())
 }
 
-/// The warehouse's part of the status (blocking: call off the async threads).
-pub fn read_warehouse(
+/// The warehouse's part of the status.
+pub async fn read_warehouse(
     w: &dyn Warehouse,
     contract: &Contract,
     dialect: Dialect,
@@ -229,13 +226,13 @@ pub fn read_warehouse(
     let sql = Sql::new(dialect, contract, &tables);
     let since = now - chrono::Duration::hours(WINDOW_HOURS);
 
-    let last_merge = w.read_text(&sql.last_merge())?.first().map(|r| LastMerge {
+    let last_merge = w.read_text(&sql.last_merge()).await?.first().map(|r| LastMerge {
         merged_at: text(&r[0]),
         files: num(&r[1]),
         rows_deleted: r[2].as_ref().map(|_| num(&r[2])),
         rows_inserted: r[3].as_ref().map(|_| num(&r[3])),
     });
-    let last_reconcile = w.read_text(&sql.last_reconcile())?.first().map(|r| LastReconcile {
+    let last_reconcile = w.read_text(&sql.last_reconcile()).await?.first().map(|r| LastReconcile {
         started_at: text(&r[0]),
         finished_at: text(&r[1]),
         outcome: text(&r[2]),
@@ -246,14 +243,15 @@ pub fn read_warehouse(
         error: r[7].clone(),
     });
     let unmerged = w
-        .read_text(&sql.unmerged_files())?
+        .read_text(&sql.unmerged_files())
+        .await?
         .first()
         .map(|r| Unmerged { files: num(&r[0]), oldest_loaded_at: r[1].clone() })
         .unwrap_or(Unmerged { files: 0, oldest_loaded_at: None });
 
     // Oldest first, so the last file seen of a customer is its latest.
     let mut customers: Vec<CustomerDay> = Vec::new();
-    for r in w.read_text(&sql.files_since(since))? {
+    for r in w.read_text(&sql.files_since(since)).await? {
         let key = text(&r[0]);
         let customer = file_customer(r[5].clone(), &key, contract);
         let i = match customers.iter().position(|c| c.customer == customer) {
@@ -284,7 +282,8 @@ pub fn read_warehouse(
     customers.sort_by(|a, b| a.customer.cmp(&b.customer));
 
     let mut freshness: Vec<CustomerFreshness> = w
-        .read_text(&sql.customer_freshness())?
+        .read_text(&sql.customer_freshness())
+        .await?
         .iter()
         .map(|r| CustomerFreshness {
             customer: text(&r[0]),
@@ -296,7 +295,8 @@ pub fn read_warehouse(
     freshness.sort_by_key(|c| (c.last_event_at.as_deref().and_then(parse_timestamp), c.customer.clone()));
 
     let top_reject_rules = w
-        .read_text(&sql.top_reject_rules(since, TOP_RULES))?
+        .read_text(&sql.top_reject_rules(since, TOP_RULES))
+        .await?
         .iter()
         .map(|r| RuleCount {
             rule: text(&r[0]),

@@ -265,17 +265,18 @@ fn engine(d: Dialect) -> &'static str {
     }
 }
 
-/// The plan for every table of `sql`, reading each table's columns with `read` (a query's rows
-/// as text: [`Warehouse::read_text`]).
-pub fn plan(
-    sql: &Sql<'_>,
-    read: impl Fn(&str) -> Result<Vec<Vec<Option<String>>>, WarehouseError>,
-) -> Result<Plan, WarehouseError> {
+/// The catalog query whose rows [`plan_from`] reads: the columns of every table of `sql`.
+pub fn columns_query(sql: &Sql<'_>) -> String {
     let defs = sql.tables();
     let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
-    let rows = read(&sql.table_columns(&names))?;
+    sql.table_columns(&names)
+}
+
+/// The plan for every table of `sql`, from the rows of [`columns_query`] (as text, as
+/// [`Warehouse::read_text`] returns them).
+pub fn plan_from(sql: &Sql<'_>, rows: &[Vec<Option<String>>]) -> Plan {
     let mut tables = Vec::new();
-    for def in &defs {
+    for def in &sql.tables() {
         let actual: Vec<ActualColumn> = rows
             .iter()
             .filter(|r| r.first().cloned().flatten().is_some_and(|t| t.eq_ignore_ascii_case(bare(&def.name))))
@@ -284,7 +285,12 @@ pub fn plan(
         let changes = diff(sql, def, (!actual.is_empty()).then_some(&actual[..]));
         tables.push(TablePlan { table: def.name.clone(), changes });
     }
-    Ok(Plan { tables })
+    Plan { tables }
+}
+
+/// The plan for every table of `sql`, read from the warehouse's catalog.
+pub async fn plan(sql: &Sql<'_>, w: &dyn Warehouse) -> Result<Plan, WarehouseError> {
+    Ok(plan_from(sql, &w.read_text(&columns_query(sql)).await?))
 }
 
 /// Refuses (fatal: retrying cannot help) when an existing table is behind what the running
@@ -327,24 +333,24 @@ pub enum Applied {
 /// one statement each on its own (not in a transaction block), then creates what is missing
 /// and checks that nothing is left ([`Warehouse::migrate`]). Idempotent: an ADD that another
 /// `migrate` made first is planned away when this one plans again.
-pub fn apply(w: &dyn Warehouse, sql: &Sql<'_>) -> Result<Applied, WarehouseError> {
-    let before = plan(sql, |q| w.read_text(q))?;
+pub async fn apply(w: &dyn Warehouse, sql: &Sql<'_>) -> Result<Applied, WarehouseError> {
+    let before = plan(sql, w).await?;
     if before.refused() {
         return Ok(Applied::Refused(before));
     }
     for stmt in before.additions() {
         // Planned again before each statement, and after one that failed: a concurrent
         // migrate may have added the column first (then there is nothing left to do).
-        if !plan(sql, |q| w.read_text(q))?.additions().contains(&stmt) {
+        if !plan(sql, w).await?.additions().contains(&stmt) {
             continue;
         }
-        if let Err(e) = w.execute_ddl(&stmt) {
-            if plan(sql, |q| w.read_text(q))?.additions().contains(&stmt) {
+        if let Err(e) = w.execute_ddl(&stmt).await {
+            if plan(sql, w).await?.additions().contains(&stmt) {
                 return Err(e);
             }
         }
     }
-    w.migrate()?;
+    w.migrate().await?;
     Ok(Applied::Done(before))
 }
 

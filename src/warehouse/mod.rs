@@ -13,6 +13,7 @@ pub mod sql;
 pub mod sqlite;
 pub mod stage;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::validate::{Reject, RowChunk};
@@ -184,50 +185,61 @@ pub struct MergeReport {
 }
 
 /// One writer's open micro-batch. Exactly one file is open at a time.
-pub trait BatchSink: Send {
+///
+/// The methods are async: an engine awaits its warehouse directly (Redshift: the SDK), or keeps
+/// its blocking work on a thread of its own (SQLite), so a caller on the runtime never blocks.
+/// `Sync` as well as `Send`, so that a `Pipeline` holding one may be borrowed across an await.
+#[async_trait]
+pub trait BatchSink: Send + Sync {
     /// Asks the ledger about several versions in one round trip, so that the `admit`s of those
     /// versions that follow before the next commit begins need none. Only an optimisation:
     /// `admit` stays the decision (it adds what the batch and the commit in flight hold), and
     /// the commit's guarded insert stays the authority. By default nothing is asked ahead.
-    fn prepare(&mut self, files: &[FileMeta]) -> Result<(), WarehouseError> {
+    async fn prepare(&mut self, files: &[FileMeta]) -> Result<(), WarehouseError> {
         let _ = files;
         Ok(())
     }
     /// Checks the ledger for this version inside the batch; on `Load` opens the file.
     /// With `force`, an earlier load of the same version is marked replaced and it loads again.
-    fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError>;
-    fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError>;
-    fn write_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError>;
+    async fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError>;
+    async fn write_rows(&mut self, chunk: RowChunk) -> Result<(), WarehouseError>;
+    async fn write_rejects(&mut self, rejects: Vec<Reject>) -> Result<(), WarehouseError>;
     /// The open file is rejected whole: forget its rows and rejects so far (the file stays open).
-    fn discard_file_rows(&mut self) -> Result<(), WarehouseError>;
+    async fn discard_file_rows(&mut self) -> Result<(), WarehouseError>;
     /// Records the open file's ledger row and supersedes older versions of its key.
     /// Returns false when another writer recorded the same version first: then nothing of
     /// this file is kept and it counts as a duplicate.
-    fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError>;
+    async fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError>;
     /// Nothing of the open file is kept: it will be tried again.
-    fn abandon_file(&mut self) -> Result<(), WarehouseError>;
-    /// Rows and bytes written since the batch opened (for the flush policy).
+    async fn abandon_file(&mut self) -> Result<(), WarehouseError>;
+    /// Rows and bytes written since the batch opened (for the flush policy). Cheap: never waits.
     fn pending(&self) -> (u64, u64);
     /// Makes the batch durable. `None` when the batch was empty.
-    fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError>;
+    async fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError>;
     /// Starts making the batch durable and opens the next one at once; `None` when the batch was
     /// empty. Until the returned commit has ended, `admit` counts its files as part of the batch
     /// (a version in it is a duplicate, an older version of its keys superseded), and the caller
     /// must not begin another commit: the next batch's guard relies on this one's ledger rows.
     /// If it fails, the caller rolls back the batch opened meanwhile too. By default the commit
-    /// runs here, synchronously.
-    fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
-        Ok(self.commit()?.map(|r| Box::new(Committed(Some(r))) as Box<dyn PendingCommit>))
+    /// runs here, to its end.
+    async fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
+        Ok(self.commit().await?.map(|r| Box::new(Committed(Some(r))) as Box<dyn PendingCommit>))
     }
     /// Drops the whole open batch.
-    fn rollback(&mut self);
+    async fn rollback(&mut self);
+    /// False once the sink can no longer work at all (its engine's private thread stopped: a
+    /// bug); every call then fails. The service stops rather than retries.
+    fn alive(&self) -> bool {
+        true
+    }
 }
 
 /// A commit begun by [`BatchSink::commit_begin`]. Nothing it covers may be acknowledged before
 /// `wait` returned `Ok`.
+#[async_trait]
 pub trait PendingCommit: Send {
-    /// Blocks until the commit has ended; `None` when it recorded nothing.
-    fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError>;
+    /// Waits until the commit has ended; `None` when it recorded nothing.
+    async fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError>;
     /// True when `wait` would return at once.
     fn is_done(&self) -> bool {
         false
@@ -237,8 +249,9 @@ pub trait PendingCommit: Send {
 /// A commit that already ended.
 pub struct Committed(pub Option<BatchReport>);
 
+#[async_trait]
 impl PendingCommit for Committed {
-    fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
+    async fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
         Ok(self.0)
     }
     fn is_done(&self) -> bool {
@@ -297,22 +310,24 @@ impl PageStart {
     }
 }
 
+#[async_trait]
 pub trait Warehouse: Send + Sync {
     /// Creates every table and the view if missing; refuses ([`ErrorClass::Fatal`]) when an
     /// existing table differs from what the contract and the product want: then the operator
     /// runs `wau-ingest migrate` ([`evolve::apply`]) first.
-    fn migrate(&self) -> Result<(), WarehouseError>;
+    async fn migrate(&self) -> Result<(), WarehouseError>;
     /// Runs one DDL statement on its own, outside any transaction block (`evolve::apply`'s
     /// `ALTER TABLE … ADD COLUMN`).
-    fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError>;
-    /// A new writer with its own connection.
+    async fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError>;
+    /// A new writer with its own connection. Cheap: never waits (an engine that connects does so
+    /// at the sink's first call).
     fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError>;
     /// Read-only ledger lookup used to skip work before reading a file.
-    fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError>;
+    async fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError>;
     /// A version recorded with exactly this key, sequencer and size. For stores whose version
     /// costs a full read (local files: the content hash), this stamp — modification time in
     /// nanoseconds plus size — stands in for the version before any read, as rsync does.
-    fn lookup_stamp(
+    async fn lookup_stamp(
         &self,
         bucket: &str,
         key: &str,
@@ -324,18 +339,23 @@ pub trait Warehouse: Send + Sync {
     /// `start`, at most `limit` of them: the ledger side of reconcile's merge-join
     /// (`reconcile`), which asks for the next page after the last pair of this one until a page
     /// comes back short.
-    fn recorded_page(&self, bucket: &str, start: &PageStart, limit: usize) -> Result<Vec<Recorded>, WarehouseError>;
+    async fn recorded_page(
+        &self,
+        bucket: &str,
+        start: &PageStart,
+        limit: usize,
+    ) -> Result<Vec<Recorded>, WarehouseError>;
     /// Runs the merge as one transaction.
-    fn merge(&self) -> Result<MergeReport, WarehouseError>;
+    async fn merge(&self) -> Result<MergeReport, WarehouseError>;
     /// Stops a running merge at once; its transaction rolls back and the next merge redoes it.
-    fn interrupt_merge(&self);
+    async fn interrupt_merge(&self);
     /// Cheap reachability check for `/readyz`.
-    fn ping(&self) -> Result<(), WarehouseError>;
-    fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError>;
-    fn totals(&self) -> Result<LedgerTotals, WarehouseError>;
+    async fn ping(&self) -> Result<(), WarehouseError>;
+    async fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError>;
+    async fn totals(&self) -> Result<LedgerTotals, WarehouseError>;
     /// Runs one read-only query (text from [`sql::Sql`]) and returns every row, each value as
     /// text and NULL as `None`: what `status` reads.
-    fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError>;
+    async fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError>;
     /// Records one reconcile run ([`sql::Sql::insert_reconcile`]) where another process reads it.
-    fn record_reconcile(&self, run: &sql::ReconcileRecord) -> Result<(), WarehouseError>;
+    async fn record_reconcile(&self, run: &sql::ReconcileRecord) -> Result<(), WarehouseError>;
 }

@@ -3,13 +3,23 @@
 //! A micro-batch is one `BEGIN IMMEDIATE … COMMIT` transaction; each file in it is a
 //! savepoint, so a file rejected (or abandoned) mid-stream leaves nothing behind while the
 //! batch goes on. Rows stream straight into staging, so memory does not grow with file size.
+//!
+//! # Blocking, privately
+//!
+//! rusqlite blocks, the [`Warehouse`]/[`BatchSink`] traits are async, and nothing blocking may
+//! run on the runtime. So a sink ([`SqliteSink`]) is a handle to a thread of its own that owns
+//! the writer's connection and the open batch: each call is a command sent to that thread and
+//! its reply awaited. The warehouse's reads, the migration and the merge run on tokio's
+//! blocking pool (`spawn_blocking`) inside this module. Nothing outside it knows.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use rusqlite::{Connection, Statement, ToSql};
+use tokio::sync::{mpsc, oneshot};
 
 use super::ledger::{self, Verdict};
 use super::sql::{Dialect, MergeStepKind, Sql, Tables};
@@ -20,7 +30,14 @@ use super::{
 use crate::contract::{format_timestamp, parse_timestamp, Contract};
 use crate::validate::{Reject, RowChunk};
 
+/// The embedded warehouse: a handle on [`Store`], whose blocking calls run on tokio's
+/// blocking pool.
 pub struct SqliteWarehouse {
+    store: Arc<Store>,
+}
+
+/// What the warehouse is, with its blocking calls.
+struct Store {
     path: PathBuf,
     contract: Contract,
     tables: Tables,
@@ -72,20 +89,27 @@ impl SqliteWarehouse {
                 .map_err(|e| WarehouseError::Other(format!("creating {}: {e}", dir.display())))?;
         }
         Ok(SqliteWarehouse {
-            path: path.to_path_buf(),
-            contract: contract.clone(),
-            tables: Tables::for_contract(contract),
-            reader: Mutex::new(None),
-            merging: Mutex::new(None),
-            metrics: None,
-            shared_merge: false,
+            store: Arc::new(Store {
+                path: path.to_path_buf(),
+                contract: contract.clone(),
+                tables: Tables::for_contract(contract),
+                reader: Mutex::new(None),
+                merging: Mutex::new(None),
+                metrics: None,
+                shared_merge: false,
+            }),
         })
+    }
+
+    /// Settings are made before the warehouse is shared (right after `open`).
+    fn settings(&mut self) -> &mut Store {
+        Arc::get_mut(&mut self.store).expect("a SqliteWarehouse is configured before it is used")
     }
 
     /// Records the merge's latency as `statement_seconds{operation="merge"}`, as the Redshift
     /// warehouse records each of its statements.
     pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> SqliteWarehouse {
-        self.metrics = Some(metrics);
+        self.settings().metrics = Some(metrics);
         self
     }
 
@@ -93,10 +117,27 @@ impl SqliteWarehouse {
     /// instead of SQLite's anti-join: what `tests/merge_differential.rs` compares against.
     #[doc(hidden)]
     pub fn with_shared_merge(mut self) -> SqliteWarehouse {
-        self.shared_merge = true;
+        self.settings().shared_merge = true;
         self
     }
 
+    pub fn path(&self) -> &Path {
+        &self.store.path
+    }
+
+    /// Runs `f` on the store on tokio's blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, WarehouseError> + Send + 'static,
+    ) -> Result<T, WarehouseError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| WarehouseError::Other(format!("sqlite: a blocking call failed: {e}")))?
+    }
+}
+
+impl Store {
     fn sql(&self) -> Sql<'_> {
         Sql::new(Dialect::Sqlite, &self.contract, &self.tables)
     }
@@ -115,10 +156,6 @@ impl SqliteWarehouse {
             *guard = Some(open(&self.path)?);
         }
         f(guard.as_ref().expect("opened"))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn merge_on(&self, conn: &Connection) -> Result<MergeReport, WarehouseError> {
@@ -178,12 +215,14 @@ impl SqliteWarehouse {
     }
 }
 
-impl Warehouse for SqliteWarehouse {
+/// The warehouse's calls, blocking: [`SqliteWarehouse`] runs them on the blocking pool.
+impl Store {
     fn migrate(&self) -> Result<(), WarehouseError> {
         // Tables behind the contract first: then nothing is changed (an index could name a
         // column they lack).
         let sql = self.sql();
-        super::evolve::require_current(&super::evolve::plan(&sql, |q| self.read_text(q))?)?;
+        let columns = self.read_text(&super::evolve::columns_query(&sql))?;
+        super::evolve::require_current(&super::evolve::plan_from(&sql, &columns))?;
         let conn = open(&self.path)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         for stmt in sql.migrate() {
@@ -196,10 +235,6 @@ impl Warehouse for SqliteWarehouse {
     fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError> {
         open(&self.path)?.execute_batch(statement)?;
         Ok(())
-    }
-
-    fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError> {
-        Ok(Box::new(SqliteSink::new(open(&self.path)?, self.contract.clone(), self.tables.clone())))
     }
 
     fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
@@ -345,6 +380,81 @@ impl Warehouse for SqliteWarehouse {
     }
 }
 
+#[async_trait]
+impl Warehouse for SqliteWarehouse {
+    async fn migrate(&self) -> Result<(), WarehouseError> {
+        self.blocking(|s| s.migrate()).await
+    }
+
+    async fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError> {
+        let statement = statement.to_string();
+        self.blocking(move |s| s.execute_ddl(&statement)).await
+    }
+
+    fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError> {
+        let s = &self.store;
+        Ok(Box::new(SqliteSink::spawn(s.path.clone(), s.contract.clone(), s.tables.clone())?))
+    }
+
+    async fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
+        let (b, k, v) = (bucket.to_string(), key.to_string(), version.to_string());
+        self.blocking(move |s| s.lookup(&b, &k, &v)).await
+    }
+
+    async fn lookup_stamp(
+        &self,
+        bucket: &str,
+        key: &str,
+        sequencer: &str,
+        size: u64,
+    ) -> Result<Option<FileStatus>, WarehouseError> {
+        let (b, k, q) = (bucket.to_string(), key.to_string(), sequencer.to_string());
+        self.blocking(move |s| s.lookup_stamp(&b, &k, &q, size)).await
+    }
+
+    async fn recorded_page(
+        &self,
+        bucket: &str,
+        start: &PageStart,
+        limit: usize,
+    ) -> Result<Vec<Recorded>, WarehouseError> {
+        let (b, start) = (bucket.to_string(), start.clone());
+        self.blocking(move |s| s.recorded_page(&b, &start, limit)).await
+    }
+
+    /// On the blocking pool; [`Warehouse::interrupt_merge`] from another task stops it.
+    async fn merge(&self) -> Result<MergeReport, WarehouseError> {
+        self.blocking(|s| s.merge()).await
+    }
+
+    async fn interrupt_merge(&self) {
+        self.store.interrupt_merge()
+    }
+
+    async fn ping(&self) -> Result<(), WarehouseError> {
+        self.blocking(|s| s.ping()).await
+    }
+
+    async fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError> {
+        let (since, customer) = (since.to_string(), customer.map(str::to_string));
+        self.blocking(move |s| s.weekly_active_users(&since, customer.as_deref())).await
+    }
+
+    async fn totals(&self) -> Result<LedgerTotals, WarehouseError> {
+        self.blocking(|s| s.totals()).await
+    }
+
+    async fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+        let sql = sql.to_string();
+        self.blocking(move |s| s.read_text(&sql)).await
+    }
+
+    async fn record_reconcile(&self, run: &super::sql::ReconcileRecord) -> Result<(), WarehouseError> {
+        let run = run.clone();
+        self.blocking(move |s| s.record_reconcile(&run)).await
+    }
+}
+
 struct OpenBatch {
     batch_id: i64,
     now: String,
@@ -360,7 +470,8 @@ struct OpenBatch {
     file_bytes: u64,
 }
 
-pub struct SqliteSink {
+/// The writer's connection and open batch: lives on the sink's own thread ([`SqliteSink`]).
+struct Writer {
     conn: Connection,
     contract: Contract,
     tables: Tables,
@@ -369,7 +480,7 @@ pub struct SqliteSink {
     file: Option<FileMeta>,
 }
 
-impl SqliteSink {
+impl Writer {
     /// The open file's rows leave the batch (discarded or abandoned): so do they from `pending`.
     fn drop_file_share(&mut self) {
         if let Some(b) = self.batch.as_mut() {
@@ -378,9 +489,9 @@ impl SqliteSink {
         }
     }
 
-    fn new(conn: Connection, contract: Contract, tables: Tables) -> SqliteSink {
+    fn new(conn: Connection, contract: Contract, tables: Tables) -> Writer {
         let insert_staging = Sql::new(Dialect::Sqlite, &contract, &tables).insert_staging();
-        SqliteSink { conn, contract, tables, insert_staging, batch: None, file: None }
+        Writer { conn, contract, tables, insert_staging, batch: None, file: None }
     }
 
     fn sql(&self) -> Sql<'_> {
@@ -426,7 +537,8 @@ impl SqliteSink {
     }
 }
 
-impl BatchSink for SqliteSink {
+/// The sink's calls, blocking, on the writer's thread.
+impl Writer {
     fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
         if self.file.is_some() {
             return Err(WarehouseError::Other(format!("admit {} while another file is open", file.key)));
@@ -636,9 +748,172 @@ impl BatchSink for SqliteSink {
     }
 }
 
-impl Drop for SqliteSink {
+impl Drop for Writer {
     fn drop(&mut self) {
         self.rollback();
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The sink: a handle to the writer's thread
+
+/// A command to the writer's thread, with where its reply goes.
+enum Cmd {
+    Admit {
+        file: FileMeta,
+        force: bool,
+        reply: oneshot::Sender<Result<Admission, WarehouseError>>,
+    },
+    Rows {
+        chunk: RowChunk,
+        reply: oneshot::Sender<Result<(), WarehouseError>>,
+    },
+    Rejects {
+        rejects: Vec<Reject>,
+        reply: oneshot::Sender<Result<(), WarehouseError>>,
+    },
+    Discard {
+        reply: oneshot::Sender<Result<(), WarehouseError>>,
+    },
+    Finish {
+        summary: FileSummary,
+        reply: oneshot::Sender<Result<bool, WarehouseError>>,
+    },
+    Abandon {
+        reply: oneshot::Sender<Result<(), WarehouseError>>,
+    },
+    Commit {
+        reply: oneshot::Sender<Result<Option<BatchReport>, WarehouseError>>,
+    },
+    Rollback {
+        reply: oneshot::Sender<()>,
+    },
+    /// A bug in the writer, for the test of how the sink meets one.
+    #[cfg(test)]
+    Panic,
+}
+
+/// One writer of the embedded warehouse: its connection and open batch live on a thread of its
+/// own, which stops (rolling back what is open) when the sink is dropped.
+pub struct SqliteSink {
+    tx: mpsc::Sender<Cmd>,
+    /// The writer's `pending`, as of its last command.
+    pending: Arc<Mutex<(u64, u64)>>,
+}
+
+fn gone() -> WarehouseError {
+    WarehouseError::Other("the sqlite writer thread stopped".into())
+}
+
+impl SqliteSink {
+    /// Starts the writer's thread; it opens its connection first (a failure to open is every
+    /// call's answer).
+    fn spawn(path: PathBuf, contract: Contract, tables: Tables) -> Result<SqliteSink, WarehouseError> {
+        let (tx, mut rx) = mpsc::channel::<Cmd>(1);
+        let pending = Arc::new(Mutex::new((0, 0)));
+        let published = pending.clone();
+        std::thread::Builder::new()
+            .name("wau-sqlite-writer".into())
+            .spawn(move || {
+                let mut writer = match open(&path) {
+                    Ok(conn) => Writer::new(conn, contract, tables),
+                    Err(e) => {
+                        let (class, message) = (e.class(), e.to_string());
+                        let failed = || WarehouseError::classified(class, message.clone());
+                        while let Some(cmd) = rx.blocking_recv() {
+                            let _ = match cmd {
+                                Cmd::Admit { reply, .. } => reply.send(Err(failed())).map_err(drop),
+                                Cmd::Finish { reply, .. } => reply.send(Err(failed())).map_err(drop),
+                                Cmd::Commit { reply } => reply.send(Err(failed())).map_err(drop),
+                                Cmd::Rows { reply, .. }
+                                | Cmd::Rejects { reply, .. }
+                                | Cmd::Discard { reply }
+                                | Cmd::Abandon { reply } => reply.send(Err(failed())).map_err(drop),
+                                Cmd::Rollback { reply } => reply.send(()).map_err(drop),
+                                #[cfg(test)]
+                                Cmd::Panic => panic!("sink bug"),
+                            };
+                        }
+                        return;
+                    }
+                };
+                while let Some(cmd) = rx.blocking_recv() {
+                    match cmd {
+                        Cmd::Admit { file, force, reply } => {
+                            let _ = reply.send(writer.admit(&file, force));
+                        }
+                        Cmd::Rows { chunk, reply } => {
+                            let _ = reply.send(writer.write_rows(&chunk));
+                        }
+                        Cmd::Rejects { rejects, reply } => {
+                            let _ = reply.send(writer.write_rejects(&rejects));
+                        }
+                        Cmd::Discard { reply } => {
+                            let _ = reply.send(writer.discard_file_rows());
+                        }
+                        Cmd::Finish { summary, reply } => {
+                            let _ = reply.send(writer.finish_file(&summary));
+                        }
+                        Cmd::Abandon { reply } => {
+                            let _ = reply.send(writer.abandon_file());
+                        }
+                        Cmd::Commit { reply } => {
+                            let _ = reply.send(writer.commit());
+                        }
+                        Cmd::Rollback { reply } => {
+                            writer.rollback();
+                            let _ = reply.send(());
+                        }
+                        #[cfg(test)]
+                        Cmd::Panic => panic!("sink bug"),
+                    }
+                    *published.lock().expect("pending lock") = writer.pending();
+                }
+            })
+            .map_err(|e| WarehouseError::Other(format!("starting the sqlite writer thread: {e}")))?;
+        Ok(SqliteSink { tx, pending })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, WarehouseError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
+#[async_trait]
+impl BatchSink for SqliteSink {
+    async fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+        let file = file.clone();
+        self.ask(|reply| Cmd::Admit { file, force, reply }).await?
+    }
+    async fn write_rows(&mut self, chunk: RowChunk) -> Result<(), WarehouseError> {
+        self.ask(|reply| Cmd::Rows { chunk, reply }).await?
+    }
+    async fn write_rejects(&mut self, rejects: Vec<Reject>) -> Result<(), WarehouseError> {
+        self.ask(|reply| Cmd::Rejects { rejects, reply }).await?
+    }
+    async fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+        self.ask(|reply| Cmd::Discard { reply }).await?
+    }
+    async fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
+        let summary = summary.clone();
+        self.ask(|reply| Cmd::Finish { summary, reply }).await?
+    }
+    async fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+        self.ask(|reply| Cmd::Abandon { reply }).await?
+    }
+    fn pending(&self) -> (u64, u64) {
+        *self.pending.lock().expect("pending lock")
+    }
+    async fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+        self.ask(|reply| Cmd::Commit { reply }).await?
+    }
+    async fn rollback(&mut self) {
+        let _ = self.ask(|reply| Cmd::Rollback { reply }).await;
+    }
+    fn alive(&self) -> bool {
+        !self.tx.is_closed()
     }
 }
 
@@ -648,12 +923,67 @@ mod tests {
     //! discard and abandon, visibility, merge, the WAU view, concurrent writers) is checked for
     //! every engine by `tests/conformance.rs`.
     use super::*;
+    use crate::warehouse::ErrorClass;
 
     fn setup() -> (tempfile::TempDir, SqliteWarehouse) {
         let dir = tempfile::tempdir().unwrap();
         let w = SqliteWarehouse::open(&dir.path().join("w.sqlite"), &Contract::builtin()).unwrap();
-        w.migrate().unwrap();
+        w.store.migrate().unwrap();
         (dir, w)
+    }
+
+    fn meta(key: &str) -> FileMeta {
+        FileMeta {
+            bucket: "b".into(),
+            key: key.into(),
+            version: "v".into(),
+            sequencer: "1".into(),
+            size: 1,
+            event_time: chrono::Utc::now(),
+            contract_version: 1,
+            customer: None,
+        }
+    }
+
+    /// A bug on the writer's thread (a panic) stops the sink for good: every call says so,
+    /// `alive` is false (the service then stops), and nothing of the open batch is committed.
+    #[tokio::test]
+    async fn a_panicking_writer_stops_the_sink_and_every_call_says_so() {
+        let (_d, w) = setup();
+        let s = &w.store;
+        let mut sink = SqliteSink::spawn(s.path.clone(), s.contract.clone(), s.tables.clone()).unwrap();
+        assert_eq!(sink.admit(&meta("k"), false).await.unwrap(), Admission::Load);
+        assert!(sink.alive());
+        sink.tx.send(Cmd::Panic).await.unwrap();
+        let summary = FileSummary {
+            status: FileStatus::Loaded,
+            rows_read: 0,
+            rows_loaded: 0,
+            rows_rejected: 0,
+            reason: None,
+            customer: None,
+        };
+        let err = sink.finish_file(&summary).await.unwrap_err();
+        assert!(err.to_string().contains("writer thread stopped"), "{err}");
+        assert!(!sink.alive());
+        assert!(sink.commit().await.is_err(), "nothing can be committed through a dead writer");
+        assert!(sink.admit(&meta("k2"), false).await.is_err());
+        assert_eq!(w.totals().await.unwrap(), LedgerTotals::default(), "the open batch was rolled back");
+    }
+
+    /// A writer that cannot open its database answers every call with that failure, classified.
+    #[tokio::test]
+    async fn a_writer_that_cannot_open_its_database_says_so_on_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = SqliteWarehouse::open(&dir.path().join("w.sqlite"), &Contract::builtin()).unwrap();
+        std::fs::create_dir(dir.path().join("w.sqlite")).unwrap(); // a folder where the file should be
+        let mut sink = w.sink().unwrap();
+        for _ in 0..2 {
+            let err = sink.admit(&meta("k"), false).await.unwrap_err();
+            assert_eq!(err.class(), ErrorClass::Fatal, "{err}");
+        }
+        assert!(sink.commit().await.is_err());
+        assert!(sink.alive(), "the thread is fine; its database is not");
     }
 
     fn plan(conn: &Connection, stmt: &str) -> Vec<String> {
@@ -671,7 +1001,7 @@ mod tests {
     #[test]
     fn merge_statements_use_indexes_on_sqlite() {
         let (_d, w) = setup();
-        let sql = w.sql();
+        let sql = w.store.sql();
         for (form, steps) in [("shared", sql.merge()), ("sqlite", sql.merge_sqlite())] {
             let conn = open(w.path()).unwrap();
             // The key set is built first (the statements after it name it).
@@ -704,7 +1034,7 @@ mod tests {
     fn the_sqlite_merge_deletes_by_the_targets_key() {
         let (_d, w) = setup();
         let conn = open(w.path()).unwrap();
-        let steps = w.sql().merge_sqlite();
+        let steps = w.store.sql().merge_sqlite();
         let mut delete = None;
         for s in &steps {
             match s.kind {

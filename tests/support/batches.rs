@@ -55,11 +55,11 @@ pub fn loaded(rows: u64, rejected: u64) -> FileSummary {
 }
 
 /// Admits `m` and, when it is to be loaded, loads `rows` and finishes it.
-pub fn load(sink: &mut dyn BatchSink, m: &FileMeta, rows: &[(&str, &str, &str)]) -> Admission {
-    let a = sink.admit(m, false).unwrap();
+pub async fn load(sink: &mut dyn BatchSink, m: &FileMeta, rows: &[(&str, &str, &str)]) -> Admission {
+    let a = sink.admit(m, false).await.unwrap();
     if a == Admission::Load {
-        sink.write_rows(&chunk(rows)).unwrap();
-        assert!(sink.finish_file(&loaded(rows.len() as u64, 0)).unwrap());
+        sink.write_rows(chunk(rows)).await.unwrap();
+        assert!(sink.finish_file(&loaded(rows.len() as u64, 0)).await.unwrap());
     }
     a
 }

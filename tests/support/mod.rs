@@ -70,7 +70,7 @@ impl Env {
             let contract = Arc::new(config.contract().unwrap());
             let store = wau_ingest::embedded_store(config).unwrap();
             let warehouse = wau_ingest::open_warehouse(config, &contract).unwrap();
-            warehouse.migrate().unwrap();
+            warehouse.migrate().await.unwrap();
             let objects = wau_ingest::object::ObjectStore::list(store.as_ref(), "").await.unwrap();
             wau_ingest::replay::ingest_objects(config, store, warehouse, contract, objects, force).await.unwrap()
         })
@@ -78,7 +78,8 @@ impl Env {
 
     pub fn merge(&self, config: &Config) {
         let contract = config.contract().unwrap();
-        wau_ingest::open_warehouse(config, &contract).unwrap().merge().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { wau_ingest::open_warehouse(config, &contract).unwrap().merge().await.unwrap() });
     }
 
     /// The target as (customer, event_id) → (user_id, _file_key).

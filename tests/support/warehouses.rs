@@ -2,9 +2,10 @@
 //! SQLite warehouse, and the Redshift warehouse on the Data API emulator (over PostgreSQL, with
 //! COPY from the moto S3 server) in a database created at SNAPSHOT or SERIALIZABLE isolation.
 //!
-//! A [`Backend`] gives the case the warehouse as `&dyn Warehouse` and, for assertions, the rows
-//! of the tables behind it, read with SQL that SQLite and PostgreSQL both accept. Everything
-//! engine-specific the cases need is here, in one place.
+//! A [`Backend`] gives the case the warehouse as `&dyn Warehouse`, the runtime the case runs on
+//! ([`Backend::block_on`]) and, for assertions, the rows of the tables behind it, read with SQL
+//! that SQLite and PostgreSQL both accept. Everything engine-specific the cases need is here, in
+//! one place.
 //!
 //! The emulator needs the local stack: `eval "$(scripts/local-aws.sh up)"`. Without it the
 //! emulator backends print SKIPPED and the case passes, or fail when `CI` is set.
@@ -61,6 +62,8 @@ pub struct Backend {
     pub engine: Engine,
     warehouse: Arc<dyn Warehouse>,
     kind: Kind,
+    /// What the case runs on (multi-thread: cases run writers side by side). Dropped last.
+    rt: tokio::runtime::Runtime,
 }
 
 enum Kind {
@@ -69,7 +72,6 @@ enum Kind {
 }
 
 struct Emulator {
-    rt: tokio::runtime::Runtime,
     w: Arc<RedshiftWarehouse>,
     /// On the emulator's default database: creates and drops this case's database.
     admin: RedshiftWarehouse,
@@ -78,10 +80,12 @@ struct Emulator {
     bucket: String,
 }
 
-impl Drop for Emulator {
+impl Drop for Backend {
     fn drop(&mut self) {
-        if let Err(e) = self.admin.execute(&format!("DROP DATABASE IF EXISTS {}", self.database)) {
-            eprintln!("test database {} not dropped: {e}", self.database);
+        if let Kind::Emulator(e) = &self.kind {
+            if let Err(err) = self.rt.block_on(e.admin.execute(&format!("DROP DATABASE IF EXISTS {}", e.database))) {
+                eprintln!("test database {} not dropped: {err}", e.database);
+            }
         }
     }
 }
@@ -103,12 +107,13 @@ impl Backend {
     /// emulator engine and the local stack is not configured, a failure instead under `CI`.
     pub fn new(engine: Engine, tuning: Tuning) -> Option<Backend> {
         let contract = Contract::builtin();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         if engine == Engine::Sqlite {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("wau.sqlite");
             let w = SqliteWarehouse::open(&path, &contract).unwrap();
-            w.migrate().unwrap();
-            return Some(Backend { engine, warehouse: Arc::new(w), kind: Kind::Sqlite { _dir: dir, path } });
+            rt.block_on(w.migrate()).unwrap();
+            return Some(Backend { engine, warehouse: Arc::new(w), kind: Kind::Sqlite { _dir: dir, path }, rt });
         }
         let vars = ["AWS_ENDPOINT_URL_REDSHIFT_DATA", "AWS_ENDPOINT_URL_S3"];
         let missing: Vec<&str> = vars.iter().copied().filter(|v| std::env::var_os(v).is_none()).collect();
@@ -120,10 +125,7 @@ impl Backend {
             eprintln!("SKIPPED ({engine:?}): the local AWS stack is not running ({missing:?} unset); run `eval \"$(scripts/local-aws.sh up)\"` first");
             return None;
         }
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (w, admin, database, s3, bucket) = {
-            // The warehouses capture the runtime they are created in.
-            let _entered = rt.enter();
             let sdk = rt.block_on(
                 aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .region(Region::new("us-east-1"))
@@ -146,9 +148,12 @@ impl Backend {
             let metrics = Arc::new(Metrics::new());
             let admin = RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics.clone()).unwrap();
             cfg.database = format!("wau_c_{}_{id}", engine.isolation().to_lowercase());
-            admin
-                .execute(&format!("CREATE DATABASE {} ISOLATION LEVEL {}", cfg.database, engine.isolation()))
-                .unwrap_or_else(|e| panic!("CREATE DATABASE … ISOLATION LEVEL {}: {e}", engine.isolation()));
+            rt.block_on(admin.execute(&format!(
+                "CREATE DATABASE {} ISOLATION LEVEL {}",
+                cfg.database,
+                engine.isolation()
+            )))
+            .unwrap_or_else(|e| panic!("CREATE DATABASE … ISOLATION LEVEL {}: {e}", engine.isolation()));
             let mut w = RedshiftWarehouse::new(&cfg, &contract, &sdk, s3.clone(), metrics).unwrap();
             w = w.with_part_bytes(tuning.part_bytes);
             if let Some((rejects, bytes)) = tuning.reject_memory {
@@ -156,13 +161,28 @@ impl Backend {
             }
             (Arc::new(w), admin, cfg.database, s3, bucket)
         };
-        let emulator = Emulator { rt, w: w.clone(), admin, database, s3, bucket };
-        w.migrate().unwrap();
-        Some(Backend { engine, warehouse: w, kind: Kind::Emulator(emulator) })
+        let emulator = Emulator { w: w.clone(), admin, database, s3, bucket };
+        rt.block_on(w.migrate()).unwrap();
+        Some(Backend { engine, warehouse: w, kind: Kind::Emulator(emulator), rt })
     }
 
     pub fn warehouse(&self) -> &dyn Warehouse {
         self.warehouse.as_ref()
+    }
+
+    /// Runs a case (or any future) on the backend's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Waits for `f` from synchronous code that may itself run inside a case (the assertion
+    /// helpers below): on a thread of its own, on the backend's runtime.
+    fn wait<F: std::future::Future + Send>(&self, f: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        let handle = self.rt.handle();
+        std::thread::scope(|s| s.spawn(|| handle.block_on(f)).join().expect("a helper thread panicked"))
     }
 
     /// Every row of `sql` as text, NULL as "NULL". The SQL must mean the same on SQLite and
@@ -192,13 +212,12 @@ impl Backend {
                 }
                 out
             }
-            Kind::Emulator(e) => {
-                e.w.query(sql)
-                    .unwrap_or_else(|err| panic!("{sql}: {err}"))
-                    .iter()
-                    .map(|r| r.iter().map(|c| c.text().unwrap_or_else(|| "NULL".into())).collect())
-                    .collect()
-            }
+            Kind::Emulator(e) => self
+                .wait(e.w.query(sql))
+                .unwrap_or_else(|err| panic!("{sql}: {err}"))
+                .iter()
+                .map(|r| r.iter().map(|c| c.text().unwrap_or_else(|| "NULL".into())).collect())
+                .collect(),
         }
     }
 
@@ -213,9 +232,9 @@ impl Backend {
         match &self.kind {
             Kind::Sqlite { .. } => Vec::new(),
             Kind::Emulator(e) => {
-                let out =
-                    e.rt.block_on(e.s3.list_objects_v2().bucket(&e.bucket).prefix("staging/").send())
-                        .expect("listing staging");
+                let out = self
+                    .wait(e.s3.list_objects_v2().bucket(&e.bucket).prefix("staging/").send())
+                    .expect("listing staging");
                 out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
             }
         }

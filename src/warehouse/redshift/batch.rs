@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use tracing::{debug, warn};
 
@@ -56,7 +57,9 @@ pub(super) struct Entry {
 pub(super) struct OpenFile {
     meta: FileMeta,
     replaces: bool,
-    writer: PartWriter,
+    /// `None` only while a chunk is being encoded (on the blocking pool), or after such a write
+    /// was interrupted: then the file cannot go on.
+    writer: Option<PartWriter>,
     parts: Vec<String>,
     rows: u64,
     bytes: u64,
@@ -65,7 +68,9 @@ pub(super) struct OpenFile {
     held: Held,
     /// Once set, every reject of the file goes to `reject_writer` (and its parts to `reject_parts`).
     spilling: bool,
-    reject_writer: CsvParts,
+    /// `None` only while rejects are being encoded (on the blocking pool), or after such a write
+    /// was interrupted.
+    reject_writer: Option<CsvParts>,
     pub(super) reject_parts: Vec<String>,
 }
 
@@ -74,14 +79,14 @@ impl OpenFile {
         OpenFile {
             meta,
             replaces,
-            writer: PartWriter::new(part_bytes),
+            writer: Some(PartWriter::new(part_bytes)),
             parts: Vec::new(),
             rows: 0,
             bytes: 0,
             rejects: Vec::new(),
             held: Held::default(),
             spilling: false,
-            reject_writer: CsvParts::new(part_bytes),
+            reject_writer: Some(CsvParts::new(part_bytes)),
             reject_parts: Vec::new(),
         }
     }
@@ -179,17 +184,16 @@ struct RedshiftCommit {
     in_flight: EndsOnDrop,
 }
 
+#[async_trait]
 impl PendingCommit for RedshiftCommit {
-    fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
+    async fn wait(self: Box<Self>) -> Result<Option<BatchReport>, WarehouseError> {
         let RedshiftCommit { inner, batch, plan, statement, started, objects, in_flight } = *self;
-        inner.block_on(async {
-            let done = inner.api.run_from("load", &plan.statements, true, None, Some(statement), started).await;
-            // Ended either way: from now on the ledger answers for these files (or, on failure,
-            // the caller rolls back the batch that was told about them).
-            drop(in_flight);
-            inner.delete(objects).await;
-            batch_report(&inner, &batch, &plan, done?).await
-        })
+        let done = inner.api.run_from("load", &plan.statements, true, None, Some(statement), started).await;
+        // Ended either way: from now on the ledger answers for these files (or, on failure,
+        // the caller rolls back the batch that was told about them).
+        drop(in_flight);
+        inner.delete(objects).await;
+        batch_report(&inner, &batch, &plan, done?).await
     }
 }
 
@@ -283,7 +287,7 @@ impl RedshiftSink {
         self.file.as_mut().ok_or_else(|| WarehouseError::Other("no file is open in the batch".into()))
     }
 
-    fn upload_parts(&mut self, parts: Vec<stage::StagedPart>) -> Result<(), WarehouseError> {
+    async fn upload_parts(&mut self, parts: Vec<stage::StagedPart>) -> Result<(), WarehouseError> {
         if parts.is_empty() {
             return Ok(());
         }
@@ -292,42 +296,57 @@ impl RedshiftSink {
         for part in parts {
             let key = self.inner.staging.key(batch.id, &format!("part-{:05}.csv.gz", batch.next_part));
             batch.next_part += 1;
-            self.inner.block_on(self.inner.put(&key, part.bytes))?;
+            self.inner.put(&key, part.bytes).await?;
             file.parts.push(key);
         }
         Ok(())
     }
 
-    /// Renders rejects of the open file into its reject parts, uploading each part as it is cut.
-    fn spill_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
+    /// Renders rejects of the open file into its reject parts (on the blocking pool, as rows
+    /// are: up to a chunk of rejects, each up to a record long), then uploads the parts it cut.
+    async fn spill_rejects(&mut self, rejects: Vec<Reject>) -> Result<(), WarehouseError> {
+        let batch = self.batch.as_ref().expect("a batch is open while a file is");
+        let (batch_id, now) = (batch.id, batch.now.clone());
+        let f = self.file.as_mut().expect("checked");
+        let (meta, key) = (f.meta.clone(), f.meta.key.clone());
+        let failed = |e: String| WarehouseError::Other(format!("staging rejects of {key}: {e}"));
+        let mut writer = f.reject_writer.take().ok_or_else(|| failed("an earlier write was interrupted".into()))?;
+        let (writer, cut) = tokio::task::spawn_blocking(move || {
+            let mut cut = Vec::new();
+            for r in &rejects {
+                match writer.push(&reject_values(&meta, r, batch_id, &now)) {
+                    Ok(part) => cut.extend(part),
+                    Err(e) => return (writer, Err(e)),
+                }
+            }
+            (writer, Ok(cut))
+        })
+        .await
+        .map_err(|e| failed(format!("the encoder failed: {e}")))?;
         let inner = &self.inner;
         let batch = self.batch.as_mut().expect("a batch is open while a file is");
         let f = self.file.as_mut().expect("checked");
-        for r in rejects {
-            let cut = f.reject_writer.push(&reject_values(&f.meta, r, batch.id, &batch.now));
-            if let Some(body) =
-                cut.map_err(|e| WarehouseError::Other(format!("staging rejects of {}: {e}", f.meta.key)))?
-            {
-                upload_reject_part(inner, batch, f, body)?;
-            }
+        f.reject_writer = Some(writer);
+        for body in cut.map_err(|e| failed(e.to_string()))? {
+            upload_reject_part(inner, batch, f, body).await?;
         }
         Ok(())
     }
 
     /// Forgets the open file's rows and rejects so far and deletes its parts.
-    fn drop_open_rows(&mut self) {
+    async fn drop_open_rows(&mut self) {
         if let Some(f) = self.file.as_mut() {
             let mut parts = std::mem::take(&mut f.parts);
             parts.append(&mut f.reject_parts);
-            f.writer = PartWriter::new(self.part_bytes);
+            f.writer = Some(PartWriter::new(self.part_bytes));
             f.rows = 0;
             f.bytes = 0;
             f.rejects = Vec::new();
             f.held = Held::default();
             f.spilling = false;
-            f.reject_writer = CsvParts::new(self.part_bytes);
+            f.reject_writer = Some(CsvParts::new(self.part_bytes));
             if !parts.is_empty() {
-                self.inner.block_on(self.inner.delete(parts));
+                self.inner.delete(parts).await;
             }
         }
     }
@@ -341,7 +360,7 @@ impl RedshiftSink {
 
     /// Uploads the batch's objects and submits its one BatchExecuteStatement. On any failure
     /// the batch has ended and its objects are deleted.
-    fn begin_batch(&mut self, b: OpenBatch) -> Result<RedshiftCommit, WarehouseError> {
+    async fn begin_batch(&mut self, b: OpenBatch) -> Result<RedshiftCommit, WarehouseError> {
         let inner = self.inner.clone();
         let started = Instant::now();
         let mut objects: Vec<String> = b.entries.iter().flat_map(Entry::objects).collect();
@@ -349,7 +368,7 @@ impl RedshiftSink {
         if let Ok(plan) = &plan {
             objects.extend(plan.uploads.iter().map(|(k, _)| k.clone()));
         }
-        let submitted = inner.block_on(async {
+        let submitted = async {
             let plan = plan.as_ref().map_err(|e| match e {
                 WarehouseError::Other(m) => WarehouseError::Other(m.clone()),
                 other => WarehouseError::Other(other.to_string()),
@@ -360,12 +379,13 @@ impl RedshiftSink {
                 .submit("load", &plan.statements, true)
                 .await
                 .map_err(|e| inner.api.failed("load", &plan.statements, e))
-        });
+        }
+        .await;
         let statement = match submitted {
             Ok(id) => id,
             Err(e) => {
                 // The batch has ended (never run): its objects are spent.
-                inner.block_on(inner.delete(objects));
+                inner.delete(objects).await;
                 return Err(e);
             }
         };
@@ -413,10 +433,11 @@ async fn batch_report(
     Ok((report.files > 0).then_some(report))
 }
 
+#[async_trait]
 impl BatchSink for RedshiftSink {
     /// One admission query for up to [`ADMISSIONS_PER_QUERY`] versions (the shared
     /// `admission`, once per version, as one UNION ALL).
-    fn prepare(&mut self, files: &[FileMeta]) -> Result<(), WarehouseError> {
+    async fn prepare(&mut self, files: &[FileMeta]) -> Result<(), WarehouseError> {
         // Taken before the ledger is asked, as in `admit`.
         let in_flight = self.in_flight();
         let mut seen = std::collections::HashSet::new();
@@ -432,7 +453,7 @@ impl BatchSink for RedshiftSink {
         }
         for chunk in wanted.chunks(ADMISSIONS_PER_QUERY) {
             let sql = admissions_query(&self.inner.sql(), chunk).map_err(WarehouseError::Other)?;
-            let rows = self.inner.block_on(self.inner.api.query("query", sql))?;
+            let rows = self.inner.api.query("query", sql).await?;
             let mut per_file: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); chunk.len()];
             for mut r in rows {
                 let i = r.first().and_then(Cell::as_i64).filter(|i| (0..chunk.len() as i64).contains(i));
@@ -453,7 +474,7 @@ impl BatchSink for RedshiftSink {
         Ok(())
     }
 
-    fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
+    async fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError> {
         if self.file.is_some() {
             return Err(WarehouseError::Other(format!("admit {} while another file is open", file.key)));
         }
@@ -474,7 +495,7 @@ impl BatchSink for RedshiftSink {
             Some((recorded, newer)) => (recorded, newer, self.prepared.flying.clone()),
             None => {
                 let sql = admission_query(&self.inner.sql(), file).map_err(WarehouseError::Other)?;
-                let rows = self.inner.block_on(self.inner.api.query("query", sql))?;
+                let rows = self.inner.api.query("query", sql).await?;
                 let (recorded, newer) = read_admission(&rows);
                 (recorded, newer, None)
             }
@@ -528,7 +549,7 @@ impl BatchSink for RedshiftSink {
                     batch.held = batch.held.minus(Held::of(&earlier.rejects));
                     let objects: Vec<String> = earlier.objects().collect();
                     if !objects.is_empty() {
-                        self.inner.block_on(self.inner.delete(objects));
+                        self.inner.delete(objects).await;
                     }
                 }
                 self.file = Some(OpenFile::new(file.clone(), replaces, self.part_bytes));
@@ -537,21 +558,33 @@ impl BatchSink for RedshiftSink {
         }
     }
 
-    fn write_rows(&mut self, chunk: &RowChunk) -> Result<(), WarehouseError> {
+    /// The chunk is gzip-encoded on the blocking pool (a few ms of CPU for a full chunk: too
+    /// long to hold a runtime worker), then the parts it finished are uploaded.
+    async fn write_rows(&mut self, chunk: RowChunk) -> Result<(), WarehouseError> {
         let batch_id = self.batch.as_ref().map_or(0, |b| b.id);
         let f = self.open_file()?;
-        let parts = f
-            .writer
-            .write_chunk(chunk, &f.meta.key, &f.meta.version, batch_id)
-            .map_err(|e| WarehouseError::Other(format!("staging rows of {}: {e}", f.meta.key)))?;
-        f.rows += chunk.len() as u64;
-        f.bytes += chunk.bytes as u64;
-        self.upload_parts(parts)
+        let (key, version) = (f.meta.key.clone(), f.meta.version.clone());
+        let (rows, bytes) = (chunk.len() as u64, chunk.bytes as u64);
+        let interrupted = || WarehouseError::Other(format!("staging rows of {key}: an earlier write was interrupted"));
+        let mut writer = f.writer.take().ok_or_else(interrupted)?;
+        let (k, v) = (key.clone(), version);
+        let (writer, parts) = tokio::task::spawn_blocking(move || {
+            let parts = writer.write_chunk(&chunk, &k, &v, batch_id);
+            (writer, parts)
+        })
+        .await
+        .map_err(|e| WarehouseError::Other(format!("staging rows of {key}: the encoder failed: {e}")))?;
+        let f = self.open_file()?;
+        f.writer = Some(writer);
+        let parts = parts.map_err(|e| WarehouseError::Other(format!("staging rows of {key}: {e}")))?;
+        f.rows += rows;
+        f.bytes += bytes;
+        self.upload_parts(parts).await
     }
 
     /// Held in memory while the batch's in-memory rejects stay within the bound; the file
     /// that would pass it spills (see the `redshift` module docs).
-    fn write_rejects(&mut self, rejects: &[Reject]) -> Result<(), WarehouseError> {
+    async fn write_rejects(&mut self, rejects: Vec<Reject>) -> Result<(), WarehouseError> {
         self.open_file()?;
         if rejects.is_empty() {
             return Ok(());
@@ -559,9 +592,9 @@ impl BatchSink for RedshiftSink {
         let batch_held = self.batch.as_ref().map_or(Held::default(), |b| b.held);
         let f = self.file.as_mut().expect("checked");
         if !f.spilling {
-            let add = Held::of(rejects);
+            let add = Held::of(&rejects);
             if batch_held.plus(f.held).plus(add).within(self.reject_memory) {
-                f.rejects.extend_from_slice(rejects);
+                f.rejects.extend(rejects);
                 f.held = f.held.plus(add);
                 return Ok(());
             }
@@ -569,39 +602,45 @@ impl BatchSink for RedshiftSink {
             f.held = Held::default();
             let earlier = std::mem::take(&mut f.rejects);
             debug!(key = %f.meta.key, held = earlier.len(), "rejects pass the memory bound: spilling them to staging");
-            self.spill_rejects(&earlier)?;
+            self.spill_rejects(earlier).await?;
         }
-        self.spill_rejects(rejects)
+        self.spill_rejects(rejects).await
     }
 
-    fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
+    async fn discard_file_rows(&mut self) -> Result<(), WarehouseError> {
         self.open_file()?;
-        self.drop_open_rows();
+        self.drop_open_rows().await;
         Ok(())
     }
 
     /// Always true when the file was open: whether another writer recorded this version
     /// first is only known inside the commit's transaction, where the guarded ledger insert
     /// keeps the version from being recorded (and its rows from being loaded) twice.
-    fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
+    async fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
         let key = self.open_file()?.meta.key.clone();
         let last = self
             .file
             .as_mut()
             .expect("checked")
             .writer
+            .as_mut()
+            .ok_or_else(|| WarehouseError::Other(format!("staging rows of {key}: an earlier write was interrupted")))?
             .finish()
             .map_err(|e| WarehouseError::Other(format!("staging rows of {key}: {e}")))?;
-        self.upload_parts(last.into_iter().collect())?;
+        self.upload_parts(last.into_iter().collect()).await?;
         {
             let batch = self.batch.as_mut().expect("a batch is open while a file is");
             let f = self.file.as_mut().expect("checked");
             let last = f
                 .reject_writer
+                .as_mut()
+                .ok_or_else(|| {
+                    WarehouseError::Other(format!("staging rejects of {key}: an earlier write was interrupted"))
+                })?
                 .finish()
                 .map_err(|e| WarehouseError::Other(format!("staging rejects of {key}: {e}")))?;
             if let Some(body) = last {
-                upload_reject_part(&self.inner, batch, f, body)?;
+                upload_reject_part(&self.inner, batch, f, body).await?;
             }
         }
         let f = self.file.take().expect("checked");
@@ -639,8 +678,8 @@ impl BatchSink for RedshiftSink {
         Ok(true)
     }
 
-    fn abandon_file(&mut self) -> Result<(), WarehouseError> {
-        self.drop_open_rows();
+    async fn abandon_file(&mut self) -> Result<(), WarehouseError> {
+        self.drop_open_rows().await;
         self.file = None;
         Ok(())
     }
@@ -651,15 +690,15 @@ impl BatchSink for RedshiftSink {
         (rows + r, bytes + b)
     }
 
-    fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
-        match self.commit_begin()? {
-            Some(pending) => pending.wait(),
+    async fn commit(&mut self) -> Result<Option<BatchReport>, WarehouseError> {
+        match self.commit_begin().await? {
+            Some(pending) => pending.wait().await,
             None => Ok(None),
         }
     }
 
     /// Uploads the manifest and submits the batch; the returned commit waits for it.
-    fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
+    async fn commit_begin(&mut self) -> Result<Option<Box<dyn PendingCommit>>, WarehouseError> {
         if self.file.is_some() {
             return Err(WarehouseError::Other("commit while a file is open".into()));
         }
@@ -672,27 +711,33 @@ impl BatchSink for RedshiftSink {
         if b.entries.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Box::new(self.begin_batch(b)?)))
+        Ok(Some(Box::new(self.begin_batch(b).await?)))
     }
 
-    fn rollback(&mut self) {
+    async fn rollback(&mut self) {
         self.prepared = Prepared::default();
         let objects = self.staged_objects();
         self.file = None;
         self.batch = None;
         if !objects.is_empty() {
-            self.inner.block_on(self.inner.delete(objects));
+            self.inner.delete(objects).await;
         }
     }
 }
 
 impl Drop for RedshiftSink {
     fn drop(&mut self) {
-        // Never block in drop (it may run on any thread): the deletion runs as a task.
+        // Never block in drop: the deletion runs as a task on the runtime dropping the sink
+        // (without one, the objects stay: harmless, no manifest names them).
         let objects = self.staged_objects();
         if !objects.is_empty() {
-            let inner = self.inner.clone();
-            self.inner.handle.spawn(async move { inner.delete(objects).await });
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    let inner = self.inner.clone();
+                    handle.spawn(async move { inner.delete(objects).await });
+                }
+                Err(_) => warn!(objects = objects.len(), "a sink dropped outside a runtime left its staging objects"),
+            }
         }
     }
 }

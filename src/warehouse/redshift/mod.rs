@@ -58,12 +58,13 @@
 //! are ordered by their clocks, which is what the merge's "latest batch wins" tie-break and the
 //! merge watermark need, and they are unique without coordination.
 //!
-//! # Blocking
+//! # Async
 //!
-//! The [`Warehouse`]/[`BatchSink`] traits are synchronous; each call runs the SDK future with
-//! `block_in_place(|| handle.block_on(..))` on the runtime captured by [`RedshiftWarehouse::new`].
-//! That works on a multi-thread runtime's workers, on `spawn_blocking` threads and on plain
-//! threads (the writer thread); a current-thread runtime is refused at construction.
+//! The [`Warehouse`]/[`BatchSink`] methods are `async fn`s that await the SDK directly. The one
+//! piece of CPU work of note, gzip-encoding a chunk of rows into a staging part (a few ms for
+//! a chunk of 4,096 rows), runs on tokio's blocking pool (`spawn_blocking`, one chunk at a
+//! time, see [`RedshiftSink`]), so it never stalls a runtime worker; the pipeline keeps
+//! validating the next chunk meanwhile.
 //!
 //! # Files
 //!
@@ -89,11 +90,11 @@ mod literal;
 mod plan;
 mod spill;
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use aws_sdk_redshiftdata::error::DisplayErrorContext;
 use backon::Retryable;
 use chrono::Utc;
@@ -168,7 +169,6 @@ impl StagingLocation {
 struct Inner {
     api: DataApi,
     s3: aws_sdk_s3::Client,
-    handle: tokio::runtime::Handle,
     contract: Contract,
     tables: Tables,
     staging: StagingLocation,
@@ -176,11 +176,6 @@ struct Inner {
 }
 
 impl Inner {
-    /// Runs an SDK future to completion from synchronous code.
-    fn block_on<F: Future>(&self, f: F) -> F::Output {
-        tokio::task::block_in_place(|| self.handle.block_on(f))
-    }
-
     fn sql(&self) -> Sql<'_> {
         Sql::new(Dialect::Redshift, &self.contract, &self.tables)
     }
@@ -242,7 +237,7 @@ pub struct RedshiftWarehouse {
 impl RedshiftWarehouse {
     /// A warehouse on the Data API target `cfg` names (Serverless `workgroup_name`, or
     /// `cluster_identifier` with `db_user` or `secret_arn`), staging under `cfg.staging_uri`
-    /// through `s3`. Call from within a multi-thread tokio runtime: its handle is captured.
+    /// through `s3`.
     pub fn new(
         cfg: &WarehouseConfig,
         contract: &Contract,
@@ -251,13 +246,6 @@ impl RedshiftWarehouse {
         metrics: Arc<Metrics>,
     ) -> Result<Self, WarehouseError> {
         let invalid = |m: String| WarehouseError::Other(m);
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| invalid("the redshift warehouse must be created inside a tokio runtime".into()))?;
-        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-            return Err(invalid(
-                "the redshift warehouse needs a multi-thread tokio runtime (it blocks in place)".into(),
-            ));
-        }
         let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
         let secret_arn = non_empty(&cfg.secret_arn);
         let target = match (non_empty(&cfg.workgroup_name), non_empty(&cfg.cluster_identifier)) {
@@ -286,7 +274,6 @@ impl RedshiftWarehouse {
             inner: Arc::new(Inner {
                 api,
                 s3,
-                handle,
                 contract: contract.clone(),
                 tables: Tables::for_contract(contract),
                 staging,
@@ -313,22 +300,29 @@ impl RedshiftWarehouse {
     }
 
     /// Runs one query (autocommit) and returns every row: for operators and tests.
-    pub fn query(&self, sql: &str) -> Result<Vec<Vec<Cell>>, WarehouseError> {
-        self.inner.block_on(self.inner.api.query("query", sql.to_string()))
+    pub async fn query(&self, sql: &str) -> Result<Vec<Vec<Cell>>, WarehouseError> {
+        self.inner.api.query("query", sql.to_string()).await
     }
 
     /// Runs one statement on its own (autocommit, so also what cannot run in a transaction,
     /// such as `CREATE DATABASE`).
-    pub fn execute(&self, sql: &str) -> Result<(), WarehouseError> {
-        self.inner.block_on(self.inner.api.run("query", &[sql.to_string()], false, None)).map(|_| ())
+    pub async fn execute(&self, sql: &str) -> Result<(), WarehouseError> {
+        self.inner.api.run("query", &[sql.to_string()], false, None).await.map(|_| ())
     }
 
-    fn query_params(&self, sql: &str, params: &[(&str, Lit)]) -> Result<Vec<Vec<Cell>>, WarehouseError> {
+    async fn query_params(&self, sql: &str, params: &[(&str, Lit)]) -> Result<Vec<Vec<Cell>>, WarehouseError> {
         let sql = render(sql, params).map_err(WarehouseError::Other)?;
-        self.inner.block_on(self.inner.api.query("query", sql))
+        self.inner.api.query("query", sql).await
     }
+}
 
-    async fn merge_async(&self) -> Result<MergeReport, WarehouseError> {
+fn status_of(rows: &[Vec<Cell>]) -> Option<FileStatus> {
+    rows.first().and_then(|r| r.first()).and_then(Cell::as_str).and_then(FileStatus::parse)
+}
+
+#[async_trait]
+impl Warehouse for RedshiftWarehouse {
+    async fn merge(&self) -> Result<MergeReport, WarehouseError> {
         let inner = &self.inner;
         let api = &inner.api;
         let pending = api.query("merge", inner.sql().unmerged_count()).await?;
@@ -378,23 +372,17 @@ impl RedshiftWarehouse {
             event_times,
         })
     }
-}
 
-fn status_of(rows: &[Vec<Cell>]) -> Option<FileStatus> {
-    rows.first().and_then(|r| r.first()).and_then(Cell::as_str).and_then(FileStatus::parse)
-}
-
-impl Warehouse for RedshiftWarehouse {
     /// The lock table first, on its own; then everything else as one batch behind the lock, so
     /// tasks that start together (autoscaling, a deploy) do not race their DDL.
-    fn migrate(&self) -> Result<(), WarehouseError> {
+    async fn migrate(&self) -> Result<(), WarehouseError> {
         let sql = self.inner.sql();
         // Tables behind the contract: refused before any DDL (`wau-ingest migrate` first).
-        super::evolve::require_current(&super::evolve::plan(&sql, |q| self.read_text(q))?)?;
+        super::evolve::require_current(&super::evolve::plan(&sql, self).await?)?;
         let lock_table = sql.lock_table();
         let mut statements = vec![sql.lock_writers()];
         statements.extend(sql.migrate().into_iter().filter(|s| *s != lock_table));
-        self.inner.block_on(async {
+        {
             // Two `CREATE TABLE IF NOT EXISTS` of the lock table at once can fail on the
             // catalog (the loser sees the table half made); a moment later it exists.
             let mut tries = 0u64;
@@ -417,61 +405,72 @@ impl Warehouse for RedshiftWarehouse {
                 }
             }
             self.inner.api.run("migrate", &statements, true, None).await.map(|_| ())
-        })
+        }
     }
 
-    fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError> {
-        self.execute(statement)
+    async fn execute_ddl(&self, statement: &str) -> Result<(), WarehouseError> {
+        self.execute(statement).await
     }
 
     fn sink(&self) -> Result<Box<dyn BatchSink>, WarehouseError> {
         Ok(Box::new(RedshiftSink::new(self.inner.clone(), self.part_bytes, self.reject_memory)))
     }
 
-    fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
-        let rows = self.query_params(
-            &self.inner.sql().lookup_version(),
-            &[
-                ("bucket", Lit::Str(bucket.into())),
-                ("key", Lit::Str(key.into())),
-                ("version", Lit::Str(version.into())),
-            ],
-        )?;
+    async fn lookup(&self, bucket: &str, key: &str, version: &str) -> Result<Option<FileStatus>, WarehouseError> {
+        let rows = self
+            .query_params(
+                &self.inner.sql().lookup_version(),
+                &[
+                    ("bucket", Lit::Str(bucket.into())),
+                    ("key", Lit::Str(key.into())),
+                    ("version", Lit::Str(version.into())),
+                ],
+            )
+            .await?;
         Ok(status_of(&rows))
     }
 
-    fn lookup_stamp(
+    async fn lookup_stamp(
         &self,
         bucket: &str,
         key: &str,
         sequencer: &str,
         size: u64,
     ) -> Result<Option<FileStatus>, WarehouseError> {
-        let rows = self.query_params(
-            &self.inner.sql().lookup_stamp(),
-            &[
-                ("bucket", Lit::Str(bucket.into())),
-                ("key", Lit::Str(key.into())),
-                ("sequencer", Lit::Str(sequencer.into())),
-                ("size_bytes", Lit::Int(size as i64)),
-            ],
-        )?;
+        let rows = self
+            .query_params(
+                &self.inner.sql().lookup_stamp(),
+                &[
+                    ("bucket", Lit::Str(bucket.into())),
+                    ("key", Lit::Str(key.into())),
+                    ("sequencer", Lit::Str(sequencer.into())),
+                    ("size_bytes", Lit::Int(size as i64)),
+                ],
+            )
+            .await?;
         Ok(status_of(&rows))
     }
 
     /// One statement per page; the page's rows come back through GetStatementResult's own
     /// paging. A page of `limit` pairs stays far inside the Data API's result-size limit
     /// (100 MB in the older documentation): a key is at most 1,024 bytes, a sequencer 32.
-    fn recorded_page(&self, bucket: &str, start: &PageStart, limit: usize) -> Result<Vec<Recorded>, WarehouseError> {
+    async fn recorded_page(
+        &self,
+        bucket: &str,
+        start: &PageStart,
+        limit: usize,
+    ) -> Result<Vec<Recorded>, WarehouseError> {
         let (form, key, sequencer) = start.bound();
-        let rows = self.query_params(
-            &self.inner.sql().recorded_page(form, limit),
-            &[
-                ("bucket", Lit::Str(bucket.into())),
-                ("key", Lit::Str(key.into())),
-                ("sequencer", Lit::Str(sequencer.into())),
-            ],
-        )?;
+        let rows = self
+            .query_params(
+                &self.inner.sql().recorded_page(form, limit),
+                &[
+                    ("bucket", Lit::Str(bucket.into())),
+                    ("key", Lit::Str(key.into())),
+                    ("sequencer", Lit::Str(sequencer.into())),
+                ],
+            )
+            .await?;
         rows.into_iter()
             .map(|r| match (r.first().and_then(Cell::text), r.get(1).and_then(Cell::text)) {
                 (Some(key), Some(sequencer)) => Ok(Recorded { key, sequencer }),
@@ -480,15 +479,11 @@ impl Warehouse for RedshiftWarehouse {
             .collect()
     }
 
-    fn merge(&self) -> Result<MergeReport, WarehouseError> {
-        self.inner.block_on(self.merge_async())
-    }
-
-    fn interrupt_merge(&self) {
+    async fn interrupt_merge(&self) {
         self.merging.cancelled.store(true, Ordering::SeqCst);
         let id = self.merging.id.lock().expect("statement lock").clone();
         if let Some(id) = id {
-            match self.inner.block_on(self.inner.api.cancel(&id)) {
+            match self.inner.api.cancel(&id).await {
                 Ok(()) => warn!(statement = %id, "merge cancelled"),
                 // It may have ended meanwhile; the merge reports how it ended.
                 Err(e) => warn!(statement = %id, error = %e, "cancelling the merge failed"),
@@ -496,19 +491,21 @@ impl Warehouse for RedshiftWarehouse {
         }
     }
 
-    fn ping(&self) -> Result<(), WarehouseError> {
-        let rows = self.query("SELECT 1")?;
+    async fn ping(&self) -> Result<(), WarehouseError> {
+        let rows = self.query("SELECT 1").await?;
         match int_at(&rows, 0, 0) {
             1 => Ok(()),
             _ => Err(WarehouseError::Other(format!("redshift ping: SELECT 1 returned {rows:?}"))),
         }
     }
 
-    fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError> {
-        let rows = self.query_params(
-            &self.inner.sql().report(),
-            &[("since", Lit::Str(since.into())), ("customer", Lit::Str(customer.unwrap_or("").into()))],
-        )?;
+    async fn weekly_active_users(&self, since: &str, customer: Option<&str>) -> Result<Vec<WauRow>, WarehouseError> {
+        let rows = self
+            .query_params(
+                &self.inner.sql().report(),
+                &[("since", Lit::Str(since.into())), ("customer", Lit::Str(customer.unwrap_or("").into()))],
+            )
+            .await?;
         Ok(rows
             .iter()
             .map(|r| WauRow {
@@ -520,9 +517,9 @@ impl Warehouse for RedshiftWarehouse {
             .collect())
     }
 
-    fn totals(&self) -> Result<LedgerTotals, WarehouseError> {
+    async fn totals(&self) -> Result<LedgerTotals, WarehouseError> {
         let sql = self.inner.sql().totals();
-        let rows = self.query(&sql)?;
+        let rows = self.query(&sql).await?;
         let g = |i| int_at(&rows, 0, i).max(0) as u64;
         Ok(LedgerTotals {
             files_loaded: g(0),
@@ -538,12 +535,12 @@ impl Warehouse for RedshiftWarehouse {
         })
     }
 
-    fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
-        Ok(self.query(sql)?.iter().map(|r| r.iter().map(Cell::text).collect()).collect())
+    async fn read_text(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WarehouseError> {
+        Ok(self.query(sql).await?.iter().map(|r| r.iter().map(Cell::text).collect()).collect())
     }
 
-    fn record_reconcile(&self, run: &super::sql::ReconcileRecord) -> Result<(), WarehouseError> {
-        self.execute(&self.inner.sql().insert_reconcile(run))
+    async fn record_reconcile(&self, run: &super::sql::ReconcileRecord) -> Result<(), WarehouseError> {
+        self.execute(&self.inner.sql().insert_reconcile(run)).await
     }
 }
 // selftest's access: the statement runner and the staging location, for `wau-ingest selftest`
@@ -551,14 +548,14 @@ impl Warehouse for RedshiftWarehouse {
 impl RedshiftWarehouse {
     /// One BatchExecuteStatement (one transaction) through the product's runner: a
     /// serialization conflict reruns it, as it does a commit. Rows affected per statement.
-    pub fn run_batch(&self, sqls: &[String]) -> Result<Vec<i64>, WarehouseError> {
-        let done = self.inner.block_on(self.inner.api.run("selftest", sqls, true, None))?;
+    pub async fn run_batch(&self, sqls: &[String]) -> Result<Vec<i64>, WarehouseError> {
+        let done = self.inner.api.run("selftest", sqls, true, None).await?;
         Ok(done.subs.iter().map(|s| s.result_rows).collect())
     }
 
     /// One BatchExecuteStatement, submitted once and never rerun: the error text Redshift gave.
-    pub fn try_batch_once(&self, sqls: &[String]) -> Result<(), String> {
-        self.inner.block_on(self.inner.api.attempt("selftest", sqls, true, None)).map(|_| ()).map_err(|e| match e {
+    pub async fn try_batch_once(&self, sqls: &[String]) -> Result<(), String> {
+        self.inner.api.attempt("selftest", sqls, true, None).await.map(|_| ()).map_err(|e| match e {
             RunError::Conflict(t) | RunError::Failed(t) | RunError::Aborted(t) | RunError::Call { text: t, .. } => t,
         })
     }
@@ -569,18 +566,18 @@ impl RedshiftWarehouse {
     }
 
     /// Uploads `body` as `<staging_uri><name>`; returns its `s3://` URL.
-    pub fn put_staging(&self, name: &str, body: Vec<u8>) -> Result<String, WarehouseError> {
+    pub async fn put_staging(&self, name: &str, body: Vec<u8>) -> Result<String, WarehouseError> {
         let key = format!("{}{name}", self.inner.staging.prefix);
-        self.inner.block_on(self.inner.put(&key, body))?;
+        self.inner.put(&key, body).await?;
         Ok(self.inner.staging.url(&key))
     }
 
     /// Deletes every object under `<staging_uri><prefix>`; how many there were.
-    pub fn delete_staging_prefix(&self, prefix: &str) -> Result<usize, WarehouseError> {
+    pub async fn delete_staging_prefix(&self, prefix: &str) -> Result<usize, WarehouseError> {
         let (inner, bucket) = (&self.inner, &self.inner.staging.bucket);
         let full = format!("{}{prefix}", inner.staging.prefix);
         let failed = |what: &str, e: String| WarehouseError::Other(format!("{what} s3://{bucket}/{full}: {e}"));
-        inner.block_on(async {
+        {
             let mut keys = Vec::new();
             let mut pages = inner.s3.list_objects_v2().bucket(bucket).prefix(&full).into_paginator().send();
             while let Some(page) = pages.next().await {
@@ -598,7 +595,7 @@ impl RedshiftWarehouse {
                     .map_err(|e| failed("deleting an object under", DisplayErrorContext(&e).to_string()))?;
             }
             Ok(keys.len())
-        })
+        }
     }
 }
 

@@ -71,7 +71,7 @@ impl CsvParts {
 }
 /// Uploads one spilled reject part of the open file. The key is recorded before the upload,
 /// so an object a failed upload may still have left is deleted with the file.
-pub(super) fn upload_reject_part(
+pub(super) async fn upload_reject_part(
     inner: &Inner,
     batch: &mut OpenBatch,
     f: &mut OpenFile,
@@ -80,7 +80,7 @@ pub(super) fn upload_reject_part(
     let key = inner.staging.key(batch.id, &format!("rejects-{:05}.csv.gz", batch.next_part));
     batch.next_part += 1;
     f.reject_parts.push(key.clone());
-    inner.block_on(inner.put(&key, body))
+    inner.put(&key, body).await
 }
 
 #[cfg(test)]
