@@ -247,6 +247,21 @@ fn measure(rt: &tokio::runtime::Runtime, inbox: &Path, db: &Path, new_rows: u64)
     (took, report)
 }
 
+/// Prints each round's (empty, large) times and their ratio; returns the best of each side.
+fn print_rounds(rounds: &[(Duration, Duration)]) -> (f64, f64) {
+    for (i, (e, l)) in rounds.iter().enumerate() {
+        println!(
+            "{:<12} {:>12.2} s {:>20.2} s {:>8.2}",
+            i + 1,
+            e.as_secs_f64(),
+            l.as_secs_f64(),
+            l.as_secs_f64() / e.as_secs_f64()
+        );
+    }
+    let best = |f: fn(&(Duration, Duration)) -> Duration| rounds.iter().map(f).min().unwrap().as_secs_f64();
+    (best(|r| r.0), best(|r| r.1))
+}
+
 fn main() {
     let target_rows = env_u64("BENCH_TARGET_ROWS", 10_000_000);
     let new_rows = env_u64("BENCH_NEW_ROWS", 100_000).max(1);
@@ -327,34 +342,13 @@ fn main() {
     println!();
     println!("merge of {new_rows} new rows ({keys} keys), one customer:");
     println!("{:<12} {:>14} {:>22} {:>8}", "round", "empty target", &format!("target of {held}"), "ratio");
-    for (i, (e, l)) in results.iter().enumerate() {
-        println!(
-            "{:<12} {:>12.2} s {:>20.2} s {:>8.2}",
-            i + 1,
-            e.as_secs_f64(),
-            l.as_secs_f64(),
-            l.as_secs_f64() / e.as_secs_f64()
-        );
-    }
-    let best = |rs: &[(Duration, Duration)], f: fn(&(Duration, Duration)) -> Duration| {
-        rs.iter().map(f).min().unwrap().as_secs_f64()
-    };
-    let (e, l) = (best(&results, |r| r.0), best(&results, |r| r.1));
+    let (e, l) = print_rounds(&results);
     println!("best of each: {e:.2} s and {l:.2} s; large / empty = {:.2}  (goal ≤ 2)", l / e);
     println!();
     println!(
         "the engine's own floor: INSERT OR REPLACE of {new_rows} more new rows ({keys} keys) into the keyed target:"
     );
-    for (i, (e, l)) in floors.iter().enumerate() {
-        println!(
-            "{:<12} {:>12.2} s {:>20.2} s {:>8.2}",
-            i + 1,
-            e.as_secs_f64(),
-            l.as_secs_f64(),
-            l.as_secs_f64() / e.as_secs_f64()
-        );
-    }
-    let (fe, fl) = (best(&floors, |r| r.0), best(&floors, |r| r.1));
+    let (fe, fl) = print_rounds(&floors);
     println!("best of each: {fe:.2} s and {fl:.2} s; large / empty = {:.2} (SQLite alone)", fl / fe);
     println!("merge / floor: {:.2} into the empty target, {:.2} into the large one", e / fe, l / fl);
 }
