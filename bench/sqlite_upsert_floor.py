@@ -12,7 +12,10 @@ every existing one, as time-ordered ids fall). Prints both times and their ratio
 the product's merge is held to by issue 10 (≤ 2), paid by the engine alone.
 
     python3 bench/sqlite_upsert_floor.py --bin target/debug/wau-ingest [--base 10000000] \
-        [--new 100000] [--keys interleaved|appended] [--dir /tmp/floor]
+        [--new 100000] [--keys interleaved|appended] [--layout keyed|rowid] [--dir /tmp/floor]
+
+`--layout rowid` measures the same on another layout than the product's: a rowid table (rows in
+arrival order) with a unique index on the dedupe key instead of the keyed table.
 """
 import argparse
 import os
@@ -25,11 +28,15 @@ import time
 SETTINGS = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384; PRAGMA temp_store = FILE;"
 
 
-def target_ddl(binary):
+def target_ddl(binary, layout):
     out = subprocess.run([binary, "migrate", "--print", "sqlite"], check=True, capture_output=True, text=True).stdout
     for stmt in out.split(";\n"):
         stmt = stmt.strip()
         if re.match(r"CREATE TABLE IF NOT EXISTS wau_audit_logs\b", stmt):
+            if layout == "rowid":
+                if " WITHOUT ROWID" not in stmt or "PRIMARY KEY (" not in stmt:
+                    raise SystemExit(f"the target is no longer a keyed table: {stmt}")
+                stmt = stmt.replace(" WITHOUT ROWID", "").replace("PRIMARY KEY (", "UNIQUE (")
             return stmt
     raise SystemExit("no CREATE TABLE wau_audit_logs in `migrate --print sqlite`")
 
@@ -96,9 +103,10 @@ def main():
     ap.add_argument("--base", type=int, default=10_000_000)
     ap.add_argument("--new", type=int, default=100_000)
     ap.add_argument("--keys", choices=["interleaved", "appended"], default="interleaved")
+    ap.add_argument("--layout", choices=["keyed", "rowid"], default="keyed")
     ap.add_argument("--dir")
     a = ap.parse_args()
-    ddl = target_ddl(a.bin)
+    ddl = target_ddl(a.bin, a.layout)
     folder = a.dir or tempfile.mkdtemp(prefix="upsert-floor-")
     os.makedirs(folder, exist_ok=True)
     prefix = "bench" if a.keys == "interleaved" else "zz"
@@ -129,7 +137,7 @@ def main():
     stage_new(large, cols, a.new, prefix)
     into_large = upsert(large, cols)
     large.close()
-    print(f"INSERT OR REPLACE of {a.new} new rows ({a.keys} keys) into the keyed target:")
+    print(f"INSERT OR REPLACE of {a.new} new rows ({a.keys} keys) into the {a.layout} target:")
     print(f"  empty target          {into_empty:8.2f} s")
     print(f"  target of {held:<11} {into_large:8.2f} s")
     print(f"  ratio                 {into_large / into_empty:8.2f}  (the engine's own; the product's merge goal is <= 2)")
