@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use chrono::{Duration, NaiveDate};
+use chrono::{Duration, NaiveDate, Utc};
 
 pub const HEADER: &str = "customer,event_id,event_time,user_id,user_email,event_type,source_ip,user_agent";
 
@@ -61,9 +61,12 @@ pub fn write_csv(mut w: impl Write, spec: &FileSpec<'_>) -> std::io::Result<(u64
     writeln!(w, "{header}")?;
     let mut bad = 0;
     let start = spec.week_start.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    // Events of a week still under way fall between its Monday and now: none lies ahead of the
+    // clock, which the contract would reject (`max_future_secs`) as no deliberately bad row.
+    let span = (Utc::now() - start).num_seconds().clamp(1, 7 * 86_400) as u64;
     for i in 0..spec.rows {
         let user = rng.below(spec.users.max(1));
-        let t = start + Duration::seconds(rng.below(7 * 86_400) as i64);
+        let t = start + Duration::seconds(rng.below(span) as i64);
         let mut event_time = t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let mut event_id = format!("{}-{i:08}", spec.id_prefix);
         let mut email = format!("user{user}@{}.example.com", spec.customer);

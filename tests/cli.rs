@@ -267,6 +267,12 @@ fn demo_balances_its_books() {
     assert!(text.contains("(0 file(s) out of balance)"), "{text}");
     assert!(text.contains("files new 1 / duplicate"), "the second pass loads only the overwrite: {text}");
     assert!(text.contains("legacyco"), "the legacy file's customer came from its key: {text}");
+    // Only the deliberately bad rows are rejected: no event of the week under way lies ahead of the clock.
+    let db = rusqlite::Connection::open(dir.join("wau.sqlite")).unwrap();
+    let ahead: i64 =
+        db.query_row("SELECT COUNT(*) FROM wau_ingest_rejects WHERE rule = 'out_of_range'", [], |r| r.get(0)).unwrap();
+    assert_eq!(ahead, 0, "sample events past the contract's horizon");
+    drop(db);
     // Running it again in the same folder starts over.
     assert!(Command::new(BIN).args(["demo", dir.to_str().unwrap()]).output().unwrap().status.success());
     // It refuses a folder it did not make.
