@@ -1,7 +1,6 @@
 //! The warehouse commands: `migrate`, `merge`, `replay`, `reconcile`, `report`, `status`.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -18,13 +17,7 @@ use crate::reconcile::{self as reconcile_log, ReconcileOutcome};
 use crate::replay::{self, Filter};
 use crate::warehouse::evolve;
 use crate::warehouse::sql::{Dialect, Sql, Tables};
-use crate::warehouse::Warehouse;
 use crate::{run, Setup};
-
-/// Creates the warehouse tables if missing.
-pub async fn migrate_warehouse(w: &Arc<dyn Warehouse>) -> anyhow::Result<()> {
-    Ok(w.migrate().await?)
-}
 
 /// What `migrate` does: print the DDL of a dialect, print the plan, or apply it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +188,7 @@ pub async fn merge(config: Config, print_sql: bool) -> anyhow::Result<MergeRepor
         return Ok(MergeReport::Glue { job: cx.config.merge.glue_job_name.clone(), outcome });
     }
     let w = cx.warehouse().await?;
-    migrate_warehouse(&w).await?;
+    w.migrate().await?;
     let r = run::merge_once(w, &cx.metrics).await.context("merge failed")?;
     Ok(MergeReport::Merged(r))
 }
@@ -250,7 +243,7 @@ pub async fn replay(config: Config, args: ReplayArgs<'_>) -> anyhow::Result<Repl
     let (store, prefix) = cx.store_for(&args.path.to_string_lossy()).await?;
     let objects = replay::list(store.as_ref(), &prefix, &args.filter);
     let warehouse = cx.warehouse().await?;
-    migrate_warehouse(&warehouse).await?;
+    warehouse.migrate().await?;
     if args.dry_run {
         let found = replay::dry_run(store.as_ref(), warehouse, objects, |k| println!("would load  {k}")).await?;
         return Ok(ReplayReport::DryRun { found, force: args.force });
@@ -300,7 +293,7 @@ pub async fn reconcile(config: Config) -> anyhow::Result<ReconcileReport> {
     let cx = Setup::new(config)?;
     let (store, prefix) = cx.store().await?;
     let warehouse = cx.warehouse().await?;
-    migrate_warehouse(&warehouse).await?;
+    warehouse.migrate().await?;
     let result: anyhow::Result<ReconcileReport> = async {
         let found = crate::reconcile::missing(store.as_ref(), warehouse.clone(), &prefix);
         let bucket = store.bucket().to_string();
@@ -349,7 +342,7 @@ fn order_warning(c: &crate::reconcile::MergeCounts) -> Option<String> {
 /// `report`: the weekly active users of `weeks` weeks ending this week, per customer.
 pub async fn report(config: Config, weeks: u32, customer: Option<String>) -> anyhow::Result<WauReport> {
     let w = Setup::new(config)?.warehouse().await?;
-    migrate_warehouse(&w).await?;
+    w.migrate().await?;
     let today = Utc::now().date_naive();
     let r: WauReport = report::read(w.as_ref(), today, weeks, customer.as_deref()).await?;
     Ok(r)
