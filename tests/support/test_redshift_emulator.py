@@ -632,6 +632,28 @@ def test_snapshot_with_a_lock_first_serializes_the_guarded_inserts(rd, new_datab
     assert pg_rows_in(db, "SELECT k, v FROM ledger") == [("f1", "v1")]
 
 
+def test_concurrent_copies_into_one_table_run_one_after_another(rd, s3, bucket, new_database):
+    """Redshift: "concurrent COPYs into one table serialize". A COPY whose transaction is still
+    open makes a second COPY into the same table wait for its end; a COPY into another table
+    and a plain INSERT into the same one do not wait."""
+    db = new_database()
+    run_ok_in(rd, db, "CREATE TABLE ev (event_id varchar(64)); CREATE TABLE other (event_id varchar(64))")
+    s3.put_object(Bucket=bucket, Key="in/a.csv", Body=b"e1\n")
+    copy = lambda table: f"COPY {table} FROM 's3://{bucket}/in/a.csv' IAM_ROLE default CSV"  # noqa: E731
+    barrier = Barrier(db)
+    a = rd.batch_execute_statement(Sqls=[copy("ev"), barrier.sql], **in_db(db))["Id"]
+    wait_until(20, lambda: barrier.waiting() == 1, "first COPY's batch at the barrier")
+    assert run_in(rd, db, copy("other"))["Status"] == "FINISHED"
+    assert run_in(rd, db, "INSERT INTO ev VALUES ('e2')")["Status"] == "FINISHED"
+    b = rd.execute_statement(Sql=copy("ev"), **in_db(db))["Id"]
+    wait_until(20, lambda: barrier.waiting_for_table("ev") == 1, "the second COPY waiting for the first")
+    assert rd.describe_statement(Id=b)["Status"] not in emu.TERMINAL
+    barrier.release()
+    assert wait_done(rd, a)["Status"] == "FINISHED"
+    assert wait_done(rd, b)["Status"] == "FINISHED"
+    assert pg_rows_in(db, "SELECT event_id FROM ev ORDER BY 1") == [("e1",), ("e1",), ("e2",)]
+
+
 def test_serializable_refuses_one_of_two_guarded_inserts_with_error_1023(rd, new_database):
     db = new_database("SERIALIZABLE")
     run_ok_in(rd, db, "CREATE TABLE ledger (k varchar(64), v varchar(64))")
