@@ -410,6 +410,19 @@ impl DataApi {
             let d = self.describe(id).await?;
             match d.status() {
                 Some(StatusString::Finished) => {
+                    // Where a batch's time went, statement by statement (Redshift's own durations).
+                    for (i, s) in d.sub_statements().iter().enumerate() {
+                        let text = s.query_string().unwrap_or_default();
+                        let head = text.char_indices().nth(80).map_or(text, |(at, _)| &text[..at]);
+                        tracing::debug!(
+                            statement = id,
+                            sub = i,
+                            ms = s.duration() / 1_000_000,
+                            rows = s.result_rows(),
+                            sql = head,
+                            "sub-statement ended"
+                        );
+                    }
                     let subs = d
                         .sub_statements()
                         .iter()
