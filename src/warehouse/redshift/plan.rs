@@ -207,12 +207,15 @@ fn commit_statements(
     // versions the batch outdates, and versions of the batch another writer outdated meanwhile.
     statements.push(sql.supersede_older_than_batch(id));
     statements.push(sql.supersede_batch_versions_already_older(id));
+    if !parts.is_empty() || has_rejects {
+        statements.push(sql.keep_unrecorded(id, BATCH_FILES));
+    }
     if !parts.is_empty() {
         let manifest_key = staging.key(id, "manifest.json");
         let urls: Vec<String> = parts.iter().map(|k| staging.url(k)).collect();
         uploads.push((manifest_key.clone(), stage::manifest(&urls).into_bytes()));
         statements.push(sql.copy_staging(&staging.url(&manifest_key), role));
-        statements.push(sql.drop_unrecorded_staging(id));
+        statements.push(sql.drop_unrecorded_staging(id, BATCH_FILES));
     }
     if has_rejects {
         if rejects_by_values {
@@ -222,7 +225,7 @@ fn commit_statements(
             uploads.extend(objects);
             statements.push(copy);
         }
-        statements.push(sql.drop_unrecorded_rejects(id));
+        statements.push(sql.drop_unrecorded_rejects(id, BATCH_FILES));
     }
     statements.push(format!("DROP TABLE {BATCH_FILES}"));
     Ok(Plan { uploads, statements, ledger_insert })
@@ -255,7 +258,7 @@ mod tests {
     fn a_small_commit_is_literal_statements_and_one_copy() {
         let p = plan(vec![entry("a.csv", 2, 100), entry("b.csv", 0, 0)]);
         let s = &p.statements;
-        assert_eq!(s.len(), 11, "{s:#?}");
+        assert_eq!(s.len(), 12, "{s:#?}");
         assert_eq!(s[0], "LOCK wau_ingest_lock", "the lock before anything takes the snapshot");
         assert!(s[1].starts_with("CREATE TEMP TABLE wau_batch_files ("));
         assert!(
@@ -275,13 +278,24 @@ mod tests {
             s[5]
         );
         assert!(
-            s[6].starts_with("COPY wau_audit_logs_staging (")
-                && s[6].contains("FROM 's3://b/staging/42/manifest.json'")
+            s[6].starts_with(
+                "DELETE FROM wau_batch_files WHERE EXISTS (SELECT 1 FROM wau_ingest_files f WHERE f.batch_id = 42"
+            ),
+            "the batch's table keeps only the versions another writer recorded first: {}",
+            s[6]
         );
-        assert!(s[7].starts_with("DELETE FROM wau_audit_logs_staging WHERE _batch_id = 42"));
-        assert!(s[8].starts_with("INSERT INTO wau_ingest_rejects (") && s[8].matches("'format'").count() == 2);
-        assert!(s[9].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42"));
-        assert_eq!(s[10], "DROP TABLE wau_batch_files");
+        assert!(
+            s[7].starts_with("COPY wau_audit_logs_staging (")
+                && s[7].contains("FROM 's3://b/staging/42/manifest.json'")
+        );
+        assert!(s[8].starts_with(
+            "DELETE FROM wau_audit_logs_staging USING wau_batch_files u\nWHERE wau_audit_logs_staging._batch_id = 42"
+        ));
+        assert!(s[9].starts_with("INSERT INTO wau_ingest_rejects (") && s[9].matches("'format'").count() == 2);
+        assert!(s[10].starts_with(
+            "DELETE FROM wau_ingest_rejects USING wau_batch_files u\nWHERE wau_ingest_rejects.batch_id = 42"
+        ));
+        assert_eq!(s[11], "DROP TABLE wau_batch_files");
         assert_eq!(p.uploads.len(), 1, "only the manifest");
         let manifest: serde_json::Value = serde_json::from_slice(&p.uploads[0].1).unwrap();
         assert_eq!(manifest["entries"].as_array().unwrap().len(), 2);
@@ -369,8 +383,9 @@ mod tests {
         // The removal of rejects whose version got no ledger row comes after the COPY.
         let copy_at = s.iter().position(|x| x == copies[0]).unwrap();
         assert!(
-            s[copy_at + 1].starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42\n")
-                && s[copy_at + 1].contains("NOT EXISTS")
+            s[copy_at + 1].starts_with(
+                "DELETE FROM wau_ingest_rejects USING wau_batch_files u\nWHERE wau_ingest_rejects.batch_id = 42"
+            ) && s.iter().any(|x| x.starts_with("DELETE FROM wau_batch_files WHERE EXISTS"))
         );
         let keys: Vec<&str> = p.uploads.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["staging/42/manifest.json", "staging/42/rejects.csv.gz", "staging/42/rejects.manifest.json"]);
@@ -398,7 +413,7 @@ mod tests {
         a.reject_parts = vec!["staging/42/rejects-00000.csv.gz".into()];
         let p = plan(vec![a]);
         assert_eq!(p.statements.iter().filter(|x| x.starts_with("COPY wau_ingest_rejects (")).count(), 1);
-        assert!(p.statements.iter().any(|x| x.starts_with("DELETE FROM wau_ingest_rejects WHERE batch_id = 42")));
+        assert!(p.statements.iter().any(|x| x.starts_with("DELETE FROM wau_ingest_rejects USING wau_batch_files u")));
         let keys: Vec<&str> = p.uploads.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["staging/42/manifest.json", "staging/42/rejects.manifest.json"], "no empty last part");
         let manifest: serde_json::Value = serde_json::from_slice(&p.uploads[1].1).unwrap();
