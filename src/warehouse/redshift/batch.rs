@@ -517,7 +517,8 @@ impl BatchSink for RedshiftSink {
         let in_batch = batch.entries.iter().position(|e| same_version(&e.meta, file));
         let existing = in_batch.map(|i| batch.entries[i].status).or(recorded);
         let newer_in_batch = batch.entries.iter().any(|e| is_newer(&e.meta, e.status, file));
-        match ledger::admit(existing, newer_recorded > 0 || newer_in_batch || newer_in_flight, force) {
+        match ledger::admit(existing, newer_recorded > 0 || newer_in_batch || newer_in_flight, force, in_batch.is_some())
+        {
             Verdict::Duplicate(status) => Ok(Admission::Duplicate(status)),
             Verdict::Superseded => {
                 let summary = FileSummary::superseded(file);
@@ -540,18 +541,8 @@ impl BatchSink for RedshiftSink {
                 Ok(Admission::Superseded)
             }
             Verdict::Load | Verdict::Reload => {
-                let mut replaces = recorded.is_some();
-                if let Some(i) = in_batch {
-                    // `force` on a version this batch already holds: the earlier copy never
-                    // reaches the warehouse.
-                    let earlier = batch.entries.remove(i);
-                    replaces |= earlier.replaces;
-                    batch.held = batch.held.minus(Held::of(&earlier.rejects));
-                    let objects: Vec<String> = earlier.objects().collect();
-                    if !objects.is_empty() {
-                        self.inner.delete(objects).await;
-                    }
-                }
+                // Never a version the open batch holds (`ledger::admit`): no entry leaves a batch.
+                let replaces = recorded.is_some();
                 self.file = Some(OpenFile::new(file.clone(), replaces, self.part_bytes));
                 Ok(Admission::Load)
             }

@@ -14,8 +14,7 @@
 //!   recorded?) and also looks at the files already in the open batch.
 //! * Rows go through [`stage::PartWriter`] into gzip CSV parts, uploaded as they are cut to
 //!   `<staging_uri><batch id>/part-NNNNN.csv.gz`, so memory stays bounded. A part never mixes
-//!   files, so dropping a file (`discard_file_rows`, `abandon_file`, a forced reload of a
-//!   version already in the batch) deletes exactly its parts.
+//!   files, so dropping a file (`discard_file_rows`, `abandon_file`) deletes exactly its parts.
 //! * Rejects are kept in memory while the batch's in-memory rejects stay within a bound
 //!   ([`DEFAULT_REJECT_MEMORY_ROWS`] rejects and [`DEFAULT_REJECT_MEMORY_BYTES`] of text, all
 //!   files together). The file whose rejects would pass it spills: its rejects so far and all
