@@ -347,6 +347,7 @@ impl RedshiftSink {
         for part in parts {
             let key = part_key(&self.inner, batch);
             self.inner.put(&key, part.bytes).await?;
+            self.inner.api.metrics.staging_part();
             file.parts.push(key);
         }
         Ok(())
@@ -376,6 +377,7 @@ impl RedshiftSink {
             let key = part_key(&self.inner, batch);
             batch.shared_parts.push(key.clone());
             self.inner.put(&key, part.bytes).await?;
+            self.inner.api.metrics.staging_part();
         }
         batch.shared = Some(shared);
         Ok(())
@@ -472,6 +474,9 @@ impl RedshiftSink {
                 plan.uploads.iter().chain(&last_shared).map(|(key, body)| inner.put(key, body.clone())),
             )
             .await?;
+            if last_shared.is_some() {
+                inner.api.metrics.staging_part();
+            }
             inner
                 .api
                 .submit("load", &plan.statements, true)
