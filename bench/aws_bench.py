@@ -114,7 +114,8 @@ class Case:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
-            for name in ("wau_ingest_batch_commit_seconds_sum", "wau_ingest_batch_commit_seconds_count"):
+            for name in ("wau_ingest_batch_commit_seconds_sum", "wau_ingest_batch_commit_seconds_count",
+                         "wau_ingest_staging_parts_total"):
                 if line.startswith(name + " "):
                     out[name.removeprefix("wau_ingest_")] = float(line.split()[1])
             if line.startswith("wau_ingest_statement_seconds_sum{"):
@@ -402,7 +403,7 @@ end-to-end / bulk COPY            = {e2e / bulk:.2f}   (goal <= 1.5)
 end-to-end / bulk COPY with keys  = {e2e / bulk_keyed:.2f}
 end-to-end / per-file COPY loader = {e2e / per_file:.2f}   (goal <= 0.75)
 end-to-end / limit                = {e2e / limit:.2f}   (goal <= 1.3)
-inside the service:    {spent.get("batch_commit_seconds_count", 0):.0f} commits took {spent.get("batch_commit_seconds_sum", 0):.2f} s; Data API statements by operation (s, count): {
+inside the service:    {spent.get("batch_commit_seconds_count", 0):.0f} commits took {spent.get("batch_commit_seconds_sum", 0):.2f} s; {spent.get("staging_parts_total", 0):.0f} staging parts ({spent.get("staging_parts_total", 0) / max(spent.get("batch_commit_seconds_count", 0), 1):.1f} per commit); Data API statements by operation (s, count): {
     {k: v for k, v in sorted(spent.items()) if k.startswith("statement_")}}
 event → staging lag:   p50 {result['lag_p50_s']} s, p99 {result['lag_p99_s']} s over {n} uploads in {upload:.1f} s (batch.max_age_secs {result['batch_max_age_s']}; goal p99 <= {result['batch_max_age_s'] + 2} s)
   the burst arrives at {n / upload:.1f} files/s, reference (a) loads {n / bulk:.1f} files/s: an ideal loader at that rate finishes the last file {burst_floor:.2f} s after its upload

@@ -98,7 +98,10 @@ async fn encode_only(path: &Path, contract: &Contract) -> f64 {
     validate_stream(f, &Options { contract, key: "csv/acme/bench.csv", limits: Default::default() }, &mut sink)
         .await
         .unwrap();
-    sink.bytes_out += sink.writer.finish().unwrap().map_or(0, |p| p.bytes.len());
+    let wau_ingest::warehouse::stage::FileRows::Own(last) = sink.writer.finish().unwrap() else {
+        unreachable!("PartWriter::new holds no rows")
+    };
+    sink.bytes_out += last.map_or(0, |p| p.bytes.len());
     assert!(sink.full_chunks > 0 && sink.bytes_out > 0, "the file fills at least one chunk and encodes to bytes");
     sink.full_chunk_time.as_secs_f64() * 1000.0 / sink.full_chunks as f64
 }

@@ -74,6 +74,7 @@ pub struct Metrics {
     sqs_messages: IntCounterVec,
     s3_bytes_read: IntCounter,
     bytes_read: IntCounter,
+    staging_parts: IntCounter,
     statement_seconds: HistogramVec,
     customer_last_file: GaugeVec,
     customer_left_out: IntGauge,
@@ -191,6 +192,14 @@ impl Metrics {
             bytes_read: register(
                 &r,
                 IntCounter::new("bytes_read_total", "Bytes read from the object store (any kind).").expect("valid"),
+            ),
+            staging_parts: register(
+                &r,
+                IntCounter::new(
+                    "staging_parts_total",
+                    "Gzip parts of staging rows uploaded for COPY (Redshift): files' own and batches' shared ones.",
+                )
+                .expect("valid"),
             ),
             statement_seconds: {
                 let h = HistogramVec::new(
@@ -342,6 +351,9 @@ impl Metrics {
             self.s3_bytes_read.inc_by(n);
         }
     }
+    pub fn staging_part(&self) {
+        self.staging_parts.inc();
+    }
     pub fn statement(&self, operation: &str, seconds: f64) {
         self.statement_seconds.with_label_values(&[operation]).observe(seconds);
     }
@@ -376,6 +388,7 @@ mod tests {
             "wau_ingest_event_to_commit_seconds_bucket{le=\"0.05\"} 0",
             "wau_ingest_statement_seconds_count{operation=\"merge\"} 0",
             "wau_ingest_inflight_files 0",
+            "wau_ingest_staging_parts_total 0",
             "wau_ingest_last_merge_timestamp_seconds 0",
             "wau_ingest_customer_series_left_out 0",
             "wau_ingest_customer_silence_window_seconds 93600",

@@ -548,7 +548,10 @@ impl<'a> Scratch<'a> {
         }
         let mut writer = PartWriter::new(usize::MAX);
         let mut parts = writer.write_chunk(&chunk, file_key, "v1", 1).map_err(brief)?;
-        parts.extend(writer.finish().map_err(brief)?);
+        match writer.finish().map_err(brief)? {
+            stage::FileRows::Own(last) => parts.extend(last),
+            stage::FileRows::Buffered(_) => unreachable!("a writer made by PartWriter::new holds no rows"),
+        }
         let mut urls = Vec::new();
         for p in parts {
             let part = format!("{}{name}/part-{:05}.csv.gz", self.dir, p.index);

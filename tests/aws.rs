@@ -690,16 +690,20 @@ async fn an_older_version_committed_after_another_process_committed_the_newer_en
     let v2 = Version { key: key.into(), rows: rows(10, 20, "v2") };
     let event = s3_event(&case.bucket, key, "ObjectCreated:Put").to_string();
 
-    let mut holder = case.spawn_run("holder.log", &[("WAU_INGEST_BATCH_MAX_AGE_SECS", "10")]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut holder = case.spawn_run(
+        "holder.log",
+        &[("WAU_INGEST_BATCH_MAX_AGE_SECS", "10"), ("WAU_INGEST_HTTP_LISTEN", listen.as_str())],
+    );
     let first = case.put_version(key, csv(CUSTOMER, &v1.rows)).await;
     let first_put = Instant::now();
     case.send_raw(&event).await;
-    // The holder has read the whole file once its staging part is uploaded.
-    let staged = || async {
-        let listed = case.s3.list_objects_v2().bucket(&case.bucket).prefix("staging/").send().await.unwrap();
-        listed.key_count().unwrap_or(0) > 0
-    };
-    assert!(eventually(Duration::from_secs(30), staged).await, "the holder reads v1\n{}", case.log("holder.log"));
+    // The holder has read the whole file once it counts its bytes (a small file's rows are
+    // held in the batch until the commit: no staging object says so before).
+    let read =
+        || async { scrape(port).and_then(|m| sample(&m, "wau_ingest_s3_bytes_read_total")).is_some_and(|n| n > 0.0) };
+    assert!(eventually(Duration::from_secs(30), read).await, "the holder reads v1\n{}", case.log("holder.log"));
     // S3 orders the versions of a key by LastModified, in seconds.
     tokio::time::sleep(Duration::from_millis(1100).saturating_sub(first_put.elapsed())).await;
     let second = case.put_version(key, csv(CUSTOMER, &v2.rows)).await;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use support::batches::{chunk, loaded, meta};
 use wau_ingest::contract::Contract;
 use wau_ingest::warehouse::sqlite::SqliteWarehouse;
-use wau_ingest::warehouse::{Admission, BatchSink, Warehouse};
+use wau_ingest::warehouse::{Admission, BatchSink, FileStatus, Warehouse};
 
 /// xorshift64*: small, seeded, the same on every platform.
 struct Rng(u64);
@@ -111,9 +111,17 @@ async fn run_history(seed: u64, dir: &std::path::Path) -> usize {
         for _ in 0..1 + rng.below(3) {
             let key = format!("csv/acme/f{}.csv", rng.below(file_keys));
             let cur = current.get(&key).cloned();
-            // A forced replay of the current version: same version, same rows, a new batch.
+            // A forced replay of the current version: same version, same rows, a new batch (in
+            // the batch that loaded it, a duplicate of that batch's copy: `ledger::admit`).
             if let (Some(c), true) = (&cur, rng.chance(20)) {
                 let m = meta(&key, &c.version, &sequencer(c.seq));
+                if c.batch == batch {
+                    for sink in sinks.iter_mut() {
+                        let again = sink.admit(&m, true).await.unwrap();
+                        assert_eq!(again, Admission::Duplicate(FileStatus::Loaded), "seed {seed}");
+                    }
+                    continue;
+                }
                 let rows: Vec<(&str, &str, &str)> =
                     c.rows.iter().map(|(a, b, u)| (a.as_str(), b.as_str(), u.as_str())).collect();
                 for sink in sinks.iter_mut() {

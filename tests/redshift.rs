@@ -197,6 +197,141 @@ async fn staging_parts_are_cut_as_rows_come_and_go_with_their_file() {
     assert!(s.staging_objects().await.is_empty(), "a rolled back batch's parts are deleted");
 }
 
+/// The parts of staging rows among `keys` (not manifests, not reject parts).
+fn row_parts(keys: &[String]) -> Vec<&String> {
+    keys.iter().filter(|k| k.contains("/part-")).collect()
+}
+
+/// Rows (customer, event_id, user_id) `{prefix}{0..n}` for one file.
+fn rows_named(prefix: &str, n: usize) -> Vec<(String, String, String)> {
+    (0..n).map(|i| ("acme".to_string(), format!("{prefix}{i:03}"), format!("u{i}"))).collect()
+}
+
+fn as_refs(rows: &[(String, String, String)]) -> Vec<(&str, &str, &str)> {
+    rows.iter().map(|(c, e, u)| (c.as_str(), e.as_str(), u.as_str())).collect()
+}
+
+/// Small files of a batch share staging parts: nothing is uploaded while they come (their rows
+/// are held, then appended to the batch's one shared stream), the commit's manifest names one
+/// part for all of them, and the COPY loads exactly their rows. A small file abandoned or
+/// discarded while open leaves the shared stream as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_of_a_batch_share_one_part_and_load_exactly_their_rows() {
+    let Some(s) = stack(1 << 20).await else { return };
+    let mut sink = s.w.sink().unwrap();
+    let mut expected = Vec::new();
+    for f in 0..5 {
+        let rows = rows_named(&format!("f{f}-"), 3);
+        let key = format!("csv/acme/{f}.csv");
+        assert_eq!(load(sink.as_mut(), &meta(&key, "v1", "1"), &as_refs(&rows)).await, Admission::Load);
+        expected.extend(rows.iter().map(|(_, e, u)| (e.clone(), u.clone(), key.clone())));
+    }
+    assert!(s.staging_objects().await.is_empty(), "small files' rows wait for the shared part");
+
+    assert_eq!(sink.admit(&meta("abandoned.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "x1", "u1"), ("acme", "x2", "u2")])).await.unwrap();
+    sink.abandon_file().await.unwrap();
+    assert_eq!(sink.admit(&meta("discarded.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&[("acme", "y1", "u1")])).await.unwrap();
+    sink.discard_file_rows().await.unwrap();
+    assert!(sink
+        .finish_file(&FileSummary {
+            status: FileStatus::Rejected,
+            rows_read: 1,
+            rows_loaded: 0,
+            rows_rejected: 1,
+            reason: Some("x".into()),
+            customer: None,
+        })
+        .await
+        .unwrap());
+    assert!(s.staging_objects().await.is_empty());
+
+    let pending = sink.commit_begin().await.unwrap().expect("a commit in flight");
+    let objects = s.staging_objects().await;
+    assert_eq!(row_parts(&objects).len(), 1, "one shared part for five files: {objects:?}");
+    let report = pending.wait().await.unwrap().unwrap();
+    assert_eq!((report.files, report.rows_loaded), (6, 15));
+    assert!(s.staging_objects().await.is_empty());
+    let t = s.w.totals().await.unwrap();
+    assert_eq!((t.staging_rows, t.rows_loaded, t.unbalanced_files), (15, 15, 0), "{t:?}");
+    s.w.merge().await.unwrap();
+    expected.sort();
+    assert_eq!(s.target().await, expected, "every row once, none of the abandoned or discarded files");
+}
+
+/// The shared stream is cut into a part (uploaded at once) each time it reaches the part size;
+/// a file that outgrows the small-file size keeps parts of its own, uploaded as they are cut;
+/// a rollback deletes both kinds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_stream_is_cut_at_the_part_size_and_a_large_file_keeps_its_own_parts() {
+    // ~100 bytes a row: parts of ~1,000 bytes, files of more than ~10 rows are large.
+    let Some(s) = stack(1000).await else { return };
+    let mut sink = s.w.sink().unwrap();
+    let mut expected = Vec::new();
+    for f in 0..12 {
+        let rows = rows_named(&format!("s{f:02}-"), 2);
+        let key = format!("small/{f:02}.csv");
+        load(sink.as_mut(), &meta(&key, "v1", "1"), &as_refs(&rows)).await;
+        expected.extend(rows.iter().map(|(_, e, u)| (e.clone(), u.clone(), key.clone())));
+    }
+    let shared = row_parts(&s.staging_objects().await).len();
+    assert!((1..12).contains(&shared), "12 small files cut fewer parts than files: {shared}");
+
+    assert_eq!(sink.admit(&meta("large.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    let rows = rows_named("large-", 40);
+    sink.write_rows(chunk(&as_refs(&rows))).await.unwrap();
+    let open = row_parts(&s.staging_objects().await).len();
+    assert!(open >= shared + 3, "the large file's own parts are uploaded as they are cut: {shared} → {open}");
+    assert!(sink.finish_file(&loaded(40, 0)).await.unwrap());
+    expected.extend(rows.iter().map(|(_, e, u)| (e.clone(), u.clone(), "large.csv".to_string())));
+
+    let report = sink.commit().await.unwrap().unwrap();
+    assert_eq!((report.files, report.rows_loaded), (13, 64));
+    assert!(s.staging_objects().await.is_empty());
+    assert_eq!(s.w.totals().await.unwrap().staging_rows, 64);
+    s.w.merge().await.unwrap();
+    expected.sort();
+    assert_eq!(s.target().await, expected);
+
+    // Rolled back with shared parts cut and a large file's parts: every object goes.
+    for f in 0..12 {
+        load(sink.as_mut(), &meta(&format!("again/{f:02}.csv"), "v1", "1"), &as_refs(&rows_named("r", 2))).await;
+    }
+    assert_eq!(sink.admit(&meta("again/large.csv", "v1", "1"), false).await.unwrap(), Admission::Load);
+    sink.write_rows(chunk(&as_refs(&rows_named("rl", 40)))).await.unwrap();
+    assert!(row_parts(&s.staging_objects().await).len() > 3);
+    sink.rollback().await;
+    assert!(s.staging_objects().await.is_empty(), "a rolled back batch's shared and own parts are deleted");
+}
+
+/// A small file recorded first by another writer: its rows shared a part with other files'
+/// rows, and the commit's removal of unrecorded staging rows takes exactly them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_recorded_first_by_another_writer_leaves_its_shared_part_without_its_rows() {
+    let Some(s) = stack(1 << 20).await else { return };
+    let (mut first, mut second) = (s.w.sink().unwrap(), s.w.sink().unwrap());
+    load(first.as_mut(), &meta("w.csv", "v1", "1"), &[("acme", "w1", "first"), ("acme", "w2", "first")]).await;
+    load(second.as_mut(), &meta("a.csv", "v1", "1"), &[("acme", "a1", "u1")]).await;
+    load(second.as_mut(), &meta("w.csv", "v1", "1"), &[("acme", "w1", "second"), ("acme", "w2", "second")]).await;
+    load(second.as_mut(), &meta("b.csv", "v1", "1"), &[("acme", "b1", "u1")]).await;
+    assert_eq!(first.commit().await.unwrap().unwrap().files, 1);
+    let pending = second.commit_begin().await.unwrap().expect("a commit in flight");
+    assert_eq!(row_parts(&s.staging_objects().await).len(), 1, "w.csv shares the part with a.csv and b.csv");
+    let report = pending.wait().await.unwrap().unwrap();
+    assert_eq!((report.files, report.rows_loaded), (2, 2), "the ledger holds a.csv and b.csv of this batch");
+    assert_eq!(
+        s.strings(
+            "SELECT _file_key, user_id, COUNT(*) FROM wau_audit_logs_staging GROUP BY _file_key, user_id ORDER BY 1, 2"
+        )
+        .await,
+        vec![row(&["a.csv", "u1", "1"]), row(&["b.csv", "u1", "1"]), row(&["w.csv", "first", "2"])]
+    );
+    let t = s.w.totals().await.unwrap();
+    assert_eq!((t.files_loaded, t.rows_loaded, t.staging_rows, t.unbalanced_files), (3, 4, 4, 0), "{t:?}");
+    assert!(s.staging_objects().await.is_empty());
+}
+
 /// While a batch commits, the next one fills: a version in flight is a duplicate, an older
 /// version of a key in flight is superseded, a newer one supersedes it at the next commit, and
 /// the next commit cannot begin before the one in flight ended.
@@ -302,8 +437,9 @@ async fn rejects_beyond_the_memory_bound_spill_to_staging_and_load_once() {
     assert!(s.staging_objects().await.is_empty(), "reject parts, the last part and the manifests are deleted");
 }
 
-/// A file that spilled rejects and is then abandoned, discarded, forced again in the same
-/// batch, rolled back, or recorded first by another writer leaves no rejects and no objects.
+/// A file that spilled rejects and is then abandoned, discarded, rolled back, or recorded
+/// first by another writer leaves no rejects and no objects (and one forced twice in a batch
+/// keeps its first copy's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
     let Some(s) = stack_with(4096, |w| w.with_reject_memory(100, 1 << 20)).await else { return };
@@ -363,22 +499,22 @@ async fn spilled_rejects_of_files_that_do_not_stay_leave_nothing() {
         .await
         .unwrap());
 
-    // Forced twice in the batch: the first copy's spilled parts go, the second's stay.
-    for _ in 0..2 {
-        assert_eq!(sink.admit(&meta("f.csv", "v1", "1"), true).await.unwrap(), Admission::Load);
-        sink.write_rejects(many_rejects(2..302, raw)).await.unwrap();
-        assert!(sink
-            .finish_file(&FileSummary {
-                status: FileStatus::Rejected,
-                rows_read: 300,
-                rows_loaded: 0,
-                rows_rejected: 300,
-                reason: Some("x".into()),
-                customer: None,
-            })
-            .await
-            .unwrap());
-    }
+    // Forced twice in the batch: the second admission is a duplicate of the first copy, whose
+    // spilled parts stay.
+    assert_eq!(sink.admit(&meta("f.csv", "v1", "1"), true).await.unwrap(), Admission::Load);
+    sink.write_rejects(many_rejects(2..302, raw)).await.unwrap();
+    assert!(sink
+        .finish_file(&FileSummary {
+            status: FileStatus::Rejected,
+            rows_read: 300,
+            rows_loaded: 0,
+            rows_rejected: 300,
+            reason: Some("x".into()),
+            customer: None,
+        })
+        .await
+        .unwrap());
+    assert_eq!(sink.admit(&meta("f.csv", "v1", "1"), true).await.unwrap(), Admission::Duplicate(FileStatus::Rejected));
     let report = sink.commit().await.unwrap().unwrap();
     assert_eq!((report.files, report.rows_rejected), (3, 810));
     assert_eq!(

@@ -26,14 +26,19 @@ pub enum Verdict {
 }
 
 /// The decision for one version. `recorded`: the status of the newest load of this very version
-/// that counts (a `replaced` load does not); `newer_recorded`: a newer version of its key is
-/// recorded ([`is_newer`]); `force`: `replay --force`.
+/// that counts (a `replaced` load does not), the writer's open batch included; `newer_recorded`:
+/// a newer version of its key is recorded ([`is_newer`]); `force`: `replay --force`;
+/// `in_open_batch`: `recorded` is the writer's own open batch's copy.
 ///
 /// A recorded version is a duplicate unless forced; a forced one still is when a newer version
-/// exists (reloading it would not change the target: the newer version wins). An unknown
-/// version older than a recorded one is superseded on arrival.
-pub fn admit(recorded: Option<FileStatus>, newer_recorded: bool, force: bool) -> Verdict {
+/// exists (reloading it would not change the target: the newer version wins), or when the open
+/// batch already holds it: an S3 version is immutable and the contract does not change within a
+/// batch, so that copy already is the fresh load `force` asks for (and on Redshift its rows may
+/// share a staging part with other files' and cannot be taken out again). An unknown version
+/// older than a recorded one is superseded on arrival.
+pub fn admit(recorded: Option<FileStatus>, newer_recorded: bool, force: bool, in_open_batch: bool) -> Verdict {
     match (recorded, newer_recorded, force) {
+        (Some(status), _, _) if in_open_batch => Verdict::Duplicate(status),
         (Some(status), _, false) | (Some(status), true, true) => Verdict::Duplicate(status),
         (None, true, _) => Verdict::Superseded,
         (Some(_), false, true) => Verdict::Reload,
@@ -133,15 +138,22 @@ mod tests {
 
     #[test]
     fn every_case_of_admission() {
-        assert_eq!(admit(None, false, false), Verdict::Load);
-        assert_eq!(admit(None, false, true), Verdict::Load);
-        assert_eq!(admit(None, true, false), Verdict::Superseded);
-        assert_eq!(admit(None, true, true), Verdict::Superseded);
+        assert_eq!(admit(None, false, false, false), Verdict::Load);
+        assert_eq!(admit(None, false, true, false), Verdict::Load);
+        assert_eq!(admit(None, true, false, false), Verdict::Superseded);
+        assert_eq!(admit(None, true, true, false), Verdict::Superseded);
         for s in [Loaded, Rejected, Superseded] {
-            assert_eq!(admit(Some(s), false, false), Verdict::Duplicate(s));
-            assert_eq!(admit(Some(s), true, false), Verdict::Duplicate(s));
-            assert_eq!(admit(Some(s), true, true), Verdict::Duplicate(s), "a newer version wins anyway");
-            assert_eq!(admit(Some(s), false, true), Verdict::Reload);
+            assert_eq!(admit(Some(s), false, false, false), Verdict::Duplicate(s));
+            assert_eq!(admit(Some(s), true, false, false), Verdict::Duplicate(s));
+            assert_eq!(admit(Some(s), true, true, false), Verdict::Duplicate(s), "a newer version wins anyway");
+            assert_eq!(admit(Some(s), false, true, false), Verdict::Reload);
+            for (newer, force) in [(false, false), (true, false), (false, true), (true, true)] {
+                assert_eq!(
+                    admit(Some(s), newer, force, true),
+                    Verdict::Duplicate(s),
+                    "the open batch's copy is the load, forced or not"
+                );
+            }
         }
     }
 

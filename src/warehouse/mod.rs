@@ -200,7 +200,8 @@ pub trait BatchSink: Send + Sync {
         Ok(())
     }
     /// Checks the ledger for this version inside the batch; on `Load` opens the file.
-    /// With `force`, an earlier load of the same version is marked replaced and it loads again.
+    /// With `force`, an earlier load of the same version is marked replaced and it loads again,
+    /// unless that load is this batch's own: then it is a duplicate (`ledger::admit`).
     async fn admit(&mut self, file: &FileMeta, force: bool) -> Result<Admission, WarehouseError>;
     async fn write_rows(&mut self, chunk: RowChunk) -> Result<(), WarehouseError>;
     async fn write_rejects(&mut self, rejects: Vec<Reject>) -> Result<(), WarehouseError>;

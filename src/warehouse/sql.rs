@@ -690,33 +690,6 @@ impl<'a> Sql<'a> {
         )
     }
 
-    /// A version loaded earlier in the same, still open batch and now forced again: that copy
-    /// leaves entirely (staging rows, rejects, ledger row) instead of being marked replaced, so
-    /// the batch commits the second copy alone (the Redshift sink drops it from the batch in
-    /// memory). Parameters `:batch_id`, `:bucket`, `:key`, `:version`.
-    /// The first statement reads the earlier copy's `rows_loaded, rows_rejected`.
-    pub fn forget_batch_version(&self) -> [String; 4] {
-        let t = self.t;
-        [
-            format!(
-                "SELECT rows_loaded, rows_rejected FROM {} WHERE batch_id = :batch_id AND bucket = :bucket AND key = :key AND version = :version",
-                t.files
-            ),
-            format!(
-                "DELETE FROM {} WHERE _batch_id = :batch_id AND _file_key = :key AND _file_version = :version",
-                t.staging
-            ),
-            format!(
-                "DELETE FROM {} WHERE batch_id = :batch_id AND bucket = :bucket AND key = :key AND version = :version",
-                t.rejects
-            ),
-            format!(
-                "DELETE FROM {} WHERE batch_id = :batch_id AND bucket = :bucket AND key = :key AND version = :version",
-                t.files
-            ),
-        ]
-    }
-
     /// Bulk load of one micro-batch's staging parts (Redshift; the emulator reads the same
     /// text): every part named by the manifest, gzip CSV as [`super::stage`] writes it.
     pub fn copy_staging(&self, manifest_url: &str, iam_role: &str) -> String {

@@ -564,13 +564,15 @@ impl Writer {
             (":version", &file.version),
             (":sequencer", &file.sequencer),
         ];
-        let existing: Option<String> = {
+        // The open batch's own rows are in the transaction, so the newest load may be its copy.
+        let existing: Option<(String, i64)> = {
             let mut stmt = self.conn.prepare_cached(&self.sql().lookup_version())?;
             bind_named(&mut stmt, &id)?;
             let mut rows = stmt.raw_query();
-            rows.next()?.map(|r| r.get(0)).transpose()?
+            rows.next()?.map(|r| Ok::<_, rusqlite::Error>((r.get(0)?, r.get(1)?))).transpose()?
         };
-        let existing = existing.as_deref().and_then(FileStatus::parse);
+        let in_open_batch = existing.as_ref().is_some_and(|(_, batch)| *batch == self.batch().batch_id);
+        let existing = existing.as_ref().and_then(|(status, _)| FileStatus::parse(status));
         if let (Some(status), false) = (existing, force) {
             return Ok(Admission::Duplicate(status)); // no need to ask for a newer version
         }
@@ -580,7 +582,7 @@ impl Writer {
             let mut rows = stmt.raw_query();
             rows.next()?.map(|r| r.get(0)).transpose()?.unwrap_or(0)
         };
-        match ledger::admit(existing, newer > 0, force) {
+        match ledger::admit(existing, newer > 0, force, in_open_batch) {
             Verdict::Duplicate(status) => return Ok(Admission::Duplicate(status)),
             Verdict::Superseded => {
                 let summary = FileSummary::superseded(file);
@@ -590,29 +592,6 @@ impl Writer {
                 return Ok(Admission::Superseded);
             }
             Verdict::Reload => {
-                let batch_id = self.batch().batch_id;
-                let in_batch: [(&str, &dyn ToSql); 4] = [
-                    (":batch_id", &batch_id),
-                    (":bucket", &file.bucket),
-                    (":key", &file.key),
-                    (":version", &file.version),
-                ];
-                let [counts, forget @ ..] = self.sql().forget_batch_version();
-                let earlier: Option<(i64, i64)> = {
-                    use rusqlite::OptionalExtension;
-                    self.conn.query_row(&counts, in_batch.as_slice(), |r| Ok((r.get(0)?, r.get(1)?))).optional()?
-                };
-                for statement in forget {
-                    exec_named(&self.conn, &statement, &in_batch)?;
-                }
-                if let Some((loaded, rejected)) = earlier {
-                    // The copy earlier in this batch leaves it: so does its share of the report.
-                    let b = self.batch.as_mut().expect("open");
-                    b.files -= 1;
-                    b.rows_loaded -= loaded as u64;
-                    b.rows_rejected -= rejected as u64;
-                    b.rows = b.rows.saturating_sub(loaded as u64);
-                }
                 exec_named(&self.conn, &self.sql().replace_version(), &id)?;
             }
             Verdict::Load => {}

@@ -24,7 +24,7 @@ use super::Inner;
 use crate::validate::{Reject, RowChunk};
 use crate::warehouse::ledger::{self, is_newer, same_version, Verdict};
 use crate::warehouse::sql::Sql;
-use crate::warehouse::stage::{self, PartWriter};
+use crate::warehouse::stage::{self, Buffered, FileRows, GzParts, PartWriter, SMALL_FILE_BYTES};
 use crate::warehouse::{
     Admission, BatchReport, BatchSink, FileMeta, FileStatus, FileSummary, PendingCommit, WarehouseError,
 };
@@ -44,7 +44,8 @@ pub(super) struct Entry {
     pub(super) merged_at: Option<String>,
     /// `force`: earlier loads of this version are marked replaced first.
     pub(super) replaces: bool,
-    /// Staging objects holding this file's rows.
+    /// Staging objects holding this file's rows alone (none for a small file: its rows are in
+    /// the batch's shared parts, [`OpenBatch::shared_parts`]).
     pub(super) parts: Vec<String>,
     pub(super) staged_rows: u64,
     pub(super) staged_bytes: u64,
@@ -58,7 +59,7 @@ pub(super) struct OpenFile {
     meta: FileMeta,
     replaces: bool,
     /// `None` only while a chunk is being encoded (on the blocking pool), or after such a write
-    /// was interrupted: then the file cannot go on.
+    /// was interrupted: then the file cannot go on. Holds the rows raw while the file is small.
     writer: Option<PartWriter>,
     parts: Vec<String>,
     rows: u64,
@@ -79,7 +80,7 @@ impl OpenFile {
         OpenFile {
             meta,
             replaces,
-            writer: Some(PartWriter::new(part_bytes)),
+            writer: Some(file_writer(part_bytes)),
             parts: Vec::new(),
             rows: 0,
             bytes: 0,
@@ -92,6 +93,12 @@ impl OpenFile {
     }
 }
 
+/// The writer of a file's staging rows: held raw while the file stays below
+/// `part_bytes.min(SMALL_FILE_BYTES)`, then in parts of its own.
+fn file_writer(part_bytes: usize) -> PartWriter {
+    PartWriter::coalescing(part_bytes, SMALL_FILE_BYTES)
+}
+
 pub(super) struct OpenBatch {
     pub(super) id: i64,
     pub(super) now: String,
@@ -99,11 +106,40 @@ pub(super) struct OpenBatch {
     pub(super) next_part: usize,
     /// What the entries' in-memory rejects take (the open file's are counted apart).
     pub(super) held: Held,
+    /// The one gzip stream the rows of the batch's small files are appended to when each
+    /// ends, cut into a part at `part_bytes` and finished at commit. `None` while a file's rows
+    /// are being appended (on the blocking pool), or once an append or the upload of a part cut
+    /// from it failed: then rows of finished files may be missing and the batch cannot commit.
+    pub(super) shared: Option<GzParts>,
+    /// Parts cut from `shared` and uploaded: the batch's, not any one file's.
+    pub(super) shared_parts: Vec<String>,
 }
 
 impl OpenBatch {
+    pub(super) fn new(id: i64, now: String, part_bytes: usize) -> OpenBatch {
+        OpenBatch {
+            id,
+            now,
+            entries: Vec::new(),
+            next_part: 0,
+            held: Held::default(),
+            shared: Some(GzParts::new(part_bytes)),
+            shared_parts: Vec::new(),
+        }
+    }
+
     fn staged(&self) -> (u64, u64) {
         self.entries.iter().fold((0, 0), |(r, b), e| (r + e.staged_rows, b + e.staged_bytes))
+    }
+
+    /// Every part of staging rows the commit's COPY reads: the files' own, then the shared ones.
+    pub(super) fn row_parts(&self) -> impl Iterator<Item = &String> + '_ {
+        self.entries.iter().flat_map(|e| e.parts.iter()).chain(&self.shared_parts)
+    }
+
+    /// Every staging object of the batch: the files' parts and spilled rejects, the shared parts.
+    fn objects(&self) -> impl Iterator<Item = String> + '_ {
+        self.entries.iter().flat_map(Entry::objects).chain(self.shared_parts.iter().cloned())
     }
 }
 
@@ -221,6 +257,20 @@ fn new_batch_id() -> i64 {
     }
 }
 
+/// The next staging part's key in the batch (its own files' and shared parts count alike).
+fn part_key(inner: &Inner, batch: &mut OpenBatch) -> String {
+    let key = inner.staging.key(batch.id, &format!("part-{:05}.csv.gz", batch.next_part));
+    batch.next_part += 1;
+    key
+}
+
+fn shared_broken() -> WarehouseError {
+    WarehouseError::Other(
+        "staging the batch's shared rows: an earlier append or upload did not complete; the batch must be rolled back"
+            .into(),
+    )
+}
+
 /// The ledger's existing status and whether a newer version is recorded, in one round trip
 /// (the shared `lookup_version` and `newer_version_exists`, as one UNION ALL).
 fn admission_query(sql: &Sql<'_>, file: &FileMeta) -> Result<String, String> {
@@ -287,6 +337,7 @@ impl RedshiftSink {
         self.file.as_mut().ok_or_else(|| WarehouseError::Other("no file is open in the batch".into()))
     }
 
+    /// Uploads parts of the open file's own.
     async fn upload_parts(&mut self, parts: Vec<stage::StagedPart>) -> Result<(), WarehouseError> {
         if parts.is_empty() {
             return Ok(());
@@ -294,11 +345,41 @@ impl RedshiftSink {
         let batch = self.batch.as_mut().expect("a batch is open while a file is");
         let file = self.file.as_mut().expect("checked");
         for part in parts {
-            let key = self.inner.staging.key(batch.id, &format!("part-{:05}.csv.gz", batch.next_part));
-            batch.next_part += 1;
+            let key = part_key(&self.inner, batch);
             self.inner.put(&key, part.bytes).await?;
+            self.inner.api.metrics.staging_part();
             file.parts.push(key);
         }
+        Ok(())
+    }
+
+    /// Appends a small file's rows to the batch's shared stream (gzip-encoded on the blocking
+    /// pool: up to [`SMALL_FILE_BYTES`] of CSV) and uploads the part that cut, if it did. The
+    /// last step of `finish_file` that can fail; when it does the batch is left unable to
+    /// commit (rows of files already finished may be in the part that failed), so the caller
+    /// rolls it back.
+    async fn append_shared(&mut self, held: Buffered) -> Result<(), WarehouseError> {
+        if held.rows == 0 {
+            return Ok(());
+        }
+        let batch = self.batch.as_mut().expect("a batch is open while a file is");
+        let mut shared = batch.shared.take().ok_or_else(shared_broken)?;
+        let (shared, cut) = tokio::task::spawn_blocking(move || {
+            let cut = shared.push_lines(&held.lines, held.rows);
+            (shared, cut)
+        })
+        .await
+        .map_err(|e| WarehouseError::Other(format!("staging the batch's shared rows: the encoder failed: {e}")))?;
+        let cut = cut.map_err(|e| WarehouseError::Other(format!("staging the batch's shared rows: {e}")))?;
+        let batch = self.batch.as_mut().expect("a batch is open while a file is");
+        if let Some(part) = cut {
+            // Named before the upload, so that a rollback deletes whatever of it arrived.
+            let key = part_key(&self.inner, batch);
+            batch.shared_parts.push(key.clone());
+            self.inner.put(&key, part.bytes).await?;
+            self.inner.api.metrics.staging_part();
+        }
+        batch.shared = Some(shared);
         Ok(())
     }
 
@@ -333,12 +414,13 @@ impl RedshiftSink {
         Ok(())
     }
 
-    /// Forgets the open file's rows and rejects so far and deletes its parts.
+    /// Forgets the open file's rows and rejects so far and deletes its parts. Nothing of the
+    /// file is in the batch's shared stream yet (it is appended there when the file ends).
     async fn drop_open_rows(&mut self) {
         if let Some(f) = self.file.as_mut() {
             let mut parts = std::mem::take(&mut f.parts);
             parts.append(&mut f.reject_parts);
-            f.writer = Some(PartWriter::new(self.part_bytes));
+            f.writer = Some(file_writer(self.part_bytes));
             f.rows = 0;
             f.bytes = 0;
             f.rejects = Vec::new();
@@ -351,19 +433,34 @@ impl RedshiftSink {
         }
     }
 
-    /// Every staging object of the open batch (and open file).
+    /// Every staging object of the open batch (its shared parts included) and open file.
     fn staged_objects(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.batch.iter().flat_map(|b| b.entries.iter().flat_map(Entry::objects)).collect();
+        let mut keys: Vec<String> = self.batch.iter().flat_map(OpenBatch::objects).collect();
         keys.extend(self.file.iter().flat_map(|f| f.parts.iter().chain(&f.reject_parts).cloned()));
         keys
     }
 
     /// Uploads the batch's objects and submits its one BatchExecuteStatement. On any failure
     /// the batch has ended and its objects are deleted.
-    async fn begin_batch(&mut self, b: OpenBatch) -> Result<RedshiftCommit, WarehouseError> {
+    async fn begin_batch(&mut self, mut b: OpenBatch) -> Result<RedshiftCommit, WarehouseError> {
         let inner = self.inner.clone();
         let started = Instant::now();
-        let mut objects: Vec<String> = b.entries.iter().flat_map(Entry::objects).collect();
+        // The shared stream's last part, uploaded with the manifest (its finish only flushes
+        // what the encoder holds: no more than a small file's worth of input).
+        let last_shared = match b.shared.take().ok_or_else(shared_broken).and_then(|mut shared| {
+            shared.finish().map_err(|e| WarehouseError::Other(format!("staging the batch's shared rows: {e}")))
+        }) {
+            Ok(part) => part.map(|part| {
+                let key = part_key(&inner, &mut b);
+                b.shared_parts.push(key.clone());
+                (key, part.bytes)
+            }),
+            Err(e) => {
+                inner.delete(b.objects().collect()).await;
+                return Err(e);
+            }
+        };
+        let mut objects: Vec<String> = b.objects().collect();
         let plan = plan_commit(&inner.sql(), &inner.staging, &b, &inner.copy_role);
         if let Ok(plan) = &plan {
             objects.extend(plan.uploads.iter().map(|(k, _)| k.clone()));
@@ -373,7 +470,13 @@ impl RedshiftSink {
                 WarehouseError::Other(m) => WarehouseError::Other(m.clone()),
                 other => WarehouseError::Other(other.to_string()),
             })?;
-            futures::future::try_join_all(plan.uploads.iter().map(|(key, body)| inner.put(key, body.clone()))).await?;
+            futures::future::try_join_all(
+                plan.uploads.iter().chain(&last_shared).map(|(key, body)| inner.put(key, body.clone())),
+            )
+            .await?;
+            if last_shared.is_some() {
+                inner.api.metrics.staging_part();
+            }
             inner
                 .api
                 .submit("load", &plan.statements, true)
@@ -506,18 +609,19 @@ impl BatchSink for RedshiftSink {
         let flying: Vec<&(FileMeta, FileStatus)> = flying.iter().chain(then).collect();
         let recorded = flying.iter().find(|(m, _)| same_version(m, file)).map(|(_, s)| *s).or(recorded);
         let newer_in_flight = flying.iter().any(|(m, status)| is_newer(m, *status, file));
-        let batch = self.batch.get_or_insert_with(|| OpenBatch {
-            id: new_batch_id(),
-            now: timestamp_text(Utc::now()),
-            entries: Vec::new(),
-            next_part: 0,
-            held: Held::default(),
-        });
+        let part_bytes = self.part_bytes;
+        let batch =
+            self.batch.get_or_insert_with(|| OpenBatch::new(new_batch_id(), timestamp_text(Utc::now()), part_bytes));
         // The open batch is part of the ledger as this writer sees it; its rows are the newest.
         let in_batch = batch.entries.iter().position(|e| same_version(&e.meta, file));
         let existing = in_batch.map(|i| batch.entries[i].status).or(recorded);
         let newer_in_batch = batch.entries.iter().any(|e| is_newer(&e.meta, e.status, file));
-        match ledger::admit(existing, newer_recorded > 0 || newer_in_batch || newer_in_flight, force) {
+        match ledger::admit(
+            existing,
+            newer_recorded > 0 || newer_in_batch || newer_in_flight,
+            force,
+            in_batch.is_some(),
+        ) {
             Verdict::Duplicate(status) => Ok(Admission::Duplicate(status)),
             Verdict::Superseded => {
                 let summary = FileSummary::superseded(file);
@@ -540,18 +644,8 @@ impl BatchSink for RedshiftSink {
                 Ok(Admission::Superseded)
             }
             Verdict::Load | Verdict::Reload => {
-                let mut replaces = recorded.is_some();
-                if let Some(i) = in_batch {
-                    // `force` on a version this batch already holds: the earlier copy never
-                    // reaches the warehouse.
-                    let earlier = batch.entries.remove(i);
-                    replaces |= earlier.replaces;
-                    batch.held = batch.held.minus(Held::of(&earlier.rejects));
-                    let objects: Vec<String> = earlier.objects().collect();
-                    if !objects.is_empty() {
-                        self.inner.delete(objects).await;
-                    }
-                }
+                // Never a version the open batch holds (`ledger::admit`): no entry leaves a batch.
+                let replaces = recorded.is_some();
                 self.file = Some(OpenFile::new(file.clone(), replaces, self.part_bytes));
                 Ok(Admission::Load)
             }
@@ -616,9 +710,12 @@ impl BatchSink for RedshiftSink {
     /// Always true when the file was open: whether another writer recorded this version
     /// first is only known inside the commit's transaction, where the guarded ledger insert
     /// keeps the version from being recorded (and its rows from being loaded) twice.
+    ///
+    /// A small file's rows join the batch's shared stream last, once nothing else can fail:
+    /// a file abandoned after a failure here has no rows in it.
     async fn finish_file(&mut self, summary: &FileSummary) -> Result<bool, WarehouseError> {
         let key = self.open_file()?.meta.key.clone();
-        let last = self
+        let rows = self
             .file
             .as_mut()
             .expect("checked")
@@ -627,7 +724,13 @@ impl BatchSink for RedshiftSink {
             .ok_or_else(|| WarehouseError::Other(format!("staging rows of {key}: an earlier write was interrupted")))?
             .finish()
             .map_err(|e| WarehouseError::Other(format!("staging rows of {key}: {e}")))?;
-        self.upload_parts(last.into_iter().collect()).await?;
+        let held = match rows {
+            FileRows::Own(last) => {
+                self.upload_parts(last.into_iter().collect()).await?;
+                None
+            }
+            FileRows::Buffered(held) => Some(held),
+        };
         {
             let batch = self.batch.as_mut().expect("a batch is open while a file is");
             let f = self.file.as_mut().expect("checked");
@@ -642,6 +745,9 @@ impl BatchSink for RedshiftSink {
             if let Some(body) = last {
                 upload_reject_part(&self.inner, batch, f, body).await?;
             }
+        }
+        if let Some(held) = held {
+            self.append_shared(held).await?;
         }
         let f = self.file.take().expect("checked");
         let batch = self.batch.as_mut().expect("a batch is open while a file is");
@@ -709,6 +815,11 @@ impl BatchSink for RedshiftSink {
         self.prepared = Prepared::default();
         let Some(b) = self.batch.take() else { return Ok(None) };
         if b.entries.is_empty() {
+            // Nothing to record; a shared part cut by an append that then failed may remain.
+            let objects: Vec<String> = b.objects().collect();
+            if !objects.is_empty() {
+                self.inner.delete(objects).await;
+            }
             return Ok(None);
         }
         Ok(Some(Box::new(self.begin_batch(b).await?)))
@@ -755,6 +866,34 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let now_micros = Utc::now().timestamp_micros();
         assert!(ids[0] / 1000 <= now_micros && ids[0] / 1000 > now_micros - 60_000_000, "epoch microseconds × 1000");
+    }
+
+    #[test]
+    fn a_batchs_objects_and_row_parts_include_its_shared_parts() {
+        use crate::warehouse::redshift::fixtures::entry;
+        let mut large = entry("large.csv", 0, 0);
+        large.reject_parts = vec!["staging/1/rejects-00002.csv.gz".into()];
+        let small = Entry { parts: Vec::new(), ..entry("small.csv", 0, 0) };
+        let mut b = OpenBatch { entries: vec![large, small], ..OpenBatch::new(1, String::new(), 1 << 20) };
+        b.shared_parts = vec!["staging/1/part-00001.csv.gz".into()];
+        assert_eq!(
+            b.objects().collect::<Vec<_>>(),
+            ["staging/1/large.csv.gz", "staging/1/rejects-00002.csv.gz", "staging/1/part-00001.csv.gz"],
+            "what a rollback, a drop and a commit delete"
+        );
+        assert_eq!(b.row_parts().collect::<Vec<_>>(), ["staging/1/large.csv.gz", "staging/1/part-00001.csv.gz"]);
+    }
+
+    #[test]
+    fn a_files_rows_are_held_below_the_small_file_size_capped_by_the_part_size() {
+        let mut chunk = RowChunk::new(2);
+        chunk.push_row(&[Some("acme"), Some("e1")], 2);
+        let mut w = file_writer(1 << 30);
+        assert!(w.write_chunk(&chunk, "k", "v", 1).unwrap().is_empty());
+        assert!(w.is_small(), "a row is far below {SMALL_FILE_BYTES}");
+        let mut w = file_writer(10);
+        w.write_chunk(&chunk, "k", "v", 1).unwrap();
+        assert!(!w.is_small(), "never held past the part size");
     }
 
     #[test]

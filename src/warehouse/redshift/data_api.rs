@@ -228,7 +228,7 @@ pub(super) struct DataApi {
     target: Target,
     secret_arn: Option<String>,
     database: String,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 /// What one SQL text is, for messages: its first line, shortened.

@@ -12,10 +12,19 @@
 //! Nothing touches the warehouse before `commit`: the sink keeps the open batch itself.
 //! * `admit` asks the ledger in one query (this version recorded? a newer version of the key
 //!   recorded?) and also looks at the files already in the open batch.
-//! * Rows go through [`stage::PartWriter`] into gzip CSV parts, uploaded as they are cut to
-//!   `<staging_uri><batch id>/part-NNNNN.csv.gz`, so memory stays bounded. A part never mixes
-//!   files, so dropping a file (`discard_file_rows`, `abandon_file`, a forced reload of a
-//!   version already in the batch) deletes exactly its parts.
+//! * Rows go through [`stage::PartWriter`], which holds a file's CSV lines uncompressed while
+//!   the file is small (below `part_bytes.min(stage::SMALL_FILE_BYTES)`) and otherwise writes
+//!   them into gzip CSV parts of the file's own, uploaded as they are cut to
+//!   `<staging_uri><batch id>/part-NNNNN.csv.gz`. When a small file ends, its lines are appended
+//!   to the batch's one shared gzip stream, cut into a part (same names) each time it reaches
+//!   `part_bytes` and finished at commit, so a batch of small files makes few parts of the size
+//!   COPY loads well instead of one tiny part per file. Memory stays bounded: the open file's
+//!   held lines or its own part, and the shared part. Dropping an open file
+//!   (`discard_file_rows`, `abandon_file`) deletes exactly its own parts and drops its held
+//!   lines; nothing of it is in the shared stream yet. A finished file never leaves the batch
+//!   (a forced version the batch already holds is a duplicate, `ledger::admit`); a version
+//!   another writer recorded first has its rows removed by the commit whatever part held them
+//!   (docs/design.md, "Shared staging parts").
 //! * Rejects are kept in memory while the batch's in-memory rejects stay within a bound
 //!   ([`DEFAULT_REJECT_MEMORY_ROWS`] rejects and [`DEFAULT_REJECT_MEMORY_BYTES`] of text, all
 //!   files together). The file whose rejects would pass it spills: its rejects so far and all

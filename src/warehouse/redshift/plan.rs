@@ -185,7 +185,7 @@ fn commit_statements(
     let id = b.id;
     let spilled: Vec<String> = b.entries.iter().flat_map(|e| e.reject_parts.iter().cloned()).collect();
     let has_rejects = !rejects.rows.is_empty() || !spilled.is_empty();
-    let parts: Vec<String> = b.entries.iter().flat_map(|e| e.parts.iter().cloned()).collect();
+    let parts: Vec<String> = b.row_parts().cloned().collect();
     let replaces = b.entries.iter().any(|e| e.replaces);
     let mut uploads = Vec::new();
     let mut statements = vec![sql.lock_writers()];
@@ -236,20 +236,13 @@ mod tests {
     use super::*;
     use crate::contract::Contract;
     use crate::warehouse::redshift::fixtures::{entry, meta};
-    use crate::warehouse::redshift::spill::Held;
     use crate::warehouse::sql::{Dialect, Tables};
 
     fn plan(entries: Vec<Entry>) -> Plan {
         let c = Contract::builtin();
         let t = Tables::for_contract(&c);
         let sql = Sql::new(Dialect::Redshift, &c, &t);
-        let batch = OpenBatch {
-            id: 42,
-            now: "2026-11-27 00:00:00.000000".into(),
-            entries,
-            next_part: 0,
-            held: Held::default(),
-        };
+        let batch = OpenBatch { entries, ..OpenBatch::new(42, "2026-11-27 00:00:00.000000".into(), 1 << 20) };
         plan_commit(&sql, &StagingLocation::parse("s3://b/staging/").unwrap(), &batch, "arn:aws:iam::1:role/copy")
             .unwrap()
     }
@@ -449,13 +442,8 @@ mod tests {
         assert_eq!(rows.len(), 50);
         // The same bytes as the in-memory route's CSV of the same rows.
         let entry = Entry { meta: m.clone(), rejects: rejects.clone(), ..entry("x", 0, 0) };
-        let batch = OpenBatch {
-            id: 42,
-            now: "2026-11-27 00:00:00.000000".into(),
-            entries: vec![entry],
-            next_part: 0,
-            held: Held::default(),
-        };
+        let batch =
+            OpenBatch { entries: vec![entry], ..OpenBatch::new(42, "2026-11-27 00:00:00.000000".into(), 1 << 20) };
         let set = RowSet::copy_only(
             "t",
             column_names(&rejects_table::COLUMNS),
@@ -485,6 +473,54 @@ mod tests {
         // 3,000 rejects do not fit beside it either.
         assert!(p.statements.iter().any(|s| s.starts_with("COPY wau_ingest_rejects (")));
         assert_eq!(p.ledger_insert, 3);
+    }
+
+    fn plan_of(batch: &OpenBatch) -> Plan {
+        let c = Contract::builtin();
+        let t = Tables::for_contract(&c);
+        let sql = Sql::new(Dialect::Redshift, &c, &t);
+        plan_commit(&sql, &StagingLocation::parse("s3://b/staging/").unwrap(), batch, "arn:aws:iam::1:role/copy")
+            .unwrap()
+    }
+
+    fn manifest_urls(p: &Plan) -> Vec<String> {
+        let (_, body) = p.uploads.iter().find(|(k, _)| k == "staging/42/manifest.json").expect("the manifest");
+        let m: serde_json::Value = serde_json::from_slice(body).unwrap();
+        m["entries"].as_array().unwrap().iter().map(|e| e["url"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn small_files_are_copied_from_the_batchs_shared_part_and_a_large_one_from_its_own() {
+        let small = |k: &str| Entry { parts: Vec::new(), ..entry(k, 0, 0) };
+        let mut large = entry("large.csv", 0, 0);
+        large.parts = vec!["staging/42/part-00000.csv.gz".into(), "staging/42/part-00002.csv.gz".into()];
+        let mut batch = OpenBatch {
+            entries: vec![small("a.csv"), large, small("b.csv"), small("c.csv")],
+            ..OpenBatch::new(42, "2026-11-27 00:00:00.000000".into(), 1 << 20)
+        };
+        batch.shared_parts = vec!["staging/42/part-00001.csv.gz".into(), "staging/42/part-00003.csv.gz".into()];
+        let p = plan_of(&batch);
+        assert_eq!(
+            manifest_urls(&p),
+            [
+                "s3://b/staging/42/part-00000.csv.gz",
+                "s3://b/staging/42/part-00002.csv.gz",
+                "s3://b/staging/42/part-00001.csv.gz",
+                "s3://b/staging/42/part-00003.csv.gz"
+            ],
+            "the large file's parts, then the shared ones, each once"
+        );
+        assert_eq!(p.statements.iter().filter(|s| s.starts_with("COPY wau_audit_logs_staging (")).count(), 1);
+        let drop_at = p.statements.iter().position(|s| s.starts_with("DELETE FROM wau_audit_logs_staging")).unwrap();
+        assert!(drop_at > p.ledger_insert, "unrecorded rows of shared parts are removed after the guarded insert");
+
+        // Small files only: the one shared part is the whole manifest.
+        let mut batch = OpenBatch {
+            entries: vec![small("a.csv"), small("b.csv"), small("c.csv")],
+            ..OpenBatch::new(42, "2026-11-27 00:00:00.000000".into(), 1 << 20)
+        };
+        batch.shared_parts = vec!["staging/42/part-00000.csv.gz".into()];
+        assert_eq!(manifest_urls(&plan_of(&batch)), ["s3://b/staging/42/part-00000.csv.gz"]);
     }
 
     #[test]
