@@ -342,10 +342,11 @@ fn check_row(
             }
             None => Ok(false),
             Some(i) => {
-                // One UTF-8 check per record; fields are then sliced out of the checked text
-                // (fields split at ASCII delimiters, so every field is valid too).
-                let text = match whole {
-                    Some(w) => &w[record.range(*i).expect("field index within the record")],
+                // One UTF-8 check per record; fields are then sliced out of the checked text.
+                // A field is valid exactly when it lies on character boundaries of it (the
+                // record's bytes may be valid where a field is not: `\xc3` then `\xa9`).
+                let text = match whole.and_then(|w| w.get(record.range(*i).expect("field index within the record"))) {
+                    Some(t) => t,
                     None => match std::str::from_utf8(&record[*i]) {
                         Ok(t) => t,
                         Err(_) => {
@@ -739,6 +740,13 @@ mod tests {
         assert_eq!((acc.rows_loaded, acc.rows_rejected), (1, 1));
         assert_eq!(sink.rejects[0].rule, "invalid_utf8");
         assert_eq!(sink.rejects[0].column.as_deref(), Some("user_id"));
+
+        // Fields whose bytes are valid only together: the second is a character's end alone.
+        let mut data = format!("{HEADER}\nacme,e1,2026-11-23T10:00:00Z,u").into_bytes();
+        data.extend_from_slice(b"\xc3,\xa9,login,,\n");
+        let (acc, sink) = run_on("k", &data).await;
+        assert_eq!((acc.rows_loaded, acc.rows_rejected), (0, 1));
+        assert_eq!((sink.rejects[0].rule, sink.rejects[0].column.as_deref()), ("invalid_utf8", Some("user_id")));
 
         let (acc, _) = run_on("k", b"cust\xffomer,event_id\n").await;
         assert_eq!(acc.file_reject.unwrap().rule, "invalid_utf8");

@@ -70,6 +70,9 @@ fn token() -> impl Strategy<Value = Vec<u8>> {
         1 => fixed(BOM),
         1 => fixed(b"\xff"),
         1 => fixed(b"\xc3"),
+        // A character's last byte alone: with a `\xc3` before a delimiter, valid bytes in two
+        // invalid fields.
+        1 => fixed(b"\xa9"),
         1 => fixed(b" "),
         1 => fixed("é".as_bytes()),
         2 => fixed(b"acme"),
