@@ -402,7 +402,7 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
             if let Some(f) = col.format {
                 let ok = match f {
                     Format::Email => is_email(v),
-                    Format::Ip => v.parse::<std::net::IpAddr>().is_ok(),
+                    Format::Ip => is_ip(v),
                 };
                 if !ok {
                     return Err(ValueError::Format { expected: f });
@@ -593,6 +593,37 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.f").to_string()
 }
 
+/// An IPv4 or IPv6 address, as `std::net::IpAddr` parses one.
+fn is_ip(v: &str) -> bool {
+    plain_ipv4(v) || v.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The common case without the general parser: four decimal octets of at most 255 without a
+/// leading zero (`10.0.0.1`), each of which `std` accepts too. False says nothing: the general
+/// parser then decides.
+fn plain_ipv4(v: &str) -> bool {
+    let b = v.as_bytes();
+    if b.len() < 7 || b.len() > 15 {
+        return false;
+    }
+    let (mut i, mut octets) = (0, 0);
+    loop {
+        let digits = b[i..].iter().take(3).take_while(|c| c.is_ascii_digit()).count();
+        let octet = &b[i..i + digits];
+        let value = octet.iter().fold(0u32, |n, c| n * 10 + (c - b'0') as u32);
+        if digits == 0 || (digits > 1 && octet[0] == b'0') || value > 255 {
+            return false;
+        }
+        octets += 1;
+        i += digits;
+        match b.get(i) {
+            None => return octets == 4,
+            Some(b'.') if octets < 4 => i += 1,
+            Some(_) => return false,
+        }
+    }
+}
+
 fn is_email(v: &str) -> bool {
     let Some((local, domain)) = v.rsplit_once('@') else { return false };
     !local.is_empty()
@@ -680,7 +711,7 @@ pub fn infer(name: &str, headers: &[String], rows: &[Vec<String>]) -> Draft {
         let format = if ty == ColumnType::String && !non_empty.is_empty() {
             if non_empty.iter().all(|v| is_email(v)) {
                 Some(Format::Email)
-            } else if non_empty.iter().all(|v| v.parse::<std::net::IpAddr>().is_ok()) {
+            } else if non_empty.iter().all(|v| is_ip(v)) {
                 Some(Format::Ip)
             } else {
                 None
@@ -935,6 +966,40 @@ mod tests {
         ] {
             let mut fast = String::new();
             assert!(!fast_utc_timestamp(v, &mut fast) && fast.is_empty(), "{v}");
+        }
+    }
+
+    #[test]
+    fn plain_ipv4_accepts_only_what_std_accepts() {
+        for v in ["10.0.0.1", "0.0.0.0", "255.255.255.255", "192.168.100.200", "1.2.3.4"] {
+            assert!(plain_ipv4(v) && v.parse::<std::net::Ipv4Addr>().is_ok(), "{v}");
+        }
+        // Left to the general parser (which takes some, e.g. IPv6, and refuses the rest).
+        for v in [
+            "256.0.0.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1.2.3.",
+            ".1.2.3",
+            "1..2.3",
+            "1.2.3.4 ",
+            "1234.1.1.1",
+            "::1",
+            "a.b.c.d",
+        ] {
+            assert!(!plain_ipv4(v), "{v}");
+        }
+        assert!(is_ip("::1") && is_ip("::ffff:10.0.0.1") && !is_ip("256.0.0.1") && !is_ip("1.2.3"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn is_ip_is_std_s_reading(v in "[0-9]{0,4}(\\.[0-9]{0,4}){0,4}|[0-9a-f:.]{0,20}|.{0,16}") {
+            if plain_ipv4(&v) {
+                proptest::prop_assert!(v.parse::<std::net::Ipv4Addr>().is_ok(), "{}", v);
+            }
+            proptest::prop_assert_eq!(is_ip(&v), v.parse::<std::net::IpAddr>().is_ok(), "{}", v);
         }
     }
 
