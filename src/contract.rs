@@ -377,12 +377,14 @@ fn match_key_pattern(pattern: &str, key: &str) -> Option<String> {
 /// (timestamps normalised to UTC `YYYY-MM-DD HH:MM:SS[.f]`), or `None` for an empty optional value.
 pub fn check_value(col: &Column, raw: &str) -> Result<Option<String>, ValueError> {
     let mut out = String::new();
-    Ok(check_value_into(col, raw, &mut out)?.then_some(out))
+    Ok(check_value_into(col, raw, Utc::now().timestamp(), &mut out)?.then_some(out))
 }
 
 /// [`check_value`] without allocating: appends the stored form to `out` and returns whether
 /// there is a value (false: an empty optional value, nothing appended). On error nothing is appended.
-pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<bool, ValueError> {
+/// `now` is the moment of validation in whole seconds since the epoch, what `max_future_secs`
+/// counts from (the caller reads the clock, so a stream of values need not read it per value).
+pub fn check_value_into(col: &Column, raw: &str, now: i64, out: &mut String) -> Result<bool, ValueError> {
     let v = trim(raw);
     if v.is_empty() {
         return if col.required { Err(ValueError::Required) } else { Ok(false) };
@@ -431,7 +433,7 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
             if !fast_utc_timestamp(v, out) {
                 out.push_str(&format_timestamp(parse_timestamp(v).ok_or(bad_type)?));
             }
-            if let Err(e) = in_range(col, &out[start..]) {
+            if let Err(e) = in_range(col, &out[start..], now) {
                 out.truncate(start);
                 return Err(e);
             }
@@ -439,7 +441,7 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
         ColumnType::Date => {
             let start = out.len();
             out.push_str(&NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad_type)?.to_string());
-            if let Err(e) = in_range(col, &out[start..]) {
+            if let Err(e) = in_range(col, &out[start..], now) {
                 out.truncate(start);
                 return Err(e);
             }
@@ -450,7 +452,7 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
 
 /// The years every engine and the WAU view represent: 0001–9999. The stored form then begins
 /// with four digits and a dash, and orders as time does, so bounds compare as text.
-fn in_range(col: &Column, stored: &str) -> Result<(), ValueError> {
+fn in_range(col: &Column, stored: &str, now: i64) -> Result<(), ValueError> {
     let b = stored.as_bytes();
     let four_digit_year = b.len() >= 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-';
     if !four_digit_year || &stored[..4] == "0000" {
@@ -467,7 +469,7 @@ fn in_range(col: &Column, stored: &str) -> Result<(), ValueError> {
         }
     }
     if let Some(ahead) = col.max_future_secs {
-        if let Some(horizon) = past_horizon(ahead, stored) {
+        if let Some(horizon) = past_horizon(ahead, stored, now) {
             return Err(ValueError::OutOfRange {
                 bound: format!("more than {ahead} s in the future (after {horizon})"),
             });
@@ -476,15 +478,14 @@ fn in_range(col: &Column, stored: &str) -> Result<(), ValueError> {
     Ok(())
 }
 
-/// The horizon (now plus `ahead` seconds, in the stored form) when `stored` lies past it. The
-/// horizon is recomputed at most once a second per thread and compared in place: nothing is
-/// allocated for a value within it (this runs for every row).
-fn past_horizon(ahead: u64, stored: &str) -> Option<String> {
+/// The horizon (`now` plus `ahead` seconds, in the stored form) when `stored` lies past it. The
+/// horizon is recomputed when `now` or `ahead` changes (per thread) and compared in place:
+/// nothing is allocated for a value within it (this runs for every row).
+fn past_horizon(ahead: u64, stored: &str, now: i64) -> Option<String> {
     use std::cell::RefCell;
     thread_local! {
         static CACHE: RefCell<(i64, u64, String)> = const { RefCell::new((i64::MIN, 0, String::new())) };
     }
-    let now = Utc::now().timestamp();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != now || c.1 != ahead {
@@ -808,9 +809,10 @@ mod tests {
     fn a_nul_character_is_a_rejected_value_not_a_stuck_batch() {
         let mut out = String::new();
         let c = col(ColumnType::String, false, None, None);
-        let err = check_value_into(&c, "abc\0def", &mut out).unwrap_err();
+        let now = Utc::now().timestamp();
+        let err = check_value_into(&c, "abc\0def", now, &mut out).unwrap_err();
         assert_eq!(err.rule(), "nul_character");
-        assert!(check_value_into(&c, "abc def", &mut out).is_ok());
+        assert!(check_value_into(&c, "abc def", now, &mut out).is_ok());
     }
 
     #[test]

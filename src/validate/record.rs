@@ -164,6 +164,9 @@ pub struct RecordRead<'a> {
     pub fields: Fields<'a>,
     pub cut: bool,
     pub defect: Option<RecordDefect>,
+    /// The reader read from its input for this record, so it may have waited (for the network,
+    /// a disk): what came before it is not necessarily just now.
+    pub read_input: bool,
 }
 
 /// Reads records one at a time; see the module docs.
@@ -182,6 +185,8 @@ pub struct RecordReader<R> {
     scratch_ends: Box<[usize]>,
     /// Line breaks in every byte consumed so far.
     breaks: u64,
+    /// Reads from the input so far.
+    reads: u64,
     /// The last byte consumed was a CR (an LF right after it ends the same line).
     last_cr: bool,
     /// The start of the file (its byte-order mark) has been dealt with.
@@ -220,6 +225,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             scratch_ends: vec![0; SCRATCH_ENDS].into_boxed_slice(),
             breaks: 0,
+            reads: 0,
             last_cr: false,
             started: false,
             bom_pending: false,
@@ -265,6 +271,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
 
     /// The next record, or `None` at the end of the input. Errors are the input's own.
     pub async fn next(&mut self) -> io::Result<Option<RecordRead<'_>>> {
+        let reads = self.reads;
         if !self.started {
             self.start().await?;
         }
@@ -298,10 +305,11 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                     fields: Fields { bytes: &self.fields[..q.nout], ends: &self.ends[..q.nend] },
                     cut: false,
                     defect: None,
+                    read_input: self.reads != reads,
                 }));
             }
         }
-        self.read_record().await.map(Some)
+        self.read_record(reads).await.map(Some)
     }
 
     /// The byte-order mark: the parser strips one only from the very first input it is given
@@ -339,14 +347,15 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
 
     /// Reads more after what the buffer holds; false at the end of the input.
     async fn fill_more(&mut self) -> io::Result<bool> {
+        self.reads += 1;
         let n = self.input.read(&mut self.buf[self.filled..]).await?;
         self.filled += n;
         self.eof = n == 0;
         Ok(n > 0)
     }
 
-    /// Reads the record whose first byte is at `pos`.
-    async fn read_record(&mut self) -> io::Result<RecordRead<'_>> {
+    /// Reads the record whose first byte is at `pos` (`reads`: the input reads before it).
+    async fn read_record(&mut self, reads: u64) -> io::Result<RecordRead<'_>> {
         let line = self.breaks + 1;
         let first_line_breaks = self.breaks;
         let limits = self.limits;
@@ -458,6 +467,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             fields: Fields { bytes: &self.fields[..nbytes], ends: &self.ends[..nends] },
             cut,
             defect,
+            read_input: self.reads != reads,
         })
     }
 
