@@ -66,13 +66,21 @@ const NULL_SPAN: (u32, u32) = (u32::MAX, u32::MAX);
 
 impl RowChunk {
     pub fn new(ncols: usize) -> Self {
+        Self::with_text_capacity(ncols, CHUNK_ROWS * 128)
+    }
+    fn with_text_capacity(ncols: usize, text: usize) -> Self {
         RowChunk {
             ncols,
-            text: String::with_capacity(CHUNK_ROWS * 128),
+            text: String::with_capacity(text),
             spans: Vec::with_capacity(ncols * CHUNK_ROWS),
             lines: Vec::with_capacity(CHUNK_ROWS),
             bytes: 0,
         }
+    }
+    /// The next chunk after `full`: room for as much text as it took, so a file's chunks
+    /// after its first are not grown (copied) as they fill.
+    fn after(full: &RowChunk) -> Self {
+        Self::with_text_capacity(full.ncols, full.text.len().max(CHUNK_ROWS * 128))
     }
     pub fn len(&self) -> usize {
         self.lines.len()
@@ -219,6 +227,8 @@ struct ColumnMap {
     /// The customer the object key names, which every row's `customer` must be (unless the
     /// contract trusts the column).
     key_customer: Option<String>,
+    /// The contract's customer column (its index in `source`).
+    customer: usize,
     width: usize,
 }
 
@@ -274,7 +284,7 @@ fn map_header(header: &Fields<'_>, line: u64, opts: &Options<'_>) -> Result<Colu
             derived_customer.is_none().then(|| c.customer_from_key(opts.key)).flatten()
         }
     };
-    Ok(ColumnMap { source, derived_customer, key_customer, width: header.len() })
+    Ok(ColumnMap { source, derived_customer, key_customer, customer: c.customer_index(), width: header.len() })
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -335,10 +345,10 @@ fn check_row(
     }
     let mark = (chunk.text.len(), chunk.spans.len());
     let whole = std::str::from_utf8(record.as_slice()).ok();
-    for (col, src) in opts.contract.columns.iter().zip(&map.source) {
+    for (c, (col, src)) in opts.contract.columns.iter().zip(&map.source).enumerate() {
         let start = chunk.text.len();
         let checked = match src {
-            None if col.name == opts.contract.customer_column => {
+            None if c == map.customer => {
                 chunk.text.push_str(map.derived_customer.as_deref().expect("set when the column is absent"));
                 Ok(true)
             }
@@ -366,9 +376,9 @@ fn check_row(
                 check_value_into(col, text, now, &mut chunk.text).map_err(|e| (e, text))
             }
         };
-        if let (Ok(true), Some(expected)) = (&checked, &map.key_customer) {
+        if let (true, Ok(true), Some(expected)) = (c == map.customer, &checked, &map.key_customer) {
             let given = &chunk.text[start..];
-            if col.name == opts.contract.customer_column && given != expected.as_str() {
+            if given != expected.as_str() {
                 let given = given.to_string();
                 chunk.rewind(mark);
                 return Err(reject(
@@ -437,7 +447,6 @@ where
     };
 
     let ncols = opts.contract.columns.len();
-    let customer_index = opts.contract.customer_index();
     let mut chunk = RowChunk::new(ncols);
     let mut rejects = Vec::new();
     // The clock is read again after anything that may wait (a read of the input, the sink),
@@ -465,9 +474,10 @@ where
         match checked {
             Ok(()) => {
                 account.rows_loaded += 1;
-                account.customers.observe(chunk.value(chunk.len() - 1, customer_index));
+                account.customers.observe(chunk.value(chunk.len() - 1, map.customer));
                 if chunk.len() >= CHUNK_ROWS {
-                    let full = std::mem::replace(&mut chunk, RowChunk::new(ncols));
+                    let next = RowChunk::after(&chunk);
+                    let full = std::mem::replace(&mut chunk, next);
                     sink.rows(full).await.map_err(ValidateError::Sink)?;
                     now = clock();
                 }
