@@ -377,12 +377,14 @@ fn match_key_pattern(pattern: &str, key: &str) -> Option<String> {
 /// (timestamps normalised to UTC `YYYY-MM-DD HH:MM:SS[.f]`), or `None` for an empty optional value.
 pub fn check_value(col: &Column, raw: &str) -> Result<Option<String>, ValueError> {
     let mut out = String::new();
-    Ok(check_value_into(col, raw, &mut out)?.then_some(out))
+    Ok(check_value_into(col, raw, Utc::now().timestamp(), &mut out)?.then_some(out))
 }
 
 /// [`check_value`] without allocating: appends the stored form to `out` and returns whether
 /// there is a value (false: an empty optional value, nothing appended). On error nothing is appended.
-pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<bool, ValueError> {
+/// `now` is the moment of validation in whole seconds since the epoch, what `max_future_secs`
+/// counts from (the caller reads the clock, so a stream of values need not read it per value).
+pub fn check_value_into(col: &Column, raw: &str, now: i64, out: &mut String) -> Result<bool, ValueError> {
     let v = trim(raw);
     if v.is_empty() {
         return if col.required { Err(ValueError::Required) } else { Ok(false) };
@@ -396,13 +398,13 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
     let bad_type = ValueError::Type { expected: col.ty };
     match col.ty {
         ColumnType::String => {
-            if memchr::memchr(0, v.as_bytes()).is_some() {
+            if has_nul(v.as_bytes()) {
                 return Err(ValueError::Nul);
             }
             if let Some(f) = col.format {
                 let ok = match f {
                     Format::Email => is_email(v),
-                    Format::Ip => v.parse::<std::net::IpAddr>().is_ok(),
+                    Format::Ip => is_ip(v),
                 };
                 if !ok {
                     return Err(ValueError::Format { expected: f });
@@ -431,7 +433,7 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
             if !fast_utc_timestamp(v, out) {
                 out.push_str(&format_timestamp(parse_timestamp(v).ok_or(bad_type)?));
             }
-            if let Err(e) = in_range(col, &out[start..]) {
+            if let Err(e) = in_range(col, &out[start..], now) {
                 out.truncate(start);
                 return Err(e);
             }
@@ -439,7 +441,7 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
         ColumnType::Date => {
             let start = out.len();
             out.push_str(&NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| bad_type)?.to_string());
-            if let Err(e) = in_range(col, &out[start..]) {
+            if let Err(e) = in_range(col, &out[start..], now) {
                 out.truncate(start);
                 return Err(e);
             }
@@ -450,7 +452,7 @@ pub fn check_value_into(col: &Column, raw: &str, out: &mut String) -> Result<boo
 
 /// The years every engine and the WAU view represent: 0001–9999. The stored form then begins
 /// with four digits and a dash, and orders as time does, so bounds compare as text.
-fn in_range(col: &Column, stored: &str) -> Result<(), ValueError> {
+fn in_range(col: &Column, stored: &str, now: i64) -> Result<(), ValueError> {
     let b = stored.as_bytes();
     let four_digit_year = b.len() >= 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-';
     if !four_digit_year || &stored[..4] == "0000" {
@@ -467,7 +469,7 @@ fn in_range(col: &Column, stored: &str) -> Result<(), ValueError> {
         }
     }
     if let Some(ahead) = col.max_future_secs {
-        if let Some(horizon) = past_horizon(ahead, stored) {
+        if let Some(horizon) = past_horizon(ahead, stored, now) {
             return Err(ValueError::OutOfRange {
                 bound: format!("more than {ahead} s in the future (after {horizon})"),
             });
@@ -476,15 +478,14 @@ fn in_range(col: &Column, stored: &str) -> Result<(), ValueError> {
     Ok(())
 }
 
-/// The horizon (now plus `ahead` seconds, in the stored form) when `stored` lies past it. The
-/// horizon is recomputed at most once a second per thread and compared in place: nothing is
-/// allocated for a value within it (this runs for every row).
-fn past_horizon(ahead: u64, stored: &str) -> Option<String> {
+/// The horizon (`now` plus `ahead` seconds, in the stored form) when `stored` lies past it. The
+/// horizon is recomputed when `now` or `ahead` changes (per thread) and compared in place:
+/// nothing is allocated for a value within it (this runs for every row).
+fn past_horizon(ahead: u64, stored: &str, now: i64) -> Option<String> {
     use std::cell::RefCell;
     thread_local! {
         static CACHE: RefCell<(i64, u64, String)> = const { RefCell::new((i64::MIN, 0, String::new())) };
     }
-    let now = Utc::now().timestamp();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != now || c.1 != ahead {
@@ -495,6 +496,21 @@ fn past_horizon(ahead: u64, stored: &str) -> Option<String> {
         }
         (stored > c.2.as_str()).then(|| c.2.clone())
     })
+}
+
+/// Whether `b` holds a NUL byte. Most values are a few dozen bytes, where `memchr`'s setup costs
+/// more than looking at eight bytes at a time (a word has a zero byte exactly when
+/// `(w - 0x01…01) & !w & 0x80…80` is not zero).
+fn has_nul(b: &[u8]) -> bool {
+    if b.len() >= 64 {
+        return memchr::memchr(0, b).is_some();
+    }
+    const LOW: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut words = b.chunks_exact(8);
+    let zero_in = |w: u64| w.wrapping_sub(LOW) & !w & HIGH != 0;
+    words.by_ref().any(|w| zero_in(u64::from_ne_bytes(w.try_into().expect("8 bytes"))))
+        || words.remainder().contains(&0)
 }
 
 /// `str::trim`, skipped when both ends are plainly not whitespace (the usual case).
@@ -593,6 +609,37 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.f").to_string()
 }
 
+/// An IPv4 or IPv6 address, as `std::net::IpAddr` parses one.
+fn is_ip(v: &str) -> bool {
+    plain_ipv4(v) || v.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The common case without the general parser: four decimal octets of at most 255 without a
+/// leading zero (`10.0.0.1`), each of which `std` accepts too. False says nothing: the general
+/// parser then decides.
+fn plain_ipv4(v: &str) -> bool {
+    let b = v.as_bytes();
+    if b.len() < 7 || b.len() > 15 {
+        return false;
+    }
+    let (mut i, mut octets) = (0, 0);
+    loop {
+        let digits = b[i..].iter().take(3).take_while(|c| c.is_ascii_digit()).count();
+        let octet = &b[i..i + digits];
+        let value = octet.iter().fold(0u32, |n, c| n * 10 + (c - b'0') as u32);
+        if digits == 0 || (digits > 1 && octet[0] == b'0') || value > 255 {
+            return false;
+        }
+        octets += 1;
+        i += digits;
+        match b.get(i) {
+            None => return octets == 4,
+            Some(b'.') if octets < 4 => i += 1,
+            Some(_) => return false,
+        }
+    }
+}
+
 fn is_email(v: &str) -> bool {
     let Some((local, domain)) = v.rsplit_once('@') else { return false };
     !local.is_empty()
@@ -680,7 +727,7 @@ pub fn infer(name: &str, headers: &[String], rows: &[Vec<String>]) -> Draft {
         let format = if ty == ColumnType::String && !non_empty.is_empty() {
             if non_empty.iter().all(|v| is_email(v)) {
                 Some(Format::Email)
-            } else if non_empty.iter().all(|v| v.parse::<std::net::IpAddr>().is_ok()) {
+            } else if non_empty.iter().all(|v| is_ip(v)) {
                 Some(Format::Ip)
             } else {
                 None
@@ -777,9 +824,10 @@ mod tests {
     fn a_nul_character_is_a_rejected_value_not_a_stuck_batch() {
         let mut out = String::new();
         let c = col(ColumnType::String, false, None, None);
-        let err = check_value_into(&c, "abc\0def", &mut out).unwrap_err();
+        let now = Utc::now().timestamp();
+        let err = check_value_into(&c, "abc\0def", now, &mut out).unwrap_err();
         assert_eq!(err.rule(), "nul_character");
-        assert!(check_value_into(&c, "abc def", &mut out).is_ok());
+        assert!(check_value_into(&c, "abc def", now, &mut out).is_ok());
     }
 
     #[test]
@@ -935,6 +983,63 @@ mod tests {
         ] {
             let mut fast = String::new();
             assert!(!fast_utc_timestamp(v, &mut fast) && fast.is_empty(), "{v}");
+        }
+    }
+
+    #[test]
+    fn has_nul_finds_a_nul_anywhere_in_any_length() {
+        for len in 0..140 {
+            assert!(!has_nul(&vec![b'x'; len]), "{len}");
+            for at in 0..len {
+                let mut v = vec![0xffu8; len];
+                v[at] = 0;
+                assert!(has_nul(&v), "{len} {at}");
+                // Bytes next to 0x01 and 0x80, where the word test's borrows could mislead.
+                let mut v = vec![0x01u8; len];
+                v[at] = 0x80;
+                assert!(!has_nul(&v), "{len} {at}");
+                v[at] = 0;
+                assert!(has_nul(&v), "{len} {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn plain_ipv4_accepts_only_what_std_accepts() {
+        for v in ["10.0.0.1", "0.0.0.0", "255.255.255.255", "192.168.100.200", "1.2.3.4"] {
+            assert!(plain_ipv4(v) && v.parse::<std::net::Ipv4Addr>().is_ok(), "{v}");
+        }
+        // Left to the general parser (which takes some, e.g. IPv6, and refuses the rest).
+        for v in [
+            "256.0.0.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1.2.3.",
+            ".1.2.3",
+            "1..2.3",
+            "1.2.3.4 ",
+            "1234.1.1.1",
+            "::1",
+            "a.b.c.d",
+        ] {
+            assert!(!plain_ipv4(v), "{v}");
+        }
+        assert!(is_ip("::1") && is_ip("::ffff:10.0.0.1") && !is_ip("256.0.0.1") && !is_ip("1.2.3"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn has_nul_is_contains_zero(v in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 0x7f, 0x80, 0xff, b'a']), 0..100)) {
+            proptest::prop_assert_eq!(has_nul(&v), v.contains(&0));
+        }
+
+        #[test]
+        fn is_ip_is_std_s_reading(v in "[0-9]{0,4}(\\.[0-9]{0,4}){0,4}|[0-9a-f:.]{0,20}|.{0,16}") {
+            if plain_ipv4(&v) {
+                proptest::prop_assert!(v.parse::<std::net::Ipv4Addr>().is_ok(), "{}", v);
+            }
+            proptest::prop_assert_eq!(is_ip(&v), v.parse::<std::net::IpAddr>().is_ok(), "{}", v);
         }
     }
 

@@ -70,6 +70,9 @@ fn token() -> impl Strategy<Value = Vec<u8>> {
         1 => fixed(BOM),
         1 => fixed(b"\xff"),
         1 => fixed(b"\xc3"),
+        // A character's last byte alone: with a `\xc3` before a delimiter, valid bytes in two
+        // invalid fields.
+        1 => fixed(b"\xa9"),
         1 => fixed(b" "),
         1 => fixed("é".as_bytes()),
         2 => fixed(b"acme"),
@@ -267,6 +270,30 @@ proptest! {
             i += 1;
         }
         prop_assert_eq!(i, reference.len());
+    }
+
+    #[test]
+    fn the_quick_path_reads_every_record_as_the_parser_alone_does(
+        bom in any::<bool>(),
+        body in body(),
+        limits in record_limits(),
+        buffer in prop::sample::select(vec![4usize, 7, 64, 300, INPUT_BUFFER_BYTES]),
+        step in read_size(),
+    ) {
+        let data = if bom { [BOM, &body].concat() } else { body };
+        let rt = runtime();
+        let read = |reader: RecordReader<Trickle<'_>>| {
+            let mut reader = reader;
+            let mut out = Vec::new();
+            while let Some(r) = rt.block_on(reader.next()).expect("reading from memory") {
+                let fields: Vec<Vec<u8>> = r.fields.iter().map(<[u8]>::to_vec).collect();
+                out.push((r.line, r.bytes, fields, r.cut, r.defect));
+            }
+            (out, reader.line())
+        };
+        let quick = read(RecordReader::with_buffer(Trickle { data: &data, step }, limits, buffer));
+        let parser = read(RecordReader::with_buffer(Trickle { data: &data, step }, limits, buffer).parser_only());
+        prop_assert_eq!(quick, parser);
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! contract. It drives `csv_core` (the incremental parser under the `csv` crates, so records
 //! split exactly as the `csv` crate splits them) over one fixed-size input buffer.
 //!
+//! **Quick path**: a record that lies whole in the buffer and is plainly well formed (every
+//! quoted field closed and followed by a delimiter or a line end, within the limits) is split by
+//! [`quick_record`], in one pass that searches for the few bytes that matter, instead of by the
+//! parser and the quote scan beside it; its fields and lines are exactly the parser's. Anything
+//! else goes to the parser from the record's first byte, as if the quick path did not exist
+//! (`proptests::the_quick_path_reads_every_record_as_the_parser_alone_does` compares the two).
+//!
 //! **What counts toward `max_record_bytes`**: the record's raw bytes as they are in the file, from
 //! its first byte to the last byte before its terminator — delimiters, quotes, doubled quotes
 //! and line breaks inside quoted fields included; the terminator, the blank lines before the
@@ -157,6 +164,9 @@ pub struct RecordRead<'a> {
     pub fields: Fields<'a>,
     pub cut: bool,
     pub defect: Option<RecordDefect>,
+    /// The reader read from its input for this record, so it may have waited (for the network,
+    /// a disk): what came before it is not necessarily just now.
+    pub read_input: bool,
 }
 
 /// Reads records one at a time; see the module docs.
@@ -175,12 +185,20 @@ pub struct RecordReader<R> {
     scratch_ends: Box<[usize]>,
     /// Line breaks in every byte consumed so far.
     breaks: u64,
+    /// Reads from the input so far.
+    reads: u64,
     /// The last byte consumed was a CR (an LF right after it ends the same line).
     last_cr: bool,
     /// The start of the file (its byte-order mark) has been dealt with.
     started: bool,
     /// The first record's input starts with a BOM that the parser will strip.
     bom_pending: bool,
+    /// The parser has been given input, so it strips no BOM from a later record's start; the
+    /// quick path (see [`quick_record`]) may then read records beside it.
+    primed: bool,
+    /// Whether records whole in the buffer are read by [`quick_record`] (off only in tests that
+    /// compare the two paths).
+    quick: bool,
 }
 
 impl<R: AsyncRead + Unpin> RecordReader<R> {
@@ -207,10 +225,20 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
             scratch_ends: vec![0; SCRATCH_ENDS].into_boxed_slice(),
             breaks: 0,
+            reads: 0,
             last_cr: false,
             started: false,
             bom_pending: false,
+            primed: false,
+            quick: true,
         }
+    }
+
+    /// Every record through the parser, none through the quick path (to compare the two).
+    #[cfg(test)]
+    pub(crate) fn parser_only(mut self) -> Self {
+        self.quick = false;
+        self
     }
 
     pub fn limits(&self) -> RecordLimits {
@@ -243,6 +271,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
 
     /// The next record, or `None` at the end of the input. Errors are the input's own.
     pub async fn next(&mut self) -> io::Result<Option<RecordRead<'_>>> {
+        let reads = self.reads;
         if !self.started {
             self.start().await?;
         }
@@ -263,7 +292,24 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                 break;
             }
         }
-        self.read_record().await.map(Some)
+        if self.quick && self.primed && !self.bom_pending {
+            let input = &self.buf[self.pos..self.filled];
+            if let Some(q) = quick_record(input, &mut self.fields, &mut self.ends, self.limits) {
+                let line = self.breaks + 1;
+                self.breaks += q.breaks + 1;
+                self.last_cr = input[q.raw] == b'\r';
+                self.pos += q.raw + 1;
+                return Ok(Some(RecordRead {
+                    line,
+                    bytes: q.raw as u64,
+                    fields: Fields { bytes: &self.fields[..q.nout], ends: &self.ends[..q.nend] },
+                    cut: false,
+                    defect: None,
+                    read_input: self.reads != reads,
+                }));
+            }
+        }
+        self.read_record(reads).await.map(Some)
     }
 
     /// The byte-order mark: the parser strips one only from the very first input it is given
@@ -278,6 +324,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             // skips the others, and no longer strips a BOM after this.
             let head = &self.buf[..bom + run];
             let (res, nin, _, _) = self.core.read_record(head, &mut self.scratch, &mut self.scratch_ends);
+            self.primed = true;
             debug_assert!(matches!(res, ReadRecordResult::InputEmpty | ReadRecordResult::End) && nin == head.len());
             self.breaks += count_breaks(&head[bom..], false);
             self.last_cr = head.last() == Some(&b'\r') && run > 0;
@@ -300,14 +347,15 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
 
     /// Reads more after what the buffer holds; false at the end of the input.
     async fn fill_more(&mut self) -> io::Result<bool> {
+        self.reads += 1;
         let n = self.input.read(&mut self.buf[self.filled..]).await?;
         self.filled += n;
         self.eof = n == 0;
         Ok(n > 0)
     }
 
-    /// Reads the record whose first byte is at `pos`.
-    async fn read_record(&mut self) -> io::Result<RecordRead<'_>> {
+    /// Reads the record whose first byte is at `pos` (`reads`: the input reads before it).
+    async fn read_record(&mut self, reads: u64) -> io::Result<RecordRead<'_>> {
         let line = self.breaks + 1;
         let first_line_breaks = self.breaks;
         let limits = self.limits;
@@ -335,6 +383,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             let ends: &mut [usize] =
                 if ends_to_scratch { &mut self.scratch_ends } else { &mut self.ends[nend_total..] };
             let (res, nin, nout, nend) = self.core.read_record(input, out, ends);
+            self.primed = true;
             let skip = if std::mem::take(&mut self.bom_pending) { BOM.len().min(nin) } else { 0 };
             let consumed = &input[skip..nin];
             // A record ends on its terminator byte, the last one consumed (none at the end of the file).
@@ -418,6 +467,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             fields: Fields { bytes: &self.fields[..nbytes], ends: &self.ends[..nends] },
             cut,
             defect,
+            read_input: self.reads != reads,
         })
     }
 
@@ -452,6 +502,90 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
 enum Over {
     Bytes,
     Columns,
+}
+
+/// A record read by [`quick_record`]: its raw length (its terminator is the byte right after
+/// it), the field bytes and field ends written, and the line breaks inside its quoted fields.
+#[derive(Debug, Clone, Copy)]
+struct Quick {
+    raw: usize,
+    nout: usize,
+    nend: usize,
+    breaks: u64,
+}
+
+/// The quick path: the record at the start of `input` (its first byte neither CR nor LF), read
+/// without the parser when it is plainly well formed — whole in `input` up to its terminator,
+/// every quoted field closed and followed by a delimiter or a line end, within the limits and
+/// within the room `fields` and `ends` already have. Its fields are then exactly what the parser
+/// would write (RFC 4180 with the parser's reading of a quote inside an unquoted field: a
+/// literal byte). Anything else — a record running past the buffer, a stray or open quote, a
+/// limit, a buffer to grow — returns `None` having consumed nothing, and the parser reads the
+/// record from its first byte as if the quick path did not exist. One pass over the bytes,
+/// searching for the few that matter, where the parser and the quote scan beside it take two.
+fn quick_record(input: &[u8], fields: &mut [u8], ends: &mut [usize], limits: RecordLimits) -> Option<Quick> {
+    // Past these the parser decides (and reports a limit); the fields must fit as they are. A
+    // record of exactly `max_record_bytes` passes: its terminator is the byte after the cut.
+    let max_ends = limits.max_columns.min(ends.len());
+    let input = &input[..input.len().min(limits.max_record_bytes.saturating_add(1))];
+    let (mut i, mut nout, mut nend, mut breaks) = (0usize, 0usize, 0usize, 0u64);
+    let mut put = |from: &[u8], nout: &mut usize| -> Option<()> {
+        let to = fields.get_mut(*nout..*nout + from.len())?;
+        to.copy_from_slice(from);
+        *nout += from.len();
+        Some(())
+    };
+    loop {
+        // At the start of a field.
+        let end = if input.get(i) == Some(&b'"') {
+            i += 1;
+            loop {
+                let at = i + memchr::memchr3(b'"', b'\r', b'\n', &input[i..])?;
+                match input[at] {
+                    b'"' => {
+                        put(&input[i..at], &mut nout)?;
+                        match *input.get(at + 1)? {
+                            // A doubled quote is one quote of the field.
+                            b'"' => {
+                                put(b"\"", &mut nout)?;
+                                i = at + 2;
+                            }
+                            b',' | b'\r' | b'\n' => break at + 1,
+                            // Text after the closing quote: the parser reads it, and reports it.
+                            _ => return None,
+                        }
+                    }
+                    // A line break inside the field, counted as `count_breaks` counts (the
+                    // byte before the field's text is its opening quote, not a CR).
+                    b'\r' => {
+                        breaks += 1;
+                        put(&input[i..at + 1], &mut nout)?;
+                        i = at + 1;
+                    }
+                    _ => {
+                        breaks += (input[at - 1] != b'\r') as u64;
+                        put(&input[i..at + 1], &mut nout)?;
+                        i = at + 1;
+                    }
+                }
+            }
+        } else {
+            // Unquoted: up to the next delimiter or line end; a quote in it is a literal byte.
+            let at = i + memchr::memchr3(b',', b'\r', b'\n', &input[i..])?;
+            put(&input[i..at], &mut nout)?;
+            at
+        };
+        if nend == max_ends {
+            return None;
+        }
+        ends[nend] = nout;
+        nend += 1;
+        if input[end] == b',' {
+            i = end + 1;
+        } else {
+            return Some(Quick { raw: end, nout, nend, breaks });
+        }
+    }
 }
 
 /// Line breaks in `s`: every CR, and every LF not right after a CR (`prev_cr`: the byte before `s`).
@@ -571,7 +705,14 @@ pub(crate) mod tests {
     }
 
     async fn read_with(data: &[u8], limits: RecordLimits, buffer: usize, step: usize) -> Vec<Got> {
-        let mut r = RecordReader::with_buffer(Trickle { data, step }, limits, buffer);
+        let quick =
+            read_through(RecordReader::with_buffer(Trickle { data, step }, limits, buffer), limits, buffer).await;
+        let parser = RecordReader::with_buffer(Trickle { data, step }, limits, buffer).parser_only();
+        assert_eq!(quick, read_through(parser, limits, buffer).await, "the quick path reads as the parser does");
+        quick
+    }
+
+    async fn read_through(mut r: RecordReader<Trickle<'_>>, limits: RecordLimits, buffer: usize) -> Vec<Got> {
         let mut out = Vec::new();
         while let Some(rec) = r.next().await.unwrap() {
             let fields = rec.fields.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
