@@ -36,8 +36,9 @@
 //!   docs/design.md, Isolation), the batch's ledger rows into a temporary table, the
 //!   replaced-version marks of forced reloads, the ledger insert guarded by `WHERE NOT EXISTS`,
 //!   the supersede marks both ways (older versions this batch outdates; versions of this batch
-//!   another writer outdated meanwhile), `COPY` of staging, the removal of staged rows whose version did not get its ledger row in this
-//!   batch (another writer recorded it first), the reject rows, and the same removal for them.
+//!   another writer outdated meanwhile), the batch's table narrowed to the versions that did not
+//!   get their ledger row in this batch (another writer recorded them first), `COPY` of staging,
+//!   the removal of those versions' staged rows, the reject rows, and the same removal for them.
 //!   The reject rows go in as VALUES when none were spilled and they fit the batch, else ALL
 //!   of them by one COPY from a manifest naming the spilled parts and one last part holding
 //!   the rejects still in memory (a batch never loads rejects both ways).
