@@ -411,22 +411,21 @@ impl DataApi {
             match d.status() {
                 Some(StatusString::Finished) => {
                     // Where a batch's time went, statement by statement (Redshift's own durations).
-                    for (i, s) in d.sub_statements().iter().enumerate() {
-                        let text = s.query_string().unwrap_or_default();
-                        let head = text.char_indices().nth(80).map_or(text, |(at, _)| &text[..at]);
-                        tracing::debug!(
-                            statement = id,
-                            sub = i,
-                            ms = s.duration() / 1_000_000,
-                            rows = s.result_rows(),
-                            sql = head,
-                            "sub-statement ended"
-                        );
-                    }
                     let subs = d
                         .sub_statements()
                         .iter()
-                        .map(|s| SubDone { id: s.id().to_string(), result_rows: s.result_rows() })
+                        .enumerate()
+                        .map(|(i, s)| {
+                            tracing::debug!(
+                                statement = id,
+                                sub = i,
+                                ms = s.duration() / 1_000_000,
+                                rows = s.result_rows(),
+                                sql = headline(s.query_string().unwrap_or_default()),
+                                "sub-statement ended"
+                            );
+                            SubDone { id: s.id().to_string(), result_rows: s.result_rows() }
+                        })
                         .collect();
                     return Ok(Done { id: id.to_string(), subs });
                 }
